@@ -1,0 +1,249 @@
+// Categorical cross-entropy with class-index targets, PyTorch semantics plus
+// z-loss and logit softcap. Kernels, in dispatch order:
+//   ce_denominator  (1 workgroup)  D = sum of w[y_i] over kept rows, kept-row count, W = sum of w
+//   ce_loss / ce_loss_grad / ce_loss_grad_in_place  (1 workgroup per row)
+//   ce_reduce       (1 workgroup)  fixed-order sum of row losses -> mean / sum
+// Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
+//   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
+
+@group(0) @binding(1) var<storage, read_write> logits: array<vec_t>;   // read_write so the in-place kernel can overwrite it
+@group(0) @binding(2) var<storage, read> targets: array<i32>;
+@group(0) @binding(3) var<storage, read> weights: array<vec_t>;
+@group(0) @binding(4) var<storage, read_write> scalars: array<f32>;    // [D, kept rows, W, 0]
+@group(0) @binding(5) var<storage, read_write> row_out: array<vec4<f32>>; // per row (ce, z, lse, 0)
+@group(0) @binding(6) var<storage, read_write> grad: array<vec_t>;
+@group(0) @binding(7) var<storage, read_write> result: array<f32>;     // [total loss, z-loss part]
+
+const FLAG_WEIGHTS: u32 = 1u;
+const FLAG_SOFTCAP: u32 = 2u;
+const REDUCTION_MEAN: u32 = 1u;
+
+var<workgroup> wg_count: array<u32, WG>;
+
+fn has_weights() -> bool { return (params.flags & FLAG_WEIGHTS) != 0u; }
+fn has_softcap() -> bool { return (params.flags & FLAG_SOFTCAP) != 0u; }
+
+fn class_weight(j: u32) -> f32 {
+    if (has_weights()) { return lane(weights[j / VW], j % VW); }
+    return 1.0;
+}
+
+fn class_weights(i: u32) -> vec_t {
+    if (has_weights()) { return weights[i]; }
+    return vec_t(1.0);
+}
+
+// tanh from exp(-2|v|): finite for every finite input (a naive tanh overflows).
+fn tanh_stable(v: vec_t) -> vec_t {
+    let e = exp(vec_t(-2.0) * abs(v));
+    return sign(v) * (vec_t(1.0) - e) / (vec_t(1.0) + e);
+}
+
+fn capped(v: vec_t) -> vec_t {
+    if (!has_softcap()) { return v; }
+    let c = vec_t(params.softcap);
+    return c * tanh_stable(v / c);
+}
+
+// d softcap(v) / dv = 1 - tanh^2(v / c)
+fn cap_slope(v: vec_t) -> vec_t {
+    if (!has_softcap()) { return vec_t(1.0); }
+    let t = tanh_stable(v / vec_t(params.softcap));
+    return vec_t(1.0) - t * t;
+}
+
+@compute @workgroup_size(WG)
+fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    var d = 0.0;
+    var kept = 0u;
+    for (var i = tid; i < params.total_rows; i += WG) {
+        let t = targets[i];
+        if (t != params.ignore_index) {
+            kept += 1u;
+            d += class_weight(u32(t));
+        }
+    }
+    var w = 0.0;
+    if (has_weights()) {
+        for (var j = tid; j < params.cols / VW; j += WG) {
+            w += hsum(weights[j]);
+        }
+    }
+    wg_count[tid] = kept;
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (tid < stride) { wg_count[tid] = wg_count[tid] + wg_count[tid + stride]; }
+    }
+    workgroupBarrier();
+    let kept_total = wg_count[0];
+    let d_total = wg_reduce_sum(tid, d);
+    let w_total = wg_reduce_sum(tid, w);
+    if (tid == 0u) {
+        // Without weights D is the kept-row count, exact as an integer.
+        scalars[0] = select(f32(kept_total), d_total, has_weights());
+        scalars[1] = f32(kept_total);
+        scalars[2] = select(f32(params.cols), w_total, has_weights());
+        scalars[3] = 0.0;
+    }
+}
+
+struct CeRow {
+    m: f32,        // max of x'
+    ls: f32,       // log sum exp(x' - m)
+    label: i32,       // target class (IGNORED_ROW marker on ignored rows)
+    ignored: bool,
+    ce: f32,
+    z: f32,
+}
+
+fn ce_row(row: u32, tid: u32) -> CeRow {
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let t = targets[params.row_base + row];
+    let eps = params.smoothing;
+    let smoothing = eps > 0.0;
+    // The smoothing sum is taken relative to a reference logit so that a large
+    // common offset cancels before summation instead of after.
+    let r0 = lane(capped(logits[src]), 0u);
+    let r = select(0.0, r0, is_finite(r0));
+    var st = stat_empty();
+    var wsum = 0.0;
+    for (var i = tid; i < n; i += WG) {
+        let v = capped(logits[src + i]);
+        st = stat_push(st, v);
+        if (smoothing) {
+            wsum += hsum(class_weights(i) * (v - vec_t(r)));
+        }
+    }
+    st = wg_reduce_stat(tid, st);
+    if (smoothing) {
+        wsum = wg_reduce_sum(tid, wsum);
+    }
+    let ls = log(st.s);
+    let lse = st.m + ls;
+    let ignored = t == params.ignore_index;
+    var ce = 0.0;
+    var z = 0.0;
+    if (!ignored) {
+        let y = u32(t);
+        let xy = lane(capped(logits[src + y / VW]), y % VW);
+        ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
+        if (smoothing) {
+            ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
+        }
+        if (params.z_loss > 0.0) {
+            z = params.z_loss * lse * lse;
+        }
+    }
+    return CeRow(st.m, ls, t, ignored, ce, z);
+}
+
+struct GradCoef { a: f32, b: f32, c: f32 }
+
+// g_j = (a p_j - b [j = y] - c w_j) * softcap slope, zero on ignored rows.
+fn grad_coef(rs: CeRow) -> GradCoef {
+    if (rs.ignored) { return GradCoef(0.0, 0.0, 0.0); }
+    let eps = params.smoothing;
+    let mean = params.reduction == REDUCTION_MEAN;
+    let k_ce = select(params.grad_scale, params.grad_scale / scalars[0], mean);
+    let k_z = select(params.grad_scale, params.grad_scale / scalars[1], mean);
+    let wy = class_weight(u32(rs.label));
+    var a = k_ce * (1.0 - eps) * wy;
+    let b = a;
+    var c = 0.0;
+    if (eps > 0.0) {
+        a += k_ce * eps * scalars[2] / f32(params.cols);
+        c = k_ce * eps / f32(params.cols);
+    }
+    if (params.z_loss > 0.0) {
+        a += k_z * 2.0 * params.z_loss * (rs.m + rs.ls);
+    }
+    return GradCoef(a, b, c);
+}
+
+fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
+    let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
+    let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == vec_u(u32(max(rs.label, 0))));
+    var g = vec_t(k.a) * p - vec_t(k.b) * onehot;
+    if (k.c != 0.0) {
+        g -= vec_t(k.c) * class_weights(i);
+    }
+    return select(g * cap_slope(x), vec_t(0.0), rs.ignored);
+}
+
+fn write_row(row: u32, rs: CeRow) {
+    row_out[params.row_base + row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn ce_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = ce_row(row, lid.x);
+    if (lid.x == 0u) { write_row(row, rs); }
+}
+
+@compute @workgroup_size(WG)
+fn ce_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = ce_row(row, lid.x);
+    if (lid.x == 0u) { write_row(row, rs); }
+    let k = grad_coef(rs);
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let dst = params.base_out / VW + row * n;
+    for (var i = lid.x; i < n; i += WG) {
+        grad[dst + i] = grad_at(rs, k, i, logits[src + i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_loss_grad_in_place(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = ce_row(row, lid.x);
+    if (lid.x == 0u) { write_row(row, rs); }
+    let k = grad_coef(rs);
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    // ce_row's reads of this row (incl. thread 0's read of x[y]) all precede this barrier.
+    workgroupBarrier();
+    for (var i = lid.x; i < n; i += WG) {
+        logits[src + i] = grad_at(rs, k, i, logits[src + i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    // Kahan-compensated per-thread sums, then the fixed-order tree.
+    var ce = 0.0;
+    var ce_c = 0.0;
+    var z = 0.0;
+    var z_c = 0.0;
+    for (var i = tid; i < params.total_rows; i += WG) {
+        let v = row_out[i];
+        let y1 = v.x - ce_c;
+        let t1 = ce + y1;
+        ce_c = (t1 - ce) - y1;
+        ce = t1;
+        let y2 = v.y - z_c;
+        let t2 = z + y2;
+        z_c = (t2 - z) - y2;
+        z = t2;
+    }
+    let ce_total = wg_reduce_sum(tid, ce);
+    let z_total = wg_reduce_sum(tid, z);
+    if (tid == 0u) {
+        var ce_part = ce_total;
+        var z_part = z_total;
+        if (params.reduction == REDUCTION_MEAN) {
+            ce_part = ce_total / scalars[0];
+            z_part = select(0.0, z_total / scalars[1], params.z_loss > 0.0);
+        }
+        result[0] = ce_part + z_part;
+        result[1] = z_part;
+    }
+}

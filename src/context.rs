@@ -1,0 +1,270 @@
+//! Getting a device, and what it can do.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, Pipeline, PipelineCache, VecWidth};
+
+/// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
+/// high-performance adapter and the adapter's own limits.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Overrides the power preference; `None` means high performance unless
+    /// `WGPU_POWER_PREF` says otherwise.
+    pub power_preference: Option<wgpu::PowerPreference>,
+    /// Caps the bytes bound per storage binding below the adapter's
+    /// `max_storage_buffer_binding_size`. Large problems are then processed in
+    /// more row windows; tests use it to exercise chunking on small inputs.
+    pub max_binding_bytes: Option<u64>,
+    /// Fill every output buffer the host API allocates with this value before
+    /// the kernels run, so an element a kernel failed to write shows up as
+    /// this value rather than as a plausible zero. A debugging aid; tests use it.
+    pub poison_outputs: Option<f32>,
+}
+
+/// Bytes bound per storage binding at most, whatever the adapter allows: keeps
+/// every element index inside `u32` in the shaders.
+const BINDING_CAP: u64 = 1 << 30;
+
+/// A device and queue with the crate's pipelines cached on it. Cheap to share:
+/// it is `Send + Sync`, and every method takes `&self`.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter_info: Option<wgpu::AdapterInfo>,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    binding_bytes: u64,
+    pub(crate) poison: Option<f32>,
+    pipelines: PipelineCache,
+    /// Bound where a kernel's optional input (class weights) is absent.
+    pub(crate) placeholder: Arc<wgpu::Buffer>,
+}
+
+/// Features the kernels can use when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates a device with the adapter's own limits.
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a
+    /// case-insensitive substring of the adapter name) and `WGPU_POWER_PREF`.
+    pub async fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default()).await
+    }
+
+    /// [`GpuContext::new`], blocking the calling thread.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// let ctx = wgpu_loss::GpuContext::new_blocking()?;
+    /// println!("{}", ctx.describe());
+    /// # Ok(()) }
+    /// ```
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    /// [`GpuContext::new`] with explicit options.
+    pub async fn with_options(options: ContextOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance, &options).await?;
+        let info = adapter.get_info();
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-loss"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::build(device, queue, Some(info), &options))
+    }
+
+    /// [`GpuContext::with_options`], blocking the calling thread.
+    pub fn with_options_blocking(options: ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::with_options(options))
+    }
+
+    /// Adopts a device and queue the caller already has (the embedding case).
+    /// The kernels use whatever limits and features that device was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(device, queue, None, &ContextOptions::default())
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+        options: &ContextOptions,
+    ) -> Self {
+        let limits = device.limits();
+        let features = device.features();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let binding_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(options.max_binding_bytes.unwrap_or(u64::MAX))
+            .min(BINDING_CAP)
+            // Whole 16-byte vectors, and at least one aligned step to slide windows by.
+            .max(align + 16)
+            / 16
+            * 16;
+        let placeholder = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
+        Self {
+            device,
+            queue,
+            adapter_info,
+            limits,
+            features,
+            binding_bytes,
+            poison: options.poison_outputs,
+            pipelines: PipelineCache::default(),
+            placeholder,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Adapter name, backend, device type and driver; `None` for [`GpuContext::from_device`].
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.adapter_info.as_ref()
+    }
+
+    /// Adapter name, or `"caller's device"` for an adopted device.
+    pub fn adapter_name(&self) -> &str {
+        self.adapter_info
+            .as_ref()
+            .map(|i| i.name.as_str())
+            .unwrap_or("caller's device")
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Bytes bound per storage binding at most (the adapter's limit, capped
+    /// by [`ContextOptions::max_binding_bytes`] and 1 GiB).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.binding_bytes
+    }
+
+    /// One paragraph: adapter, backend, device type, driver and the limits in force.
+    pub fn describe(&self) -> String {
+        let head = match &self.adapter_info {
+            Some(i) => format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            ),
+            None => "caller's device".to_string(),
+        };
+        let l = &self.limits;
+        format!(
+            "{head}\n  max_storage_buffer_binding_size {} B, max_buffer_size {} B, binding window used {} B\n  \
+             max_compute_workgroups_per_dimension {}, max_compute_invocations_per_workgroup {}, \
+             max_compute_workgroup_storage_size {} B, min_storage_buffer_offset_alignment {}\n  \
+             features: shader-f16 {}, subgroup {}, timestamp-query {}",
+            l.max_storage_buffer_binding_size,
+            l.max_buffer_size,
+            self.binding_bytes,
+            l.max_compute_workgroups_per_dimension,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size,
+            l.min_storage_buffer_offset_alignment,
+            self.features.contains(wgpu::Features::SHADER_F16),
+            self.features.contains(wgpu::Features::SUBGROUP),
+            self.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        )
+    }
+
+    /// The cached pipeline for a kernel variant, built on first use.
+    pub(crate) fn pipeline(&self, kernel: Kernel, width: VecWidth) -> Result<Arc<Pipeline>> {
+        self.pipelines
+            .get(&self.device, self.adapter_name(), kernel, width)
+    }
+
+    /// Pipelines built so far. Repeated calls of the same op do not add to it.
+    pub fn pipelines_built(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+async fn pick_adapter(
+    instance: &wgpu::Instance,
+    options: &ContextOptions,
+) -> Result<wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        // wgpu's own helper panics when nothing matches; match the same way, but return an error.
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let needle = wanted.to_lowercase();
+        let mut names = Vec::new();
+        for adapter in adapters {
+            let name = adapter.get_info().name;
+            if name.to_lowercase().contains(&needle) {
+                return Ok(adapter);
+            }
+            names.push(name);
+        }
+        return Err(Error::AdapterNotFound {
+            wanted,
+            found: names.join(", "),
+        });
+    }
+    let power_preference = options
+        .power_preference
+        .or_else(wgpu::PowerPreference::from_env)
+        .unwrap_or(wgpu::PowerPreference::HighPerformance);
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            reason: e.to_string(),
+        })
+}
+
+/// Every adapter wgpu finds with the backends `WGPU_BACKEND` allows.
+pub fn enumerate_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}

@@ -1,0 +1,351 @@
+//! Every shader, kernel and entry point of the crate, and the cache that builds
+//! each compute pipeline once.
+//!
+//! Each op family is one WGSL file in `shaders/`. The host instantiates a file
+//! in two variants, scalar (`f32` loads) and `vec4` (four columns per load,
+//! used when the row length and offsets are multiples of four), by prepending
+//! a short prelude; `shaders/common.wgsl` holds the online-softmax statistics
+//! and workgroup reductions that every family shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Invocations per workgroup for every row kernel.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// An op family: one WGSL file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `shaders/softmax.wgsl`: softmax, log-softmax, logsumexp and their backward passes.
+    Softmax,
+    /// `shaders/cross_entropy.wgsl`: cross-entropy with class-index targets.
+    CrossEntropy,
+    /// `shaders/copy.wgsl`: the copy kernel used as the bandwidth yardstick.
+    Copy,
+}
+
+const COMMON_SOURCE: &str = include_str!("../shaders/common.wgsl");
+
+impl Family {
+    /// All families.
+    pub const ALL: [Family; 3] = [Family::Softmax, Family::CrossEntropy, Family::Copy];
+
+    /// File name under `shaders/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Family::Softmax => "softmax.wgsl",
+            Family::CrossEntropy => "cross_entropy.wgsl",
+            Family::Copy => "copy.wgsl",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Family::Softmax => include_str!("../shaders/softmax.wgsl"),
+            Family::CrossEntropy => include_str!("../shaders/cross_entropy.wgsl"),
+            Family::Copy => include_str!("../shaders/copy.wgsl"),
+        }
+    }
+}
+
+/// How many columns a kernel variant loads at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VecWidth {
+    /// One `f32` per load: any row length.
+    Scalar,
+    /// One `vec4<f32>` per load: rows whose length and offsets are multiples of 4.
+    Vec4,
+}
+
+impl VecWidth {
+    /// Both widths.
+    pub const ALL: [VecWidth; 2] = [VecWidth::Scalar, VecWidth::Vec4];
+
+    /// Scalars per load.
+    pub fn lanes(self) -> usize {
+        match self {
+            VecWidth::Scalar => 1,
+            VecWidth::Vec4 => 4,
+        }
+    }
+
+    /// The widest variant usable for rows of `cols` starting at the given element offsets.
+    pub fn for_layout(cols: usize, offsets: &[u64]) -> VecWidth {
+        if cols % 4 == 0 && offsets.iter().all(|o| o % 4 == 0) {
+            VecWidth::Vec4
+        } else {
+            VecWidth::Scalar
+        }
+    }
+
+    fn prelude(self) -> String {
+        let wg = WORKGROUP_SIZE;
+        match self {
+            VecWidth::Scalar => format!(
+                "const WG: u32 = {wg}u;\nconst VW: u32 = 1u;\nalias vec_t = f32;\nalias vec_u = u32;\n\
+                 const LANE: vec_u = 0u;\n\
+                 fn hmax(v: f32) -> f32 {{ return v; }}\n\
+                 fn hsum(v: f32) -> f32 {{ return v; }}\n\
+                 fn lane(v: f32, k: u32) -> f32 {{ return v; }}\n"
+            ),
+            VecWidth::Vec4 => format!(
+                "const WG: u32 = {wg}u;\nconst VW: u32 = 4u;\nalias vec_t = vec4<f32>;\nalias vec_u = vec4<u32>;\n\
+                 const LANE: vec_u = vec4<u32>(0u, 1u, 2u, 3u);\n\
+                 fn hmax(v: vec4<f32>) -> f32 {{ return max(max(v.x, v.y), max(v.z, v.w)); }}\n\
+                 fn hsum(v: vec4<f32>) -> f32 {{ return (v.x + v.y) + (v.z + v.w); }}\n\
+                 fn lane(v: vec4<f32>, k: u32) -> f32 {{ return v[k]; }}\n"
+            ),
+        }
+    }
+}
+
+/// The full WGSL source of one family in one variant, as compiled.
+pub fn shader_source(family: Family, width: VecWidth) -> String {
+    format!(
+        "// {} ({:?} variant)\n{}\n{}\n{}",
+        family.file_name(),
+        width,
+        width.prelude(),
+        COMMON_SOURCE,
+        family.body()
+    )
+}
+
+/// How a kernel uses a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite, Uniform};
+
+/// Every compute kernel: a family and an entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `softmax_forward`
+    SoftmaxForward,
+    /// `log_softmax_forward`
+    LogSoftmaxForward,
+    /// `logsumexp_forward`
+    LogsumexpForward,
+    /// `softmax_backward`
+    SoftmaxBackward,
+    /// `log_softmax_backward`
+    LogSoftmaxBackward,
+    /// `logsumexp_backward`
+    LogsumexpBackward,
+    /// `ce_denominator`: the `mean` denominator, kept-row count and weight total.
+    CrossEntropyDenominator,
+    /// `ce_loss`: row losses only, logits read once.
+    CrossEntropyLoss,
+    /// `ce_loss_grad`: row losses and the gradient.
+    CrossEntropyLossGrad,
+    /// `ce_loss_grad_in_place`: row losses, gradient written over the logits.
+    CrossEntropyLossGradInPlace,
+    /// `ce_reduce`: fixed-order sum of row losses into `mean` or `sum`.
+    CrossEntropyReduce,
+    /// `copy`: the bandwidth yardstick.
+    Copy,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 12] = [
+        Kernel::SoftmaxForward,
+        Kernel::LogSoftmaxForward,
+        Kernel::LogsumexpForward,
+        Kernel::SoftmaxBackward,
+        Kernel::LogSoftmaxBackward,
+        Kernel::LogsumexpBackward,
+        Kernel::CrossEntropyDenominator,
+        Kernel::CrossEntropyLoss,
+        Kernel::CrossEntropyLossGrad,
+        Kernel::CrossEntropyLossGradInPlace,
+        Kernel::CrossEntropyReduce,
+        Kernel::Copy,
+    ];
+
+    /// The shader file this kernel lives in.
+    pub fn family(self) -> Family {
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward | LogsumexpForward | SoftmaxBackward
+            | LogSoftmaxBackward | LogsumexpBackward => Family::Softmax,
+            CrossEntropyDenominator
+            | CrossEntropyLoss
+            | CrossEntropyLossGrad
+            | CrossEntropyLossGradInPlace
+            | CrossEntropyReduce => Family::CrossEntropy,
+            Copy => Family::Copy,
+        }
+    }
+
+    /// WGSL entry point name.
+    pub fn entry_point(self) -> &'static str {
+        use Kernel::*;
+        match self {
+            SoftmaxForward => "softmax_forward",
+            LogSoftmaxForward => "log_softmax_forward",
+            LogsumexpForward => "logsumexp_forward",
+            SoftmaxBackward => "softmax_backward",
+            LogSoftmaxBackward => "log_softmax_backward",
+            LogsumexpBackward => "logsumexp_backward",
+            CrossEntropyDenominator => "ce_denominator",
+            CrossEntropyLoss => "ce_loss",
+            CrossEntropyLossGrad => "ce_loss_grad",
+            CrossEntropyLossGradInPlace => "ce_loss_grad_in_place",
+            CrossEntropyReduce => "ce_reduce",
+            Copy => "copy",
+        }
+    }
+
+    /// The bindings of group 0 this entry point uses, as the shader declares them.
+    pub(crate) fn bindings(self) -> &'static [(u32, Access)] {
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward => &[(0, Uniform), (1, Read), (5, ReadWrite)],
+            LogsumexpForward => &[(0, Uniform), (1, Read), (6, ReadWrite)],
+            SoftmaxBackward | LogSoftmaxBackward => {
+                &[(0, Uniform), (1, Read), (2, Read), (5, ReadWrite)]
+            }
+            LogsumexpBackward => &[
+                (0, Uniform),
+                (1, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+            ],
+            CrossEntropyDenominator => &[(0, Uniform), (2, Read), (3, Read), (4, ReadWrite)],
+            CrossEntropyLoss | CrossEntropyLossGradInPlace => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (2, Read),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+            ],
+            CrossEntropyLossGrad => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (2, Read),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (6, ReadWrite),
+            ],
+            CrossEntropyReduce => &[(0, Uniform), (4, ReadWrite), (5, ReadWrite), (7, ReadWrite)],
+            Copy => &[(0, Uniform), (1, Read), (2, ReadWrite)],
+        }
+    }
+}
+
+/// A built pipeline and the bind group layout it was built with.
+pub(crate) struct Pipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// Builds each (kernel, variant) pipeline on first use and keeps it.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Family, VecWidth), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(Kernel, VecWidth), Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    /// Number of pipelines built so far (tests check that calls do not rebuild).
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        adapter: &str,
+        kernel: Kernel,
+        width: VecWidth,
+    ) -> Result<Arc<Pipeline>> {
+        let poisoned = || Error::Gpu {
+            kernel: kernel.entry_point().to_string(),
+            adapter: adapter.to_string(),
+            message: "pipeline cache lock poisoned by a panic on another thread".into(),
+        };
+        let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
+        if let Some(p) = pipelines.get(&(kernel, width)) {
+            return Ok(p.clone());
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = {
+            let mut modules = self.modules.lock().map_err(|_| poisoned())?;
+            let module = modules
+                .entry((kernel.family(), width))
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.family().file_name()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            shader_source(kernel.family(), width).into(),
+                        ),
+                    })
+                })
+                .clone();
+            build_pipeline(device, &module, kernel)
+        };
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            // Drop the module too: a broken module must not be cached.
+            if let Ok(mut modules) = self.modules.lock() {
+                modules.remove(&(kernel.family(), width));
+            }
+            return Err(Error::Gpu {
+                kernel: format!("building {} ({width:?})", kernel.entry_point()),
+                adapter: adapter.to_string(),
+                message: err.to_string(),
+            });
+        }
+        let built = Arc::new(built);
+        pipelines.insert((kernel, width), built.clone());
+        Ok(built)
+    }
+}
+
+fn build_pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, kernel: Kernel) -> Pipeline {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings()
+        .iter()
+        .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match access {
+                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.entry_point()),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.entry_point()),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.entry_point()),
+        layout: Some(&pipeline_layout),
+        module,
+        entry_point: Some(kernel.entry_point()),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
+}

@@ -1,0 +1,405 @@
+//! Host-side validation and dispatch, one file per op family, over shared
+//! machinery: row windows that respect the binding and dispatch limits,
+//! error scopes, uploads and readback.
+
+pub mod cross_entropy;
+pub mod softmax;
+
+use wgpu::util::DeviceExt;
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, VecWidth};
+
+/// How per-row losses are combined, as PyTorch's `reduction`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// One loss per row.
+    None,
+    /// Sum of row losses divided by the op's denominator.
+    #[default]
+    Mean,
+    /// Sum of row losses.
+    Sum,
+}
+
+impl Reduction {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Reduction::None => 0,
+            Reduction::Mean => 1,
+            Reduction::Sum => 2,
+        }
+    }
+}
+
+/// Uniform parameters; the layout matches `struct Params` in `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub rows: u32,
+    pub cols: u32,
+    pub base_a: u32,
+    pub base_b: u32,
+    pub base_out: u32,
+    pub row_base: u32,
+    pub ignore_index: i32,
+    pub flags: u32,
+    pub total_rows: u32,
+    pub smoothing: f32,
+    pub z_loss: f32,
+    pub softcap: f32,
+    pub grad_scale: f32,
+    pub reduction: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// Which `Params` base field a matrix operand's window offset goes into.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Base {
+    A,
+    B,
+    Out,
+}
+
+/// A `[rows, cols]` f32 matrix operand starting `offset` elements into `buffer`.
+pub(crate) struct MatrixArg<'a> {
+    pub binding: u32,
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub base: Base,
+}
+
+/// An operand bound whole (per-row arrays, weights, scalars).
+pub(crate) struct WholeArg<'a> {
+    pub binding: u32,
+    pub buffer: &'a wgpu::Buffer,
+}
+
+fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge {
+        what,
+        requested: v,
+        limit_name,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+impl GpuContext {
+    /// Rows that fit in one binding window of `cols` f32 columns, after alignment slack.
+    pub(crate) fn rows_per_window(&self, cols: usize) -> Result<usize> {
+        let row_bytes = (cols as u64)
+            .checked_mul(4)
+            .ok_or(Error::ShapeOverflow { rows: 1, cols })?;
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let usable = self.max_binding_bytes().saturating_sub(align);
+        let rows = usable / row_bytes;
+        if rows == 0 {
+            return Err(Error::RowTooLarge {
+                cols,
+                row_bytes,
+                limit: self.max_binding_bytes(),
+            });
+        }
+        Ok(usize::try_from(rows).unwrap_or(usize::MAX))
+    }
+
+    /// Checks that a buffer bound whole fits one binding.
+    pub(crate) fn check_whole_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self
+            .limits()
+            .max_storage_buffer_binding_size
+            .min(self.max_binding_bytes());
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what,
+                requested: bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a one-workgroup-per-row kernel over `rows` rows into `encoder`,
+    /// split into windows that fit the binding and dispatch limits.
+    /// `params.row_base` is the global row of this call's row 0.
+    pub(crate) fn encode_rows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        rows: usize,
+        cols: usize,
+        matrices: &[MatrixArg<'_>],
+        whole: &[WholeArg<'_>],
+        params: Params,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let offsets: Vec<u64> = matrices.iter().map(|m| m.offset).collect();
+        let width = VecWidth::for_layout(cols, &offsets);
+        let pipeline = self.pipeline(kernel, width)?;
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
+        let per_window = self
+            .rows_per_window(cols)?
+            .min(max_dim as usize * max_dim as usize);
+        let cols64 = cols as u64;
+        let mut r0 = 0usize;
+        while r0 < rows {
+            let n = per_window.min(rows - r0);
+            let mut p = params;
+            p.rows = n as u32;
+            p.cols = to_u32(cols64, "row length", "u32 columns")?;
+            p.row_base = to_u32(
+                u64::from(params.row_base) + r0 as u64,
+                "row index",
+                "u32 rows",
+            )?;
+            let mut ranges = Vec::with_capacity(matrices.len());
+            for m in matrices {
+                let start = m.offset + r0 as u64 * cols64;
+                let start_bytes = start * 4 / align * align;
+                let end_bytes = (start + n as u64 * cols64) * 4;
+                let base = (start - start_bytes / 4) as u32;
+                match m.base {
+                    Base::A => p.base_a = base,
+                    Base::B => p.base_b = base,
+                    Base::Out => p.base_out = base,
+                }
+                ranges.push((start_bytes, end_bytes - start_bytes));
+            }
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-loss params"),
+                    contents: bytemuck::bytes_of(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: uniform.as_entire_binding(),
+            }];
+            for (m, &(offset, size)) in matrices.iter().zip(&ranges) {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: m.binding,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: m.buffer,
+                        offset,
+                        size: wgpu::BufferSize::new(size),
+                    }),
+                });
+            }
+            for w in whole {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: w.binding,
+                    resource: w.buffer.as_entire_binding(),
+                });
+            }
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry_point()),
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+            let gx = (n as u32).min(max_dim);
+            let gy = (n as u32).div_ceil(gx);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.entry_point()),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+            drop(pass);
+            r0 += n;
+        }
+        Ok(())
+    }
+
+    /// Records a single-workgroup kernel (denominators, final reductions).
+    pub(crate) fn encode_single(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        width: VecWidth,
+        whole: &[WholeArg<'_>],
+        params: Params,
+    ) -> Result<()> {
+        let pipeline = self.pipeline(kernel, width)?;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-loss params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for w in whole {
+            entries.push(wgpu::BindGroupEntry {
+                binding: w.binding,
+                resource: w.buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry_point()),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns a
+    /// captured error into [`Error::Gpu`] naming `what`.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out = f();
+        let oom = pollster::block_on(oom.pop());
+        let validation = pollster::block_on(validation.pop());
+        let out = out?;
+        if let Some(e) = oom.or(validation) {
+            return Err(Error::Gpu {
+                kernel: what.to_string(),
+                adapter: self.adapter_name().to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A storage buffer holding `data` (usable as a copy source for in-place ops).
+    pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.is_empty() {
+            // wgpu rejects zero-sized storage bindings; bind a placeholder-sized buffer.
+            return self.storage(label, 16);
+        }
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// An uninitialised storage buffer of at least `bytes` bytes (rounded up to 16).
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).div_ceil(16) * 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer for `elems` f32 outputs, poisoned when the context was
+    /// created with [`crate::ContextOptions::poison_outputs`].
+    pub(crate) fn output(&self, label: &str, elems: usize) -> wgpu::Buffer {
+        let buffer = self.storage(label, elems as u64 * 4);
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+        }
+        buffer
+    }
+
+    /// Records a copy of `bytes` bytes from `src` into a new mappable buffer.
+    pub(crate) fn stage(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        bytes: u64,
+    ) -> wgpu::Buffer {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        staging
+    }
+
+    pub(crate) fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Maps a staging buffer and copies out `len` values of `T`.
+    ///
+    /// Polls the device itself (blocking on native), so callers need no poll loop.
+    pub(crate) async fn read_back<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let readback_err = |message: String| Error::Readback {
+            adapter: self.adapter_name().to_string(),
+            message,
+        };
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver only goes away if the caller stopped waiting.
+            let _ = sender.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| readback_err(e.to_string()))?;
+        match receiver.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(readback_err(e.to_string())),
+            None => return Err(readback_err("map callback dropped (device lost?)".into())),
+        }
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| readback_err(e.to_string()))?;
+            let bytes = len * std::mem::size_of::<T>();
+            if view.len() < bytes {
+                return Err(readback_err(format!(
+                    "staging buffer holds {} bytes, {bytes} expected",
+                    view.len()
+                )));
+            }
+            bytemuck::pod_collect_to_vec(&view[..bytes])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// `rows * cols`, checked, and the slice length it implies.
+pub(crate) fn check_matrix(what: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    if cols == 0 {
+        return Err(Error::ZeroCols);
+    }
+    let expected = rows
+        .checked_mul(cols)
+        .ok_or(Error::ShapeOverflow { rows, cols })?;
+    if len != expected {
+        return Err(Error::LengthMismatch {
+            what,
+            expected,
+            actual: len,
+        });
+    }
+    Ok(())
+}

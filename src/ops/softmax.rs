@@ -1,0 +1,305 @@
+//! Row-wise softmax, log-softmax and logsumexp with their backward passes.
+//!
+//! For a row `x` of length `C` (PyTorch semantics, `dim = -1`):
+//! - `softmax(x)_j = exp(x_j - lse(x))`, `log_softmax(x)_j = x_j - lse(x)`,
+//!   `lse(x) = log Σ_j exp(x_j)`, computed as `m + log Σ exp(x_j - m)` with `m = max x`.
+//! - softmax backward (from the output `y`): `dx = y ⊙ (dy - Σ_j dy_j y_j)`.
+//! - log-softmax backward (from the output `y`): `dx = dy - exp(y) Σ_j dy_j`.
+//! - logsumexp backward (from `x`, its output `lse` and `dy`, one per row): `dx = dy · exp(x - lse)`.
+//!
+//! Edge cases follow PyTorch: `-inf` entries get probability 0; a row of only
+//! `-inf` gives NaN for softmax / log-softmax and `-inf` for logsumexp; a row
+//! holding NaN is NaN throughout (logsumexp NaN); a row holding `+inf` (and no
+//! NaN) gives `+inf` for logsumexp and NaN for softmax / log-softmax.
+
+use crate::context::GpuContext;
+use crate::error::Result;
+use crate::kernels::Kernel;
+use crate::ops::{check_matrix, Base, MatrixArg, Params, WholeArg};
+
+/// Which softmax-family op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SoftmaxOp {
+    /// Row-wise softmax.
+    Softmax,
+    /// Row-wise log-softmax.
+    LogSoftmax,
+    /// Row-wise log-sum-exp (one value per row).
+    Logsumexp,
+}
+
+impl SoftmaxOp {
+    fn forward_kernel(self) -> Kernel {
+        match self {
+            SoftmaxOp::Softmax => Kernel::SoftmaxForward,
+            SoftmaxOp::LogSoftmax => Kernel::LogSoftmaxForward,
+            SoftmaxOp::Logsumexp => Kernel::LogsumexpForward,
+        }
+    }
+}
+
+/// Inputs of one row-wise kernel call: matrices bound at 1 and 2, per-row arrays at 3 and 4.
+struct RowwiseCall<'a> {
+    kernel: Kernel,
+    matrices: &'a [(&'static str, &'a [f32])],
+    per_row: &'a [(&'static str, &'a [f32])],
+    /// Output is one value per row (binding 6) rather than a matrix (binding 5).
+    per_row_output: bool,
+}
+
+impl GpuContext {
+    async fn run_rowwise(
+        &self,
+        call: RowwiseCall<'_>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        for &(what, data) in call.matrices {
+            check_matrix(what, data.len(), rows, cols)?;
+        }
+        for &(what, data) in call.per_row {
+            check_matrix(what, data.len(), rows, 1)?;
+        }
+        if cols == 0 {
+            return Err(crate::Error::ZeroCols);
+        }
+        let out_per_row = if call.per_row_output { 1 } else { cols };
+        let mut out = Vec::with_capacity(rows * out_per_row);
+        let chunk_rows = self.rows_per_window(cols)?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = chunk_rows.min(rows - r0);
+            let what = call.kernel.entry_point();
+            let staging = self.scoped(what, || {
+                let mats: Vec<wgpu::Buffer> = call
+                    .matrices
+                    .iter()
+                    .map(|&(label, d)| self.upload(label, &d[r0 * cols..(r0 + n) * cols]))
+                    .collect();
+                let per_row: Vec<wgpu::Buffer> = call
+                    .per_row
+                    .iter()
+                    .map(|&(label, d)| self.upload(label, &d[r0..r0 + n]))
+                    .collect();
+                let output = self.output("output", n * out_per_row);
+                let mut matrices: Vec<MatrixArg<'_>> = mats
+                    .iter()
+                    .zip([(1, Base::A), (2, Base::B)])
+                    .map(|(buffer, (binding, base))| MatrixArg {
+                        binding,
+                        buffer,
+                        offset: 0,
+                        base,
+                    })
+                    .collect();
+                let mut whole: Vec<WholeArg<'_>> = per_row
+                    .iter()
+                    .zip([3, 4])
+                    .map(|(buffer, binding)| WholeArg { binding, buffer })
+                    .collect();
+                if call.per_row_output {
+                    whole.push(WholeArg {
+                        binding: 6,
+                        buffer: &output,
+                    });
+                } else {
+                    matrices.push(MatrixArg {
+                        binding: 5,
+                        buffer: &output,
+                        offset: 0,
+                        base: Base::Out,
+                    });
+                }
+                let mut encoder = self.encoder(what);
+                self.encode_rows(
+                    &mut encoder,
+                    call.kernel,
+                    n,
+                    cols,
+                    &matrices,
+                    &whole,
+                    Params {
+                        total_rows: n as u32,
+                        ..Params::default()
+                    },
+                )?;
+                let staging = self.stage(&mut encoder, &output, (n * out_per_row) as u64 * 4);
+                self.queue.submit([encoder.finish()]);
+                Ok(staging)
+            })?;
+            out.extend(self.read_back::<f32>(&staging, n * out_per_row).await?);
+            r0 += n;
+        }
+        Ok(out)
+    }
+
+    /// A softmax-family forward op over a row-major `[rows, cols]` matrix.
+    /// Returns `rows * cols` values, or `rows` values for [`SoftmaxOp::Logsumexp`].
+    pub async fn softmax_family(
+        &self,
+        op: SoftmaxOp,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        self.run_rowwise(
+            RowwiseCall {
+                kernel: op.forward_kernel(),
+                matrices: &[("x", x)],
+                per_row: &[],
+                per_row_output: op == SoftmaxOp::Logsumexp,
+            },
+            rows,
+            cols,
+        )
+        .await
+    }
+
+    /// Row-wise softmax of a row-major `[rows, cols]` matrix.
+    pub async fn softmax(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        self.softmax_family(SoftmaxOp::Softmax, x, rows, cols).await
+    }
+
+    /// [`GpuContext::softmax`], blocking.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// let ctx = wgpu_loss::GpuContext::new_blocking()?;
+    /// let y = ctx.softmax_blocking(&[1234.0, 0.0, 1.0, 1.0], 2, 2)?;
+    /// assert_eq!(y[0], 1.0);
+    /// assert!((y[2] - 0.5).abs() < 1e-6);
+    /// # Ok(()) }
+    /// ```
+    pub fn softmax_blocking(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.softmax(x, rows, cols))
+    }
+
+    /// Row-wise log-softmax of a row-major `[rows, cols]` matrix.
+    pub async fn log_softmax(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        self.softmax_family(SoftmaxOp::LogSoftmax, x, rows, cols)
+            .await
+    }
+
+    /// [`GpuContext::log_softmax`], blocking.
+    pub fn log_softmax_blocking(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.log_softmax(x, rows, cols))
+    }
+
+    /// Row-wise log-sum-exp: one value per row.
+    pub async fn logsumexp(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        self.softmax_family(SoftmaxOp::Logsumexp, x, rows, cols)
+            .await
+    }
+
+    /// [`GpuContext::logsumexp`], blocking.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// let ctx = wgpu_loss::GpuContext::new_blocking()?;
+    /// let lse = ctx.logsumexp_blocking(&[0.0, 0.0], 1, 2)?;
+    /// assert!((lse[0] - 2f32.ln()).abs() < 1e-6);
+    /// # Ok(()) }
+    /// ```
+    pub fn logsumexp_blocking(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.logsumexp(x, rows, cols))
+    }
+
+    /// Softmax backward: `dx = y ⊙ (dy - Σ dy ⊙ y)` per row, from the softmax output `y`.
+    pub async fn softmax_backward(
+        &self,
+        y: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        self.run_rowwise(
+            RowwiseCall {
+                kernel: Kernel::SoftmaxBackward,
+                matrices: &[("y", y), ("dy", dy)],
+                per_row: &[],
+                per_row_output: false,
+            },
+            rows,
+            cols,
+        )
+        .await
+    }
+
+    /// [`GpuContext::softmax_backward`], blocking.
+    pub fn softmax_backward_blocking(
+        &self,
+        y: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.softmax_backward(y, dy, rows, cols))
+    }
+
+    /// Log-softmax backward: `dx = dy - exp(y) Σ dy` per row, from the log-softmax output `y`.
+    pub async fn log_softmax_backward(
+        &self,
+        y: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        self.run_rowwise(
+            RowwiseCall {
+                kernel: Kernel::LogSoftmaxBackward,
+                matrices: &[("y", y), ("dy", dy)],
+                per_row: &[],
+                per_row_output: false,
+            },
+            rows,
+            cols,
+        )
+        .await
+    }
+
+    /// [`GpuContext::log_softmax_backward`], blocking.
+    pub fn log_softmax_backward_blocking(
+        &self,
+        y: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.log_softmax_backward(y, dy, rows, cols))
+    }
+
+    /// Logsumexp backward: `dx = dy_i · exp(x - lse_i)`, with `lse` the forward
+    /// output and `dy` one upstream gradient per row.
+    pub async fn logsumexp_backward(
+        &self,
+        x: &[f32],
+        lse: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        self.run_rowwise(
+            RowwiseCall {
+                kernel: Kernel::LogsumexpBackward,
+                matrices: &[("x", x)],
+                per_row: &[("lse", lse), ("dy", dy)],
+                per_row_output: false,
+            },
+            rows,
+            cols,
+        )
+        .await
+    }
+
+    /// [`GpuContext::logsumexp_backward`], blocking.
+    pub fn logsumexp_backward_blocking(
+        &self,
+        x: &[f32],
+        lse: &[f32],
+        dy: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        pollster::block_on(self.logsumexp_backward(x, lse, dy, rows, cols))
+    }
+}

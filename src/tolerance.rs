@@ -1,0 +1,105 @@
+//! The one tolerance policy every comparison with the f64 reference uses
+//! (tests, `wgpu-loss check`, `wgpu-loss bench`'s error column).
+//!
+//! An f32 result `a` matches the reference `e` when
+//! - both are NaN, or both are the same infinity, or
+//! - `|a - e| <= ATOL · S + RTOL · |e|`, where `S` is the largest finite `|e|`
+//!   in the compared tensor (so absolute error is judged against the tensor's scale).
+//!
+//! NaN never matches a number, and a number never matches NaN.
+
+/// Absolute/relative tolerance pair.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    /// Allowed error as a fraction of the tensor's largest finite magnitude.
+    pub atol: f64,
+    /// Allowed error as a fraction of the element's own magnitude.
+    pub rtol: f64,
+}
+
+/// The tolerance for f32 kernels (GPU and fast CPU) against the f64 reference.
+pub const F32_TOLERANCE: Tolerance = Tolerance {
+    atol: 1e-6,
+    rtol: 1e-4,
+};
+
+/// The first element that fails the tolerance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    /// Flat index.
+    pub index: usize,
+    /// Value under test.
+    pub actual: f32,
+    /// Reference value.
+    pub expected: f64,
+    /// `|actual - expected|` (NaN where one side is NaN).
+    pub diff: f64,
+    /// The error allowed at this element.
+    pub allowed: f64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "index {}: actual {:e}, expected {:e}, diff {:e}, allowed {:e}",
+            self.index, self.actual, self.expected, self.diff, self.allowed
+        )
+    }
+}
+
+/// Largest finite `|e|` in `expected` (the `S` of the policy).
+pub fn scale_of(expected: &[f64]) -> f64 {
+    expected
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+}
+
+impl Tolerance {
+    /// The first mismatch, or `None` when every element matches. Lengths must agree;
+    /// a length difference is reported as a mismatch at the first missing index.
+    pub fn first_mismatch(&self, actual: &[f32], expected: &[f64]) -> Option<Mismatch> {
+        let scale = scale_of(expected);
+        for (index, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+            let allowed = self.atol * scale + self.rtol * e.abs();
+            let a64 = f64::from(a);
+            let ok = if e.is_nan() || a.is_nan() {
+                e.is_nan() && a.is_nan()
+            } else if e.is_infinite() || a.is_infinite() {
+                a64 == e
+            } else {
+                (a64 - e).abs() <= allowed
+            };
+            if !ok {
+                return Some(Mismatch {
+                    index,
+                    actual: a,
+                    expected: e,
+                    diff: (a64 - e).abs(),
+                    allowed,
+                });
+            }
+        }
+        if actual.len() != expected.len() {
+            let index = actual.len().min(expected.len());
+            return Some(Mismatch {
+                index,
+                actual: actual.get(index).copied().unwrap_or(f32::NAN),
+                expected: expected.get(index).copied().unwrap_or(f64::NAN),
+                diff: f64::NAN,
+                allowed: 0.0,
+            });
+        }
+        None
+    }
+}
+
+/// Largest `|a - e|` over elements where both are finite (for reports).
+pub fn max_abs_error(actual: &[f32], expected: &[f64]) -> f64 {
+    actual
+        .iter()
+        .zip(expected)
+        .filter(|(a, e)| a.is_finite() && e.is_finite())
+        .fold(0.0, |m, (&a, &e)| m.max((f64::from(a) - e).abs()))
+}
