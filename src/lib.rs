@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod context;
 pub mod cpu;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod tolerance;
 
 pub use context::{enumerate_adapters, ContextOptions, GpuContext};
 pub use error::{Error, Result};
+pub use kernels::Kernel;
 pub use ops::cross_entropy::{ClassIndex, CrossEntropyOptions, CrossEntropyOutput};
 pub use ops::softmax::SoftmaxOp;
 pub use ops::Reduction;

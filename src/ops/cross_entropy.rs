@@ -192,26 +192,54 @@ pub struct CrossEntropyOutput {
 
 /// What the per-row kernel writes besides row losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GradMode {
+pub(crate) enum GradMode {
+    /// Loss only: logits read once, nothing of size `N·C` written.
     None,
+    /// Gradient into its own buffer.
     Separate,
+    /// Gradient over the logits buffer.
     InPlace,
+}
+
+impl GradMode {
+    fn kernel(self) -> Kernel {
+        match self {
+            GradMode::None => Kernel::CrossEntropyLoss,
+            GradMode::Separate => Kernel::CrossEntropyLossGrad,
+            GradMode::InPlace => Kernel::CrossEntropyLossGradInPlace,
+        }
+    }
 }
 
 const FLAG_WEIGHTS: u32 = 1;
 const FLAG_SOFTCAP: u32 = 2;
 
+/// The device-side state of one cross-entropy problem, apart from the logits:
+/// validated targets and weights, and the scalar and per-row outputs.
+pub(crate) struct CrossEntropyProblem {
+    pub(crate) classes: usize,
+    pub(crate) reduction: Reduction,
+    params: Params,
+    width: VecWidth,
+    targets: wgpu::Buffer,
+    weights: Option<wgpu::Buffer>,
+    scalars: wgpu::Buffer,
+    pub(crate) row_out: wgpu::Buffer,
+    pub(crate) result: wgpu::Buffer,
+}
+
 impl GpuContext {
-    async fn cross_entropy_run<T: ClassIndex>(
+    /// Validates targets and options and uploads everything but the logits.
+    pub(crate) fn cross_entropy_problem<T: ClassIndex>(
         &self,
-        logits: &[f32],
         targets: &[T],
         classes: usize,
         options: &CrossEntropyOptions<'_>,
-        mode: GradMode,
-    ) -> Result<CrossEntropyOutput> {
+    ) -> Result<CrossEntropyProblem> {
         let rows = targets.len();
-        check_matrix("logits", logits.len(), rows, classes)?;
+        if classes == 0 {
+            return Err(Error::ZeroCols);
+        }
         options.validate(classes)?;
         let targets = checked_targets(targets, classes, options.ignore_index)?;
         self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
@@ -242,46 +270,155 @@ impl GpuContext {
             reduction: options.reduction.code(),
             ..Params::default()
         };
-        // The weights vector is read with the row kernels' vector width.
-        let width = VecWidth::for_layout(classes, &[0]);
-        let targets_buf = self.upload("targets", &targets);
-        let weights_buf = options.weight.map(|w| self.upload("weight", w));
-        let weights = weights_buf.as_ref().unwrap_or(&self.placeholder);
-        let scalars = self.storage("ce scalars", 16);
-        let row_out = self.output("ce row out", rows * 4);
-        let result = self.output("ce result", 4);
+        Ok(CrossEntropyProblem {
+            classes,
+            reduction: options.reduction,
+            params,
+            // The weights vector is read with the row kernels' vector width.
+            width: VecWidth::for_layout(classes, &[0]),
+            targets: self.upload("targets", &targets),
+            weights: options.weight.map(|w| self.upload("weight", w)),
+            scalars: self.storage("ce scalars", 16),
+            row_out: self.output("ce row out", rows * 4),
+            result: self.output("ce result", 4),
+        })
+    }
 
+    /// Records the `mean` denominator / kept-row count / weight total pass.
+    pub(crate) fn encode_cross_entropy_denominator(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &CrossEntropyProblem,
+    ) -> Result<()> {
+        self.encode_single(
+            encoder,
+            Kernel::CrossEntropyDenominator,
+            p.width,
+            &[
+                WholeArg {
+                    binding: 2,
+                    buffer: &p.targets,
+                },
+                WholeArg {
+                    binding: 3,
+                    buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
+                },
+                WholeArg {
+                    binding: 4,
+                    buffer: &p.scalars,
+                },
+            ],
+            p.params,
+        )
+    }
+
+    /// Records the per-row kernel over rows `row0..row0 + n`, whose logits
+    /// start at element 0 of `logits` (and whose gradient goes to `grad`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_cross_entropy_rows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &CrossEntropyProblem,
+        mode: GradMode,
+        logits: &wgpu::Buffer,
+        grad: Option<&wgpu::Buffer>,
+        row0: usize,
+        n: usize,
+    ) -> Result<()> {
+        let mut matrices = vec![MatrixArg {
+            binding: 1,
+            buffer: logits,
+            offset: 0,
+            base: Base::A,
+        }];
+        if let (GradMode::Separate, Some(g)) = (mode, grad) {
+            matrices.push(MatrixArg {
+                binding: 6,
+                buffer: g,
+                offset: 0,
+                base: Base::Out,
+            });
+        }
+        self.encode_rows(
+            encoder,
+            mode.kernel(),
+            n,
+            p.classes,
+            &matrices,
+            &[
+                WholeArg {
+                    binding: 2,
+                    buffer: &p.targets,
+                },
+                WholeArg {
+                    binding: 3,
+                    buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
+                },
+                WholeArg {
+                    binding: 4,
+                    buffer: &p.scalars,
+                },
+                WholeArg {
+                    binding: 5,
+                    buffer: &p.row_out,
+                },
+            ],
+            Params {
+                row_base: row0 as u32,
+                ..p.params
+            },
+        )
+    }
+
+    /// Records the fixed-order reduction of row losses (nothing for `none`).
+    pub(crate) fn encode_cross_entropy_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &CrossEntropyProblem,
+    ) -> Result<()> {
+        if p.reduction == Reduction::None {
+            return Ok(());
+        }
+        self.encode_single(
+            encoder,
+            Kernel::CrossEntropyReduce,
+            p.width,
+            &[
+                WholeArg {
+                    binding: 4,
+                    buffer: &p.scalars,
+                },
+                WholeArg {
+                    binding: 5,
+                    buffer: &p.row_out,
+                },
+                WholeArg {
+                    binding: 7,
+                    buffer: &p.result,
+                },
+            ],
+            p.params,
+        )
+    }
+
+    async fn cross_entropy_run<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+        mode: GradMode,
+    ) -> Result<CrossEntropyOutput> {
+        let rows = targets.len();
+        check_matrix("logits", logits.len(), rows, classes)?;
+        let problem = self.cross_entropy_problem(targets, classes, options)?;
         self.scoped("ce_denominator", || {
             let mut encoder = self.encoder("ce_denominator");
-            self.encode_single(
-                &mut encoder,
-                Kernel::CrossEntropyDenominator,
-                width,
-                &[
-                    WholeArg {
-                        binding: 2,
-                        buffer: &targets_buf,
-                    },
-                    WholeArg {
-                        binding: 3,
-                        buffer: weights,
-                    },
-                    WholeArg {
-                        binding: 4,
-                        buffer: &scalars,
-                    },
-                ],
-                params,
-            )?;
+            self.encode_cross_entropy_denominator(&mut encoder, &problem)?;
             self.queue.submit([encoder.finish()]);
             Ok(())
         })?;
 
-        let kernel = match mode {
-            GradMode::None => Kernel::CrossEntropyLoss,
-            GradMode::Separate => Kernel::CrossEntropyLossGrad,
-            GradMode::InPlace => Kernel::CrossEntropyLossGradInPlace,
-        };
         let mut grad = Vec::new();
         let chunk_rows = if rows == 0 {
             1
@@ -292,63 +429,27 @@ impl GpuContext {
         while r0 < rows {
             let n = chunk_rows.min(rows - r0);
             let chunk = &logits[r0 * classes..(r0 + n) * classes];
-            let staging = self.scoped(kernel.entry_point(), || {
+            let staging = self.scoped(mode.kernel().entry_point(), || {
                 let logits_buf = self.upload("logits", chunk);
                 let grad_buf =
                     (mode == GradMode::Separate).then(|| self.output("grad", n * classes));
-                let mut matrices = vec![MatrixArg {
-                    binding: 1,
-                    buffer: &logits_buf,
-                    offset: 0,
-                    base: Base::A,
-                }];
-                if let Some(g) = &grad_buf {
-                    matrices.push(MatrixArg {
-                        binding: 6,
-                        buffer: g,
-                        offset: 0,
-                        base: Base::Out,
-                    });
-                }
-                let mut encoder = self.encoder(kernel.entry_point());
-                self.encode_rows(
+                let mut encoder = self.encoder(mode.kernel().entry_point());
+                self.encode_cross_entropy_rows(
                     &mut encoder,
-                    kernel,
+                    &problem,
+                    mode,
+                    &logits_buf,
+                    grad_buf.as_ref(),
+                    r0,
                     n,
-                    classes,
-                    &matrices,
-                    &[
-                        WholeArg {
-                            binding: 2,
-                            buffer: &targets_buf,
-                        },
-                        WholeArg {
-                            binding: 3,
-                            buffer: weights,
-                        },
-                        WholeArg {
-                            binding: 4,
-                            buffer: &scalars,
-                        },
-                        WholeArg {
-                            binding: 5,
-                            buffer: &row_out,
-                        },
-                    ],
-                    Params {
-                        row_base: r0 as u32,
-                        ..params
-                    },
                 )?;
-                let staging = match (mode, &grad_buf) {
-                    (GradMode::Separate, Some(g)) => {
-                        Some(self.stage(&mut encoder, g, (n * classes) as u64 * 4))
-                    }
-                    (GradMode::InPlace, _) => {
-                        Some(self.stage(&mut encoder, &logits_buf, (n * classes) as u64 * 4))
-                    }
-                    _ => None,
+                let written = match mode {
+                    GradMode::None => None,
+                    GradMode::Separate => grad_buf.as_ref(),
+                    GradMode::InPlace => Some(&logits_buf),
                 };
+                let staging =
+                    written.map(|b| self.stage(&mut encoder, b, (n * classes) as u64 * 4));
                 self.queue.submit([encoder.finish()]);
                 Ok(staging)
             })?;
@@ -360,30 +461,9 @@ impl GpuContext {
 
         let (row_staging, result_staging) = self.scoped("ce_reduce", || {
             let mut encoder = self.encoder("ce_reduce");
-            if options.reduction != Reduction::None {
-                self.encode_single(
-                    &mut encoder,
-                    Kernel::CrossEntropyReduce,
-                    width,
-                    &[
-                        WholeArg {
-                            binding: 4,
-                            buffer: &scalars,
-                        },
-                        WholeArg {
-                            binding: 5,
-                            buffer: &row_out,
-                        },
-                        WholeArg {
-                            binding: 7,
-                            buffer: &result,
-                        },
-                    ],
-                    params,
-                )?;
-            }
-            let row_staging = self.stage(&mut encoder, &row_out, rows as u64 * 16);
-            let result_staging = self.stage(&mut encoder, &result, 8);
+            self.encode_cross_entropy_reduce(&mut encoder, &problem)?;
+            let row_staging = self.stage(&mut encoder, &problem.row_out, rows as u64 * 16);
+            let result_staging = self.stage(&mut encoder, &problem.result, 8);
             self.queue.submit([encoder.finish()]);
             Ok((row_staging, result_staging))
         })?;

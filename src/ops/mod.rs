@@ -260,6 +260,86 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Records a copy of `elems` f32 values from `src` to `dst` with the copy
+    /// kernel (not `copy_buffer_to_buffer`: the yardstick must be a shader).
+    pub(crate) fn encode_copy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        elems: usize,
+    ) -> Result<()> {
+        let width = VecWidth::for_layout(elems, &[0]);
+        let pipeline = self.pipeline(Kernel::Copy, width)?;
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
+        // Whole workgroups' worth of vectors per window, within the binding size.
+        let window = (self.max_binding_bytes() / 4 / per_group * per_group).max(per_group);
+        let mut start = 0u64;
+        while start < elems as u64 {
+            let n = window.min(elems as u64 - start);
+            let params = Params {
+                cols: n as u32,
+                ..Params::default()
+            };
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("copy params"),
+                    contents: bytemuck::bytes_of(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let range = |b| wgpu::BufferBinding {
+                buffer: b,
+                offset: start * 4,
+                size: wgpu::BufferSize::new(n * 4),
+            };
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("copy"),
+                layout: &pipeline.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: uniform.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: wgpu::BindingResource::Buffer(range(src)),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: wgpu::BindingResource::Buffer(range(dst)),
+                    },
+                ],
+            });
+            let groups = n.div_ceil(per_group);
+            let gx = groups.min(max_dim);
+            let gy = groups.div_ceil(gx);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("copy"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+            drop(pass);
+            start += n;
+        }
+        Ok(())
+    }
+
+    /// Submits `encoder` and blocks until the device has finished it.
+    pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.queue.submit([encoder.finish()]);
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback {
+                adapter: self.adapter_name().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(())
+    }
+
     /// Runs `f` inside validation and out-of-memory error scopes and turns a
     /// captured error into [`Error::Gpu`] naming `what`.
     pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
