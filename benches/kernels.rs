@@ -1,1 +1,68 @@
-fn main() {}
+//! Criterion benches: every op, GPU kernel-only (resident buffers, dispatch +
+//! wait), GPU end to end (upload + compute + readback) and the CPU path, with
+//! throughput in ideal bytes so criterion prints GB/s.
+//!
+//! `cargo bench` runs them on whatever adapter wgpu picks; with no adapter
+//! only the CPU benches run (and a line says so).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wgpu_loss::bench::{self, BenchInput, BenchOp, CopyKernel, ResidentOp};
+use wgpu_loss::GpuContext;
+
+/// Small and large-vocabulary shapes that keep a lavapipe run to minutes.
+const SHAPES: [(usize, usize); 2] = [(1024, 1000), (16, 65_536)];
+
+fn benches(c: &mut Criterion) {
+    let ctx = match GpuContext::new_blocking() {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            eprintln!("no GPU adapter ({e}): benching the CPU path only");
+            None
+        }
+    };
+    for (rows, cols) in SHAPES {
+        let input = BenchInput::new(rows, cols).expect("bench shape is valid");
+        let shape = format!("{rows}x{cols}");
+        if let Some(ctx) = &ctx {
+            let copy = CopyKernel::new(ctx, rows * cols);
+            let mut group = c.benchmark_group("copy");
+            group.throughput(Throughput::Bytes(copy.bytes()));
+            group.bench_function(BenchmarkId::new("gpu-kernel", &shape), |b| {
+                b.iter_custom(|n| {
+                    (0..n)
+                        .map(|_| copy.run().expect("copy runs"))
+                        .sum::<Duration>()
+                })
+            });
+            group.finish();
+        }
+        for op in BenchOp::ALL {
+            let mut group = c.benchmark_group(op.name());
+            group.sample_size(10);
+            group.throughput(Throughput::Bytes(op.ideal_bytes(rows, cols)));
+            if let Some(ctx) = &ctx {
+                let resident = ResidentOp::new(ctx, op, &input).expect("upload succeeds");
+                resident.run().expect("warm-up run");
+                group.bench_function(BenchmarkId::new("gpu-kernel", &shape), |b| {
+                    b.iter_custom(|n| {
+                        (0..n)
+                            .map(|_| resident.run().expect("kernel runs"))
+                            .sum::<Duration>()
+                    })
+                });
+                group.bench_function(BenchmarkId::new("gpu-end-to-end", &shape), |b| {
+                    b.iter(|| pollster::block_on(bench::run_end_to_end(ctx, op, &input)))
+                });
+            }
+            group.bench_function(BenchmarkId::new("cpu", &shape), |b| {
+                b.iter(|| bench::run_cpu(op, &input))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);

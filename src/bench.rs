@@ -13,7 +13,7 @@ use crate::cpu::reference;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::{CrossEntropyProblem, GradMode};
 use crate::ops::softmax::SoftmaxOp;
-use crate::ops::{Base, MatrixArg, Params, WholeArg};
+use crate::ops::{Base, MatrixArg, Params, RowLaunch, WholeArg};
 use crate::{CrossEntropyOptions, Kernel};
 
 /// An op as the benchmark (and the command line) names it.
@@ -204,12 +204,14 @@ impl<'a> ResidentOp<'a> {
                 }
                 ctx.encode_rows(
                     &mut encoder,
-                    kernel,
-                    self.rows,
-                    self.cols,
-                    &matrices,
-                    &whole,
-                    Params::default(),
+                    RowLaunch {
+                        kernel,
+                        rows: self.rows,
+                        cols: self.cols,
+                        matrices: &matrices,
+                        whole: &whole,
+                        params: Params::default(),
+                    },
                 )?;
             } else if let Some(p) = &self.problem {
                 let mode = if self.op == BenchOp::CrossEntropy {

@@ -73,7 +73,7 @@ impl VecWidth {
 
     /// The widest variant usable for rows of `cols` starting at the given element offsets.
     pub fn for_layout(cols: usize, offsets: &[u64]) -> VecWidth {
-        if cols % 4 == 0 && offsets.iter().all(|o| o % 4 == 0) {
+        if cols.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
             VecWidth::Vec4
         } else {
             VecWidth::Scalar

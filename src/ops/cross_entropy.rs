@@ -30,7 +30,7 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, VecWidth};
-use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, WholeArg};
+use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, RowLaunch, WholeArg};
 
 /// Options of [`GpuContext::cross_entropy`]; `Default` is PyTorch's default.
 #[derive(Clone, Copy, Debug)]
@@ -339,33 +339,36 @@ impl GpuContext {
                 base: Base::Out,
             });
         }
+        let whole = [
+            WholeArg {
+                binding: 2,
+                buffer: &p.targets,
+            },
+            WholeArg {
+                binding: 3,
+                buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
+            },
+            WholeArg {
+                binding: 4,
+                buffer: &p.scalars,
+            },
+            WholeArg {
+                binding: 5,
+                buffer: &p.row_out,
+            },
+        ];
         self.encode_rows(
             encoder,
-            mode.kernel(),
-            n,
-            p.classes,
-            &matrices,
-            &[
-                WholeArg {
-                    binding: 2,
-                    buffer: &p.targets,
+            RowLaunch {
+                kernel: mode.kernel(),
+                rows: n,
+                cols: p.classes,
+                matrices: &matrices,
+                whole: &whole,
+                params: Params {
+                    row_base: row0 as u32,
+                    ..p.params
                 },
-                WholeArg {
-                    binding: 3,
-                    buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
-                },
-                WholeArg {
-                    binding: 4,
-                    buffer: &p.scalars,
-                },
-                WholeArg {
-                    binding: 5,
-                    buffer: &p.row_out,
-                },
-            ],
-            Params {
-                row_base: row0 as u32,
-                ..p.params
             },
         )
     }

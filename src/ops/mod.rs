@@ -71,6 +71,17 @@ pub(crate) struct MatrixArg<'a> {
     pub base: Base,
 }
 
+/// One row kernel launch over `rows` rows of `cols` columns.
+pub(crate) struct RowLaunch<'a> {
+    pub kernel: Kernel,
+    pub rows: usize,
+    pub cols: usize,
+    pub matrices: &'a [MatrixArg<'a>],
+    pub whole: &'a [WholeArg<'a>],
+    /// `row_base` is the global row of this launch's row 0.
+    pub params: Params,
+}
+
 /// An operand bound whole (per-row arrays, weights, scalars).
 pub(crate) struct WholeArg<'a> {
     pub binding: u32,
@@ -122,19 +133,21 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records a one-workgroup-per-row kernel over `rows` rows into `encoder`,
-    /// split into windows that fit the binding and dispatch limits.
-    /// `params.row_base` is the global row of this call's row 0.
+    /// Records a one-workgroup-per-row kernel into `encoder`, split into row
+    /// windows that fit the binding and dispatch limits.
     pub(crate) fn encode_rows(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        kernel: Kernel,
-        rows: usize,
-        cols: usize,
-        matrices: &[MatrixArg<'_>],
-        whole: &[WholeArg<'_>],
-        params: Params,
+        launch: RowLaunch<'_>,
     ) -> Result<()> {
+        let RowLaunch {
+            kernel,
+            rows,
+            cols,
+            matrices,
+            whole,
+            params,
+        } = launch;
         if rows == 0 {
             return Ok(());
         }

@@ -15,7 +15,7 @@
 use crate::context::GpuContext;
 use crate::error::Result;
 use crate::kernels::Kernel;
-use crate::ops::{check_matrix, Base, MatrixArg, Params, WholeArg};
+use crate::ops::{check_matrix, Base, MatrixArg, Params, RowLaunch, WholeArg};
 
 /// Which softmax-family op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,14 +113,16 @@ impl GpuContext {
                 let mut encoder = self.encoder(what);
                 self.encode_rows(
                     &mut encoder,
-                    call.kernel,
-                    n,
-                    cols,
-                    &matrices,
-                    &whole,
-                    Params {
-                        total_rows: n as u32,
-                        ..Params::default()
+                    RowLaunch {
+                        kernel: call.kernel,
+                        rows: n,
+                        cols,
+                        matrices: &matrices,
+                        whole: &whole,
+                        params: Params {
+                            total_rows: n as u32,
+                            ..Params::default()
+                        },
                     },
                 )?;
                 let staging = self.stage(&mut encoder, &output, (n * out_per_row) as u64 * 4);
