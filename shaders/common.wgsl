@@ -17,8 +17,12 @@ struct Params {
     softcap: f32,
     grad_scale: f32,
     reduction: u32,     // 0 none, 1 mean, 2 sum
-    _pad0: u32,
-    _pad1: u32,
+    base_c: u32,        // ... matrix C (third matrix input)
+    base_d: u32,        // ... matrix D (second output)
+    alpha: f32,
+    gamma: f32,
+    denominator: f32,   // divisor of `mean` where the host knows it
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

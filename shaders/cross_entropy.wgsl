@@ -13,9 +13,11 @@
 @group(0) @binding(5) var<storage, read_write> row_out: array<vec4<f32>>; // per row (ce, z, lse, 0)
 @group(0) @binding(6) var<storage, read_write> grad: array<vec_t>;
 @group(0) @binding(7) var<storage, read_write> result: array<f32>;     // [total loss, z-loss part]
+@group(0) @binding(8) var<storage, read> soft_targets: array<vec_t>;   // probability targets [N, C] (base_b)
 
 const FLAG_WEIGHTS: u32 = 1u;
 const FLAG_SOFTCAP: u32 = 2u;
+const FLAG_MEAN_BY_COUNT: u32 = 4u;
 const REDUCTION_MEAN: u32 = 1u;
 
 var<workgroup> wg_count: array<u32, WG>;
@@ -80,8 +82,10 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
     let d_total = wg_reduce_sum(tid, d);
     let w_total = wg_reduce_sum(tid, w);
     if (tid == 0u) {
-        // Without weights D is the kept-row count, exact as an integer.
-        scalars[0] = select(f32(kept_total), d_total, has_weights());
+        // Without weights (or for focal loss, whose mean is over kept rows) D is
+        // the kept-row count, exact as an integer.
+        let by_count = !has_weights() || (params.flags & FLAG_MEAN_BY_COUNT) != 0u;
+        scalars[0] = select(d_total, f32(kept_total), by_count);
         scalars[1] = f32(kept_total);
         scalars[2] = select(f32(params.cols), w_total, has_weights());
         scalars[3] = 0.0;
@@ -245,5 +249,153 @@ fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
         }
         result[0] = ce_part + z_part;
         result[1] = z_part;
+    }
+}
+
+// ---- Probability targets: q' = (1-eps) q + eps/C, l_i = -sum_c w[c] q'_c lp_c (+ z lse^2),
+// g_j = s (p_j B - w_j q'_j) + s_z 2 z lse p_j with B = sum_c w[c] q'_c; mean divides by N
+// (the host stores N in scalars[0] and scalars[1]).
+
+struct SoftRow { m: f32, ls: f32, b: f32, ce: f32, z: f32 }
+
+fn soft_q(i: u32, q: vec_t) -> vec_t {
+    let eps = params.smoothing;
+    return vec_t(1.0 - eps) * q + vec_t(eps / f32(params.cols));
+}
+
+fn soft_row(row: u32, tid: u32) -> SoftRow {
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let qsrc = params.base_b / VW + row * n;
+    let r0 = lane(capped(logits[src]), 0u);
+    let r = select(0.0, r0, is_finite(r0));
+    var st = stat_empty();
+    var a = 0.0;
+    var b = 0.0;
+    for (var i = tid; i < n; i += WG) {
+        let v = capped(logits[src + i]);
+        st = stat_push(st, v);
+        let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
+        a += hsum(wq * (v - vec_t(r)));
+        b += hsum(wq);
+    }
+    st = wg_reduce_stat(tid, st);
+    a = wg_reduce_sum(tid, a);
+    b = wg_reduce_sum(tid, b);
+    let ls = log(st.s);
+    let lse = st.m + ls;
+    var z = 0.0;
+    if (params.z_loss > 0.0) {
+        z = params.z_loss * lse * lse;
+    }
+    return SoftRow(st.m, ls, b, b * ((st.m - r) + ls) - a, z);
+}
+
+fn write_soft_row(row: u32, rs: SoftRow) {
+    row_out[params.row_base + row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn ce_soft_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = soft_row(row, lid.x);
+    if (lid.x == 0u) { write_soft_row(row, rs); }
+}
+
+@compute @workgroup_size(WG)
+fn ce_soft_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = soft_row(row, lid.x);
+    if (lid.x == 0u) { write_soft_row(row, rs); }
+    let mean = params.reduction == REDUCTION_MEAN;
+    let k = select(params.grad_scale, params.grad_scale / scalars[0], mean);
+    var kp = k * rs.b;
+    if (params.z_loss > 0.0) {
+        kp += select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
+    }
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let qsrc = params.base_b / VW + row * n;
+    let dst = params.base_out / VW + row * n;
+    for (var i = lid.x; i < n; i += WG) {
+        let x = logits[src + i];
+        let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
+        let g = vec_t(kp) * p - vec_t(k) * class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
+        grad[dst + i] = g * cap_slope(x);
+    }
+}
+
+// ---- Multiclass (softmax) focal loss: l_i = -alpha[y] (1 - p_y)^gamma log p_y, zero on ignored
+// rows, mean over kept rows. With q = 1 - p_y and lp = log p_y:
+//   dl/dx_j = F (p_j - [j = y]),  F = alpha[y] (q^gamma - gamma q^(gamma-1) p_y lp)
+// (from d p_y/dx_j = p_y ([j = y] - p_j) and d lp/dx_j = [j = y] - p_j). The per-class alpha
+// rides in the `weights` binding.
+
+struct FocalRow { m: f32, ls: f32, label: i32, ignored: bool, loss: f32, f: f32 }
+
+fn focal_row(row: u32, tid: u32) -> FocalRow {
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let t = targets[params.row_base + row];
+    var st = stat_empty();
+    for (var i = tid; i < n; i += WG) {
+        st = stat_push(st, logits[src + i]);
+    }
+    st = wg_reduce_stat(tid, st);
+    let ls = log(st.s);
+    let ignored = t == params.ignore_index;
+    var loss = 0.0;
+    var f = 0.0;
+    if (!ignored) {
+        let y = u32(t);
+        let lp = (lane(logits[src + y / VW], y % VW) - st.m) - ls;
+        let p = exp(lp);
+        let q = max(1.0 - p, 0.0);
+        let a = class_weight(y);
+        let gamma = params.gamma;
+        if (gamma == 0.0) {
+            loss = -a * lp;
+            f = a;
+        } else if (q == 0.0) {
+            loss = 0.0;
+            f = 0.0;
+        } else {
+            let qg = pow(q, gamma);
+            loss = -a * qg * lp;
+            f = a * (qg - gamma * pow(q, gamma - 1.0) * p * lp);
+        }
+    }
+    return FocalRow(st.m, ls, t, ignored, loss, f);
+}
+
+fn write_focal_row(row: u32, rs: FocalRow) {
+    row_out[params.row_base + row] = vec4<f32>(rs.loss, 0.0, rs.m + rs.ls, 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn focal_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = focal_row(row, lid.x);
+    if (lid.x == 0u) { write_focal_row(row, rs); }
+}
+
+@compute @workgroup_size(WG)
+fn focal_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = row_of(wid, nwg);
+    if (row >= params.rows) { return; }
+    let rs = focal_row(row, lid.x);
+    if (lid.x == 0u) { write_focal_row(row, rs); }
+    let k = select(params.grad_scale, params.grad_scale / scalars[0], params.reduction == REDUCTION_MEAN) * rs.f;
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let dst = params.base_out / VW + row * n;
+    let y = vec_u(u32(max(rs.label, 0)));
+    for (var i = lid.x; i < n; i += WG) {
+        let p = exp((logits[src + i] - vec_t(rs.m)) - vec_t(rs.ls));
+        let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
+        grad[dst + i] = select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored);
     }
 }

@@ -225,6 +225,7 @@ impl<'a> ResidentOp<'a> {
                     p,
                     mode,
                     &self.input,
+                    None,
                     Some(&self.output),
                     0,
                     self.rows,

@@ -92,6 +92,21 @@ pub enum Error {
         /// The weight found there.
         value: f32,
     },
+    /// An input value outside its domain (a probability outside `[0, 1]`,
+    /// a negative or non-finite probability target, ...).
+    #[error("{what}[row {row}, column {col}] = {value}: {reason}")]
+    InvalidValue {
+        /// Which input.
+        what: &'static str,
+        /// Row of the bad value.
+        row: usize,
+        /// Column of the bad value.
+        col: usize,
+        /// The value found.
+        value: f32,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
     /// An option value outside its domain.
     #[error("option {name} = {value} is invalid: {reason}")]
     InvalidOption {

@@ -22,6 +22,8 @@ pub enum Family {
     Softmax,
     /// `shaders/cross_entropy.wgsl`: cross-entropy with class-index targets.
     CrossEntropy,
+    /// `shaders/binary.wgsl`: element-wise BCE (probabilities, logits) and sigmoid focal loss.
+    Binary,
     /// `shaders/copy.wgsl`: the copy kernel used as the bandwidth yardstick.
     Copy,
 }
@@ -30,13 +32,19 @@ const COMMON_SOURCE: &str = include_str!("../shaders/common.wgsl");
 
 impl Family {
     /// All families.
-    pub const ALL: [Family; 3] = [Family::Softmax, Family::CrossEntropy, Family::Copy];
+    pub const ALL: [Family; 4] = [
+        Family::Softmax,
+        Family::CrossEntropy,
+        Family::Binary,
+        Family::Copy,
+    ];
 
     /// File name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Family::Softmax => "softmax.wgsl",
             Family::CrossEntropy => "cross_entropy.wgsl",
+            Family::Binary => "binary.wgsl",
             Family::Copy => "copy.wgsl",
         }
     }
@@ -45,6 +53,7 @@ impl Family {
         match self {
             Family::Softmax => include_str!("../shaders/softmax.wgsl"),
             Family::CrossEntropy => include_str!("../shaders/cross_entropy.wgsl"),
+            Family::Binary => include_str!("../shaders/binary.wgsl"),
             Family::Copy => include_str!("../shaders/copy.wgsl"),
         }
     }
@@ -148,13 +157,29 @@ pub enum Kernel {
     CrossEntropyLossGradInPlace,
     /// `ce_reduce`: fixed-order sum of row losses into `mean` or `sum`.
     CrossEntropyReduce,
+    /// `ce_soft_loss`: row losses with probability targets.
+    CrossEntropySoftLoss,
+    /// `ce_soft_loss_grad`: row losses and gradient with probability targets.
+    CrossEntropySoftLossGrad,
+    /// `focal_loss`: multiclass (softmax) focal loss per row.
+    FocalLoss,
+    /// `focal_loss_grad`: multiclass focal loss per row and its gradient.
+    FocalLossGrad,
+    /// `bce_prob_elements`: binary cross-entropy on probabilities.
+    BceProbElements,
+    /// `bce_logits_elements`: binary cross-entropy with logits.
+    BceLogitsElements,
+    /// `sigmoid_focal_elements`: torchvision's sigmoid focal loss.
+    SigmoidFocalElements,
+    /// `binary_reduce`: fixed-order sum of the element-wise kernels' partial sums.
+    BinaryReduce,
     /// `copy`: the bandwidth yardstick.
     Copy,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -166,6 +191,14 @@ impl Kernel {
         Kernel::CrossEntropyLossGrad,
         Kernel::CrossEntropyLossGradInPlace,
         Kernel::CrossEntropyReduce,
+        Kernel::CrossEntropySoftLoss,
+        Kernel::CrossEntropySoftLossGrad,
+        Kernel::FocalLoss,
+        Kernel::FocalLossGrad,
+        Kernel::BceProbElements,
+        Kernel::BceLogitsElements,
+        Kernel::SigmoidFocalElements,
+        Kernel::BinaryReduce,
         Kernel::Copy,
     ];
 
@@ -179,7 +212,14 @@ impl Kernel {
             | CrossEntropyLoss
             | CrossEntropyLossGrad
             | CrossEntropyLossGradInPlace
-            | CrossEntropyReduce => Family::CrossEntropy,
+            | CrossEntropyReduce
+            | CrossEntropySoftLoss
+            | CrossEntropySoftLossGrad
+            | FocalLoss
+            | FocalLossGrad => Family::CrossEntropy,
+            BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReduce => {
+                Family::Binary
+            }
             Copy => Family::Copy,
         }
     }
@@ -199,6 +239,14 @@ impl Kernel {
             CrossEntropyLossGrad => "ce_loss_grad",
             CrossEntropyLossGradInPlace => "ce_loss_grad_in_place",
             CrossEntropyReduce => "ce_reduce",
+            CrossEntropySoftLoss => "ce_soft_loss",
+            CrossEntropySoftLossGrad => "ce_soft_loss_grad",
+            FocalLoss => "focal_loss",
+            FocalLossGrad => "focal_loss_grad",
+            BceProbElements => "bce_prob_elements",
+            BceLogitsElements => "bce_logits_elements",
+            SigmoidFocalElements => "sigmoid_focal_elements",
+            BinaryReduce => "binary_reduce",
             Copy => "copy",
         }
     }
@@ -220,7 +268,35 @@ impl Kernel {
                 (5, ReadWrite),
             ],
             CrossEntropyDenominator => &[(0, Uniform), (2, Read), (3, Read), (4, ReadWrite)],
-            CrossEntropyLoss | CrossEntropyLossGradInPlace => &[
+            CrossEntropySoftLoss => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (8, Read),
+            ],
+            CrossEntropySoftLossGrad => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (6, ReadWrite),
+                (8, Read),
+            ],
+            BceProbElements | BceLogitsElements | SigmoidFocalElements => &[
+                (0, Uniform),
+                (1, Read),
+                (2, Read),
+                (3, Read),
+                (4, Read),
+                (5, ReadWrite),
+                (6, ReadWrite),
+                (7, ReadWrite),
+            ],
+            BinaryReduce => &[(0, Uniform), (7, ReadWrite), (8, ReadWrite)],
+            CrossEntropyLoss | CrossEntropyLossGradInPlace | FocalLoss => &[
                 (0, Uniform),
                 (1, ReadWrite),
                 (2, Read),
@@ -228,7 +304,7 @@ impl Kernel {
                 (4, ReadWrite),
                 (5, ReadWrite),
             ],
-            CrossEntropyLossGrad => &[
+            CrossEntropyLossGrad | FocalLossGrad => &[
                 (0, Uniform),
                 (1, ReadWrite),
                 (2, Read),

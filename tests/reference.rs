@@ -187,3 +187,155 @@ fn reference_edge_semantics() {
     assert!(row_logsumexp(&[f64::NAN, 0.0]).is_nan());
     assert!((row_logsumexp(&[1e4, 1e4]) - (1e4 + 2f64.ln())).abs() < 1e-9);
 }
+
+#[test]
+fn probability_target_and_focal_gradients_match_finite_differences() {
+    use wgpu_loss::cpu::reference::{cross_entropy_probs_f64, focal_loss_f64};
+    use wgpu_loss::FocalOptions;
+    let (rows, classes) = (3, 5);
+    let mut rng = Rng::new(23);
+    let x: Vec<f64> = (0..rows * classes)
+        .map(|_| f64::from(rng.normal(2.0)))
+        .collect();
+    let probs: Vec<f32> = (0..rows * classes).map(|_| rng.uniform(0.0, 0.5)).collect();
+    let weight: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        for (weighted, eps, z, cap) in [
+            (false, 0.0f32, 0.0f32, None),
+            (true, 0.2, 0.05, Some(3.0f32)),
+        ] {
+            let opts = CrossEntropyOptions {
+                weight: weighted.then_some(weight.as_slice()),
+                label_smoothing: eps,
+                reduction,
+                z_loss: z,
+                softcap: cap,
+                grad_scale: 1.5,
+                ..Default::default()
+            };
+            let objective = |x: &[f64]| {
+                1.5 * cross_entropy_probs_f64(x, &probs, classes, &opts)
+                    .unwrap()
+                    .loss
+                    .iter()
+                    .sum::<f64>()
+            };
+            let g = cross_entropy_probs_f64(&x, &probs, classes, &opts)
+                .unwrap()
+                .grad;
+            assert_fd(
+                &format!("probs {reduction:?} weighted={weighted}"),
+                &g,
+                objective,
+                &x,
+            );
+        }
+        let alpha: Vec<f32> = (0..classes).map(|_| rng.uniform(0.1, 1.0)).collect();
+        for (with_alpha, gamma) in [(false, 0.0f32), (true, 0.5), (true, 2.0)] {
+            let opts = FocalOptions {
+                alpha: with_alpha.then_some(alpha.as_slice()),
+                gamma,
+                reduction,
+                grad_scale: 2.0,
+                ..Default::default()
+            };
+            let targets = [1i64, -100, 4];
+            let objective = |x: &[f64]| {
+                2.0 * focal_loss_f64(x, &targets, classes, &opts)
+                    .unwrap()
+                    .loss
+                    .iter()
+                    .sum::<f64>()
+            };
+            let g = focal_loss_f64(&x, &targets, classes, &opts).unwrap().grad;
+            assert_fd(
+                &format!("focal {reduction:?} gamma={gamma}"),
+                &g,
+                objective,
+                &x,
+            );
+        }
+    }
+}
+
+#[test]
+fn binary_loss_gradients_match_finite_differences() {
+    use wgpu_loss::cpu::reference::{
+        binary_cross_entropy_f64, binary_cross_entropy_with_logits_f64, sigmoid_focal_loss_f64,
+    };
+    use wgpu_loss::{BinaryLossOptions, SigmoidFocalOptions};
+    let (rows, cols) = (3, 4);
+    let n = rows * cols;
+    let mut rng = Rng::new(24);
+    // Probabilities away from 0 and 1 so the step stays inside (0, 1).
+    let p: Vec<f64> = (0..n).map(|_| f64::from(rng.uniform(0.05, 0.95))).collect();
+    let x: Vec<f64> = (0..n).map(|_| f64::from(rng.normal(2.0))).collect();
+    let y: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 3 == 2 {
+                rng.uniform(0.0, 1.0)
+            } else {
+                (i % 2) as f32
+            }
+        })
+        .collect();
+    let col_w: Vec<f32> = (0..cols).map(|_| rng.uniform(0.2, 2.0)).collect();
+    let full_w: Vec<f32> = (0..n).map(|_| rng.uniform(0.2, 2.0)).collect();
+    let pos_w: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 3.0)).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        for weight in [None, Some(col_w.as_slice()), Some(full_w.as_slice())] {
+            let opts = BinaryLossOptions {
+                weight,
+                reduction,
+                grad_scale: 1.5,
+                ..Default::default()
+            };
+            let sum = |v: Vec<f64>| 1.5 * v.iter().sum::<f64>();
+            let g = binary_cross_entropy_f64(&p, &y, cols, &opts).unwrap().grad;
+            assert_fd(
+                &format!("bce {reduction:?}"),
+                &g,
+                |p| sum(binary_cross_entropy_f64(p, &y, cols, &opts).unwrap().loss),
+                &p,
+            );
+            let opts = BinaryLossOptions {
+                pos_weight: Some(&pos_w),
+                ..opts
+            };
+            let g = binary_cross_entropy_with_logits_f64(&x, &y, cols, &opts)
+                .unwrap()
+                .grad;
+            assert_fd(
+                &format!("bce_logits {reduction:?}"),
+                &g,
+                |x| {
+                    sum(binary_cross_entropy_with_logits_f64(x, &y, cols, &opts)
+                        .unwrap()
+                        .loss)
+                },
+                &x,
+            );
+        }
+        for (alpha, gamma) in [(0.25f32, 2.0f32), (-1.0, 0.0), (0.7, 0.5)] {
+            let opts = SigmoidFocalOptions {
+                alpha,
+                gamma,
+                reduction,
+                grad_scale: 1.0,
+            };
+            let g = sigmoid_focal_loss_f64(&x, &y, cols, &opts).unwrap().grad;
+            assert_fd(
+                &format!("sigmoid focal {reduction:?} alpha={alpha} gamma={gamma}"),
+                &g,
+                |x| {
+                    sigmoid_focal_loss_f64(x, &y, cols, &opts)
+                        .unwrap()
+                        .loss
+                        .iter()
+                        .sum::<f64>()
+                },
+                &x,
+            );
+        }
+    }
+}

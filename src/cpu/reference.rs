@@ -2,7 +2,10 @@
 //! in f64, with the same PyTorch edge semantics. Slow on purpose; it is the oracle.
 
 use crate::error::Result;
-use crate::ops::cross_entropy::{checked_targets, ClassIndex, CrossEntropyOptions, IGNORED_ROW};
+use crate::ops::binary::{BinaryCall, BinaryLossOptions, BinaryOp, SigmoidFocalOptions};
+use crate::ops::cross_entropy::{
+    checked_targets, soft_rows, ClassIndex, CrossEntropyOptions, FocalOptions, IGNORED_ROW,
+};
 use crate::ops::{check_matrix, Reduction};
 
 /// `logsumexp` of one row, PyTorch semantics: NaN if any NaN, `+inf` if any
@@ -237,4 +240,392 @@ pub fn cross_entropy_f64<T: ClassIndex>(
         lse: lse_rows,
         grad,
     })
+}
+
+fn softcapped(x: &[f64], cap: Option<f64>) -> Vec<f64> {
+    match cap {
+        Some(c) => x.iter().map(|v| c * (v / c).tanh()).collect(),
+        None => x.to_vec(),
+    }
+}
+
+/// Cross-entropy with probability targets on f32 logits; see [`cross_entropy_probs_f64`].
+pub fn cross_entropy_probs(
+    logits: &[f32],
+    probs: &[f32],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+) -> Result<CrossEntropyReference> {
+    soft_rows(logits, probs, classes, options)?;
+    cross_entropy_probs_f64(&widen(logits), probs, classes, options)
+}
+
+/// Cross-entropy with probability targets `q`: `q' = (1-ε)q + ε/C`,
+/// `l_i = -Σ_c w[c] q'_ic lp_ic` (+ `z lse²`), `mean` over `N`; gradient
+/// `p_ij Σ_c w[c] q'_ic - w[j] q'_ij` (+ `2 z lse p_ij`), through the softcap.
+pub fn cross_entropy_probs_f64(
+    logits: &[f64],
+    probs: &[f32],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+) -> Result<CrossEntropyReference> {
+    let rows = logits.len() / classes.max(1);
+    check_matrix("logits", logits.len(), rows, classes)?;
+    check_matrix("probability targets", probs.len(), rows, classes)?;
+    let c = classes as f64;
+    let w: Vec<f64> = options.weight.map_or(vec![1.0; classes], widen);
+    let eps = f64::from(options.label_smoothing);
+    let z = f64::from(options.z_loss);
+    let cap = options.softcap.map(f64::from);
+    let n = rows as f64;
+    let s = match options.reduction {
+        Reduction::Mean => f64::from(options.grad_scale) / n,
+        _ => f64::from(options.grad_scale),
+    };
+    let (mut ce_rows, mut z_rows, mut lse_rows) =
+        (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+    let mut grad = vec![0.0; rows * classes];
+    for i in 0..rows {
+        let x = &logits[i * classes..(i + 1) * classes];
+        let xc = softcapped(x, cap);
+        let lse = row_logsumexp(&xc);
+        lse_rows[i] = lse;
+        let q: Vec<f64> = probs[i * classes..(i + 1) * classes]
+            .iter()
+            .map(|&v| (1.0 - eps) * f64::from(v) + eps / c)
+            .collect();
+        let b: f64 = (0..classes).map(|j| w[j] * q[j]).sum();
+        ce_rows[i] = -(0..classes)
+            .map(|j| w[j] * q[j] * (xc[j] - lse))
+            .sum::<f64>();
+        if z > 0.0 {
+            z_rows[i] = z * lse * lse;
+        }
+        for j in 0..classes {
+            let p = (xc[j] - lse).exp();
+            let mut g = s * (p * b - w[j] * q[j]);
+            if z > 0.0 {
+                g += s * 2.0 * z * lse * p;
+            }
+            if let Some(cv) = cap {
+                let t = (x[j] / cv).tanh();
+                g *= 1.0 - t * t;
+            }
+            grad[i * classes + j] = g;
+        }
+    }
+    let (loss, z_loss) = reduce_rows(options.reduction, &ce_rows, &z_rows, n, n, z > 0.0);
+    Ok(CrossEntropyReference {
+        loss,
+        z_loss,
+        lse: lse_rows,
+        grad,
+    })
+}
+
+/// Row losses and z-losses reduced as the kernels do: `mean` divides the
+/// losses by `d` and the z-losses by `k`.
+fn reduce_rows(
+    reduction: Reduction,
+    ce: &[f64],
+    z: &[f64],
+    d: f64,
+    k: f64,
+    has_z: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    match reduction {
+        Reduction::None => (ce.iter().zip(z).map(|(a, b)| a + b).collect(), z.to_vec()),
+        Reduction::Sum => {
+            let zs: f64 = z.iter().sum();
+            (vec![ce.iter().sum::<f64>() + zs], vec![zs])
+        }
+        Reduction::Mean => {
+            let zs = if has_z {
+                z.iter().sum::<f64>() / k
+            } else {
+                0.0
+            };
+            (vec![ce.iter().sum::<f64>() / d + zs], vec![zs])
+        }
+    }
+}
+
+/// Multiclass focal loss on f32 logits; see [`focal_loss_f64`].
+pub fn focal_loss<T: ClassIndex>(
+    logits: &[f32],
+    targets: &[T],
+    classes: usize,
+    options: &FocalOptions<'_>,
+) -> Result<CrossEntropyReference> {
+    focal_loss_f64(&widen(logits), targets, classes, options)
+}
+
+/// Multiclass focal loss `l_i = -α[y] (1-p_y)^γ log p_y`, `mean` over kept
+/// rows, gradient `F (p_j - [j = y])` with `F = α[y] (q^γ - γ q^(γ-1) p_y log p_y)`.
+pub fn focal_loss_f64<T: ClassIndex>(
+    logits: &[f64],
+    targets: &[T],
+    classes: usize,
+    options: &FocalOptions<'_>,
+) -> Result<CrossEntropyReference> {
+    let rows = targets.len();
+    check_matrix("logits", logits.len(), rows, classes)?;
+    options.validate(classes)?;
+    let targets = checked_targets(targets, classes, options.ignore_index)?;
+    let alpha: Vec<f64> = options.alpha.map_or(vec![1.0; classes], widen);
+    let gamma = f64::from(options.gamma);
+    let kept = targets.iter().filter(|&&t| t != IGNORED_ROW).count() as f64;
+    let k = match options.reduction {
+        Reduction::Mean => f64::from(options.grad_scale) / kept,
+        _ => f64::from(options.grad_scale),
+    };
+    let mut rows_loss = vec![0.0; rows];
+    let mut lse_rows = vec![0.0; rows];
+    let mut grad = vec![0.0; rows * classes];
+    for i in 0..rows {
+        let x = &logits[i * classes..(i + 1) * classes];
+        let lse = row_logsumexp(x);
+        lse_rows[i] = lse;
+        if targets[i] == IGNORED_ROW {
+            continue;
+        }
+        let y = targets[i] as usize;
+        let lp = x[y] - lse;
+        let p = lp.exp();
+        let q = (1.0 - p).max(0.0);
+        let a = alpha[y];
+        let (loss, f) = if gamma == 0.0 {
+            (-a * lp, a)
+        } else if q == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (
+                -a * q.powf(gamma) * lp,
+                a * (q.powf(gamma) - gamma * q.powf(gamma - 1.0) * p * lp),
+            )
+        };
+        rows_loss[i] = loss;
+        for j in 0..classes {
+            let onehot = if j == y { 1.0 } else { 0.0 };
+            grad[i * classes + j] = k * f * ((x[j] - lse).exp() - onehot);
+        }
+    }
+    let zeros = vec![0.0; rows];
+    let (loss, z_loss) = reduce_rows(options.reduction, &rows_loss, &zeros, kept, kept, false);
+    Ok(CrossEntropyReference {
+        loss,
+        z_loss,
+        lse: lse_rows,
+        grad,
+    })
+}
+
+/// Result of an element-wise loss reference.
+#[derive(Clone, Debug)]
+pub struct LossReference {
+    /// `none`: one loss per element; otherwise one value.
+    pub loss: Vec<f64>,
+    /// Gradient of the returned loss (of the sum for `none`) times `grad_scale`.
+    pub grad: Vec<f64>,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn softplus_neg(x: f64) -> f64 {
+    (-x).max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// The element-wise losses in f64, straight from the formulas in
+/// [`crate::ops::binary`]; `call.inputs` is ignored in favour of `x`.
+fn binary_f64(call: &BinaryCall<'_>, x: &[f64]) -> LossReference {
+    let cols = call.cols;
+    let n = x.len();
+    let weight = |i: usize| -> f64 {
+        match call.weight {
+            Some(w) if w.len() == n => f64::from(w[i]),
+            Some(w) => f64::from(w[i % cols]),
+            None => 1.0,
+        }
+    };
+    let pos_weight = |i: usize| call.pos_weight.map_or(1.0, |pw| f64::from(pw[i % cols]));
+    let gamma = f64::from(call.gamma);
+    let alpha = f64::from(call.alpha);
+    let mut loss = vec![0.0; n];
+    let mut grad = vec![0.0; n];
+    for i in 0..n {
+        let (xi, y) = (x[i], f64::from(call.targets[i]));
+        let (l, g) = match call.op {
+            BinaryOp::Probabilities => {
+                let w = weight(i);
+                let lp = xi.ln().max(-100.0);
+                let l1p = (1.0 - xi).ln().max(-100.0);
+                (
+                    -w * (y * lp + (1.0 - y) * l1p),
+                    w * (xi - y) / (xi * (1.0 - xi)).max(1e-12),
+                )
+            }
+            BinaryOp::Logits => {
+                let (w, pw) = (weight(i), pos_weight(i));
+                let coef = 1.0 + (pw - 1.0) * y;
+                (
+                    w * ((1.0 - y) * xi + coef * softplus_neg(xi)),
+                    w * (coef * sigmoid(xi) - pw * y),
+                )
+            }
+            BinaryOp::SigmoidFocal => {
+                let p = sigmoid(xi);
+                let ce = (1.0 - y) * xi + softplus_neg(xi);
+                let (mut l, mut g) = (ce, p - y);
+                if gamma != 0.0 {
+                    let q = (1.0 - (p * y + (1.0 - p) * (1.0 - y))).max(0.0);
+                    let qg = if q == 0.0 { 0.0 } else { q.powf(gamma) };
+                    let s = p * (1.0 - p);
+                    let slope = if q == 0.0 || s == 0.0 {
+                        0.0
+                    } else {
+                        gamma * q.powf(gamma - 1.0) * (2.0 * y - 1.0) * s * ce
+                    };
+                    l = ce * qg;
+                    g = (p - y) * qg - slope;
+                }
+                if alpha >= 0.0 {
+                    let a = alpha * y + (1.0 - alpha) * (1.0 - y);
+                    l *= a;
+                    g *= a;
+                }
+                (l, g)
+            }
+        };
+        loss[i] = l;
+        grad[i] = g;
+    }
+    let denom = if call.reduction == Reduction::Mean {
+        n as f64
+    } else {
+        1.0
+    };
+    let scale = f64::from(call.grad_scale) / denom;
+    grad.iter_mut().for_each(|g| *g *= scale);
+    let loss = match call.reduction {
+        Reduction::None => loss,
+        _ => vec![loss.iter().sum::<f64>() / denom],
+    };
+    LossReference { loss, grad }
+}
+
+fn binary_checked(call: BinaryCall<'_>, x: &[f64]) -> Result<LossReference> {
+    call.validate()?;
+    Ok(binary_f64(&call, x))
+}
+
+/// Binary cross-entropy on probabilities (`[N, C]`, `C = cols`).
+pub fn binary_cross_entropy(
+    probs: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &BinaryLossOptions<'_>,
+) -> Result<LossReference> {
+    binary_cross_entropy_f64(&widen(probs), targets, cols, options)
+}
+
+/// [`binary_cross_entropy`] on f64 probabilities (for finite differences).
+pub fn binary_cross_entropy_f64(
+    probs: &[f64],
+    targets: &[f32],
+    cols: usize,
+    options: &BinaryLossOptions<'_>,
+) -> Result<LossReference> {
+    let narrow: Vec<f32> = probs.iter().map(|&v| v as f32).collect();
+    binary_checked(
+        BinaryCall {
+            op: BinaryOp::Probabilities,
+            inputs: &narrow,
+            targets,
+            cols,
+            weight: options.weight,
+            pos_weight: options.pos_weight,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: 0.0,
+            gamma: 0.0,
+        },
+        probs,
+    )
+}
+
+/// Binary cross-entropy with logits (`[N, C]`, `C = cols`).
+pub fn binary_cross_entropy_with_logits(
+    logits: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &BinaryLossOptions<'_>,
+) -> Result<LossReference> {
+    binary_cross_entropy_with_logits_f64(&widen(logits), targets, cols, options)
+}
+
+/// [`binary_cross_entropy_with_logits`] on f64 logits.
+pub fn binary_cross_entropy_with_logits_f64(
+    logits: &[f64],
+    targets: &[f32],
+    cols: usize,
+    options: &BinaryLossOptions<'_>,
+) -> Result<LossReference> {
+    let narrow: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
+    binary_checked(
+        BinaryCall {
+            op: BinaryOp::Logits,
+            inputs: &narrow,
+            targets,
+            cols,
+            weight: options.weight,
+            pos_weight: options.pos_weight,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: 0.0,
+            gamma: 0.0,
+        },
+        logits,
+    )
+}
+
+/// torchvision's sigmoid focal loss on logits (`[N, C]`, `C = cols`).
+pub fn sigmoid_focal_loss(
+    logits: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &SigmoidFocalOptions,
+) -> Result<LossReference> {
+    sigmoid_focal_loss_f64(&widen(logits), targets, cols, options)
+}
+
+/// [`sigmoid_focal_loss`] on f64 logits.
+pub fn sigmoid_focal_loss_f64(
+    logits: &[f64],
+    targets: &[f32],
+    cols: usize,
+    options: &SigmoidFocalOptions,
+) -> Result<LossReference> {
+    let narrow: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
+    binary_checked(
+        BinaryCall {
+            op: BinaryOp::SigmoidFocal,
+            inputs: &narrow,
+            targets,
+            cols,
+            weight: None,
+            pos_weight: None,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: options.alpha,
+            gamma: options.gamma,
+        },
+        logits,
+    )
 }

@@ -201,22 +201,41 @@ pub(crate) enum GradMode {
     InPlace,
 }
 
-impl GradMode {
-    fn kernel(self) -> Kernel {
-        match self {
-            GradMode::None => Kernel::CrossEntropyLoss,
-            GradMode::Separate => Kernel::CrossEntropyLossGrad,
-            GradMode::InPlace => Kernel::CrossEntropyLossGradInPlace,
+/// Which row-wise loss a problem computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowLoss {
+    /// Cross-entropy with class-index targets.
+    IndexTargets,
+    /// Cross-entropy with probability targets.
+    ProbTargets,
+    /// Multiclass (softmax) focal loss.
+    Focal,
+}
+
+impl RowLoss {
+    fn kernel(self, mode: GradMode) -> Kernel {
+        match (self, mode) {
+            (RowLoss::IndexTargets, GradMode::None) => Kernel::CrossEntropyLoss,
+            (RowLoss::IndexTargets, GradMode::Separate) => Kernel::CrossEntropyLossGrad,
+            (RowLoss::IndexTargets, GradMode::InPlace) => Kernel::CrossEntropyLossGradInPlace,
+            (RowLoss::ProbTargets, GradMode::None) => Kernel::CrossEntropySoftLoss,
+            // The host API offers in-place only for index targets.
+            (RowLoss::ProbTargets, _) => Kernel::CrossEntropySoftLossGrad,
+            (RowLoss::Focal, GradMode::None) => Kernel::FocalLoss,
+            (RowLoss::Focal, _) => Kernel::FocalLossGrad,
         }
     }
 }
 
-const FLAG_WEIGHTS: u32 = 1;
+pub(crate) const FLAG_WEIGHTS: u32 = 1;
 const FLAG_SOFTCAP: u32 = 2;
+const FLAG_MEAN_BY_COUNT: u32 = 4;
 
-/// The device-side state of one cross-entropy problem, apart from the logits:
-/// validated targets and weights, and the scalar and per-row outputs.
+/// The device-side state of one row-loss problem, apart from the logits (and
+/// probability targets): validated targets and weights, and the scalar and
+/// per-row outputs.
 pub(crate) struct CrossEntropyProblem {
+    kind: RowLoss,
     pub(crate) classes: usize,
     pub(crate) reduction: Reduction,
     params: Params,
@@ -228,68 +247,213 @@ pub(crate) struct CrossEntropyProblem {
     pub(crate) result: wgpu::Buffer,
 }
 
+/// Checks probability targets: finite and non-negative. The error names the element.
+fn check_prob_targets(probs: &[f32], classes: usize) -> Result<()> {
+    match probs.iter().position(|q| !(q.is_finite() && *q >= 0.0)) {
+        Some(i) => Err(Error::InvalidValue {
+            what: "probability targets",
+            row: i / classes,
+            col: i % classes,
+            value: probs[i],
+            reason: "probability targets must be finite and non-negative",
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Kernel parameters of cross-entropy options (targets and weights aside).
+fn cross_entropy_params(options: &CrossEntropyOptions<'_>) -> Params {
+    Params {
+        ignore_index: IGNORED_ROW,
+        flags: if options.softcap.is_some() {
+            FLAG_SOFTCAP
+        } else {
+            0
+        },
+        smoothing: options.label_smoothing,
+        z_loss: options.z_loss,
+        softcap: options.softcap.unwrap_or(1.0),
+        grad_scale: options.grad_scale,
+        reduction: options.reduction.code(),
+        ..Params::default()
+    }
+}
+
+/// Validates a probability-target problem and returns its row count.
+pub(crate) fn soft_rows(
+    logits: &[f32],
+    probs: &[f32],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+) -> Result<usize> {
+    if classes == 0 {
+        return Err(Error::ZeroCols);
+    }
+    let rows = logits.len() / classes;
+    check_matrix("logits", logits.len(), rows, classes)?;
+    check_matrix("probability targets", probs.len(), rows, classes)?;
+    options.validate(classes)?;
+    if options.ignore_index >= 0 {
+        // PyTorch: "ignore_index is not supported for floating point target".
+        return Err(Error::InvalidOption {
+            name: "ignore_index",
+            value: options.ignore_index as f64,
+            reason: "ignore_index is not supported with probability targets (leave it negative)",
+        });
+    }
+    check_prob_targets(probs, classes)?;
+    Ok(rows)
+}
+
+/// Options of [`GpuContext::focal_loss`] (multiclass, softmax); `Default` is
+/// `gamma = 2`, no `alpha`, `ignore_index = -100`, `mean`.
+#[derive(Clone, Copy, Debug)]
+pub struct FocalOptions<'a> {
+    /// Per-class `α`, length `C`, each in `[0, 1]`. `None`: all 1.
+    pub alpha: Option<&'a [f32]>,
+    /// Focusing parameter `γ ≥ 0`; `γ = 0` without `α` is cross-entropy.
+    pub gamma: f32,
+    /// Rows whose target equals this contribute nothing. Default -100.
+    pub ignore_index: i64,
+    /// How row losses are combined; `mean` divides by the count of kept rows.
+    pub reduction: Reduction,
+    /// Multiplies the returned gradient. Default 1.
+    pub grad_scale: f32,
+}
+
+impl Default for FocalOptions<'_> {
+    fn default() -> Self {
+        Self {
+            alpha: None,
+            gamma: 2.0,
+            ignore_index: -100,
+            reduction: Reduction::Mean,
+            grad_scale: 1.0,
+        }
+    }
+}
+
+impl FocalOptions<'_> {
+    /// Checks every option against `C = classes`.
+    pub fn validate(&self, classes: usize) -> Result<()> {
+        if let Some(a) = self.alpha {
+            if a.len() != classes {
+                return Err(Error::LengthMismatch {
+                    what: "alpha (one per class)",
+                    expected: classes,
+                    actual: a.len(),
+                });
+            }
+            if let Some(&v) = a.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(Error::InvalidOption {
+                    name: "alpha",
+                    value: f64::from(v),
+                    reason: "each per-class alpha must be in [0, 1]",
+                });
+            }
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(Error::InvalidOption {
+                name: "gamma",
+                value: f64::from(self.gamma),
+                reason: "must be finite and >= 0",
+            });
+        }
+        if !self.grad_scale.is_finite() {
+            return Err(Error::InvalidOption {
+                name: "grad_scale",
+                value: f64::from(self.grad_scale),
+                reason: "must be finite",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl GpuContext {
-    /// Validates targets and options and uploads everything but the logits.
+    /// Uploads what a row-loss problem needs besides the logits.
+    fn row_loss_problem(
+        &self,
+        kind: RowLoss,
+        targets: &[i32],
+        rows: usize,
+        classes: usize,
+        weight: Option<&[f32]>,
+        mut params: Params,
+    ) -> Result<CrossEntropyProblem> {
+        self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
+        self.check_whole_binding("targets (4 bytes per row)", rows as u64 * 4)?;
+        self.check_whole_binding("class weights", classes as u64 * 4)?;
+        params.cols = u32::try_from(classes).map_err(|_| Error::TooLarge {
+            what: "class count",
+            requested: classes as u64,
+            limit_name: "u32 columns",
+            limit: u64::from(u32::MAX),
+        })?;
+        params.total_rows = u32::try_from(rows).map_err(|_| Error::TooLarge {
+            what: "row count",
+            requested: rows as u64,
+            limit_name: "u32 rows",
+            limit: u64::from(u32::MAX),
+        })?;
+        if weight.is_some() {
+            params.flags |= FLAG_WEIGHTS;
+        }
+        let scalars = if kind == RowLoss::ProbTargets {
+            // Probability targets: `mean` divides by N; nothing to count on the GPU.
+            let w_total: f32 = weight.map_or(classes as f32, |w| w.iter().sum());
+            self.upload("ce scalars", &[rows as f32, rows as f32, w_total, 0.0])
+        } else {
+            self.storage("ce scalars", 16)
+        };
+        Ok(CrossEntropyProblem {
+            kind,
+            classes,
+            reduction: Reduction::from_code(params.reduction),
+            params,
+            // The weights vector is read with the row kernels' vector width.
+            width: VecWidth::for_layout(classes, &[0]),
+            targets: self.upload("targets", targets),
+            weights: weight.map(|w| self.upload("weight", w)),
+            scalars,
+            row_out: self.output("ce row out", rows * 4),
+            result: self.output("ce result", 4),
+        })
+    }
+
+    /// Validates index targets and options and uploads everything but the logits.
     pub(crate) fn cross_entropy_problem<T: ClassIndex>(
         &self,
         targets: &[T],
         classes: usize,
         options: &CrossEntropyOptions<'_>,
     ) -> Result<CrossEntropyProblem> {
-        let rows = targets.len();
         if classes == 0 {
             return Err(Error::ZeroCols);
         }
         options.validate(classes)?;
         let targets = checked_targets(targets, classes, options.ignore_index)?;
-        self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
-        self.check_whole_binding("targets (4 bytes per row)", rows as u64 * 4)?;
-        self.check_whole_binding("class weights", classes as u64 * 4)?;
-        let total_rows = u32::try_from(rows).map_err(|_| Error::TooLarge {
-            what: "row count",
-            requested: rows as u64,
-            limit_name: "u32 rows",
-            limit: u64::from(u32::MAX),
-        })?;
-        let mut flags = 0;
-        if options.weight.is_some() {
-            flags |= FLAG_WEIGHTS;
-        }
-        if options.softcap.is_some() {
-            flags |= FLAG_SOFTCAP;
-        }
-        let params = Params {
-            cols: classes as u32,
-            ignore_index: IGNORED_ROW,
-            flags,
-            total_rows,
-            smoothing: options.label_smoothing,
-            z_loss: options.z_loss,
-            softcap: options.softcap.unwrap_or(1.0),
-            grad_scale: options.grad_scale,
-            reduction: options.reduction.code(),
-            ..Params::default()
-        };
-        Ok(CrossEntropyProblem {
+        let params = cross_entropy_params(options);
+        self.row_loss_problem(
+            RowLoss::IndexTargets,
+            &targets,
+            targets.len(),
             classes,
-            reduction: options.reduction,
+            options.weight,
             params,
-            // The weights vector is read with the row kernels' vector width.
-            width: VecWidth::for_layout(classes, &[0]),
-            targets: self.upload("targets", &targets),
-            weights: options.weight.map(|w| self.upload("weight", w)),
-            scalars: self.storage("ce scalars", 16),
-            row_out: self.output("ce row out", rows * 4),
-            result: self.output("ce result", 4),
-        })
+        )
     }
 
-    /// Records the `mean` denominator / kept-row count / weight total pass.
+    /// Records the `mean` denominator / kept-row count / weight total pass
+    /// (nothing for probability targets, whose denominator is `N`).
     pub(crate) fn encode_cross_entropy_denominator(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         p: &CrossEntropyProblem,
     ) -> Result<()> {
+        if p.kind == RowLoss::ProbTargets {
+            return Ok(());
+        }
         self.encode_single(
             encoder,
             Kernel::CrossEntropyDenominator,
@@ -313,7 +477,8 @@ impl GpuContext {
     }
 
     /// Records the per-row kernel over rows `row0..row0 + n`, whose logits
-    /// start at element 0 of `logits` (and whose gradient goes to `grad`).
+    /// (and probability targets) start at element 0 of their buffers and whose
+    /// gradient goes to `grad`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_cross_entropy_rows(
         &self,
@@ -321,6 +486,7 @@ impl GpuContext {
         p: &CrossEntropyProblem,
         mode: GradMode,
         logits: &wgpu::Buffer,
+        probs: Option<&wgpu::Buffer>,
         grad: Option<&wgpu::Buffer>,
         row0: usize,
         n: usize,
@@ -331,6 +497,14 @@ impl GpuContext {
             offset: 0,
             base: Base::A,
         }];
+        if let Some(q) = probs {
+            matrices.push(MatrixArg {
+                binding: 8,
+                buffer: q,
+                offset: 0,
+                base: Base::B,
+            });
+        }
         if let (GradMode::Separate, Some(g)) = (mode, grad) {
             matrices.push(MatrixArg {
                 binding: 6,
@@ -339,28 +513,30 @@ impl GpuContext {
                 base: Base::Out,
             });
         }
-        let whole = [
-            WholeArg {
+        let weights = p.weights.as_ref().unwrap_or(&self.placeholder);
+        let mut whole = Vec::with_capacity(4);
+        if p.kind != RowLoss::ProbTargets {
+            whole.push(WholeArg {
                 binding: 2,
                 buffer: &p.targets,
-            },
-            WholeArg {
-                binding: 3,
-                buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
-            },
-            WholeArg {
-                binding: 4,
-                buffer: &p.scalars,
-            },
-            WholeArg {
-                binding: 5,
-                buffer: &p.row_out,
-            },
-        ];
+            });
+        }
+        whole.push(WholeArg {
+            binding: 3,
+            buffer: weights,
+        });
+        whole.push(WholeArg {
+            binding: 4,
+            buffer: &p.scalars,
+        });
+        whole.push(WholeArg {
+            binding: 5,
+            buffer: &p.row_out,
+        });
         self.encode_rows(
             encoder,
             RowLaunch {
-                kernel: mode.kernel(),
+                kernel: p.kind.kernel(mode),
                 rows: n,
                 cols: p.classes,
                 matrices: &matrices,
@@ -404,24 +580,24 @@ impl GpuContext {
         )
     }
 
-    async fn cross_entropy_run<T: ClassIndex>(
+    /// Runs a row-loss problem through the host API: denominator, row kernel
+    /// over host chunks of the logits, reduction, readback.
+    async fn row_loss_run(
         &self,
+        problem: &CrossEntropyProblem,
         logits: &[f32],
-        targets: &[T],
-        classes: usize,
-        options: &CrossEntropyOptions<'_>,
+        probs: Option<&[f32]>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
-        let rows = targets.len();
-        check_matrix("logits", logits.len(), rows, classes)?;
-        let problem = self.cross_entropy_problem(targets, classes, options)?;
+        let classes = problem.classes;
+        let rows = logits.len() / classes;
         self.scoped("ce_denominator", || {
             let mut encoder = self.encoder("ce_denominator");
-            self.encode_cross_entropy_denominator(&mut encoder, &problem)?;
+            self.encode_cross_entropy_denominator(&mut encoder, problem)?;
             self.queue.submit([encoder.finish()]);
             Ok(())
         })?;
-
+        let kernel = problem.kind.kernel(mode);
         let mut grad = Vec::new();
         let chunk_rows = if rows == 0 {
             1
@@ -431,17 +607,19 @@ impl GpuContext {
         let mut r0 = 0;
         while r0 < rows {
             let n = chunk_rows.min(rows - r0);
-            let chunk = &logits[r0 * classes..(r0 + n) * classes];
-            let staging = self.scoped(mode.kernel().entry_point(), || {
-                let logits_buf = self.upload("logits", chunk);
+            let span = r0 * classes..(r0 + n) * classes;
+            let staging = self.scoped(kernel.entry_point(), || {
+                let logits_buf = self.upload("logits", &logits[span.clone()]);
+                let probs_buf = probs.map(|q| self.upload("probability targets", &q[span.clone()]));
                 let grad_buf =
                     (mode == GradMode::Separate).then(|| self.output("grad", n * classes));
-                let mut encoder = self.encoder(mode.kernel().entry_point());
+                let mut encoder = self.encoder(kernel.entry_point());
                 self.encode_cross_entropy_rows(
                     &mut encoder,
-                    &problem,
+                    problem,
                     mode,
                     &logits_buf,
+                    probs_buf.as_ref(),
                     grad_buf.as_ref(),
                     r0,
                     n,
@@ -464,7 +642,7 @@ impl GpuContext {
 
         let (row_staging, result_staging) = self.scoped("ce_reduce", || {
             let mut encoder = self.encoder("ce_reduce");
-            self.encode_cross_entropy_reduce(&mut encoder, &problem)?;
+            self.encode_cross_entropy_reduce(&mut encoder, problem)?;
             let row_staging = self.stage(&mut encoder, &problem.row_out, rows as u64 * 16);
             let result_staging = self.stage(&mut encoder, &problem.result, 8);
             self.queue.submit([encoder.finish()]);
@@ -473,7 +651,7 @@ impl GpuContext {
         let per_row = self.read_back::<[f32; 4]>(&row_staging, rows).await?;
         let reduced = self.read_back::<f32>(&result_staging, 2).await?;
         let lse = per_row.iter().map(|r| r[2]).collect();
-        let (loss, z_loss) = match options.reduction {
+        let (loss, z_loss) = match problem.reduction {
             Reduction::None => (
                 per_row.iter().map(|r| r[0] + r[1]).collect(),
                 per_row.iter().map(|r| r[1]).collect(),
@@ -486,6 +664,70 @@ impl GpuContext {
             lse,
             grad: (mode != GradMode::None).then_some(grad),
         })
+    }
+
+    async fn cross_entropy_run<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+        mode: GradMode,
+    ) -> Result<CrossEntropyOutput> {
+        check_matrix("logits", logits.len(), targets.len(), classes)?;
+        let problem = self.cross_entropy_problem(targets, classes, options)?;
+        self.row_loss_run(&problem, logits, None, mode).await
+    }
+
+    async fn soft_cross_entropy_run(
+        &self,
+        logits: &[f32],
+        probs: &[f32],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+        mode: GradMode,
+    ) -> Result<CrossEntropyOutput> {
+        let rows = soft_rows(logits, probs, classes, options)?;
+        let params = cross_entropy_params(options);
+        let problem = self.row_loss_problem(
+            RowLoss::ProbTargets,
+            &[],
+            rows,
+            classes,
+            options.weight,
+            params,
+        )?;
+        self.row_loss_run(&problem, logits, Some(probs), mode).await
+    }
+
+    async fn focal_run<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &FocalOptions<'_>,
+        mode: GradMode,
+    ) -> Result<CrossEntropyOutput> {
+        check_matrix("logits", logits.len(), targets.len(), classes)?;
+        options.validate(classes)?;
+        let targets = checked_targets(targets, classes, options.ignore_index)?;
+        let params = Params {
+            ignore_index: IGNORED_ROW,
+            flags: FLAG_MEAN_BY_COUNT,
+            gamma: options.gamma,
+            grad_scale: options.grad_scale,
+            reduction: options.reduction.code(),
+            ..Params::default()
+        };
+        let problem = self.row_loss_problem(
+            RowLoss::Focal,
+            &targets,
+            targets.len(),
+            classes,
+            options.alpha,
+            params,
+        )?;
+        self.row_loss_run(&problem, logits, None, mode).await
     }
 
     /// Cross-entropy loss and its gradient w.r.t. the `[N, C]` logits
@@ -575,5 +817,106 @@ impl GpuContext {
         options: &CrossEntropyOptions<'_>,
     ) -> Result<CrossEntropyOutput> {
         pollster::block_on(self.cross_entropy_in_place(logits, targets, classes, options))
+    }
+
+    /// Cross-entropy with probability targets `q` (`[N, C]`, like the logits):
+    /// `q' = (1-ε)·q + ε/C`, `l_i = -Σ_c w[c]·q'_ic·log p_ic` (+ z-loss),
+    /// `mean` divides by `N`; gradient `g_ij = p_ij·Σ_c w[c]·q'_ic - w[j]·q'_ij`
+    /// (divided by `N` for `mean`), through the softcap when one is set.
+    /// Targets need not sum to 1; negative or non-finite targets are an error.
+    pub async fn cross_entropy_probs(
+        &self,
+        logits: &[f32],
+        probs: &[f32],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        self.soft_cross_entropy_run(logits, probs, classes, options, GradMode::Separate)
+            .await
+    }
+
+    /// [`GpuContext::cross_entropy_probs`], blocking.
+    pub fn cross_entropy_probs_blocking(
+        &self,
+        logits: &[f32],
+        probs: &[f32],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        pollster::block_on(self.cross_entropy_probs(logits, probs, classes, options))
+    }
+
+    /// [`GpuContext::cross_entropy_probs`] without the gradient.
+    pub async fn cross_entropy_probs_loss(
+        &self,
+        logits: &[f32],
+        probs: &[f32],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        self.soft_cross_entropy_run(logits, probs, classes, options, GradMode::None)
+            .await
+    }
+
+    /// [`GpuContext::cross_entropy_probs_loss`], blocking.
+    pub fn cross_entropy_probs_loss_blocking(
+        &self,
+        logits: &[f32],
+        probs: &[f32],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        pollster::block_on(self.cross_entropy_probs_loss(logits, probs, classes, options))
+    }
+
+    /// Multiclass (softmax) focal loss and its gradient:
+    /// `l_i = -α[y_i]·(1 - p_{i,y_i})^γ·log p_{i,y_i}`, zero on ignored rows;
+    /// `mean` divides by the count of kept rows. With `q = 1 - p_y` and
+    /// `lp = log p_y` the gradient is `g_ij = F_i·(p_ij - [j = y_i])`,
+    /// `F_i = α[y_i]·(q^γ - γ·q^(γ-1)·p_y·lp)`, from `∂p_y/∂x_j = p_y([j = y] - p_j)`
+    /// and `∂lp/∂x_j = [j = y] - p_j`. The output's `lse` holds each row's logsumexp.
+    pub async fn focal_loss<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &FocalOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        self.focal_run(logits, targets, classes, options, GradMode::Separate)
+            .await
+    }
+
+    /// [`GpuContext::focal_loss`], blocking.
+    pub fn focal_loss_blocking<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &FocalOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        pollster::block_on(self.focal_loss(logits, targets, classes, options))
+    }
+
+    /// [`GpuContext::focal_loss`] without the gradient.
+    pub async fn focal_loss_only<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &FocalOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        self.focal_run(logits, targets, classes, options, GradMode::None)
+            .await
+    }
+
+    /// [`GpuContext::focal_loss_only`], blocking.
+    pub fn focal_loss_only_blocking<T: ClassIndex>(
+        &self,
+        logits: &[f32],
+        targets: &[T],
+        classes: usize,
+        options: &FocalOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        pollster::block_on(self.focal_loss_only(logits, targets, classes, options))
     }
 }

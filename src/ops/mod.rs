@@ -2,6 +2,7 @@
 //! machinery: row windows that respect the binding and dispatch limits,
 //! error scopes, uploads and readback.
 
+pub mod binary;
 pub mod cross_entropy;
 pub mod softmax;
 
@@ -31,6 +32,14 @@ impl Reduction {
             Reduction::Sum => 2,
         }
     }
+
+    pub(crate) fn from_code(code: u32) -> Reduction {
+        match code {
+            0 => Reduction::None,
+            2 => Reduction::Sum,
+            _ => Reduction::Mean,
+        }
+    }
 }
 
 /// Uniform parameters; the layout matches `struct Params` in `shaders/common.wgsl`.
@@ -51,8 +60,12 @@ pub(crate) struct Params {
     pub softcap: f32,
     pub grad_scale: f32,
     pub reduction: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    pub base_c: u32,
+    pub base_d: u32,
+    pub alpha: f32,
+    pub gamma: f32,
+    pub denominator: f32,
+    pub _pad: u32,
 }
 
 /// Which `Params` base field a matrix operand's window offset goes into.
@@ -60,6 +73,8 @@ pub(crate) struct Params {
 pub(crate) enum Base {
     A,
     B,
+    C,
+    D,
     Out,
 }
 
@@ -69,6 +84,15 @@ pub(crate) struct MatrixArg<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub base: Base,
+}
+
+/// How a launch maps work to workgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grid {
+    /// One workgroup per row.
+    PerRow,
+    /// One vector of elements per invocation.
+    PerElement,
 }
 
 /// One row kernel launch over `rows` rows of `cols` columns.
@@ -140,6 +164,48 @@ impl GpuContext {
         encoder: &mut wgpu::CommandEncoder,
         launch: RowLaunch<'_>,
     ) -> Result<()> {
+        self.encode_windows(encoder, launch, Grid::PerRow)
+            .map(|_| ())
+    }
+
+    /// Records an element-wise kernel (one vector per invocation) over the
+    /// same row windows. `params.row_base` is the index of this launch's first
+    /// workgroup partial sum; returns the number of workgroups launched.
+    pub(crate) fn encode_elements(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        launch: RowLaunch<'_>,
+    ) -> Result<u64> {
+        self.encode_windows(encoder, launch, Grid::PerElement)
+    }
+
+    /// Row windows `(first row, rows)` for a `[rows, cols]` problem.
+    fn windows(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
+        let per_window = self.rows_per_window(cols)?.min(max_dim * max_dim);
+        Ok((0..rows)
+            .step_by(per_window)
+            .map(|r0| (r0, per_window.min(rows - r0)))
+            .collect())
+    }
+
+    /// Workgroups (and so partial sums) an element-wise launch over `[rows, cols]` uses.
+    pub(crate) fn element_groups(&self, rows: usize, cols: usize) -> Result<u64> {
+        let lanes = VecWidth::for_layout(cols, &[0]).lanes() as u64;
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * lanes;
+        Ok(self
+            .windows(rows, cols)?
+            .iter()
+            .map(|&(_, n)| (n as u64 * cols as u64).div_ceil(per_group))
+            .sum())
+    }
+
+    fn encode_windows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        launch: RowLaunch<'_>,
+        grid: Grid,
+    ) -> Result<u64> {
         let RowLaunch {
             kernel,
             rows,
@@ -149,28 +215,29 @@ impl GpuContext {
             params,
         } = launch;
         if rows == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let offsets: Vec<u64> = matrices.iter().map(|m| m.offset).collect();
         let width = VecWidth::for_layout(cols, &offsets);
         let pipeline = self.pipeline(kernel, width)?;
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
-        let per_window = self
-            .rows_per_window(cols)?
-            .min(max_dim as usize * max_dim as usize);
         let cols64 = cols as u64;
-        let mut r0 = 0usize;
-        while r0 < rows {
-            let n = per_window.min(rows - r0);
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
+        let mut groups_done = 0u64;
+        for (r0, n) in self.windows(rows, cols)? {
+            let groups = match grid {
+                Grid::PerRow => n as u64,
+                Grid::PerElement => (n as u64 * cols64).div_ceil(per_group),
+            };
             let mut p = params;
             p.rows = n as u32;
             p.cols = to_u32(cols64, "row length", "u32 columns")?;
-            p.row_base = to_u32(
-                u64::from(params.row_base) + r0 as u64,
-                "row index",
-                "u32 rows",
-            )?;
+            let first = match grid {
+                Grid::PerRow => r0 as u64,
+                Grid::PerElement => groups_done,
+            };
+            p.row_base = to_u32(u64::from(params.row_base) + first, "row index", "u32 rows")?;
             let mut ranges = Vec::with_capacity(matrices.len());
             for m in matrices {
                 let start = m.offset + r0 as u64 * cols64;
@@ -180,6 +247,8 @@ impl GpuContext {
                 match m.base {
                     Base::A => p.base_a = base,
                     Base::B => p.base_b = base,
+                    Base::C => p.base_c = base,
+                    Base::D => p.base_d = base,
                     Base::Out => p.base_out = base,
                 }
                 ranges.push((start_bytes, end_bytes - start_bytes));
@@ -216,8 +285,8 @@ impl GpuContext {
                 layout: &pipeline.layout,
                 entries: &entries,
             });
-            let gx = (n as u32).min(max_dim);
-            let gy = (n as u32).div_ceil(gx);
+            let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
+            let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry_point()),
                 timestamp_writes: None,
@@ -226,9 +295,9 @@ impl GpuContext {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(gx, gy, 1);
             drop(pass);
-            r0 += n;
+            groups_done += groups;
         }
-        Ok(())
+        Ok(groups_done)
     }
 
     /// Records a single-workgroup kernel (denominators, final reductions).

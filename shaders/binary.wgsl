@@ -1,0 +1,171 @@
+// Element-wise losses over [N, C]: binary cross-entropy on probabilities, binary
+// cross-entropy with logits, and torchvision's sigmoid focal loss. One vector of
+// elements per invocation; each workgroup writes the fixed-order sum of its
+// losses to `partials`, and `binary_reduce` sums the partials in a fixed order.
+//   bce_prob:      l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100)),  g = w (p - y) / max(p (1-p), 1e-12)
+//   bce_logits:    l = w ((1-y) x + (1 + (pw-1) y) softplus(-x)),             g = w ((1 + (pw-1) y) sigmoid(x) - pw y)
+//   sigmoid_focal: l = a_t ce (1-p_t)^gamma, p = sigmoid(x), ce = bce_logits(x, y), p_t = p y + (1-p)(1-y),
+//                  a_t = alpha y + (1-alpha)(1-y) when alpha >= 0 (else 1)
+//                  g = a_t [(p - y)(1-p_t)^gamma - gamma (1-p_t)^(gamma-1) (2y-1) p (1-p) ce]
+
+@group(0) @binding(1) var<storage, read> inputs: array<vec_t>;        // probabilities or logits (base_a)
+@group(0) @binding(2) var<storage, read> targets: array<vec_t>;       // base_b
+@group(0) @binding(3) var<storage, read> weight: array<vec_t>;        // per column [C], or per element (base_c)
+@group(0) @binding(4) var<storage, read> pos_weight: array<vec_t>;    // per column [C]
+@group(0) @binding(5) var<storage, read_write> loss_out: array<vec_t>; // per element, reduction none (base_out)
+@group(0) @binding(6) var<storage, read_write> grad: array<vec_t>;     // base_d
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;   // one per workgroup, global index row_base + group
+@group(0) @binding(8) var<storage, read_write> result: array<f32>;
+
+const FLAG_WEIGHT_COLS: u32 = 1u;
+const FLAG_WEIGHT_FULL: u32 = 2u;
+const FLAG_POS_WEIGHT: u32 = 4u;
+const FLAG_WRITE_LOSS: u32 = 8u;
+const FLAG_WRITE_GRAD: u32 = 16u;
+const FLAG_ALPHA: u32 = 32u;
+const REDUCTION_MEAN: u32 = 1u;
+
+const OP_BCE_PROB: u32 = 0u;
+const OP_BCE_LOGITS: u32 = 1u;
+const OP_SIGMOID_FOCAL: u32 = 2u;
+
+fn has(flag: u32) -> bool { return (params.flags & flag) != 0u; }
+
+// Vector i of the window starts at column (i * VW) % C; C % VW == 0 keeps a vector inside one row.
+fn column_vec(i: u32) -> u32 { return ((i * VW) % params.cols) / VW; }
+
+fn weight_at(i: u32) -> vec_t {
+    if (has(FLAG_WEIGHT_FULL)) { return weight[params.base_c / VW + i]; }
+    if (has(FLAG_WEIGHT_COLS)) { return weight[column_vec(i)]; }
+    return vec_t(1.0);
+}
+
+fn pos_weight_at(i: u32) -> vec_t {
+    if (has(FLAG_POS_WEIGHT)) { return pos_weight[column_vec(i)]; }
+    return vec_t(1.0);
+}
+
+// log(1 + u) for u >= 0, accurate for tiny u (Goldberg): WGSL has no log1p.
+fn log1p_pos(u: vec_t) -> vec_t {
+    let v = vec_t(1.0) + u;
+    return select(log(v) * u / (v - vec_t(1.0)), u, v == vec_t(1.0));
+}
+
+// softplus(-x) = max(-x, 0) + log1p(exp(-|x|)): finite for every finite x.
+fn softplus_neg(x: vec_t) -> vec_t {
+    return max(-x, vec_t(0.0)) + log1p_pos(exp(-abs(x)));
+}
+
+fn sigmoid(x: vec_t) -> vec_t {
+    let e = exp(-abs(x));
+    return select(e / (vec_t(1.0) + e), vec_t(1.0) / (vec_t(1.0) + e), x >= vec_t(0.0));
+}
+
+struct Elem { loss: vec_t, grad: vec_t }
+
+fn bce_prob(p: vec_t, y: vec_t, w: vec_t) -> Elem {
+    let lp = max(log(p), vec_t(-100.0));
+    let l1p = max(log(vec_t(1.0) - p), vec_t(-100.0));
+    let loss = -w * (y * lp + (vec_t(1.0) - y) * l1p);
+    let g = w * (p - y) / max(p * (vec_t(1.0) - p), vec_t(1e-12));
+    return Elem(loss, g);
+}
+
+fn bce_logits(x: vec_t, y: vec_t, w: vec_t, pw: vec_t) -> Elem {
+    let coef = vec_t(1.0) + (pw - vec_t(1.0)) * y;
+    let loss = w * ((vec_t(1.0) - y) * x + coef * softplus_neg(x));
+    let g = w * (coef * sigmoid(x) - pw * y);
+    return Elem(loss, g);
+}
+
+fn sigmoid_focal(x: vec_t, y: vec_t) -> Elem {
+    let p = sigmoid(x);
+    let ce = (vec_t(1.0) - y) * x + softplus_neg(x);
+    var loss = ce;
+    var g = p - y;
+    let gamma = params.gamma;
+    if (gamma != 0.0) {
+        let q = max(vec_t(1.0) - (p * y + (vec_t(1.0) - p) * (vec_t(1.0) - y)), vec_t(0.0));
+        let zero_q = q == vec_t(0.0);
+        let qg = select(pow(q, vec_t(gamma)), vec_t(0.0), zero_q);
+        let s = p * (vec_t(1.0) - p);
+        // Where sigmoid saturates (s == 0) or q == 0 the modulating factor's slope term vanishes.
+        let slope = select(
+            vec_t(gamma) * pow(q, vec_t(gamma - 1.0)) * (vec_t(2.0) * y - vec_t(1.0)) * s * ce,
+            vec_t(0.0),
+            zero_q | (s == vec_t(0.0)),
+        );
+        loss = ce * qg;
+        g = (p - y) * qg - slope;
+    }
+    if (has(FLAG_ALPHA)) {
+        let a = vec_t(params.alpha) * y + vec_t(1.0 - params.alpha) * (vec_t(1.0) - y);
+        loss = loss * a;
+        g = g * a;
+    }
+    return Elem(loss, g);
+}
+
+fn run_elements(op: u32, lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
+    let group = row_of(wid, nwg);
+    let groups = (params.rows * (params.cols / VW) + WG - 1u) / WG;
+    if (group >= groups) { return; }
+    let n = params.rows * (params.cols / VW);
+    let i = group * WG + lid.x;
+    var acc = 0.0;
+    if (i < n) {
+        let x = inputs[params.base_a / VW + i];
+        let y = targets[params.base_b / VW + i];
+        var e: Elem;
+        switch op {
+            case 0u: { e = bce_prob(x, y, weight_at(i)); }
+            case 1u: { e = bce_logits(x, y, weight_at(i), pos_weight_at(i)); }
+            default: { e = sigmoid_focal(x, y); }
+        }
+        if (has(FLAG_WRITE_LOSS)) {
+            loss_out[params.base_out / VW + i] = e.loss;
+        }
+        if (has(FLAG_WRITE_GRAD)) {
+            grad[params.base_d / VW + i] = e.grad * vec_t(params.grad_scale / params.denominator);
+        }
+        acc = hsum(e.loss);
+    }
+    let total = wg_reduce_sum(lid.x, acc);
+    if (lid.x == 0u) {
+        partials[params.row_base + group] = total;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn bce_prob_elements(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run_elements(OP_BCE_PROB, lid, wid, nwg);
+}
+
+@compute @workgroup_size(WG)
+fn bce_logits_elements(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run_elements(OP_BCE_LOGITS, lid, wid, nwg);
+}
+
+@compute @workgroup_size(WG)
+fn sigmoid_focal_elements(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    run_elements(OP_SIGMOID_FOCAL, lid, wid, nwg);
+}
+
+// Fixed-order (Kahan per thread, then tree) sum of `total_rows` partials.
+@compute @workgroup_size(WG)
+fn binary_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    var s = 0.0;
+    var c = 0.0;
+    for (var i = tid; i < params.total_rows; i += WG) {
+        let y = partials[i] - c;
+        let t = s + y;
+        c = (t - s) - y;
+        s = t;
+    }
+    let total = wg_reduce_sum(tid, s);
+    if (tid == 0u) {
+        result[0] = select(total, total / params.denominator, params.reduction == REDUCTION_MEAN);
+        result[1] = 0.0;
+    }
+}

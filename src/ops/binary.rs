@@ -1,0 +1,655 @@
+//! Element-wise losses over `[N, C]` (binary and multi-label): binary
+//! cross-entropy on probabilities, binary cross-entropy with logits, and
+//! torchvision's sigmoid focal loss. Formulas (PyTorch / torchvision):
+//!
+//! - **BCE on probabilities** `p ∈ [0, 1]`, targets `y ∈ [0, 1]`:
+//!   `l = -w·(y·max(log p, -100) + (1-y)·max(log(1-p), -100))`,
+//!   gradient `w·(p - y) / max(p·(1-p), 1e-12)`.
+//! - **BCE with logits** `x`: `l = w·((1-y)·x + (1 + (pw-1)·y)·softplus(-x))`
+//!   with `softplus(-x) = max(-x, 0) + log1p(exp(-|x|))`, gradient
+//!   `w·((1 + (pw-1)·y)·σ(x) - pw·y)`. `pos_weight` `pw` has one value per
+//!   column; `weight` `w` is one per column (length `C`) or one per element.
+//! - **Sigmoid focal loss**: `p = σ(x)`, `ce` = BCE with logits,
+//!   `p_t = p·y + (1-p)·(1-y)`, `l = ce·(1-p_t)^γ`, times
+//!   `α·y + (1-α)·(1-y)` when `α ≥ 0` (`α = -1` disables it). Gradient, with
+//!   `q = 1 - p_t`: `a_t·[(p - y)·q^γ - γ·q^(γ-1)·(2y-1)·p(1-p)·ce]`
+//!   (from `∂ce/∂x = p - y` and `∂p_t/∂x = (2y-1)·p(1-p)`); the second term is
+//!   taken as 0 where `q = 0` or `p(1-p) = 0`, its limit for hard labels.
+//!
+//! Reductions: `none` (one loss per element), `sum`, `mean` (divides by `N·C`).
+//! The gradient is of the returned loss (of the sum for `none`) times `grad_scale`.
+//! Each workgroup sums its elements' losses in a fixed order and one final
+//! workgroup sums those partials in a fixed order: bitwise reproducible.
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, VecWidth};
+use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, RowLaunch, WholeArg};
+
+/// Options of the BCE losses; `Default` is PyTorch's (`mean`, no weights).
+#[derive(Clone, Copy, Debug)]
+pub struct BinaryLossOptions<'a> {
+    /// Weights: length `C` (one per column) or `N·C` (one per element); finite, ≥ 0.
+    pub weight: Option<&'a [f32]>,
+    /// Positive-class weights, length `C`, finite, ≥ 0 (with logits only).
+    pub pos_weight: Option<&'a [f32]>,
+    /// How element losses are combined. Default [`Reduction::Mean`].
+    pub reduction: Reduction,
+    /// Multiplies the returned gradient. Default 1.
+    pub grad_scale: f32,
+}
+
+impl Default for BinaryLossOptions<'_> {
+    fn default() -> Self {
+        Self {
+            weight: None,
+            pos_weight: None,
+            reduction: Reduction::Mean,
+            grad_scale: 1.0,
+        }
+    }
+}
+
+/// Options of [`GpuContext::sigmoid_focal_loss`]; `Default` is torchvision's
+/// (`alpha = 0.25`, `gamma = 2`, reduction `none`).
+#[derive(Clone, Copy, Debug)]
+pub struct SigmoidFocalOptions {
+    /// Class balance `α` in `[0, 1]`, or `-1` to disable it.
+    pub alpha: f32,
+    /// Focusing parameter `γ ≥ 0`.
+    pub gamma: f32,
+    /// How element losses are combined. Default [`Reduction::None`].
+    pub reduction: Reduction,
+    /// Multiplies the returned gradient. Default 1.
+    pub grad_scale: f32,
+}
+
+impl Default for SigmoidFocalOptions {
+    fn default() -> Self {
+        Self {
+            alpha: 0.25,
+            gamma: 2.0,
+            reduction: Reduction::None,
+            grad_scale: 1.0,
+        }
+    }
+}
+
+/// Result of an element-wise loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossOutput {
+    /// `none`: one loss per element (`N·C`); `mean` / `sum`: one value.
+    pub loss: Vec<f32>,
+    /// Gradient w.r.t. the input, `N·C`; `None` in loss-only mode.
+    pub grad: Option<Vec<f32>>,
+}
+
+/// Which element-wise loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BinaryOp {
+    Probabilities,
+    Logits,
+    SigmoidFocal,
+}
+
+impl BinaryOp {
+    fn kernel(self) -> Kernel {
+        match self {
+            BinaryOp::Probabilities => Kernel::BceProbElements,
+            BinaryOp::Logits => Kernel::BceLogitsElements,
+            BinaryOp::SigmoidFocal => Kernel::SigmoidFocalElements,
+        }
+    }
+}
+
+const FLAG_WEIGHT_COLS: u32 = 1;
+const FLAG_WEIGHT_FULL: u32 = 2;
+const FLAG_POS_WEIGHT: u32 = 4;
+const FLAG_WRITE_LOSS: u32 = 8;
+const FLAG_WRITE_GRAD: u32 = 16;
+const FLAG_ALPHA: u32 = 32;
+
+/// One element-wise loss call, validated.
+pub(crate) struct BinaryCall<'a> {
+    pub op: BinaryOp,
+    pub inputs: &'a [f32],
+    pub targets: &'a [f32],
+    pub cols: usize,
+    pub weight: Option<&'a [f32]>,
+    pub pos_weight: Option<&'a [f32]>,
+    pub reduction: Reduction,
+    pub grad_scale: f32,
+    pub alpha: f32,
+    pub gamma: f32,
+}
+
+fn first_outside(
+    what: &'static str,
+    values: &[f32],
+    cols: usize,
+    ok: impl Fn(f32) -> bool,
+    reason: &'static str,
+) -> Result<()> {
+    match values.iter().position(|&v| !ok(v)) {
+        Some(i) => Err(Error::InvalidValue {
+            what,
+            row: i / cols,
+            col: i % cols,
+            value: values[i],
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_weights(w: &[f32]) -> Result<()> {
+    match w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        Some(index) => Err(Error::InvalidWeight {
+            index,
+            value: w[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+impl BinaryCall<'_> {
+    /// Checks shapes, values and options; returns the row count.
+    pub(crate) fn validate(&self) -> Result<usize> {
+        if self.cols == 0 {
+            return Err(Error::ZeroCols);
+        }
+        let rows = self.inputs.len() / self.cols;
+        let input_name = match self.op {
+            BinaryOp::Probabilities => "input probabilities",
+            _ => "logits",
+        };
+        check_matrix(input_name, self.inputs.len(), rows, self.cols)?;
+        check_matrix("targets", self.targets.len(), rows, self.cols)?;
+        if self.op == BinaryOp::Probabilities {
+            first_outside(
+                input_name,
+                self.inputs,
+                self.cols,
+                |p| (0.0..=1.0).contains(&p),
+                "binary cross-entropy inputs must be probabilities in [0, 1]",
+            )?;
+        }
+        first_outside(
+            "targets",
+            self.targets,
+            self.cols,
+            |y| (0.0..=1.0).contains(&y),
+            "binary targets must be in [0, 1]",
+        )?;
+        if let Some(w) = self.weight {
+            if w.len() != self.cols && w.len() != self.inputs.len() {
+                return Err(Error::LengthMismatch {
+                    what: "weight (one per column, or one per element)",
+                    expected: self.cols,
+                    actual: w.len(),
+                });
+            }
+            check_weights(w)?;
+        }
+        if let Some(pw) = self.pos_weight {
+            if self.op != BinaryOp::Logits {
+                return Err(Error::InvalidOption {
+                    name: "pos_weight",
+                    value: f64::NAN,
+                    reason: "only binary cross-entropy with logits takes pos_weight",
+                });
+            }
+            if pw.len() != self.cols {
+                return Err(Error::LengthMismatch {
+                    what: "pos_weight (one per column)",
+                    expected: self.cols,
+                    actual: pw.len(),
+                });
+            }
+            check_weights(pw)?;
+        }
+        if self.op == BinaryOp::SigmoidFocal {
+            if !((0.0..=1.0).contains(&self.alpha) || self.alpha == -1.0) {
+                return Err(Error::InvalidOption {
+                    name: "alpha",
+                    value: f64::from(self.alpha),
+                    reason: "must be in [0, 1], or -1 to disable it",
+                });
+            }
+            if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+                return Err(Error::InvalidOption {
+                    name: "gamma",
+                    value: f64::from(self.gamma),
+                    reason: "must be finite and >= 0",
+                });
+            }
+        }
+        if !self.grad_scale.is_finite() {
+            return Err(Error::InvalidOption {
+                name: "grad_scale",
+                value: f64::from(self.grad_scale),
+                reason: "must be finite",
+            });
+        }
+        Ok(rows)
+    }
+}
+
+impl GpuContext {
+    async fn binary_run(&self, call: BinaryCall<'_>, with_grad: bool) -> Result<LossOutput> {
+        let rows = call.validate()?;
+        let cols = call.cols;
+        let total_groups = self.element_groups(rows, cols)?;
+        self.check_whole_binding("partial sums", total_groups * 4)?;
+        let full_weight = call.weight.filter(|w| w.len() != cols || rows == 1);
+        let column_weight = call.weight.filter(|w| w.len() == cols && rows != 1);
+        let mut flags = 0;
+        if full_weight.is_some() {
+            flags |= FLAG_WEIGHT_FULL;
+        }
+        if column_weight.is_some() {
+            flags |= FLAG_WEIGHT_COLS;
+        }
+        if call.pos_weight.is_some() {
+            flags |= FLAG_POS_WEIGHT;
+        }
+        if call.reduction == Reduction::None {
+            flags |= FLAG_WRITE_LOSS;
+        }
+        if with_grad {
+            flags |= FLAG_WRITE_GRAD;
+        }
+        if call.op == BinaryOp::SigmoidFocal && call.alpha >= 0.0 {
+            flags |= FLAG_ALPHA;
+        }
+        let mean = call.reduction == Reduction::Mean;
+        let params = Params {
+            flags,
+            alpha: call.alpha,
+            gamma: call.gamma,
+            grad_scale: call.grad_scale,
+            reduction: call.reduction.code(),
+            denominator: if mean { (rows * cols) as f32 } else { 1.0 },
+            ..Params::default()
+        };
+        let kernel = call.op.kernel();
+        let partials = self.output("partial sums", total_groups as usize);
+        let result = self.output("binary result", 2);
+        let column_weight_buf = column_weight.map(|w| self.upload("weight", w));
+        let pos_weight_buf = call.pos_weight.map(|w| self.upload("pos_weight", w));
+        let mut loss = Vec::new();
+        let mut grad = Vec::new();
+        let mut groups_done = 0u64;
+        let chunk_rows = if rows == 0 {
+            1
+        } else {
+            self.rows_per_window(cols)?
+        };
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = chunk_rows.min(rows - r0);
+            let span = r0 * cols..(r0 + n) * cols;
+            let (loss_staging, grad_staging, groups) = self.scoped(kernel.entry_point(), || {
+                let x = self.upload("inputs", &call.inputs[span.clone()]);
+                let y = self.upload("targets", &call.targets[span.clone()]);
+                let w_full = full_weight.map(|w| self.upload("weight", &w[span.clone()]));
+                let loss_buf =
+                    (call.reduction == Reduction::None).then(|| self.output("loss", n * cols));
+                let grad_buf = with_grad.then(|| self.output("grad", n * cols));
+                // Unused bindings still need a buffer each (one read-only, one writable use apiece).
+                let unused: Vec<wgpu::Buffer> =
+                    (0..4).map(|_| self.storage("unused", 16)).collect();
+                let mut matrices = vec![
+                    MatrixArg {
+                        binding: 1,
+                        buffer: &x,
+                        offset: 0,
+                        base: Base::A,
+                    },
+                    MatrixArg {
+                        binding: 2,
+                        buffer: &y,
+                        offset: 0,
+                        base: Base::B,
+                    },
+                ];
+                let mut whole = vec![WholeArg {
+                    binding: 7,
+                    buffer: &partials,
+                }];
+                match (&w_full, &column_weight_buf) {
+                    (Some(w), _) => matrices.push(MatrixArg {
+                        binding: 3,
+                        buffer: w,
+                        offset: 0,
+                        base: Base::C,
+                    }),
+                    (None, Some(w)) => whole.push(WholeArg {
+                        binding: 3,
+                        buffer: w,
+                    }),
+                    (None, None) => whole.push(WholeArg {
+                        binding: 3,
+                        buffer: &unused[0],
+                    }),
+                }
+                whole.push(WholeArg {
+                    binding: 4,
+                    buffer: pos_weight_buf.as_ref().unwrap_or(&unused[1]),
+                });
+                match &loss_buf {
+                    Some(b) => matrices.push(MatrixArg {
+                        binding: 5,
+                        buffer: b,
+                        offset: 0,
+                        base: Base::Out,
+                    }),
+                    None => whole.push(WholeArg {
+                        binding: 5,
+                        buffer: &unused[2],
+                    }),
+                }
+                match &grad_buf {
+                    Some(b) => matrices.push(MatrixArg {
+                        binding: 6,
+                        buffer: b,
+                        offset: 0,
+                        base: Base::D,
+                    }),
+                    None => whole.push(WholeArg {
+                        binding: 6,
+                        buffer: &unused[3],
+                    }),
+                }
+                let mut encoder = self.encoder(kernel.entry_point());
+                let groups = self.encode_elements(
+                    &mut encoder,
+                    RowLaunch {
+                        kernel,
+                        rows: n,
+                        cols,
+                        matrices: &matrices,
+                        whole: &whole,
+                        params: Params {
+                            row_base: groups_done as u32,
+                            ..params
+                        },
+                    },
+                )?;
+                let bytes = (n * cols) as u64 * 4;
+                let loss_staging = loss_buf
+                    .as_ref()
+                    .map(|b| self.stage(&mut encoder, b, bytes));
+                let grad_staging = grad_buf
+                    .as_ref()
+                    .map(|b| self.stage(&mut encoder, b, bytes));
+                self.queue.submit([encoder.finish()]);
+                Ok((loss_staging, grad_staging, groups))
+            })?;
+            if let Some(s) = loss_staging {
+                loss.extend(self.read_back::<f32>(&s, n * cols).await?);
+            }
+            if let Some(s) = grad_staging {
+                grad.extend(self.read_back::<f32>(&s, n * cols).await?);
+            }
+            groups_done += groups;
+            r0 += n;
+        }
+        if call.reduction != Reduction::None {
+            let staging = self.scoped("binary_reduce", || {
+                let mut encoder = self.encoder("binary_reduce");
+                self.encode_single(
+                    &mut encoder,
+                    Kernel::BinaryReduce,
+                    VecWidth::Scalar,
+                    &[
+                        WholeArg {
+                            binding: 7,
+                            buffer: &partials,
+                        },
+                        WholeArg {
+                            binding: 8,
+                            buffer: &result,
+                        },
+                    ],
+                    Params {
+                        total_rows: groups_done as u32,
+                        ..params
+                    },
+                )?;
+                let staging = self.stage(&mut encoder, &result, 8);
+                self.queue.submit([encoder.finish()]);
+                Ok(staging)
+            })?;
+            loss = self.read_back::<f32>(&staging, 1).await?;
+        }
+        Ok(LossOutput {
+            loss,
+            grad: with_grad.then_some(grad),
+        })
+    }
+}
+
+impl GpuContext {
+    /// Binary cross-entropy on probabilities `probs` (`[N, C]`, `C = cols`) and its gradient.
+    pub async fn binary_cross_entropy(
+        &self,
+        probs: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::Probabilities,
+                inputs: probs,
+                targets,
+                cols,
+                weight: opts.weight,
+                pos_weight: opts.pos_weight,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: 0.0,
+                gamma: 0.0,
+            },
+            true,
+        )
+        .await
+    }
+
+    /// [`GpuContext::binary_cross_entropy`], blocking.
+    pub fn binary_cross_entropy_blocking(
+        &self,
+        probs: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.binary_cross_entropy(probs, targets, cols, opts))
+    }
+
+    /// Binary cross-entropy on probabilities `probs` (`[N, C]`, `C = cols`). Loss only: nothing of size `N·C` is written unless the reduction is `none`.
+    pub async fn binary_cross_entropy_loss(
+        &self,
+        probs: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::Probabilities,
+                inputs: probs,
+                targets,
+                cols,
+                weight: opts.weight,
+                pos_weight: opts.pos_weight,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: 0.0,
+                gamma: 0.0,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// [`GpuContext::binary_cross_entropy_loss`], blocking.
+    pub fn binary_cross_entropy_loss_blocking(
+        &self,
+        probs: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.binary_cross_entropy_loss(probs, targets, cols, opts))
+    }
+
+    /// Binary cross-entropy with logits (`[N, C]`, `C = cols`) and its gradient.
+    pub async fn binary_cross_entropy_with_logits(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::Logits,
+                inputs: logits,
+                targets,
+                cols,
+                weight: opts.weight,
+                pos_weight: opts.pos_weight,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: 0.0,
+                gamma: 0.0,
+            },
+            true,
+        )
+        .await
+    }
+
+    /// [`GpuContext::binary_cross_entropy_with_logits`], blocking.
+    pub fn binary_cross_entropy_with_logits_blocking(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.binary_cross_entropy_with_logits(logits, targets, cols, opts))
+    }
+
+    /// Binary cross-entropy with logits (`[N, C]`, `C = cols`). Loss only: nothing of size `N·C` is written unless the reduction is `none`.
+    pub async fn binary_cross_entropy_with_logits_loss(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::Logits,
+                inputs: logits,
+                targets,
+                cols,
+                weight: opts.weight,
+                pos_weight: opts.pos_weight,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: 0.0,
+                gamma: 0.0,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// [`GpuContext::binary_cross_entropy_with_logits_loss`], blocking.
+    pub fn binary_cross_entropy_with_logits_loss_blocking(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &BinaryLossOptions<'_>,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.binary_cross_entropy_with_logits_loss(logits, targets, cols, opts))
+    }
+
+    /// torchvision's sigmoid focal loss on logits (`[N, C]`, `C = cols`) and its gradient.
+    pub async fn sigmoid_focal_loss(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &SigmoidFocalOptions,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::SigmoidFocal,
+                inputs: logits,
+                targets,
+                cols,
+                weight: None,
+                pos_weight: None,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: opts.alpha,
+                gamma: opts.gamma,
+            },
+            true,
+        )
+        .await
+    }
+
+    /// [`GpuContext::sigmoid_focal_loss`], blocking.
+    pub fn sigmoid_focal_loss_blocking(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &SigmoidFocalOptions,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.sigmoid_focal_loss(logits, targets, cols, opts))
+    }
+
+    /// torchvision's sigmoid focal loss on logits (`[N, C]`, `C = cols`). Loss only: nothing of size `N·C` is written unless the reduction is `none`.
+    pub async fn sigmoid_focal_loss_only(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &SigmoidFocalOptions,
+    ) -> Result<LossOutput> {
+        self.binary_run(
+            BinaryCall {
+                op: BinaryOp::SigmoidFocal,
+                inputs: logits,
+                targets,
+                cols,
+                weight: None,
+                pos_weight: None,
+                reduction: opts.reduction,
+                grad_scale: opts.grad_scale,
+                alpha: opts.alpha,
+                gamma: opts.gamma,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// [`GpuContext::sigmoid_focal_loss_only`], blocking.
+    pub fn sigmoid_focal_loss_only_blocking(
+        &self,
+        logits: &[f32],
+        targets: &[f32],
+        cols: usize,
+        opts: &SigmoidFocalOptions,
+    ) -> Result<LossOutput> {
+        pollster::block_on(self.sigmoid_focal_loss_only(logits, targets, cols, opts))
+    }
+}
