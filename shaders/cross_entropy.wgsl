@@ -14,10 +14,14 @@
 @group(0) @binding(6) var<storage, read_write> grad: array<vec_t>;
 @group(0) @binding(7) var<storage, read_write> result: array<f32>;     // [total loss, z-loss part]
 @group(0) @binding(8) var<storage, read> soft_targets: array<vec_t>;   // probability targets [N, C] (base_b)
+@group(0) @binding(9) var<storage, read_write> loss_rows: array<f32>;  // exported per-row loss (ce + z)
+@group(0) @binding(10) var<storage, read_write> lse_rows: array<f32>;  // exported per-row logsumexp
 
 const FLAG_WEIGHTS: u32 = 1u;
 const FLAG_SOFTCAP: u32 = 2u;
 const FLAG_MEAN_BY_COUNT: u32 = 4u;
+const FLAG_EXPORT_LOSS: u32 = 8u;
+const FLAG_EXPORT_LSE: u32 = 16u;
 const REDUCTION_MEAN: u32 = 1u;
 
 var<workgroup> wg_count: array<u32, WG>;
@@ -29,6 +33,10 @@ fn class_weight(j: u32) -> f32 {
     if (has_weights()) { return lane(weights[j / VW], j % VW); }
     return 1.0;
 }
+
+// Targets that live on the GPU are not checked by the host: a target outside
+// [0, C) that is not ignore_index makes its row's loss and gradient NaN.
+fn target_valid(t: i32) -> bool { return t >= 0 && u32(t) < params.cols; }
 
 fn class_weights(i: u32) -> vec_t {
     if (has_weights()) { return weights[i]; }
@@ -63,7 +71,7 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
         let t = targets[i];
         if (t != params.ignore_index) {
             kept += 1u;
-            d += class_weight(u32(t));
+            d += select(nan(), class_weight(u32(t)), target_valid(t));
         }
     }
     var w = 0.0;
@@ -129,7 +137,9 @@ fn ce_row(row: u32, tid: u32) -> CeRow {
     let ignored = t == params.ignore_index;
     var ce = 0.0;
     var z = 0.0;
-    if (!ignored) {
+    if (!ignored && !target_valid(t)) {
+        ce = nan();
+    } else if (!ignored) {
         let y = u32(t);
         let xy = lane(capped(logits[src + y / VW]), y % VW);
         ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
@@ -148,6 +158,7 @@ struct GradCoef { a: f32, b: f32, c: f32 }
 // g_j = (a p_j - b [j = y] - c w_j) * softcap slope, zero on ignored rows.
 fn grad_coef(rs: CeRow) -> GradCoef {
     if (rs.ignored) { return GradCoef(0.0, 0.0, 0.0); }
+    if (!target_valid(rs.label)) { return GradCoef(nan(), nan(), nan()); }
     let eps = params.smoothing;
     let mean = params.reduction == REDUCTION_MEAN;
     let k_ce = select(params.grad_scale, params.grad_scale / scalars[0], mean);
@@ -348,7 +359,10 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
     let ignored = t == params.ignore_index;
     var loss = 0.0;
     var f = 0.0;
-    if (!ignored) {
+    if (!ignored && !target_valid(t)) {
+        loss = nan();
+        f = nan();
+    } else if (!ignored) {
         let y = u32(t);
         let lp = (lane(logits[src + y / VW], y % VW) - st.m) - ls;
         let p = exp(lp);
@@ -397,5 +411,16 @@ fn focal_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         let p = exp((logits[src + i] - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
         grad[dst + i] = select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored);
+    }
+}
+
+// Copies per-row results out of the internal row buffer into the caller's
+// buffers (encode API): loss_rows[i] = ce_i + z_i, lse_rows[i] = lse_i.
+@compute @workgroup_size(WG)
+fn ce_export(@builtin(local_invocation_id) lid: vec3<u32>) {
+    for (var i = lid.x; i < params.total_rows; i += WG) {
+        let v = row_out[i];
+        if ((params.flags & FLAG_EXPORT_LOSS) != 0u) { loss_rows[i] = v.x + v.y; }
+        if ((params.flags & FLAG_EXPORT_LSE) != 0u) { lse_rows[i] = v.z; }
     }
 }

@@ -136,7 +136,7 @@ pub struct ResidentOp<'a> {
     cols: usize,
     input: wgpu::Buffer,
     output: wgpu::Buffer,
-    problem: Option<CrossEntropyProblem>,
+    problem: Option<CrossEntropyProblem<'static>>,
 }
 
 impl<'a> ResidentOp<'a> {
@@ -197,10 +197,7 @@ impl<'a> ResidentOp<'a> {
                         base: Base::Out,
                     });
                 } else {
-                    whole.push(WholeArg {
-                        binding: 6,
-                        buffer: &self.output,
-                    });
+                    whole.push(WholeArg::new(6, &self.output));
                 }
                 ctx.encode_rows(
                     &mut encoder,
@@ -224,13 +221,13 @@ impl<'a> ResidentOp<'a> {
                     &mut encoder,
                     p,
                     mode,
-                    &self.input,
+                    (&self.input, 0),
                     None,
-                    Some(&self.output),
+                    Some((&self.output, 0)),
                     0,
                     self.rows,
                 )?;
-                ctx.encode_cross_entropy_reduce(&mut encoder, p)?;
+                ctx.encode_cross_entropy_reduce(&mut encoder, p, WholeArg::new(7, &p.result))?;
             }
             let start = Instant::now();
             ctx.submit_and_wait(encoder)?;

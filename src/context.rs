@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, Pipeline, PipelineCache, VecWidth};
+use crate::kernels::{Aliasing, Kernel, Pipeline, PipelineCache, VecWidth};
 
 /// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
 /// high-performance adapter and the adapter's own limits.
@@ -210,9 +210,14 @@ impl GpuContext {
     }
 
     /// The cached pipeline for a kernel variant, built on first use.
-    pub(crate) fn pipeline(&self, kernel: Kernel, width: VecWidth) -> Result<Arc<Pipeline>> {
+    pub(crate) fn pipeline(
+        &self,
+        kernel: Kernel,
+        width: VecWidth,
+        aliasing: Aliasing,
+    ) -> Result<Arc<Pipeline>> {
         self.pipelines
-            .get(&self.device, self.adapter_name(), kernel, width)
+            .get(&self.device, self.adapter_name(), kernel, width, aliasing)
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

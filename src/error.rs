@@ -107,6 +107,15 @@ pub enum Error {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A GPU tensor view that does not fit what the op needs (dtype, shape,
+    /// offset alignment, bounds, buffer usage).
+    #[error("tensor view `{name}` {problem}")]
+    InvalidView {
+        /// Which argument.
+        name: &'static str,
+        /// What is wrong, with the numbers.
+        problem: String,
+    },
     /// An option value outside its domain.
     #[error("option {name} = {value} is invalid: {reason}")]
     InvalidOption {

@@ -110,16 +110,41 @@ impl VecWidth {
     }
 }
 
+/// Whether a dispatch binds one buffer both as an input and as an output.
+///
+/// wgpu forbids a buffer in a read-only and a read-write binding of the same
+/// dispatch, even at disjoint ranges. Tensors that share a buffer (the encode
+/// API allows it) therefore use a variant whose storage bindings are all
+/// `read_write`; separate buffers keep read-only inputs, which compilers can
+/// load through read-only caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Aliasing {
+    /// Inputs and outputs live in different buffers: inputs are read-only.
+    Separate,
+    /// Some input shares a buffer with an output: every storage binding is read-write.
+    Shared,
+}
+
+impl Aliasing {
+    /// Both modes.
+    pub const ALL: [Aliasing; 2] = [Aliasing::Separate, Aliasing::Shared];
+}
+
 /// The full WGSL source of one family in one variant, as compiled.
-pub fn shader_source(family: Family, width: VecWidth) -> String {
-    format!(
-        "// {} ({:?} variant)\n{}\n{}\n{}",
+pub fn shader_source(family: Family, width: VecWidth, aliasing: Aliasing) -> String {
+    let source = format!(
+        "// {} ({:?}, {:?} variant)\n{}\n{}\n{}",
         family.file_name(),
         width,
+        aliasing,
         width.prelude(),
         COMMON_SOURCE,
         family.body()
-    )
+    );
+    match aliasing {
+        Aliasing::Separate => source,
+        Aliasing::Shared => source.replace("var<storage, read>", "var<storage, read_write>"),
+    }
 }
 
 /// How a kernel uses a binding.
@@ -173,13 +198,15 @@ pub enum Kernel {
     SigmoidFocalElements,
     /// `binary_reduce`: fixed-order sum of the element-wise kernels' partial sums.
     BinaryReduce,
+    /// `ce_export`: per-row losses and logsumexp into a caller's buffers.
+    CrossEntropyExport,
     /// `copy`: the bandwidth yardstick.
     Copy,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -199,6 +226,7 @@ impl Kernel {
         Kernel::BceLogitsElements,
         Kernel::SigmoidFocalElements,
         Kernel::BinaryReduce,
+        Kernel::CrossEntropyExport,
         Kernel::Copy,
     ];
 
@@ -216,7 +244,8 @@ impl Kernel {
             | CrossEntropySoftLoss
             | CrossEntropySoftLossGrad
             | FocalLoss
-            | FocalLossGrad => Family::CrossEntropy,
+            | FocalLossGrad
+            | CrossEntropyExport => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReduce => {
                 Family::Binary
             }
@@ -247,8 +276,16 @@ impl Kernel {
             BceLogitsElements => "bce_logits_elements",
             SigmoidFocalElements => "sigmoid_focal_elements",
             BinaryReduce => "binary_reduce",
+            CrossEntropyExport => "ce_export",
             Copy => "copy",
         }
+    }
+
+    /// Whether `binding` is an input (bound read-only unless aliasing).
+    pub(crate) fn reads(self, binding: u32) -> bool {
+        self.bindings()
+            .iter()
+            .any(|&(b, access)| b == binding && access == Access::Read)
     }
 
     /// The bindings of group 0 this entry point uses, as the shader declares them.
@@ -296,6 +333,12 @@ impl Kernel {
                 (7, ReadWrite),
             ],
             BinaryReduce => &[(0, Uniform), (7, ReadWrite), (8, ReadWrite)],
+            CrossEntropyExport => &[
+                (0, Uniform),
+                (5, ReadWrite),
+                (9, ReadWrite),
+                (10, ReadWrite),
+            ],
             CrossEntropyLoss | CrossEntropyLossGradInPlace | FocalLoss => &[
                 (0, Uniform),
                 (1, ReadWrite),
@@ -328,8 +371,8 @@ pub(crate) struct Pipeline {
 /// Builds each (kernel, variant) pipeline on first use and keeps it.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(Family, VecWidth), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Kernel, VecWidth), Arc<Pipeline>>>,
+    modules: Mutex<HashMap<(Family, VecWidth, Aliasing), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(Kernel, VecWidth, Aliasing), Arc<Pipeline>>>,
 }
 
 impl PipelineCache {
@@ -344,6 +387,7 @@ impl PipelineCache {
         adapter: &str,
         kernel: Kernel,
         width: VecWidth,
+        aliasing: Aliasing,
     ) -> Result<Arc<Pipeline>> {
         let poisoned = || Error::Gpu {
             kernel: kernel.entry_point().to_string(),
@@ -351,43 +395,51 @@ impl PipelineCache {
             message: "pipeline cache lock poisoned by a panic on another thread".into(),
         };
         let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
-        if let Some(p) = pipelines.get(&(kernel, width)) {
+        if let Some(p) = pipelines.get(&(kernel, width, aliasing)) {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let built = {
             let mut modules = self.modules.lock().map_err(|_| poisoned())?;
             let module = modules
-                .entry((kernel.family(), width))
+                .entry((kernel.family(), width, aliasing))
                 .or_insert_with(|| {
                     device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.family().file_name()),
                         source: wgpu::ShaderSource::Wgsl(
-                            shader_source(kernel.family(), width).into(),
+                            shader_source(kernel.family(), width, aliasing).into(),
                         ),
                     })
                 })
                 .clone();
-            build_pipeline(device, &module, kernel)
+            build_pipeline(device, &module, kernel, aliasing)
         };
         if let Some(err) = pollster::block_on(scope.pop()) {
             // Drop the module too: a broken module must not be cached.
             if let Ok(mut modules) = self.modules.lock() {
-                modules.remove(&(kernel.family(), width));
+                modules.remove(&(kernel.family(), width, aliasing));
             }
             return Err(Error::Gpu {
-                kernel: format!("building {} ({width:?})", kernel.entry_point()),
+                kernel: format!(
+                    "building {} ({width:?}, {aliasing:?})",
+                    kernel.entry_point()
+                ),
                 adapter: adapter.to_string(),
                 message: err.to_string(),
             });
         }
         let built = Arc::new(built);
-        pipelines.insert((kernel, width), built.clone());
+        pipelines.insert((kernel, width, aliasing), built.clone());
         Ok(built)
     }
 }
 
-fn build_pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, kernel: Kernel) -> Pipeline {
+fn build_pipeline(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    kernel: Kernel,
+    aliasing: Aliasing,
+) -> Pipeline {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings()
         .iter()
@@ -397,7 +449,9 @@ fn build_pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, kernel: Ke
             ty: wgpu::BindingType::Buffer {
                 ty: match access {
                     Access::Uniform => wgpu::BufferBindingType::Uniform,
-                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Access::Read => wgpu::BufferBindingType::Storage {
+                        read_only: aliasing == Aliasing::Separate,
+                    },
                     Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
                 has_dynamic_offset: false,

@@ -1,13 +1,13 @@
 //! Parses and validates every shader variant with naga: a shader error fails
 //! here on any machine, GPU or not.
 
-use wgpu_loss::kernels::{shader_source, Family, Kernel, VecWidth};
+use wgpu_loss::kernels::{shader_source, Aliasing, Family, Kernel, VecWidth};
 
-fn validate(family: Family, width: VecWidth) -> naga::Module {
-    let src = shader_source(family, width);
+fn validate(family: Family, width: VecWidth, aliasing: Aliasing) -> naga::Module {
+    let src = shader_source(family, width, aliasing);
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!(
-            "{} ({width:?}) does not parse:\n{}",
+            "{} ({width:?}, {aliasing:?}) does not parse:\n{}",
             family.file_name(),
             e.emit_to_string(&src)
         )
@@ -19,7 +19,7 @@ fn validate(family: Family, width: VecWidth) -> naga::Module {
     .validate(&module)
     .unwrap_or_else(|e| {
         panic!(
-            "{} ({width:?}) fails validation:\n{}",
+            "{} ({width:?}, {aliasing:?}) fails validation:\n{}",
             family.file_name(),
             e.emit_to_string(&src)
         )
@@ -31,7 +31,9 @@ fn validate(family: Family, width: VecWidth) -> naga::Module {
 fn every_shader_variant_parses_and_validates() {
     for family in Family::ALL {
         for width in VecWidth::ALL {
-            validate(family, width);
+            for aliasing in Aliasing::ALL {
+                validate(family, width, aliasing);
+            }
         }
     }
 }
@@ -40,7 +42,7 @@ fn every_shader_variant_parses_and_validates() {
 fn every_kernel_names_a_compute_entry_point_of_its_family() {
     for width in VecWidth::ALL {
         for kernel in Kernel::ALL {
-            let module = validate(kernel.family(), width);
+            let module = validate(kernel.family(), width, Aliasing::Separate);
             let entry = module
                 .entry_points
                 .iter()

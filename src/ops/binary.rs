@@ -24,7 +24,9 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, VecWidth};
+use crate::ops::cross_entropy::reject_host_weights;
 use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, RowLaunch, WholeArg};
+use crate::tensor::{spec, DType, LossViews};
 
 /// Options of the BCE losses; `Default` is PyTorch's (`mean`, no weights).
 #[derive(Clone, Copy, Debug)]
@@ -235,48 +237,162 @@ impl BinaryCall<'_> {
     }
 }
 
+/// A matrix operand: buffer and element offset.
+type MatrixRef<'a> = (&'a wgpu::Buffer, u64);
+
+/// Where an element-wise launch's weights come from.
+enum WeightArg<'a> {
+    None,
+    PerColumn(WholeArg<'a>),
+    PerElement(MatrixRef<'a>),
+}
+
+/// Operands of one element-wise launch.
+struct BinaryOperands<'a> {
+    x: MatrixRef<'a>,
+    y: MatrixRef<'a>,
+    weight: WeightArg<'a>,
+    pos_weight: Option<WholeArg<'a>>,
+    loss: Option<MatrixRef<'a>>,
+    grad: Option<MatrixRef<'a>>,
+    partials: &'a wgpu::Buffer,
+}
+
+/// Kernel parameters of an element-wise loss; `rows` are the whole problem's.
+fn binary_params(
+    call: &BinaryCall<'_>,
+    weight: &WeightArg<'_>,
+    with_grad: bool,
+    (rows, cols): (usize, usize),
+) -> Params {
+    let mut flags = 0;
+    match weight {
+        WeightArg::None => {}
+        WeightArg::PerColumn(_) => flags |= FLAG_WEIGHT_COLS,
+        WeightArg::PerElement(_) => flags |= FLAG_WEIGHT_FULL,
+    }
+    if call.pos_weight.is_some() {
+        flags |= FLAG_POS_WEIGHT;
+    }
+    if call.reduction == Reduction::None {
+        flags |= FLAG_WRITE_LOSS;
+    }
+    if with_grad {
+        flags |= FLAG_WRITE_GRAD;
+    }
+    if call.op == BinaryOp::SigmoidFocal && call.alpha >= 0.0 {
+        flags |= FLAG_ALPHA;
+    }
+    let mean = call.reduction == Reduction::Mean;
+    Params {
+        flags,
+        alpha: call.alpha,
+        gamma: call.gamma,
+        grad_scale: call.grad_scale,
+        reduction: call.reduction.code(),
+        denominator: if mean { (rows * cols) as f32 } else { 1.0 },
+        ..Params::default()
+    }
+}
+
 impl GpuContext {
+    /// Records one element-wise launch over `rows` rows; `params.row_base` is
+    /// the index of its first partial sum. Returns the workgroups launched.
+    fn encode_binary_elements(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        rows: usize,
+        cols: usize,
+        ops: BinaryOperands<'_>,
+        params: Params,
+    ) -> Result<u64> {
+        // Unused bindings still need a buffer each (one read-only, one writable use apiece).
+        let unused: Vec<wgpu::Buffer> = (0..4).map(|_| self.storage("unused", 16)).collect();
+        fn matrix(binding: u32, (buffer, offset): MatrixRef<'_>, base: Base) -> MatrixArg<'_> {
+            MatrixArg {
+                binding,
+                buffer,
+                offset,
+                base,
+            }
+        }
+        let mut matrices = vec![matrix(1, ops.x, Base::A), matrix(2, ops.y, Base::B)];
+        let mut whole = vec![WholeArg::new(7, ops.partials)];
+        match ops.weight {
+            WeightArg::PerElement(w) => matrices.push(matrix(3, w, Base::C)),
+            WeightArg::PerColumn(w) => whole.push(w),
+            WeightArg::None => whole.push(WholeArg::new(3, &unused[0])),
+        }
+        whole.push(ops.pos_weight.unwrap_or(WholeArg::new(4, &unused[1])));
+        match ops.loss {
+            Some(l) => matrices.push(matrix(5, l, Base::Out)),
+            None => whole.push(WholeArg::new(5, &unused[2])),
+        }
+        match ops.grad {
+            Some(g) => matrices.push(matrix(6, g, Base::D)),
+            None => whole.push(WholeArg::new(6, &unused[3])),
+        }
+        self.encode_elements(
+            encoder,
+            RowLaunch {
+                kernel,
+                rows,
+                cols,
+                matrices: &matrices,
+                whole: &whole,
+                params,
+            },
+        )
+    }
+
+    /// Records the fixed-order sum of `groups` partials into `result` ([loss, 0]).
+    fn encode_binary_reduce(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        partials: &wgpu::Buffer,
+        result: WholeArg<'_>,
+        groups: u64,
+        params: Params,
+    ) -> Result<()> {
+        self.encode_single(
+            encoder,
+            Kernel::BinaryReduce,
+            VecWidth::Scalar,
+            &[WholeArg::new(7, partials), result],
+            Params {
+                total_rows: u32::try_from(groups).map_err(|_| Error::TooLarge {
+                    what: "partial sums",
+                    requested: groups,
+                    limit_name: "u32 workgroups",
+                    limit: u64::from(u32::MAX),
+                })?,
+                ..params
+            },
+        )
+    }
+
     async fn binary_run(&self, call: BinaryCall<'_>, with_grad: bool) -> Result<LossOutput> {
         let rows = call.validate()?;
         let cols = call.cols;
         let total_groups = self.element_groups(rows, cols)?;
         self.check_whole_binding("partial sums", total_groups * 4)?;
-        let full_weight = call.weight.filter(|w| w.len() != cols || rows == 1);
-        let column_weight = call.weight.filter(|w| w.len() == cols && rows != 1);
-        let mut flags = 0;
-        if full_weight.is_some() {
-            flags |= FLAG_WEIGHT_FULL;
-        }
-        if column_weight.is_some() {
-            flags |= FLAG_WEIGHT_COLS;
-        }
-        if call.pos_weight.is_some() {
-            flags |= FLAG_POS_WEIGHT;
-        }
-        if call.reduction == Reduction::None {
-            flags |= FLAG_WRITE_LOSS;
-        }
-        if with_grad {
-            flags |= FLAG_WRITE_GRAD;
-        }
-        if call.op == BinaryOp::SigmoidFocal && call.alpha >= 0.0 {
-            flags |= FLAG_ALPHA;
-        }
-        let mean = call.reduction == Reduction::Mean;
-        let params = Params {
-            flags,
-            alpha: call.alpha,
-            gamma: call.gamma,
-            grad_scale: call.grad_scale,
-            reduction: call.reduction.code(),
-            denominator: if mean { (rows * cols) as f32 } else { 1.0 },
-            ..Params::default()
+        let per_element = call.weight.filter(|w| w.len() != cols || rows == 1);
+        let column_weight_buf = call
+            .weight
+            .filter(|w| w.len() == cols && rows != 1)
+            .map(|w| self.upload("weight", w));
+        let pos_weight_buf = call.pos_weight.map(|w| self.upload("pos_weight", w));
+        let kind = match (&per_element, &column_weight_buf) {
+            (Some(_), _) => WeightArg::PerElement((&self.placeholder, 0)),
+            (None, Some(w)) => WeightArg::PerColumn(WholeArg::new(3, w)),
+            (None, None) => WeightArg::None,
         };
+        let params = binary_params(&call, &kind, with_grad, (rows, cols));
         let kernel = call.op.kernel();
         let partials = self.output("partial sums", total_groups as usize);
         let result = self.output("binary result", 2);
-        let column_weight_buf = column_weight.map(|w| self.upload("weight", w));
-        let pos_weight_buf = call.pos_weight.map(|w| self.upload("pos_weight", w));
+        let write_loss = call.reduction == Reduction::None;
         let mut loss = Vec::new();
         let mut grad = Vec::new();
         let mut groups_done = 0u64;
@@ -292,88 +408,32 @@ impl GpuContext {
             let (loss_staging, grad_staging, groups) = self.scoped(kernel.entry_point(), || {
                 let x = self.upload("inputs", &call.inputs[span.clone()]);
                 let y = self.upload("targets", &call.targets[span.clone()]);
-                let w_full = full_weight.map(|w| self.upload("weight", &w[span.clone()]));
-                let loss_buf =
-                    (call.reduction == Reduction::None).then(|| self.output("loss", n * cols));
+                let w_full = per_element.map(|w| self.upload("weight", &w[span.clone()]));
+                let loss_buf = write_loss.then(|| self.output("loss", n * cols));
                 let grad_buf = with_grad.then(|| self.output("grad", n * cols));
-                // Unused bindings still need a buffer each (one read-only, one writable use apiece).
-                let unused: Vec<wgpu::Buffer> =
-                    (0..4).map(|_| self.storage("unused", 16)).collect();
-                let mut matrices = vec![
-                    MatrixArg {
-                        binding: 1,
-                        buffer: &x,
-                        offset: 0,
-                        base: Base::A,
-                    },
-                    MatrixArg {
-                        binding: 2,
-                        buffer: &y,
-                        offset: 0,
-                        base: Base::B,
-                    },
-                ];
-                let mut whole = vec![WholeArg {
-                    binding: 7,
-                    buffer: &partials,
-                }];
-                match (&w_full, &column_weight_buf) {
-                    (Some(w), _) => matrices.push(MatrixArg {
-                        binding: 3,
-                        buffer: w,
-                        offset: 0,
-                        base: Base::C,
-                    }),
-                    (None, Some(w)) => whole.push(WholeArg {
-                        binding: 3,
-                        buffer: w,
-                    }),
-                    (None, None) => whole.push(WholeArg {
-                        binding: 3,
-                        buffer: &unused[0],
-                    }),
-                }
-                whole.push(WholeArg {
-                    binding: 4,
-                    buffer: pos_weight_buf.as_ref().unwrap_or(&unused[1]),
-                });
-                match &loss_buf {
-                    Some(b) => matrices.push(MatrixArg {
-                        binding: 5,
-                        buffer: b,
-                        offset: 0,
-                        base: Base::Out,
-                    }),
-                    None => whole.push(WholeArg {
-                        binding: 5,
-                        buffer: &unused[2],
-                    }),
-                }
-                match &grad_buf {
-                    Some(b) => matrices.push(MatrixArg {
-                        binding: 6,
-                        buffer: b,
-                        offset: 0,
-                        base: Base::D,
-                    }),
-                    None => whole.push(WholeArg {
-                        binding: 6,
-                        buffer: &unused[3],
-                    }),
-                }
+                let weight = match (&w_full, &column_weight_buf) {
+                    (Some(w), _) => WeightArg::PerElement((w, 0)),
+                    (None, Some(w)) => WeightArg::PerColumn(WholeArg::new(3, w)),
+                    (None, None) => WeightArg::None,
+                };
                 let mut encoder = self.encoder(kernel.entry_point());
-                let groups = self.encode_elements(
+                let groups = self.encode_binary_elements(
                     &mut encoder,
-                    RowLaunch {
-                        kernel,
-                        rows: n,
-                        cols,
-                        matrices: &matrices,
-                        whole: &whole,
-                        params: Params {
-                            row_base: groups_done as u32,
-                            ..params
-                        },
+                    kernel,
+                    n,
+                    cols,
+                    BinaryOperands {
+                        x: (&x, 0),
+                        y: (&y, 0),
+                        weight,
+                        pos_weight: pos_weight_buf.as_ref().map(|b| WholeArg::new(4, b)),
+                        loss: loss_buf.as_ref().map(|b| (b, 0)),
+                        grad: grad_buf.as_ref().map(|b| (b, 0)),
+                        partials: &partials,
+                    },
+                    Params {
+                        row_base: groups_done as u32,
+                        ..params
                     },
                 )?;
                 let bytes = (n * cols) as u64 * 4;
@@ -395,27 +455,15 @@ impl GpuContext {
             groups_done += groups;
             r0 += n;
         }
-        if call.reduction != Reduction::None {
+        if !write_loss {
             let staging = self.scoped("binary_reduce", || {
                 let mut encoder = self.encoder("binary_reduce");
-                self.encode_single(
+                self.encode_binary_reduce(
                     &mut encoder,
-                    Kernel::BinaryReduce,
-                    VecWidth::Scalar,
-                    &[
-                        WholeArg {
-                            binding: 7,
-                            buffer: &partials,
-                        },
-                        WholeArg {
-                            binding: 8,
-                            buffer: &result,
-                        },
-                    ],
-                    Params {
-                        total_rows: groups_done as u32,
-                        ..params
-                    },
+                    &partials,
+                    WholeArg::new(8, &result),
+                    groups_done,
+                    params,
                 )?;
                 let staging = self.stage(&mut encoder, &result, 8);
                 self.queue.submit([encoder.finish()]);
@@ -428,6 +476,215 @@ impl GpuContext {
             grad: with_grad.then_some(grad),
         })
     }
+
+    /// Checks the views of an element-wise loss and records it into `encoder`.
+    fn encode_binary(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        call: BinaryCall<'_>,
+    ) -> Result<()> {
+        let (rows, cols) = (views.input.rows, views.input.cols);
+        if cols == 0 {
+            return Err(Error::ZeroCols);
+        }
+        if rows == 0 {
+            return Err(Error::InvalidView {
+                name: "input",
+                problem: "has no rows; there is nothing to encode".into(),
+            });
+        }
+        self.check_view(&views.input, spec("input", DType::F32, rows, cols))?;
+        self.check_view(&views.target, spec("target", DType::F32, rows, cols))?;
+        let weight = match &views.weight {
+            None => WeightArg::None,
+            Some(w) if w.len() == cols && rows != 1 => {
+                self.check_view(w, spec("weight", DType::F32, w.rows, w.cols))?;
+                WeightArg::PerColumn(WholeArg::view(3, w))
+            }
+            Some(w) => {
+                self.check_view(w, spec("weight", DType::F32, rows, cols))?;
+                WeightArg::PerElement((w.buffer, w.offset_elems()))
+            }
+        };
+        let pos_weight = match &views.pos_weight {
+            Some(pw) if call.op == BinaryOp::Logits => {
+                self.check_view(pw, spec("pos_weight", DType::F32, pw.rows, pw.cols))?;
+                if pw.len() != cols {
+                    return Err(Error::InvalidView {
+                        name: "pos_weight",
+                        problem: format!(
+                            "has {} elements, expected one per column ({cols})",
+                            pw.len()
+                        ),
+                    });
+                }
+                Some(WholeArg::view(4, pw))
+            }
+            Some(_) => {
+                return Err(Error::InvalidView {
+                    name: "pos_weight",
+                    problem: "is only used by binary cross-entropy with logits".into(),
+                })
+            }
+            None => None,
+        };
+        if views.lse.is_some() {
+            return Err(Error::InvalidView {
+                name: "lse",
+                problem: "is only produced by the softmax-based row losses".into(),
+            });
+        }
+        let reduced = call.reduction != Reduction::None;
+        if reduced {
+            self.check_view(&views.loss, spec("loss", DType::F32, 2, 1))?;
+        } else {
+            self.check_view(&views.loss, spec("loss", DType::F32, rows, cols))?;
+        }
+        if let Some(g) = &views.grad {
+            self.check_view(g, spec("grad", DType::F32, rows, cols))?;
+        }
+        let groups = self.element_groups(rows, cols)?;
+        self.check_whole_binding("partial sums", groups * 4)?;
+        let partials = self.storage("partial sums", groups * 4);
+        let mut params = binary_params(&call, &weight, views.grad.is_some(), (rows, cols));
+        if pos_weight.is_some() {
+            params.flags |= FLAG_POS_WEIGHT;
+        }
+        let done = self.encode_binary_elements(
+            encoder,
+            call.op.kernel(),
+            rows,
+            cols,
+            BinaryOperands {
+                x: (views.input.buffer, views.input.offset_elems()),
+                y: (views.target.buffer, views.target.offset_elems()),
+                weight,
+                pos_weight,
+                loss: (!reduced).then(|| (views.loss.buffer, views.loss.offset_elems())),
+                grad: views.grad.as_ref().map(|g| (g.buffer, g.offset_elems())),
+                partials: &partials,
+            },
+            params,
+        )?;
+        if reduced {
+            self.encode_binary_reduce(
+                encoder,
+                &partials,
+                WholeArg::view(8, &views.loss),
+                done,
+                params,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The call description of a view-based launch (its data is on the GPU).
+    fn view_call(
+        op: BinaryOp,
+        reduction: Reduction,
+        grad_scale: f32,
+        alpha: f32,
+        gamma: f32,
+    ) -> BinaryCall<'static> {
+        BinaryCall {
+            op,
+            inputs: &[],
+            targets: &[],
+            cols: 0,
+            weight: None,
+            pos_weight: None,
+            reduction,
+            grad_scale,
+            alpha,
+            gamma,
+        }
+    }
+
+    /// Records binary cross-entropy on probabilities into `encoder`
+    /// (`views.target` f32 `[N, C]`; `views.weight` with `C` or `N·C`
+    /// elements). Values in views are not range-checked on the host.
+    pub fn encode_binary_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &BinaryLossOptions<'_>,
+    ) -> Result<()> {
+        check_view_options(options)?;
+        let call = Self::view_call(
+            BinaryOp::Probabilities,
+            options.reduction,
+            options.grad_scale,
+            0.0,
+            0.0,
+        );
+        self.encode_binary(encoder, views, call)
+    }
+
+    /// Records binary cross-entropy with logits into `encoder`
+    /// (`views.pos_weight` with `C` elements).
+    pub fn encode_binary_cross_entropy_with_logits(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &BinaryLossOptions<'_>,
+    ) -> Result<()> {
+        check_view_options(options)?;
+        let call = Self::view_call(
+            BinaryOp::Logits,
+            options.reduction,
+            options.grad_scale,
+            0.0,
+            0.0,
+        );
+        self.encode_binary(encoder, views, call)
+    }
+
+    /// Records torchvision's sigmoid focal loss into `encoder`.
+    pub fn encode_sigmoid_focal_loss(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &SigmoidFocalOptions,
+    ) -> Result<()> {
+        // Option checks are the same as the host path's; the data is on the GPU.
+        BinaryCall {
+            op: BinaryOp::SigmoidFocal,
+            inputs: &[0.0],
+            targets: &[0.0],
+            cols: 1,
+            weight: None,
+            pos_weight: None,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: options.alpha,
+            gamma: options.gamma,
+        }
+        .validate()?;
+        let call = Self::view_call(
+            BinaryOp::SigmoidFocal,
+            options.reduction,
+            options.grad_scale,
+            options.alpha,
+            options.gamma,
+        );
+        self.encode_binary(encoder, views, call)
+    }
+}
+
+/// Options for a view-based BCE call: weights come from the views, and the
+/// gradient scale must be finite.
+fn check_view_options(options: &BinaryLossOptions<'_>) -> Result<()> {
+    reject_host_weights("weight", options.weight.is_some())?;
+    reject_host_weights("pos_weight", options.pos_weight.is_some())?;
+    if !options.grad_scale.is_finite() {
+        return Err(Error::InvalidOption {
+            name: "grad_scale",
+            value: f64::from(options.grad_scale),
+            reason: "must be finite",
+        });
+    }
+    Ok(())
 }
 
 impl GpuContext {

@@ -30,7 +30,8 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, VecWidth};
-use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, RowLaunch, WholeArg};
+use crate::ops::{check_matrix, Base, MatrixArg, Operand, Params, Reduction, RowLaunch, WholeArg};
+use crate::tensor::{spec, DType, LossViews};
 
 /// Options of [`GpuContext::cross_entropy`]; `Default` is PyTorch's default.
 #[derive(Clone, Copy, Debug)]
@@ -230,18 +231,20 @@ impl RowLoss {
 pub(crate) const FLAG_WEIGHTS: u32 = 1;
 const FLAG_SOFTCAP: u32 = 2;
 const FLAG_MEAN_BY_COUNT: u32 = 4;
+const FLAG_EXPORT_LOSS: u32 = 8;
+const FLAG_EXPORT_LSE: u32 = 16;
 
 /// The device-side state of one row-loss problem, apart from the logits (and
 /// probability targets): validated targets and weights, and the scalar and
 /// per-row outputs.
-pub(crate) struct CrossEntropyProblem {
+pub(crate) struct CrossEntropyProblem<'a> {
     kind: RowLoss,
     pub(crate) classes: usize,
     pub(crate) reduction: Reduction,
     params: Params,
     width: VecWidth,
-    targets: wgpu::Buffer,
-    weights: Option<wgpu::Buffer>,
+    targets: Operand<'a>,
+    weights: Option<Operand<'a>>,
     scalars: wgpu::Buffer,
     pub(crate) row_out: wgpu::Buffer,
     pub(crate) result: wgpu::Buffer,
@@ -259,6 +262,28 @@ fn check_prob_targets(probs: &[f32], classes: usize) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// The encode API takes weights as views; a host slice there is a mistake to report.
+pub(crate) fn reject_host_weights(name: &'static str, given: bool) -> Result<()> {
+    if given {
+        return Err(Error::InvalidOption {
+            name,
+            value: f64::NAN,
+            reason:
+                "encode_* calls take weights as a GPU view (LossViews::weight), not a host slice",
+        });
+    }
+    Ok(())
+}
+
+/// `ignore_index` as the kernels compare it against i32 targets on the GPU.
+fn gpu_ignore_index(ignore_index: i64) -> Result<i32> {
+    i32::try_from(ignore_index).map_err(|_| Error::InvalidOption {
+        name: "ignore_index",
+        value: ignore_index as f64,
+        reason: "GPU-resident targets are i32, so ignore_index must fit in i32",
+    })
 }
 
 /// Kernel parameters of cross-entropy options (targets and weights aside).
@@ -372,15 +397,15 @@ impl FocalOptions<'_> {
 
 impl GpuContext {
     /// Uploads what a row-loss problem needs besides the logits.
-    fn row_loss_problem(
+    pub(crate) fn row_loss_problem<'a>(
         &self,
         kind: RowLoss,
-        targets: &[i32],
+        targets: Operand<'a>,
         rows: usize,
         classes: usize,
-        weight: Option<&[f32]>,
+        weight: Option<Operand<'a>>,
         mut params: Params,
-    ) -> Result<CrossEntropyProblem> {
+    ) -> Result<CrossEntropyProblem<'a>> {
         self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
         self.check_whole_binding("targets (4 bytes per row)", rows as u64 * 4)?;
         self.check_whole_binding("class weights", classes as u64 * 4)?;
@@ -401,8 +426,7 @@ impl GpuContext {
         }
         let scalars = if kind == RowLoss::ProbTargets {
             // Probability targets: `mean` divides by N; nothing to count on the GPU.
-            let w_total: f32 = weight.map_or(classes as f32, |w| w.iter().sum());
-            self.upload("ce scalars", &[rows as f32, rows as f32, w_total, 0.0])
+            self.upload("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
         } else {
             self.storage("ce scalars", 16)
         };
@@ -413,8 +437,8 @@ impl GpuContext {
             params,
             // The weights vector is read with the row kernels' vector width.
             width: VecWidth::for_layout(classes, &[0]),
-            targets: self.upload("targets", targets),
-            weights: weight.map(|w| self.upload("weight", w)),
+            targets,
+            weights: weight,
             scalars,
             row_out: self.output("ce row out", rows * 4),
             result: self.output("ce result", 4),
@@ -427,19 +451,22 @@ impl GpuContext {
         targets: &[T],
         classes: usize,
         options: &CrossEntropyOptions<'_>,
-    ) -> Result<CrossEntropyProblem> {
+    ) -> Result<CrossEntropyProblem<'static>> {
         if classes == 0 {
             return Err(Error::ZeroCols);
         }
         options.validate(classes)?;
         let targets = checked_targets(targets, classes, options.ignore_index)?;
         let params = cross_entropy_params(options);
+        let rows = targets.len();
         self.row_loss_problem(
             RowLoss::IndexTargets,
-            &targets,
-            targets.len(),
+            Operand::Owned(self.upload("targets", &targets)),
+            rows,
             classes,
-            options.weight,
+            options
+                .weight
+                .map(|w| Operand::Owned(self.upload("weight", w))),
             params,
         )
     }
@@ -449,7 +476,7 @@ impl GpuContext {
     pub(crate) fn encode_cross_entropy_denominator(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        p: &CrossEntropyProblem,
+        p: &CrossEntropyProblem<'_>,
     ) -> Result<()> {
         if p.kind == RowLoss::ProbTargets {
             return Ok(());
@@ -459,18 +486,11 @@ impl GpuContext {
             Kernel::CrossEntropyDenominator,
             p.width,
             &[
-                WholeArg {
-                    binding: 2,
-                    buffer: &p.targets,
-                },
-                WholeArg {
-                    binding: 3,
-                    buffer: p.weights.as_ref().unwrap_or(&self.placeholder),
-                },
-                WholeArg {
-                    binding: 4,
-                    buffer: &p.scalars,
-                },
+                p.targets.arg(2),
+                p.weights
+                    .as_ref()
+                    .map_or(WholeArg::new(3, &self.placeholder), |w| w.arg(3)),
+                WholeArg::new(4, &p.scalars),
             ],
             p.params,
         )
@@ -483,56 +503,47 @@ impl GpuContext {
     pub(crate) fn encode_cross_entropy_rows(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        p: &CrossEntropyProblem,
+        p: &CrossEntropyProblem<'_>,
         mode: GradMode,
-        logits: &wgpu::Buffer,
-        probs: Option<&wgpu::Buffer>,
-        grad: Option<&wgpu::Buffer>,
+        logits: (&wgpu::Buffer, u64),
+        probs: Option<(&wgpu::Buffer, u64)>,
+        grad: Option<(&wgpu::Buffer, u64)>,
         row0: usize,
         n: usize,
     ) -> Result<()> {
         let mut matrices = vec![MatrixArg {
             binding: 1,
-            buffer: logits,
-            offset: 0,
+            buffer: logits.0,
+            offset: logits.1,
             base: Base::A,
         }];
-        if let Some(q) = probs {
+        if let Some((buffer, offset)) = probs {
             matrices.push(MatrixArg {
                 binding: 8,
-                buffer: q,
-                offset: 0,
+                buffer,
+                offset,
                 base: Base::B,
             });
         }
-        if let (GradMode::Separate, Some(g)) = (mode, grad) {
+        if let (GradMode::Separate, Some((buffer, offset))) = (mode, grad) {
             matrices.push(MatrixArg {
                 binding: 6,
-                buffer: g,
-                offset: 0,
+                buffer,
+                offset,
                 base: Base::Out,
             });
         }
-        let weights = p.weights.as_ref().unwrap_or(&self.placeholder);
         let mut whole = Vec::with_capacity(4);
         if p.kind != RowLoss::ProbTargets {
-            whole.push(WholeArg {
-                binding: 2,
-                buffer: &p.targets,
-            });
+            whole.push(p.targets.arg(2));
         }
-        whole.push(WholeArg {
-            binding: 3,
-            buffer: weights,
-        });
-        whole.push(WholeArg {
-            binding: 4,
-            buffer: &p.scalars,
-        });
-        whole.push(WholeArg {
-            binding: 5,
-            buffer: &p.row_out,
-        });
+        whole.push(
+            p.weights
+                .as_ref()
+                .map_or(WholeArg::new(3, &self.placeholder), |w| w.arg(3)),
+        );
+        whole.push(WholeArg::new(4, &p.scalars));
+        whole.push(WholeArg::new(5, &p.row_out));
         self.encode_rows(
             encoder,
             RowLaunch {
@@ -553,7 +564,8 @@ impl GpuContext {
     pub(crate) fn encode_cross_entropy_reduce(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        p: &CrossEntropyProblem,
+        p: &CrossEntropyProblem<'_>,
+        result: WholeArg<'_>,
     ) -> Result<()> {
         if p.reduction == Reduction::None {
             return Ok(());
@@ -563,18 +575,9 @@ impl GpuContext {
             Kernel::CrossEntropyReduce,
             p.width,
             &[
-                WholeArg {
-                    binding: 4,
-                    buffer: &p.scalars,
-                },
-                WholeArg {
-                    binding: 5,
-                    buffer: &p.row_out,
-                },
-                WholeArg {
-                    binding: 7,
-                    buffer: &p.result,
-                },
+                WholeArg::new(4, &p.scalars),
+                WholeArg::new(5, &p.row_out),
+                result,
             ],
             p.params,
         )
@@ -584,7 +587,7 @@ impl GpuContext {
     /// over host chunks of the logits, reduction, readback.
     async fn row_loss_run(
         &self,
-        problem: &CrossEntropyProblem,
+        problem: &CrossEntropyProblem<'_>,
         logits: &[f32],
         probs: Option<&[f32]>,
         mode: GradMode,
@@ -618,9 +621,9 @@ impl GpuContext {
                     &mut encoder,
                     problem,
                     mode,
-                    &logits_buf,
-                    probs_buf.as_ref(),
-                    grad_buf.as_ref(),
+                    (&logits_buf, 0),
+                    probs_buf.as_ref().map(|b| (b, 0)),
+                    grad_buf.as_ref().map(|b| (b, 0)),
                     r0,
                     n,
                 )?;
@@ -642,7 +645,11 @@ impl GpuContext {
 
         let (row_staging, result_staging) = self.scoped("ce_reduce", || {
             let mut encoder = self.encoder("ce_reduce");
-            self.encode_cross_entropy_reduce(&mut encoder, problem)?;
+            self.encode_cross_entropy_reduce(
+                &mut encoder,
+                problem,
+                WholeArg::new(7, &problem.result),
+            )?;
             let row_staging = self.stage(&mut encoder, &problem.row_out, rows as u64 * 16);
             let result_staging = self.stage(&mut encoder, &problem.result, 8);
             self.queue.submit([encoder.finish()]);
@@ -691,10 +698,12 @@ impl GpuContext {
         let params = cross_entropy_params(options);
         let problem = self.row_loss_problem(
             RowLoss::ProbTargets,
-            &[],
+            Operand::Owned(self.storage("no index targets", 16)),
             rows,
             classes,
-            options.weight,
+            options
+                .weight
+                .map(|w| Operand::Owned(self.upload("weight", w))),
             params,
         )?;
         self.row_loss_run(&problem, logits, Some(probs), mode).await
@@ -721,10 +730,12 @@ impl GpuContext {
         };
         let problem = self.row_loss_problem(
             RowLoss::Focal,
-            &targets,
+            Operand::Owned(self.upload("targets", &targets)),
             targets.len(),
             classes,
-            options.alpha,
+            options
+                .alpha
+                .map(|a| Operand::Owned(self.upload("alpha", a))),
             params,
         )?;
         self.row_loss_run(&problem, logits, None, mode).await
@@ -918,5 +929,224 @@ impl GpuContext {
         options: &FocalOptions<'_>,
     ) -> Result<CrossEntropyOutput> {
         pollster::block_on(self.focal_loss_only(logits, targets, classes, options))
+    }
+
+    /// Checks the views of a row loss and records denominator, row kernel,
+    /// reduction and export into `encoder`. Nothing is submitted.
+    fn encode_row_loss(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        kind: RowLoss,
+        mut params: Params,
+    ) -> Result<()> {
+        let (rows, classes) = (views.input.rows, views.input.cols);
+        if classes == 0 {
+            return Err(Error::ZeroCols);
+        }
+        if rows == 0 {
+            return Err(Error::InvalidView {
+                name: "input",
+                problem: "has no rows; there is nothing to encode".into(),
+            });
+        }
+        self.check_view(&views.input, spec("input", DType::F32, rows, classes))?;
+        match kind {
+            RowLoss::ProbTargets => {
+                self.check_view(&views.target, spec("target", DType::F32, rows, classes))?
+            }
+            _ => self.check_view(&views.target, spec("target", DType::I32, rows, 1))?,
+        }
+        if let Some(w) = &views.weight {
+            self.check_view(w, spec("weight", DType::F32, w.rows, w.cols))?;
+            if w.len() != classes {
+                return Err(Error::InvalidView {
+                    name: "weight",
+                    problem: format!(
+                        "has {} elements, expected one per class ({classes})",
+                        w.len()
+                    ),
+                });
+            }
+        }
+        if views.pos_weight.is_some() {
+            return Err(Error::InvalidView {
+                name: "pos_weight",
+                problem: "is only used by binary cross-entropy with logits".into(),
+            });
+        }
+        let reduced = Reduction::from_code(params.reduction) != Reduction::None;
+        let loss_rows = if reduced { 2 } else { rows };
+        self.check_view(&views.loss, spec("loss", DType::F32, loss_rows, 1))?;
+        if let Some(l) = &views.lse {
+            self.check_view(l, spec("lse", DType::F32, rows, 1))?;
+        }
+        let mode = match &views.grad {
+            None => GradMode::None,
+            Some(g) => {
+                self.check_view(g, spec("grad", DType::F32, rows, classes))?;
+                let same_buffer = g.buffer == views.input.buffer;
+                if same_buffer && g.offset == views.input.offset {
+                    if kind != RowLoss::IndexTargets {
+                        return Err(Error::InvalidView {
+                            name: "grad",
+                            problem:
+                                "may alias the input only for cross-entropy with index targets"
+                                    .into(),
+                        });
+                    }
+                    GradMode::InPlace
+                } else {
+                    let (a, b) = (views.input.offset, g.offset);
+                    if same_buffer && a < b + g.bytes() && b < a + views.input.bytes() {
+                        return Err(Error::InvalidView {
+                            name: "grad",
+                            problem: "partly overlaps the input".into(),
+                        });
+                    }
+                    GradMode::Separate
+                }
+            }
+        };
+        if views.lse.is_some() {
+            params.flags |= FLAG_EXPORT_LSE;
+        }
+        if !reduced {
+            params.flags |= FLAG_EXPORT_LOSS;
+        }
+        let targets = match kind {
+            RowLoss::ProbTargets => Operand::Owned(self.storage("no index targets", 16)),
+            _ => Operand::View(views.target),
+        };
+        let problem = self.row_loss_problem(
+            kind,
+            targets,
+            rows,
+            classes,
+            views.weight.map(Operand::View),
+            params,
+        )?;
+        self.encode_cross_entropy_denominator(encoder, &problem)?;
+        let offset = |v: &crate::tensor::GpuTensor<'_>| v.offset_elems();
+        self.encode_cross_entropy_rows(
+            encoder,
+            &problem,
+            mode,
+            (views.input.buffer, offset(&views.input)),
+            (kind == RowLoss::ProbTargets).then(|| (views.target.buffer, offset(&views.target))),
+            views.grad.as_ref().map(|g| (g.buffer, offset(g))),
+            0,
+            rows,
+        )?;
+        if reduced {
+            self.encode_cross_entropy_reduce(encoder, &problem, WholeArg::view(7, &views.loss))?;
+        }
+        if params.flags & (FLAG_EXPORT_LOSS | FLAG_EXPORT_LSE) != 0 {
+            let unused_loss = self.storage("unused", 16);
+            let unused_lse = self.storage("unused", 16);
+            let loss = if reduced {
+                WholeArg::new(9, &unused_loss)
+            } else {
+                WholeArg::view(9, &views.loss)
+            };
+            let lse = views
+                .lse
+                .as_ref()
+                .map_or(WholeArg::new(10, &unused_lse), |l| WholeArg::view(10, l));
+            self.encode_single(
+                encoder,
+                Kernel::CrossEntropyExport,
+                VecWidth::Scalar,
+                &[WholeArg::new(5, &problem.row_out), loss, lse],
+                problem.params,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records cross-entropy with class-index targets (`views.target`: i32
+    /// `[N, 1]`) into `encoder` without submitting or waiting: loss into
+    /// `views.loss`, gradient into `views.grad` (which may be `views.input`
+    /// itself, for the in-place form) and logsumexp into `views.lse`. Class
+    /// weights come from `views.weight`; `options.weight` must be `None`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wgpu::util::DeviceExt;
+    /// use wgpu_loss::{CrossEntropyOptions, GpuContext, GpuTensor, LossViews};
+    /// let ctx = GpuContext::new_blocking()?;
+    /// let dev = ctx.device();
+    /// let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    /// let logits = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    ///     label: None, contents: bytemuck::cast_slice(&[2.0f32, 0.0, 0.0, 1.0]), usage: storage });
+    /// let targets = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    ///     label: None, contents: bytemuck::cast_slice(&[0i32, 1]), usage: storage });
+    /// let loss = dev.create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None, size: 8, usage: storage, mapped_at_creation: false });
+    /// let mut encoder = dev.create_command_encoder(&Default::default());
+    /// let views = LossViews {
+    ///     grad: Some(GpuTensor::f32_matrix(&logits, 0, 2, 2)), // in place
+    ///     ..LossViews::new(
+    ///         GpuTensor::f32_matrix(&logits, 0, 2, 2),
+    ///         GpuTensor::i32_vector(&targets, 0, 2),
+    ///         GpuTensor::f32_vector(&loss, 0, 2),
+    ///     )
+    /// };
+    /// ctx.encode_cross_entropy(&mut encoder, &views, &CrossEntropyOptions::default())?;
+    /// ctx.queue().submit([encoder.finish()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn encode_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<()> {
+        reject_host_weights("weight", options.weight.is_some())?;
+        options.validate(views.input.cols)?;
+        let mut params = cross_entropy_params(options);
+        params.ignore_index = gpu_ignore_index(options.ignore_index)?;
+        self.encode_row_loss(encoder, views, RowLoss::IndexTargets, params)
+    }
+
+    /// Records cross-entropy with probability targets (`views.target`: f32
+    /// `[N, C]`) into `encoder`; see [`GpuContext::cross_entropy_probs`] for
+    /// the formulas and [`GpuContext::encode_cross_entropy`] for the views.
+    pub fn encode_cross_entropy_probs(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<()> {
+        reject_host_weights("weight", options.weight.is_some())?;
+        options.validate(views.input.cols)?;
+        self.encode_row_loss(
+            encoder,
+            views,
+            RowLoss::ProbTargets,
+            cross_entropy_params(options),
+        )
+    }
+
+    /// Records the multiclass focal loss (`views.target`: i32 `[N, 1]`,
+    /// per-class `α` in `views.weight`) into `encoder`; see
+    /// [`GpuContext::focal_loss`]. `options.alpha` must be `None`.
+    pub fn encode_focal_loss(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        options: &FocalOptions<'_>,
+    ) -> Result<()> {
+        reject_host_weights("alpha", options.alpha.is_some())?;
+        options.validate(views.input.cols)?;
+        let params = Params {
+            ignore_index: gpu_ignore_index(options.ignore_index)?,
+            flags: FLAG_MEAN_BY_COUNT,
+            gamma: options.gamma,
+            grad_scale: options.grad_scale,
+            reduction: options.reduction.code(),
+            ..Params::default()
+        };
+        self.encode_row_loss(encoder, views, RowLoss::Focal, params)
     }
 }

@@ -10,7 +10,7 @@ use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, VecWidth};
+use crate::kernels::{Aliasing, Kernel, VecWidth};
 
 /// How per-row losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -110,6 +110,68 @@ pub(crate) struct RowLaunch<'a> {
 pub(crate) struct WholeArg<'a> {
     pub binding: u32,
     pub buffer: &'a wgpu::Buffer,
+    /// Byte range `(offset, size)`; `None` binds the whole buffer.
+    pub range: Option<(u64, u64)>,
+}
+
+impl<'a> WholeArg<'a> {
+    pub(crate) fn new(binding: u32, buffer: &'a wgpu::Buffer) -> Self {
+        Self {
+            binding,
+            buffer,
+            range: None,
+        }
+    }
+
+    /// A caller's tensor view, bound at its (aligned) offset.
+    pub(crate) fn view(binding: u32, view: &crate::tensor::GpuTensor<'a>) -> Self {
+        Self {
+            binding,
+            buffer: view.buffer,
+            range: Some((view.offset, view.bytes().max(4))),
+        }
+    }
+
+    fn resource(&self) -> wgpu::BindingResource<'a> {
+        match self.range {
+            None => self.buffer.as_entire_binding(),
+            Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            }),
+        }
+    }
+}
+
+/// A whole-bound operand: a buffer the crate uploaded, or a caller's view.
+pub(crate) enum Operand<'a> {
+    Owned(wgpu::Buffer),
+    View(crate::tensor::GpuTensor<'a>),
+}
+
+impl Operand<'_> {
+    pub(crate) fn arg(&self, binding: u32) -> WholeArg<'_> {
+        match self {
+            Operand::Owned(b) => WholeArg::new(binding, b),
+            Operand::View(v) => WholeArg::view(binding, v),
+        }
+    }
+}
+
+/// Whether any input binding shares a buffer with an output binding.
+fn aliasing(kernel: Kernel, bound: &[(u32, &wgpu::Buffer)]) -> Aliasing {
+    let shared = bound.iter().any(|&(rb, read)| {
+        kernel.reads(rb)
+            && bound
+                .iter()
+                .any(|&(wb, written)| !kernel.reads(wb) && written == read)
+    });
+    if shared {
+        Aliasing::Shared
+    } else {
+        Aliasing::Separate
+    }
 }
 
 fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
@@ -219,7 +281,12 @@ impl GpuContext {
         }
         let offsets: Vec<u64> = matrices.iter().map(|m| m.offset).collect();
         let width = VecWidth::for_layout(cols, &offsets);
-        let pipeline = self.pipeline(kernel, width)?;
+        let bound: Vec<(u32, &wgpu::Buffer)> = matrices
+            .iter()
+            .map(|m| (m.binding, m.buffer))
+            .chain(whole.iter().map(|w| (w.binding, w.buffer)))
+            .collect();
+        let pipeline = self.pipeline(kernel, width, aliasing(kernel, &bound))?;
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
@@ -277,7 +344,7 @@ impl GpuContext {
             for w in whole {
                 entries.push(wgpu::BindGroupEntry {
                     binding: w.binding,
-                    resource: w.buffer.as_entire_binding(),
+                    resource: w.resource(),
                 });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -309,7 +376,9 @@ impl GpuContext {
         whole: &[WholeArg<'_>],
         params: Params,
     ) -> Result<()> {
-        let pipeline = self.pipeline(kernel, width)?;
+        let bound: Vec<(u32, &wgpu::Buffer)> =
+            whole.iter().map(|w| (w.binding, w.buffer)).collect();
+        let pipeline = self.pipeline(kernel, width, aliasing(kernel, &bound))?;
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -324,7 +393,7 @@ impl GpuContext {
         for w in whole {
             entries.push(wgpu::BindGroupEntry {
                 binding: w.binding,
-                resource: w.buffer.as_entire_binding(),
+                resource: w.resource(),
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -352,7 +421,11 @@ impl GpuContext {
         elems: usize,
     ) -> Result<()> {
         let width = VecWidth::for_layout(elems, &[0]);
-        let pipeline = self.pipeline(Kernel::Copy, width)?;
+        let pipeline = self.pipeline(
+            Kernel::Copy,
+            width,
+            aliasing(Kernel::Copy, &[(1, src), (2, dst)]),
+        )?;
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
         // Whole workgroups' worth of vectors per window, within the binding size.

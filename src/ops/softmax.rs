@@ -16,6 +16,7 @@ use crate::context::GpuContext;
 use crate::error::Result;
 use crate::kernels::Kernel;
 use crate::ops::{check_matrix, Base, MatrixArg, Params, RowLaunch, WholeArg};
+use crate::tensor::{spec, DType, GpuTensor};
 
 /// Which softmax-family op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,13 +96,10 @@ impl GpuContext {
                 let mut whole: Vec<WholeArg<'_>> = per_row
                     .iter()
                     .zip([3, 4])
-                    .map(|(buffer, binding)| WholeArg { binding, buffer })
+                    .map(|(buffer, binding)| WholeArg::new(binding, buffer))
                     .collect();
                 if call.per_row_output {
-                    whole.push(WholeArg {
-                        binding: 6,
-                        buffer: &output,
-                    });
+                    whole.push(WholeArg::new(6, &output));
                 } else {
                     matrices.push(MatrixArg {
                         binding: 5,
@@ -303,5 +301,148 @@ impl GpuContext {
         cols: usize,
     ) -> Result<Vec<f32>> {
         pollster::block_on(self.logsumexp_backward(x, lse, dy, rows, cols))
+    }
+
+    /// Checks views and records one row-wise kernel: matrices at bindings 1
+    /// and 2, per-row inputs at 3 and 4, output at 5 (matrix) or 6 (per row).
+    fn encode_rowwise(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        matrices: &[(&'static str, &GpuTensor<'_>)],
+        per_row: &[(&'static str, &GpuTensor<'_>)],
+        out: &GpuTensor<'_>,
+        per_row_output: bool,
+    ) -> Result<()> {
+        let first = matrices[0].1;
+        let (rows, cols) = (first.rows, first.cols);
+        if cols == 0 {
+            return Err(crate::Error::ZeroCols);
+        }
+        for &(name, v) in matrices {
+            self.check_view(v, spec(name, DType::F32, rows, cols))?;
+        }
+        for &(name, v) in per_row {
+            self.check_view(v, spec(name, DType::F32, rows, 1))?;
+        }
+        let out_cols = if per_row_output { 1 } else { cols };
+        self.check_view(out, spec("output", DType::F32, rows, out_cols))?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut mats: Vec<MatrixArg<'_>> = matrices
+            .iter()
+            .zip([(1, Base::A), (2, Base::B)])
+            .map(|(&(_, v), (binding, base))| MatrixArg {
+                binding,
+                buffer: v.buffer,
+                offset: v.offset_elems(),
+                base,
+            })
+            .collect();
+        let mut whole: Vec<WholeArg<'_>> = per_row
+            .iter()
+            .zip([3, 4])
+            .map(|(&(_, v), binding)| WholeArg::view(binding, v))
+            .collect();
+        if per_row_output {
+            whole.push(WholeArg::view(6, out));
+        } else {
+            mats.push(MatrixArg {
+                binding: 5,
+                buffer: out.buffer,
+                offset: out.offset_elems(),
+                base: Base::Out,
+            });
+        }
+        self.encode_rows(
+            encoder,
+            RowLaunch {
+                kernel,
+                rows,
+                cols,
+                matrices: &mats,
+                whole: &whole,
+                params: Params {
+                    total_rows: rows as u32,
+                    ..Params::default()
+                },
+            },
+        )
+    }
+
+    /// Records a softmax-family forward op into `encoder` without submitting:
+    /// `x` is f32 `[rows, cols]`, `out` is `[rows, cols]`, or `[rows, 1]` for
+    /// [`SoftmaxOp::Logsumexp`]. Views may share one buffer at aligned offsets.
+    pub fn encode_softmax(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: SoftmaxOp,
+        x: &GpuTensor<'_>,
+        out: &GpuTensor<'_>,
+    ) -> Result<()> {
+        self.encode_rowwise(
+            encoder,
+            op.forward_kernel(),
+            &[("x", x)],
+            &[],
+            out,
+            op == SoftmaxOp::Logsumexp,
+        )
+    }
+
+    /// Records softmax backward `dx = y ⊙ (dy - Σ dy ⊙ y)` (all `[rows, cols]`).
+    pub fn encode_softmax_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        y: &GpuTensor<'_>,
+        dy: &GpuTensor<'_>,
+        dx: &GpuTensor<'_>,
+    ) -> Result<()> {
+        self.encode_rowwise(
+            encoder,
+            Kernel::SoftmaxBackward,
+            &[("y", y), ("dy", dy)],
+            &[],
+            dx,
+            false,
+        )
+    }
+
+    /// Records log-softmax backward `dx = dy - exp(y) Σ dy` (all `[rows, cols]`).
+    pub fn encode_log_softmax_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        y: &GpuTensor<'_>,
+        dy: &GpuTensor<'_>,
+        dx: &GpuTensor<'_>,
+    ) -> Result<()> {
+        self.encode_rowwise(
+            encoder,
+            Kernel::LogSoftmaxBackward,
+            &[("y", y), ("dy", dy)],
+            &[],
+            dx,
+            false,
+        )
+    }
+
+    /// Records logsumexp backward `dx = dy_i exp(x - lse_i)` (`lse`, `dy`: `[rows, 1]`).
+    pub fn encode_logsumexp_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor<'_>,
+        lse: &GpuTensor<'_>,
+        dy: &GpuTensor<'_>,
+        dx: &GpuTensor<'_>,
+    ) -> Result<()> {
+        self.encode_rowwise(
+            encoder,
+            Kernel::LogsumexpBackward,
+            &[("x", x)],
+            &[("lse", lse), ("dy", dy)],
+            dx,
+            false,
+        )
     }
 }

@@ -1,0 +1,640 @@
+//! The encode API: views of caller buffers, recorded into the caller's
+//! encoder. Results must equal the host API's bitwise; bad views must be
+//! errors that name the view.
+
+mod common;
+
+use common::{gpu, Rng, POISON};
+use wgpu::util::DeviceExt;
+use wgpu_loss::{
+    BinaryLossOptions, CrossEntropyOptions, Error, FocalOptions, GpuContext, GpuTensor, LossViews,
+    Reduction, SigmoidFocalOptions, SoftmaxOp,
+};
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// One buffer holding several tensors, each at an aligned offset, the rest poisoned.
+struct Arena {
+    buffer: wgpu::Buffer,
+    align: u64,
+    next: u64,
+}
+
+impl Arena {
+    fn new(ctx: &GpuContext, bytes: u64) -> Self {
+        let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+        let size = bytes.div_ceil(align) * align + 16 * align;
+        let poison = vec![POISON; size as usize / 4];
+        let buffer = ctx
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("arena"),
+                contents: bytemuck::cast_slice(&poison),
+                usage: USAGE,
+            });
+        // Start one alignment step in, so no tensor sits at offset 0.
+        Self {
+            buffer,
+            align,
+            next: align,
+        }
+    }
+    /// Places `data` (or poison, for outputs) and returns its byte offset.
+    fn put<T: bytemuck::Pod>(&mut self, ctx: &GpuContext, data: &[T]) -> u64 {
+        let offset = self.next;
+        ctx.queue()
+            .write_buffer(&self.buffer, offset, bytemuck::cast_slice(data));
+        self.next += (std::mem::size_of_val(data) as u64)
+            .max(4)
+            .div_ceil(self.align)
+            * self.align;
+        offset
+    }
+    fn reserve(&mut self, elems: usize) -> u64 {
+        let offset = self.next;
+        self.next += (elems as u64 * 4).max(4).div_ceil(self.align) * self.align;
+        offset
+    }
+}
+
+fn read(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, elems: usize) -> Vec<f32> {
+    let size = (elems as u64 * 4).max(4);
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+    ctx.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    let out =
+        bytemuck::cast_slice(&staging.get_mapped_range(..).expect("mapped")[..elems * 4]).to_vec();
+    out
+}
+
+fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) {
+    ctx.queue().submit([enc.finish()]);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn softmax_family_encode_equals_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (37, 1001);
+    let mut rng = Rng::new(81);
+    let x = rng.vec_normal(rows * cols, 3.0);
+    let dy = rng.vec_normal(rows * cols, 1.0);
+    let dl = rng.vec_normal(rows, 1.0);
+    let mut a = Arena::new(ctx, (rows * cols * 4 * 8 + rows * 16) as u64);
+    let xo = a.put(ctx, &x);
+    let dyo = a.put(ctx, &dy);
+    let dlo = a.put(ctx, &dl);
+    let (yo, lyo, lseo, g1, g2, g3) = (
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+        a.reserve(rows),
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+    );
+    let m = |o| GpuTensor::f32_matrix(&a.buffer, o, rows, cols);
+    let v = |o| GpuTensor::f32_vector(&a.buffer, o, rows);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &m(xo), &m(yo))
+        .unwrap();
+    ctx.encode_softmax(&mut enc, SoftmaxOp::LogSoftmax, &m(xo), &m(lyo))
+        .unwrap();
+    ctx.encode_softmax(&mut enc, SoftmaxOp::Logsumexp, &m(xo), &v(lseo))
+        .unwrap();
+    ctx.encode_softmax_backward(&mut enc, &m(yo), &m(dyo), &m(g1))
+        .unwrap();
+    ctx.encode_log_softmax_backward(&mut enc, &m(lyo), &m(dyo), &m(g2))
+        .unwrap();
+    ctx.encode_logsumexp_backward(&mut enc, &m(xo), &v(lseo), &v(dlo), &m(g3))
+        .unwrap();
+    submit(ctx, enc);
+    let y = ctx.softmax_blocking(&x, rows, cols).unwrap();
+    let ly = ctx.log_softmax_blocking(&x, rows, cols).unwrap();
+    let lse = ctx.logsumexp_blocking(&x, rows, cols).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, yo, rows * cols)),
+        bits(&y),
+        "softmax"
+    );
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, lyo, rows * cols)),
+        bits(&ly),
+        "log_softmax"
+    );
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, lseo, rows)),
+        bits(&lse),
+        "logsumexp"
+    );
+    let host = ctx.softmax_backward_blocking(&y, &dy, rows, cols).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g1, rows * cols)),
+        bits(&host),
+        "softmax backward"
+    );
+    let host = ctx
+        .log_softmax_backward_blocking(&ly, &dy, rows, cols)
+        .unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g2, rows * cols)),
+        bits(&host),
+        "log_softmax backward"
+    );
+    let host = ctx
+        .logsumexp_backward_blocking(&x, &lse, &dl, rows, cols)
+        .unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g3, rows * cols)),
+        bits(&host),
+        "logsumexp backward"
+    );
+}
+
+#[test]
+fn row_losses_encode_equal_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (29, 515);
+    let mut rng = Rng::new(82);
+    let x = rng.vec_normal(rows * classes, 3.0);
+    let t: Vec<i32> = (0..rows)
+        .map(|r| {
+            if r % 5 == 1 {
+                -100
+            } else {
+                rng.below(classes) as i32
+            }
+        })
+        .collect();
+    let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.1, 2.0)).collect();
+    let q: Vec<f32> = (0..rows * classes)
+        .map(|_| rng.uniform(0.0, 0.01))
+        .collect();
+    let alpha: Vec<f32> = w.iter().map(|v| v / 2.0).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let loss_len = if reduction == Reduction::None {
+            rows
+        } else {
+            2
+        };
+        let mut a = Arena::new(ctx, (rows * classes * 4 * 6) as u64);
+        let (xo, to, wo, qo) = (
+            a.put(ctx, &x),
+            a.put(ctx, &t),
+            a.put(ctx, &w),
+            a.put(ctx, &q),
+        );
+        let ao = a.put(ctx, &alpha);
+        let (lo, go, so) = (a.reserve(rows), a.reserve(rows * classes), a.reserve(rows));
+        let (lo2, go2, lo3, go3) = (
+            a.reserve(rows),
+            a.reserve(rows * classes),
+            a.reserve(rows),
+            a.reserve(rows * classes),
+        );
+        let views = LossViews {
+            weight: Some(GpuTensor::f32_vector(&a.buffer, wo, classes)),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+            lse: Some(GpuTensor::f32_vector(&a.buffer, so, rows)),
+            ..LossViews::new(
+                GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+                GpuTensor::i32_vector(&a.buffer, to, rows),
+                GpuTensor::f32_vector(&a.buffer, lo, loss_len),
+            )
+        };
+        let ce = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(20.0),
+            reduction,
+            ..Default::default()
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_cross_entropy(&mut enc, &views, &ce).unwrap();
+        let probs = LossViews {
+            target: GpuTensor::f32_matrix(&a.buffer, qo, rows, classes),
+            loss: GpuTensor::f32_vector(&a.buffer, lo2, loss_len),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go2, rows, classes)),
+            lse: None,
+            ..views
+        };
+        ctx.encode_cross_entropy_probs(&mut enc, &probs, &ce)
+            .unwrap();
+        let focal = LossViews {
+            weight: Some(GpuTensor::f32_vector(&a.buffer, ao, classes)),
+            loss: GpuTensor::f32_vector(&a.buffer, lo3, loss_len),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go3, rows, classes)),
+            lse: None,
+            ..views
+        };
+        let fo = FocalOptions {
+            reduction,
+            gamma: 1.5,
+            ..Default::default()
+        };
+        ctx.encode_focal_loss(&mut enc, &focal, &fo).unwrap();
+        submit(ctx, enc);
+
+        let host = ctx
+            .cross_entropy_blocking(
+                &x,
+                &t,
+                classes,
+                &CrossEntropyOptions {
+                    weight: Some(&w),
+                    ..ce
+                },
+            )
+            .unwrap();
+        let loss = read(ctx, &a.buffer, lo, loss_len);
+        assert_eq!(
+            bits(&loss[..host.loss.len()]),
+            bits(&host.loss),
+            "ce loss {reduction:?}"
+        );
+        if reduction != Reduction::None {
+            assert_eq!(loss[1].to_bits(), host.z_loss[0].to_bits(), "ce z part");
+        }
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "ce grad"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, so, rows)),
+            bits(&host.lse),
+            "ce lse"
+        );
+
+        let host = ctx
+            .cross_entropy_probs_blocking(
+                &x,
+                &q,
+                classes,
+                &CrossEntropyOptions {
+                    weight: Some(&w),
+                    ..ce
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, lo2, loss_len)[..host.loss.len()]),
+            bits(&host.loss),
+            "probs loss"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go2, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "probs grad"
+        );
+
+        let host = ctx
+            .focal_loss_blocking(
+                &x,
+                &t,
+                classes,
+                &FocalOptions {
+                    alpha: Some(&alpha),
+                    ..fo
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, lo3, loss_len)[..host.loss.len()]),
+            bits(&host.loss),
+            "focal loss"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go3, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "focal grad"
+        );
+    }
+}
+
+#[test]
+fn in_place_cross_entropy_through_views() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (9, 100);
+    let mut rng = Rng::new(83);
+    let x = rng.vec_normal(rows * classes, 2.0);
+    let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let mut a = Arena::new(ctx, (rows * classes * 8) as u64);
+    let (xo, to, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.reserve(2));
+    let logits = GpuTensor::f32_matrix(&a.buffer, xo, rows, classes);
+    let views = LossViews {
+        grad: Some(logits),
+        ..LossViews::new(
+            logits,
+            GpuTensor::i32_vector(&a.buffer, to, rows),
+            GpuTensor::f32_vector(&a.buffer, lo, 2),
+        )
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.encode_cross_entropy(&mut enc, &views, &Default::default())
+        .unwrap();
+    // Recorded, not submitted: the buffer still holds the logits.
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, xo, rows * classes)),
+        bits(&x),
+        "encode must not submit"
+    );
+    submit(ctx, enc);
+    let host = ctx
+        .cross_entropy_blocking(&x, &t, classes, &Default::default())
+        .unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, xo, rows * classes)),
+        bits(host.grad.as_deref().unwrap())
+    );
+    assert_eq!(
+        read(ctx, &a.buffer, lo, 1)[0].to_bits(),
+        host.loss[0].to_bits()
+    );
+}
+
+#[test]
+fn binary_losses_encode_equal_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (40, 13);
+    let n = rows * cols;
+    let mut rng = Rng::new(84);
+    let p: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let x = rng.vec_normal(n, 5.0);
+    let y: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let wc: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let wf: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let pw: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 2.0)).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let loss_len = if reduction == Reduction::None { n } else { 2 };
+        for full_weight in [false, true] {
+            let mut a = Arena::new(ctx, (n * 4 * 12) as u64);
+            let (po, xo, yo, wco, wfo, pwo) = (
+                a.put(ctx, &p),
+                a.put(ctx, &x),
+                a.put(ctx, &y),
+                a.put(ctx, &wc),
+                a.put(ctx, &wf),
+                a.put(ctx, &pw),
+            );
+            let outs: Vec<(u64, u64)> = (0..3)
+                .map(|_| (a.reserve(loss_len), a.reserve(n)))
+                .collect();
+            let weight = if full_weight {
+                GpuTensor::f32_matrix(&a.buffer, wfo, rows, cols)
+            } else {
+                GpuTensor::f32_vector(&a.buffer, wco, cols)
+            };
+            let shape = if reduction == Reduction::None {
+                (rows, cols)
+            } else {
+                (2, 1)
+            };
+            let buf = &a.buffer;
+            let base = |input, (lo, go): (u64, u64), w| LossViews {
+                weight: w,
+                grad: Some(GpuTensor::f32_matrix(buf, go, rows, cols)),
+                ..LossViews::new(
+                    GpuTensor::f32_matrix(buf, input, rows, cols),
+                    GpuTensor::f32_matrix(buf, yo, rows, cols),
+                    GpuTensor::f32_matrix(buf, lo, shape.0, shape.1),
+                )
+            };
+            let bo = BinaryLossOptions {
+                reduction,
+                grad_scale: 2.0,
+                ..Default::default()
+            };
+            let so = SigmoidFocalOptions {
+                reduction,
+                ..Default::default()
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_binary_cross_entropy(&mut enc, &base(po, outs[0], Some(weight)), &bo)
+                .unwrap();
+            let logits_views = LossViews {
+                pos_weight: Some(GpuTensor::f32_vector(&a.buffer, pwo, cols)),
+                ..base(xo, outs[1], Some(weight))
+            };
+            ctx.encode_binary_cross_entropy_with_logits(&mut enc, &logits_views, &bo)
+                .unwrap();
+            ctx.encode_sigmoid_focal_loss(&mut enc, &base(xo, outs[2], None), &so)
+                .unwrap();
+            submit(ctx, enc);
+            let w = if full_weight {
+                wf.as_slice()
+            } else {
+                wc.as_slice()
+            };
+            let hosts = [
+                ctx.binary_cross_entropy_blocking(
+                    &p,
+                    &y,
+                    cols,
+                    &BinaryLossOptions {
+                        weight: Some(w),
+                        ..bo
+                    },
+                )
+                .unwrap(),
+                ctx.binary_cross_entropy_with_logits_blocking(
+                    &x,
+                    &y,
+                    cols,
+                    &BinaryLossOptions {
+                        weight: Some(w),
+                        pos_weight: Some(&pw),
+                        ..bo
+                    },
+                )
+                .unwrap(),
+                ctx.sigmoid_focal_loss_blocking(&x, &y, cols, &so).unwrap(),
+            ];
+            for (i, host) in hosts.iter().enumerate() {
+                let (lo, go) = outs[i];
+                let tag = format!("binary loss {i} {reduction:?} full_weight={full_weight}");
+                assert_eq!(
+                    bits(&read(ctx, &a.buffer, lo, loss_len)[..host.loss.len()]),
+                    bits(&host.loss),
+                    "{tag}"
+                );
+                assert_eq!(
+                    bits(&read(ctx, &a.buffer, go, n)),
+                    bits(host.grad.as_deref().unwrap()),
+                    "{tag} grad"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_range_gpu_targets_give_nan_not_garbage() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (4, 10);
+    let x = vec![0.5f32; rows * classes];
+    let t = [1i32, 10, -5, 3];
+    let mut a = Arena::new(ctx, 4096);
+    let (xo, to, lo, go) = (
+        a.put(ctx, &x),
+        a.put(ctx, &t),
+        a.reserve(rows),
+        a.reserve(rows * classes),
+    );
+    let views = LossViews {
+        grad: Some(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+        ..LossViews::new(
+            GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+            GpuTensor::i32_vector(&a.buffer, to, rows),
+            GpuTensor::f32_vector(&a.buffer, lo, rows),
+        )
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let opts = CrossEntropyOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    ctx.encode_cross_entropy(&mut enc, &views, &opts).unwrap();
+    submit(ctx, enc);
+    let loss = read(ctx, &a.buffer, lo, rows);
+    assert!(
+        (loss[0] - 10f32.ln()).abs() < 1e-5 && (loss[3] - 10f32.ln()).abs() < 1e-5,
+        "{loss:?}"
+    );
+    assert!(
+        loss[1].is_nan() && loss[2].is_nan(),
+        "bad targets give NaN rows: {loss:?}"
+    );
+    let g = read(ctx, &a.buffer, go, rows * classes);
+    assert!(g[classes..3 * classes].iter().all(|v| v.is_nan()));
+    assert!(g[..classes]
+        .iter()
+        .chain(&g[3 * classes..])
+        .all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_views_are_errors_that_name_the_view() {
+    let Some(ctx) = gpu() else { return };
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let no_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let x = GpuTensor::f32_matrix(&buf, 0, 4, 8);
+    let out = GpuTensor::f32_matrix(&buf, 2 * align.max(128), 4, 8);
+    let check = |r: Result<(), Error>, name: &str, needle: &str| match r {
+        Err(Error::InvalidView { name: n, problem }) => {
+            assert_eq!(n, name, "{problem}");
+            assert!(problem.contains(needle), "{name}: {problem}");
+        }
+        other => panic!("expected InvalidView for {name}, got {other:?}"),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let misaligned = GpuTensor::f32_matrix(&buf, 4, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &misaligned, &out),
+        "x",
+        "min_storage_buffer_offset_alignment",
+    );
+    let past_end = GpuTensor::f32_matrix(&buf, 4096 - align, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x, &past_end),
+        "output",
+        "past the end",
+    );
+    let bad_usage = GpuTensor::f32_matrix(&no_storage, 0, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &bad_usage, &out),
+        "x",
+        "STORAGE",
+    );
+    let wrong_shape = GpuTensor::f32_matrix(&buf, 2 * align.max(128), 4, 7);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x, &wrong_shape),
+        "output",
+        "shape",
+    );
+    let targets_f32 = GpuTensor::f32_vector(&buf, 2 * align.max(128), 4);
+    let loss = GpuTensor::f32_vector(&buf, 4 * align.max(128), 2);
+    check(
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &LossViews::new(x, targets_f32, loss),
+            &Default::default(),
+        ),
+        "target",
+        "dtype",
+    );
+    let targets = GpuTensor::i32_vector(&buf, 2 * align.max(128), 4);
+    let overlapping = GpuTensor::f32_matrix(&buf, align, 4, 8);
+    check(
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &LossViews {
+                grad: Some(overlapping),
+                ..LossViews::new(x, targets, loss)
+            },
+            &Default::default(),
+        ),
+        "grad",
+        "overlaps",
+    );
+    let w = [1.0f32; 8];
+    let e = ctx
+        .encode_cross_entropy(
+            &mut enc,
+            &LossViews::new(x, targets, loss),
+            &CrossEntropyOptions {
+                weight: Some(&w),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidOption { name: "weight", .. }),
+        "{e}"
+    );
+    let e = ctx
+        .encode_cross_entropy(
+            &mut enc,
+            &LossViews::new(x, targets, loss),
+            &CrossEntropyOptions {
+                ignore_index: 1 << 40,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                name: "ignore_index",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
