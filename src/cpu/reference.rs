@@ -216,24 +216,14 @@ pub fn cross_entropy_f64<T: ClassIndex>(
             grad[i * classes + j] = g;
         }
     }
-    let (loss, z_loss) = match options.reduction {
-        Reduction::None => (
-            ce_rows.iter().zip(&z_rows).map(|(a, b)| a + b).collect(),
-            z_rows,
-        ),
-        Reduction::Sum => {
-            let zs: f64 = z_rows.iter().sum();
-            (vec![ce_rows.iter().sum::<f64>() + zs], vec![zs])
-        }
-        Reduction::Mean => {
-            let zs = if z > 0.0 {
-                z_rows.iter().sum::<f64>() / kept_count
-            } else {
-                0.0
-            };
-            (vec![ce_rows.iter().sum::<f64>() / denom + zs], vec![zs])
-        }
-    };
+    let (loss, z_loss) = reduce_rows(
+        options.reduction,
+        &ce_rows,
+        &z_rows,
+        denom,
+        kept_count,
+        z > 0.0,
+    );
     Ok(CrossEntropyReference {
         loss,
         z_loss,

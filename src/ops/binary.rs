@@ -25,7 +25,10 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, VecWidth};
 use crate::ops::cross_entropy::reject_host_weights;
-use crate::ops::{check_matrix, Base, MatrixArg, Params, Reduction, RowLaunch, WholeArg};
+use crate::ops::{
+    check_gamma, check_grad_scale, check_matrix, check_values, Base, MatrixArg, Params, Reduction,
+    RowLaunch, WholeArg,
+};
 use crate::tensor::{spec, DType, LossViews};
 
 /// Options of the BCE losses; `Default` is PyTorch's (`mean`, no weights).
@@ -125,25 +128,6 @@ pub(crate) struct BinaryCall<'a> {
     pub gamma: f32,
 }
 
-fn first_outside(
-    what: &'static str,
-    values: &[f32],
-    cols: usize,
-    ok: impl Fn(f32) -> bool,
-    reason: &'static str,
-) -> Result<()> {
-    match values.iter().position(|&v| !ok(v)) {
-        Some(i) => Err(Error::InvalidValue {
-            what,
-            row: i / cols,
-            col: i % cols,
-            value: values[i],
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
 fn check_weights(w: &[f32]) -> Result<()> {
     match w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
         Some(index) => Err(Error::InvalidWeight {
@@ -168,7 +152,7 @@ impl BinaryCall<'_> {
         check_matrix(input_name, self.inputs.len(), rows, self.cols)?;
         check_matrix("targets", self.targets.len(), rows, self.cols)?;
         if self.op == BinaryOp::Probabilities {
-            first_outside(
+            check_values(
                 input_name,
                 self.inputs,
                 self.cols,
@@ -176,7 +160,7 @@ impl BinaryCall<'_> {
                 "binary cross-entropy inputs must be probabilities in [0, 1]",
             )?;
         }
-        first_outside(
+        check_values(
             "targets",
             self.targets,
             self.cols,
@@ -218,21 +202,9 @@ impl BinaryCall<'_> {
                     reason: "must be in [0, 1], or -1 to disable it",
                 });
             }
-            if !(self.gamma.is_finite() && self.gamma >= 0.0) {
-                return Err(Error::InvalidOption {
-                    name: "gamma",
-                    value: f64::from(self.gamma),
-                    reason: "must be finite and >= 0",
-                });
-            }
+            check_gamma(self.gamma)?;
         }
-        if !self.grad_scale.is_finite() {
-            return Err(Error::InvalidOption {
-                name: "grad_scale",
-                value: f64::from(self.grad_scale),
-                reason: "must be finite",
-            });
-        }
+        check_grad_scale(self.grad_scale)?;
         Ok(rows)
     }
 }
@@ -677,14 +649,7 @@ impl GpuContext {
 fn check_view_options(options: &BinaryLossOptions<'_>) -> Result<()> {
     reject_host_weights("weight", options.weight.is_some())?;
     reject_host_weights("pos_weight", options.pos_weight.is_some())?;
-    if !options.grad_scale.is_finite() {
-        return Err(Error::InvalidOption {
-            name: "grad_scale",
-            value: f64::from(options.grad_scale),
-            reason: "must be finite",
-        });
-    }
-    Ok(())
+    check_grad_scale(options.grad_scale)
 }
 
 impl GpuContext {

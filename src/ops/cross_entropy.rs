@@ -30,7 +30,10 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, VecWidth};
-use crate::ops::{check_matrix, Base, MatrixArg, Operand, Params, Reduction, RowLaunch, WholeArg};
+use crate::ops::{
+    check_gamma, check_grad_scale, check_matrix, check_values, Base, MatrixArg, Operand, Params,
+    Reduction, RowLaunch, WholeArg,
+};
 use crate::tensor::{spec, DType, LossViews};
 
 /// Options of [`GpuContext::cross_entropy`]; `Default` is PyTorch's default.
@@ -109,13 +112,7 @@ impl CrossEntropyOptions<'_> {
                 });
             }
         }
-        if !self.grad_scale.is_finite() {
-            return Err(Error::InvalidOption {
-                name: "grad_scale",
-                value: f64::from(self.grad_scale),
-                reason: "must be finite",
-            });
-        }
+        check_grad_scale(self.grad_scale)?;
         Ok(())
     }
 }
@@ -252,16 +249,13 @@ pub(crate) struct CrossEntropyProblem<'a> {
 
 /// Checks probability targets: finite and non-negative. The error names the element.
 fn check_prob_targets(probs: &[f32], classes: usize) -> Result<()> {
-    match probs.iter().position(|q| !(q.is_finite() && *q >= 0.0)) {
-        Some(i) => Err(Error::InvalidValue {
-            what: "probability targets",
-            row: i / classes,
-            col: i % classes,
-            value: probs[i],
-            reason: "probability targets must be finite and non-negative",
-        }),
-        None => Ok(()),
-    }
+    check_values(
+        "probability targets",
+        probs,
+        classes,
+        |q| q.is_finite() && q >= 0.0,
+        "probability targets must be finite and non-negative",
+    )
 }
 
 /// The encode API takes weights as views; a host slice there is a mistake to report.
@@ -377,20 +371,8 @@ impl FocalOptions<'_> {
                 });
             }
         }
-        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
-            return Err(Error::InvalidOption {
-                name: "gamma",
-                value: f64::from(self.gamma),
-                reason: "must be finite and >= 0",
-            });
-        }
-        if !self.grad_scale.is_finite() {
-            return Err(Error::InvalidOption {
-                name: "grad_scale",
-                value: f64::from(self.grad_scale),
-                reason: "must be finite",
-            });
-        }
+        check_gamma(self.gamma)?;
+        check_grad_scale(self.grad_scale)?;
         Ok(())
     }
 }

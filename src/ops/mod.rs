@@ -621,6 +621,64 @@ impl GpuContext {
     }
 }
 
+/// An option check: an error naming the option, its value and the rule, unless `ok`.
+pub(crate) fn require(
+    ok: bool,
+    name: &'static str,
+    value: f32,
+    reason: &'static str,
+) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption {
+            name,
+            value: f64::from(value),
+            reason,
+        })
+    }
+}
+
+/// `grad_scale` must be finite.
+pub(crate) fn check_grad_scale(grad_scale: f32) -> Result<()> {
+    require(
+        grad_scale.is_finite(),
+        "grad_scale",
+        grad_scale,
+        "must be finite",
+    )
+}
+
+/// A focal `gamma` must be finite and non-negative.
+pub(crate) fn check_gamma(gamma: f32) -> Result<()> {
+    require(
+        gamma.is_finite() && gamma >= 0.0,
+        "gamma",
+        gamma,
+        "must be finite and >= 0",
+    )
+}
+
+/// The first value (in row-major order) that fails `ok`, as an error naming its row and column.
+pub(crate) fn check_values(
+    what: &'static str,
+    values: &[f32],
+    cols: usize,
+    ok: impl Fn(f32) -> bool,
+    reason: &'static str,
+) -> Result<()> {
+    match values.iter().position(|&v| !ok(v)) {
+        Some(i) => Err(Error::InvalidValue {
+            what,
+            row: i / cols,
+            col: i % cols,
+            value: values[i],
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// `rows * cols`, checked, and the slice length it implies.
 pub(crate) fn check_matrix(what: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
     if cols == 0 {
