@@ -163,8 +163,8 @@ impl<'a> ResidentOp<'a> {
                 op,
                 rows,
                 cols,
-                input: ctx.upload("bench input", &input.logits),
-                output: ctx.storage("bench output", out_elems as u64 * 4),
+                input: ctx.scratch_with("bench input", &input.logits),
+                output: ctx.scratch("bench output", out_elems as u64 * 4),
                 problem,
             })
         })
@@ -250,8 +250,8 @@ impl<'a> CopyKernel<'a> {
         Self {
             ctx,
             elems,
-            src: ctx.storage("copy src", elems as u64 * 4),
-            dst: ctx.storage("copy dst", elems as u64 * 4),
+            src: ctx.scratch("copy src", elems as u64 * 4),
+            dst: ctx.scratch("copy dst", elems as u64 * 4),
         }
     }
 

@@ -37,6 +37,7 @@ pub struct GpuContext {
     binding_bytes: u64,
     pub(crate) poison: Option<f32>,
     pipelines: PipelineCache,
+    pub(crate) pool: crate::pool::BufferPool,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: Arc<wgpu::Buffer>,
 }
@@ -138,6 +139,7 @@ impl GpuContext {
             binding_bytes,
             poison: options.poison_outputs,
             pipelines: PipelineCache::default(),
+            pool: Default::default(),
             placeholder,
         }
     }
@@ -218,6 +220,12 @@ impl GpuContext {
     ) -> Result<Arc<Pipeline>> {
         self.pipelines
             .get(&self.device, self.adapter_name(), kernel, width, aliasing)
+    }
+
+    /// Buffers the host API holds in its pool: live, idle and created so far.
+    /// A loop of calls of one shape stops creating buffers after its first call.
+    pub fn pool_stats(&self) -> crate::pool::PoolStats {
+        self.pool.stats()
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod error;
 pub mod kernels;
 pub mod ops;
+pub mod pool;
 pub mod tensor;
 pub mod tolerance;
 
@@ -36,5 +37,6 @@ pub use ops::binary::{BinaryLossOptions, LossOutput, SigmoidFocalOptions};
 pub use ops::cross_entropy::{ClassIndex, CrossEntropyOptions, CrossEntropyOutput, FocalOptions};
 pub use ops::softmax::SoftmaxOp;
 pub use ops::Reduction;
+pub use pool::PoolStats;
 pub use tensor::{DType, GpuTensor, LossViews};
 pub use tolerance::{Tolerance, F32_TOLERANCE};

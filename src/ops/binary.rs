@@ -280,7 +280,7 @@ impl GpuContext {
         params: Params,
     ) -> Result<u64> {
         // Unused bindings still need a buffer each (one read-only, one writable use apiece).
-        let unused: Vec<wgpu::Buffer> = (0..4).map(|_| self.storage("unused", 16)).collect();
+        let unused: Vec<wgpu::Buffer> = (0..4).map(|_| self.scratch("unused", 16)).collect();
         fn matrix(binding: u32, (buffer, offset): MatrixRef<'_>, base: Base) -> MatrixArg<'_> {
             MatrixArg {
                 binding,
@@ -399,8 +399,8 @@ impl GpuContext {
                         y: (&y, 0),
                         weight,
                         pos_weight: pos_weight_buf.as_ref().map(|b| WholeArg::new(4, b)),
-                        loss: loss_buf.as_ref().map(|b| (b, 0)),
-                        grad: grad_buf.as_ref().map(|b| (b, 0)),
+                        loss: loss_buf.as_deref().map(|b| (b, 0)),
+                        grad: grad_buf.as_deref().map(|b| (b, 0)),
                         partials: &partials,
                     },
                     Params {
@@ -518,7 +518,7 @@ impl GpuContext {
         }
         let groups = self.element_groups(rows, cols)?;
         self.check_whole_binding("partial sums", groups * 4)?;
-        let partials = self.storage("partial sums", groups * 4);
+        let partials = self.scratch("partial sums", groups * 4);
         let mut params = binary_params(&call, &weight, views.grad.is_some(), (rows, cols));
         if pos_weight.is_some() {
             params.flags |= FLAG_POS_WEIGHT;

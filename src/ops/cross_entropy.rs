@@ -408,9 +408,9 @@ impl GpuContext {
         }
         let scalars = if kind == RowLoss::ProbTargets {
             // Probability targets: `mean` divides by N; nothing to count on the GPU.
-            self.upload("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
+            self.scratch_with("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
         } else {
-            self.storage("ce scalars", 16)
+            self.scratch("ce scalars", 16)
         };
         Ok(CrossEntropyProblem {
             kind,
@@ -422,8 +422,8 @@ impl GpuContext {
             targets,
             weights: weight,
             scalars,
-            row_out: self.output("ce row out", rows * 4),
-            result: self.output("ce result", 4),
+            row_out: self.scratch_output("ce row out", rows * 4),
+            result: self.scratch_output("ce result", 4),
         })
     }
 
@@ -443,12 +443,12 @@ impl GpuContext {
         let rows = targets.len();
         self.row_loss_problem(
             RowLoss::IndexTargets,
-            Operand::Owned(self.upload("targets", &targets)),
+            Operand::Owned(self.scratch_with("targets", &targets)),
             rows,
             classes,
             options
                 .weight
-                .map(|w| Operand::Owned(self.upload("weight", w))),
+                .map(|w| Operand::Owned(self.scratch_with("weight", w))),
             params,
         )
     }
@@ -604,8 +604,8 @@ impl GpuContext {
                     problem,
                     mode,
                     (&logits_buf, 0),
-                    probs_buf.as_ref().map(|b| (b, 0)),
-                    grad_buf.as_ref().map(|b| (b, 0)),
+                    probs_buf.as_deref().map(|b| (b, 0)),
+                    grad_buf.as_deref().map(|b| (b, 0)),
                     r0,
                     n,
                 )?;
@@ -680,12 +680,12 @@ impl GpuContext {
         let params = cross_entropy_params(options);
         let problem = self.row_loss_problem(
             RowLoss::ProbTargets,
-            Operand::Owned(self.storage("no index targets", 16)),
+            Operand::Owned(self.scratch("no index targets", 16)),
             rows,
             classes,
             options
                 .weight
-                .map(|w| Operand::Owned(self.upload("weight", w))),
+                .map(|w| Operand::Owned(self.scratch_with("weight", w))),
             params,
         )?;
         self.row_loss_run(&problem, logits, Some(probs), mode).await
@@ -712,12 +712,12 @@ impl GpuContext {
         };
         let problem = self.row_loss_problem(
             RowLoss::Focal,
-            Operand::Owned(self.upload("targets", &targets)),
+            Operand::Owned(self.scratch_with("targets", &targets)),
             targets.len(),
             classes,
             options
                 .alpha
-                .map(|a| Operand::Owned(self.upload("alpha", a))),
+                .map(|a| Operand::Owned(self.scratch_with("alpha", a))),
             params,
         )?;
         self.row_loss_run(&problem, logits, None, mode).await
@@ -997,7 +997,7 @@ impl GpuContext {
             params.flags |= FLAG_EXPORT_LOSS;
         }
         let targets = match kind {
-            RowLoss::ProbTargets => Operand::Owned(self.storage("no index targets", 16)),
+            RowLoss::ProbTargets => Operand::Owned(self.scratch("no index targets", 16)),
             _ => Operand::View(views.target),
         };
         let problem = self.row_loss_problem(
@@ -1024,8 +1024,8 @@ impl GpuContext {
             self.encode_cross_entropy_reduce(encoder, &problem, WholeArg::view(7, &views.loss))?;
         }
         if params.flags & (FLAG_EXPORT_LOSS | FLAG_EXPORT_LSE) != 0 {
-            let unused_loss = self.storage("unused", 16);
-            let unused_lse = self.storage("unused", 16);
+            let unused_loss = self.scratch("unused", 16);
+            let unused_lse = self.scratch("unused", 16);
             let loss = if reduced {
                 WholeArg::new(9, &unused_loss)
             } else {

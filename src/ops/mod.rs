@@ -11,6 +11,11 @@ use wgpu::util::DeviceExt;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Aliasing, Kernel, VecWidth};
+use crate::pool::PooledBuffer;
+
+const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 /// How per-row losses are combined, as PyTorch's `reduction`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -514,39 +519,26 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// A storage buffer holding `data` (usable as a copy source for in-place ops).
-    pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+    /// A pooled storage buffer holding `data` (host API only: it goes back to
+    /// the pool when dropped, so it must not outlive the call's GPU work).
+    pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> PooledBuffer<'_> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        if bytes.is_empty() {
-            // wgpu rejects zero-sized storage bindings; bind a placeholder-sized buffer.
-            return self.storage(label, 16);
+        let buffer = self
+            .pool
+            .take(&self.device, label, bytes.len() as u64, STORAGE_USAGE);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buffer, 0, bytes);
         }
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        buffer
     }
 
-    /// An uninitialised storage buffer of at least `bytes` bytes (rounded up to 16).
-    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(16).div_ceil(16) * 16,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    }
-
-    /// A storage buffer for `elems` f32 outputs, poisoned when the context was
-    /// created with [`crate::ContextOptions::poison_outputs`].
-    pub(crate) fn output(&self, label: &str, elems: usize) -> wgpu::Buffer {
-        let buffer = self.storage(label, elems as u64 * 4);
+    /// A pooled storage buffer for `elems` f32 outputs (host API only),
+    /// poisoned when the context was created with
+    /// [`crate::ContextOptions::poison_outputs`].
+    pub(crate) fn output(&self, label: &str, elems: usize) -> PooledBuffer<'_> {
+        let buffer = self
+            .pool
+            .take(&self.device, label, elems as u64 * 4, STORAGE_USAGE);
         if let Some(poison) = self.poison {
             let fill = vec![poison; buffer.size() as usize / 4];
             self.queue
@@ -555,20 +547,52 @@ impl GpuContext {
         buffer
     }
 
-    /// Records a copy of `bytes` bytes from `src` into a new mappable buffer.
+    /// A new storage buffer of at least `bytes` bytes, not pooled: for
+    /// scratch that an `encode_*` call leaves to the caller's encoder.
+    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).div_ceil(16) * 16,
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new scratch buffer for `elems` f32 outputs, poisoned like [`GpuContext::output`].
+    pub(crate) fn scratch_output(&self, label: &str, elems: usize) -> wgpu::Buffer {
+        let buffer = self.scratch(label, elems as u64 * 4);
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+        }
+        buffer
+    }
+
+    /// A new scratch buffer holding `data` (see [`GpuContext::scratch`]).
+    pub(crate) fn scratch_with<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let buffer = self.scratch(label, std::mem::size_of_val(data) as u64);
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        }
+        buffer
+    }
+
+    /// Records a copy of `bytes` bytes from `src` into a pooled mappable buffer.
     pub(crate) fn stage(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         src: &wgpu::Buffer,
         bytes: u64,
-    ) -> wgpu::Buffer {
+    ) -> PooledBuffer<'_> {
         let size = bytes.max(4).div_ceil(4) * 4;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-loss readback"),
+        let staging = self.pool.take(
+            &self.device,
+            "wgpu-loss readback",
             size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
         encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         staging
     }

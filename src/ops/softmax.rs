@@ -72,12 +72,12 @@ impl GpuContext {
             let n = chunk_rows.min(rows - r0);
             let what = call.kernel.entry_point();
             let staging = self.scoped(what, || {
-                let mats: Vec<wgpu::Buffer> = call
+                let mats: Vec<_> = call
                     .matrices
                     .iter()
                     .map(|&(label, d)| self.upload(label, &d[r0 * cols..(r0 + n) * cols]))
                     .collect();
-                let per_row: Vec<wgpu::Buffer> = call
+                let per_row: Vec<_> = call
                     .per_row
                     .iter()
                     .map(|&(label, d)| self.upload(label, &d[r0..r0 + n]))

@@ -1,0 +1,134 @@
+//! A buffer pool for the host API: uploads, outputs, scratch and readback
+//! buffers are taken from per-(size class, usage) free lists and returned
+//! when a call is done, so a loop of calls of one shape allocates nothing
+//! after the first, and the crate can say how many buffers it holds.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Idle buffers kept per (size class, usage); beyond that, returned buffers are destroyed.
+const IDLE_PER_CLASS: usize = 4;
+/// Idle bytes kept in all; beyond that, returned buffers are destroyed.
+const IDLE_BYTES_CAP: u64 = 1 << 30;
+
+/// What the pool holds right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers the crate allocated that still exist (in use or idle).
+    pub live_buffers: u64,
+    /// Their bytes.
+    pub live_bytes: u64,
+    /// Of those, buffers idle in the pool.
+    pub idle_buffers: u64,
+    /// Buffers created since the context was made (a measure of churn).
+    pub created_buffers: u64,
+}
+
+/// Size class: powers of two up to 64 MiB, then multiples of 16 MiB, so one
+/// shape always maps to the same class and a class wastes at most half.
+fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(16);
+    if bytes <= 64 << 20 {
+        bytes.next_power_of_two()
+    } else {
+        bytes.div_ceil(16 << 20) * (16 << 20)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    idle: Mutex<HashMap<(u64, wgpu::BufferUsages), Vec<wgpu::Buffer>>>,
+    idle_bytes: AtomicU64,
+    idle_buffers: AtomicU64,
+    live_buffers: AtomicU64,
+    live_bytes: AtomicU64,
+    created: AtomicU64,
+}
+
+impl BufferPool {
+    /// A buffer of at least `bytes` bytes with exactly `usage`.
+    pub(crate) fn take(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> PooledBuffer<'_> {
+        let size = size_class(bytes);
+        let reused = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.get_mut(&(size, usage)).and_then(Vec::pop));
+        let buffer = match reused {
+            Some(b) => {
+                self.idle_bytes.fetch_sub(size, Ordering::Relaxed);
+                self.idle_buffers.fetch_sub(1, Ordering::Relaxed);
+                b
+            }
+            None => {
+                self.live_buffers.fetch_add(1, Ordering::Relaxed);
+                self.live_bytes.fetch_add(size, Ordering::Relaxed);
+                self.created.fetch_add(1, Ordering::Relaxed);
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        PooledBuffer { buffer, pool: self }
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        if self.idle_bytes.load(Ordering::Relaxed) + size <= IDLE_BYTES_CAP {
+            if let Ok(mut idle) = self.idle.lock() {
+                let list = idle.entry((size, buffer.usage())).or_default();
+                if list.len() < IDLE_PER_CLASS {
+                    list.push(buffer);
+                    self.idle_bytes.fetch_add(size, Ordering::Relaxed);
+                    self.idle_buffers.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        self.live_buffers.fetch_sub(1, Ordering::Relaxed);
+        self.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        buffer.destroy();
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            live_buffers: self.live_buffers.load(Ordering::Relaxed),
+            live_bytes: self.live_bytes.load(Ordering::Relaxed),
+            idle_buffers: self.idle_buffers.load(Ordering::Relaxed),
+            created_buffers: self.created.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A buffer on loan from the pool; it goes back when dropped. Host calls
+/// finish their GPU work before returning, and later writes are queue-ordered
+/// after earlier submissions, so reuse never races the device.
+pub struct PooledBuffer<'a> {
+    buffer: wgpu::Buffer,
+    pool: &'a BufferPool,
+}
+
+impl Deref for PooledBuffer<'_> {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledBuffer<'_> {
+    fn drop(&mut self) {
+        // `wgpu::Buffer` is a shared handle: the pool keeps a clone of it.
+        self.pool.give_back(self.buffer.clone());
+    }
+}
