@@ -102,9 +102,9 @@ pub fn train(
     };
     let x_buf = init("x", bytemuck::cast_slice(&x));
     let y_buf = init("targets", bytemuck::cast_slice(&y));
-    let w_buf = init("w", bytemuck::cast_slice(&vec![0.0f32; K * D]));
-    let b_buf = init("b", bytemuck::cast_slice(&vec![0.0f32; K]));
-    let logits_buf = init("logits", bytemuck::cast_slice(&vec![0.0f32; N * K]));
+    let w_buf = init("w", bytemuck::cast_slice(&[0.0f32; K * D]));
+    let b_buf = init("b", bytemuck::cast_slice(&[0.0f32; K]));
+    let logits_buf = init("logits", bytemuck::cast_slice(&[0.0f32; N * K]));
     let loss_buf = init("loss", bytemuck::cast_slice(&[0.0f32; 2]));
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("loss readback"),
