@@ -81,7 +81,7 @@ fn ten_thousand_calls_do_not_grow_memory() {
     let x = rng.vec_normal(rows * cols, 2.0);
     let t: Vec<i32> = (0..rows).map(|_| rng.below(cols) as i32).collect();
     let call = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             ctx.log_softmax_blocking(&x, rows, cols).unwrap();
         } else {
             ctx.cross_entropy_blocking(&x, &t, cols, &CrossEntropyOptions::default())
