@@ -6,12 +6,12 @@
 // Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
 //   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
 
-@group(0) @binding(1) var<storage, read_write> logits: array<vec_t>;   // read_write so the in-place kernel can overwrite it
+@group(0) @binding(1) var<storage, read_write> logits: array<mat_t>;   // read_write so the in-place kernel can overwrite it
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> weights: array<vec_t>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;    // [D, kept rows, W, 0]
 @group(0) @binding(5) var<storage, read_write> row_out: array<vec4<f32>>; // per row (ce, z, lse, 0)
-@group(0) @binding(6) var<storage, read_write> grad: array<vec_t>;
+@group(0) @binding(6) var<storage, read_write> grad: array<mat_t>;
 @group(0) @binding(7) var<storage, read_write> result: array<f32>;     // [total loss, z-loss part]
 @group(0) @binding(8) var<storage, read> soft_targets: array<vec_t>;   // probability targets [N, C] (base_b)
 @group(0) @binding(9) var<storage, read_write> loss_rows: array<f32>;  // exported per-row loss (ce + z)
@@ -117,12 +117,12 @@ fn ce_row(row: u32, tid: u32) -> CeRow {
     let smoothing = eps > 0.0;
     // The smoothing sum is taken relative to a reference logit so that a large
     // common offset cancels before summation instead of after.
-    let r0 = lane(capped(logits[src]), 0u);
+    let r0 = lane(capped(vec_t(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var st = stat_empty();
     var wsum = 0.0;
     for (var i = tid; i < n; i += WG) {
-        let v = capped(logits[src + i]);
+        let v = capped(vec_t(logits[src + i]));
         st = stat_push(st, v);
         if (smoothing) {
             wsum += hsum(class_weights(i) * (v - vec_t(r)));
@@ -141,7 +141,7 @@ fn ce_row(row: u32, tid: u32) -> CeRow {
         ce = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let xy = lane(capped(logits[src + y / VW]), y % VW);
+        let xy = lane(capped(vec_t(logits[src + y / VW])), y % VW);
         ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
         if (smoothing) {
             ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
@@ -210,7 +210,7 @@ fn ce_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     let src = params.base_a / VW + row * n;
     let dst = params.base_out / VW + row * n;
     for (var i = lid.x; i < n; i += WG) {
-        grad[dst + i] = grad_at(rs, k, i, logits[src + i]);
+        grad[dst + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
     }
 }
 
@@ -226,7 +226,7 @@ fn ce_loss_grad_in_place(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
     // ce_row's reads of this row (incl. thread 0's read of x[y]) all precede this barrier.
     workgroupBarrier();
     for (var i = lid.x; i < n; i += WG) {
-        logits[src + i] = grad_at(rs, k, i, logits[src + i]);
+        logits[src + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
     }
 }
 
@@ -278,13 +278,13 @@ fn soft_row(row: u32, tid: u32) -> SoftRow {
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let qsrc = params.base_b / VW + row * n;
-    let r0 = lane(capped(logits[src]), 0u);
+    let r0 = lane(capped(vec_t(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var st = stat_empty();
     var a = 0.0;
     var b = 0.0;
     for (var i = tid; i < n; i += WG) {
-        let v = capped(logits[src + i]);
+        let v = capped(vec_t(logits[src + i]));
         st = stat_push(st, v);
         let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
         a += hsum(wq * (v - vec_t(r)));
@@ -331,10 +331,10 @@ fn ce_soft_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     let qsrc = params.base_b / VW + row * n;
     let dst = params.base_out / VW + row * n;
     for (var i = lid.x; i < n; i += WG) {
-        let x = logits[src + i];
+        let x = vec_t(logits[src + i]);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
         let g = vec_t(kp) * p - vec_t(k) * class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
-        grad[dst + i] = g * cap_slope(x);
+        grad[dst + i] = mat_t(g * cap_slope(x));
     }
 }
 
@@ -352,7 +352,7 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
     let t = targets[params.row_base + row];
     var st = stat_empty();
     for (var i = tid; i < n; i += WG) {
-        st = stat_push(st, logits[src + i]);
+        st = stat_push(st, vec_t(logits[src + i]));
     }
     st = wg_reduce_stat(tid, st);
     let ls = log(st.s);
@@ -364,7 +364,7 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
         f = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let lp = (lane(logits[src + y / VW], y % VW) - st.m) - ls;
+        let lp = (lane(vec_t(logits[src + y / VW]), y % VW) - st.m) - ls;
         let p = exp(lp);
         let q = max(1.0 - p, 0.0);
         let a = class_weight(y);
@@ -408,9 +408,9 @@ fn focal_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     let dst = params.base_out / VW + row * n;
     let y = vec_u(u32(max(rs.label, 0)));
     for (var i = lid.x; i < n; i += WG) {
-        let p = exp((logits[src + i] - vec_t(rs.m)) - vec_t(rs.ls));
+        let p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-        grad[dst + i] = select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored);
+        grad[dst + i] = mat_t(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
     }
 }
 

@@ -1,17 +1,17 @@
 // Row-wise softmax, log-softmax and logsumexp, with their backward passes.
 // One workgroup per row; every matrix is row-major [rows, cols].
 
-@group(0) @binding(1) var<storage, read> mat_a: array<vec_t>;      // x (forward, lse backward) or y (backward)
-@group(0) @binding(2) var<storage, read> mat_b: array<vec_t>;      // dy (softmax / log-softmax backward)
+@group(0) @binding(1) var<storage, read> mat_a: array<mat_t>;      // x (forward, lse backward) or y (backward)
+@group(0) @binding(2) var<storage, read> mat_b: array<mat_t>;      // dy (softmax / log-softmax backward)
 @group(0) @binding(3) var<storage, read> row_a: array<f32>;        // lse per row (lse backward)
 @group(0) @binding(4) var<storage, read> row_b: array<f32>;        // dy per row (lse backward)
-@group(0) @binding(5) var<storage, read_write> mat_out: array<vec_t>;
+@group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
 @group(0) @binding(6) var<storage, read_write> row_out: array<f32>;
 
 fn x_row_stat(src: u32, n: u32, tid: u32) -> RowStat {
     var st = stat_empty();
     for (var i = tid; i < n; i += WG) {
-        st = stat_push(st, mat_a[src + i]);
+        st = stat_push(st, vec_t(mat_a[src + i]));
     }
     return wg_reduce_stat(tid, st);
 }
@@ -29,8 +29,8 @@ fn softmax_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
     let ok = is_finite(st.m + ls);
     for (var i = lid.x; i < n; i += WG) {
-        let y = exp((mat_a[src + i] - vec_t(st.m)) - vec_t(ls));
-        mat_out[dst + i] = select(vec_t(nan()), y, ok);
+        let y = exp((vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
+        mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
 }
 
@@ -45,8 +45,8 @@ fn log_softmax_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);
     for (var i = lid.x; i < n; i += WG) {
-        let y = (mat_a[src + i] - vec_t(st.m)) - vec_t(ls);
-        mat_out[dst + i] = select(vec_t(nan()), y, ok);
+        let y = (vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
+        mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
 }
 
@@ -73,11 +73,11 @@ fn softmax_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
     let dst = params.base_out / VW + row * n;
     var acc = 0.0;
     for (var i = lid.x; i < n; i += WG) {
-        acc += hsum(mat_a[src_y + i] * mat_b[src_dy + i]);
+        acc += hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i]));
     }
     let dot = wg_reduce_sum(lid.x, acc);
     for (var i = lid.x; i < n; i += WG) {
-        mat_out[dst + i] = mat_a[src_y + i] * (mat_b[src_dy + i] - vec_t(dot));
+        mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
     }
 }
 
@@ -92,11 +92,11 @@ fn log_softmax_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     let dst = params.base_out / VW + row * n;
     var acc = 0.0;
     for (var i = lid.x; i < n; i += WG) {
-        acc += hsum(mat_b[src_dy + i]);
+        acc += hsum(vec_t(mat_b[src_dy + i]));
     }
     let total = wg_reduce_sum(lid.x, acc);
     for (var i = lid.x; i < n; i += WG) {
-        mat_out[dst + i] = mat_b[src_dy + i] - exp(mat_a[src_y + i]) * vec_t(total);
+        mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
     }
 }
 
@@ -111,6 +111,6 @@ fn logsumexp_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     let lse = row_a[params.row_base + row];
     let g = row_b[params.row_base + row];
     for (var i = lid.x; i < n; i += WG) {
-        mat_out[dst + i] = vec_t(g) * exp(mat_a[src + i] - vec_t(lse));
+        mat_out[dst + i] = mat_t(vec_t(g) * exp(vec_t(mat_a[src + i]) - vec_t(lse)));
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::context::GpuContext;
 use crate::cpu::reference;
 use crate::error::{Error, Result};
+use crate::kernels::Storage;
 use crate::ops::cross_entropy::{CrossEntropyProblem, GradMode};
 use crate::ops::softmax::SoftmaxOp;
 use crate::ops::{Base, MatrixArg, Params, RowLaunch, WholeArg};
@@ -187,6 +188,7 @@ impl<'a> ResidentOp<'a> {
                     buffer: &self.input,
                     offset: 0,
                     base: Base::A,
+                    storage: Storage::F32,
                 }];
                 let mut whole = Vec::new();
                 if out_binding == 5 {
@@ -195,6 +197,7 @@ impl<'a> ResidentOp<'a> {
                         buffer: &self.output,
                         offset: 0,
                         base: Base::Out,
+                        storage: Storage::F32,
                     });
                 } else {
                     whole.push(WholeArg::new(6, &self.output));
@@ -224,8 +227,8 @@ impl<'a> ResidentOp<'a> {
                     (&self.input, 0),
                     None,
                     Some((&self.output, 0)),
-                    0,
-                    self.rows,
+                    (0, self.rows),
+                    Storage::F32,
                 )?;
                 ctx.encode_cross_entropy_reduce(&mut encoder, p, WholeArg::new(7, &p.result))?;
             }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Aliasing, Kernel, Pipeline, PipelineCache, VecWidth};
+use crate::kernels::{Kernel, Pipeline, PipelineCache, Variant};
 
 /// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
 /// high-performance adapter and the adapter's own limits.
@@ -212,14 +212,18 @@ impl GpuContext {
     }
 
     /// The cached pipeline for a kernel variant, built on first use.
-    pub(crate) fn pipeline(
-        &self,
-        kernel: Kernel,
-        width: VecWidth,
-        aliasing: Aliasing,
-    ) -> Result<Arc<Pipeline>> {
+    pub(crate) fn pipeline(&self, kernel: Kernel, variant: Variant) -> Result<Arc<Pipeline>> {
+        if variant.storage == crate::kernels::Storage::F16
+            && !self.features.contains(wgpu::Features::SHADER_F16)
+        {
+            return Err(crate::Error::Unsupported {
+                what: "f16 tensors",
+                adapter: self.adapter_name().to_string(),
+                missing: "the SHADER_F16 feature",
+            });
+        }
         self.pipelines
-            .get(&self.device, self.adapter_name(), kernel, width, aliasing)
+            .get(&self.device, self.adapter_name(), kernel, variant)
     }
 
     /// Buffers the host API holds in its pool: live, idle and created so far.

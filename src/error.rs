@@ -126,6 +126,16 @@ pub enum Error {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// The adapter lacks something an op needs.
+    #[error("{what} are not supported on adapter {adapter:?}: it lacks {missing}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// Adapter name.
+        adapter: String,
+        /// The missing feature or limit.
+        missing: &'static str,
+    },
     /// wgpu reported a validation or out-of-memory error while running a kernel.
     #[error("GPU error in {kernel} on adapter {adapter:?}: {message}")]
     Gpu {

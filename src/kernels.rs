@@ -89,9 +89,14 @@ impl VecWidth {
         }
     }
 
-    fn prelude(self) -> String {
+    fn prelude(self, storage: Storage) -> String {
         let wg = WORKGROUP_SIZE;
-        match self {
+        let (enable, mat_t) = match (storage, self) {
+            (Storage::F32, _) => ("", "vec_t"),
+            (Storage::F16, VecWidth::Scalar) => ("enable f16;\n", "f16"),
+            (Storage::F16, VecWidth::Vec4) => ("enable f16;\n", "vec4<f16>"),
+        };
+        let body = match self {
             VecWidth::Scalar => format!(
                 "const WG: u32 = {wg}u;\nconst VW: u32 = 1u;\nalias vec_t = f32;\nalias vec_u = u32;\n\
                  const LANE: vec_u = 0u;\n\
@@ -106,7 +111,62 @@ impl VecWidth {
                  fn hsum(v: vec4<f32>) -> f32 {{ return (v.x + v.y) + (v.z + v.w); }}\n\
                  fn lane(v: vec4<f32>, k: u32) -> f32 {{ return v[k]; }}\n"
             ),
+        };
+        // Matrix storage type: loads convert to `vec_t` (f32 arithmetic), stores back.
+        format!("{enable}{body}alias mat_t = {mat_t};\n")
+    }
+}
+
+/// Element type of the matrix operands (logits, probabilities, gradients) in memory.
+/// Arithmetic and accumulation are f32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
+    F16,
+}
+
+impl Storage {
+    /// Both storage types.
+    pub const ALL: [Storage; 2] = [Storage::F32, Storage::F16];
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
         }
+    }
+}
+
+/// One compiled form of a shader family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Columns per load.
+    pub width: VecWidth,
+    /// Read-only inputs, or all bindings read-write.
+    pub aliasing: Aliasing,
+    /// Matrix element type in memory.
+    pub storage: Storage,
+}
+
+impl Variant {
+    /// Every variant.
+    pub fn all() -> Vec<Variant> {
+        let mut out = Vec::new();
+        for width in VecWidth::ALL {
+            for aliasing in Aliasing::ALL {
+                for storage in Storage::ALL {
+                    out.push(Variant {
+                        width,
+                        aliasing,
+                        storage,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -131,13 +191,16 @@ impl Aliasing {
 }
 
 /// The full WGSL source of one family in one variant, as compiled.
-pub fn shader_source(family: Family, width: VecWidth, aliasing: Aliasing) -> String {
-    let source = format!(
-        "// {} ({:?}, {:?} variant)\n{}\n{}\n{}",
-        family.file_name(),
+pub fn shader_source(family: Family, variant: Variant) -> String {
+    let Variant {
         width,
         aliasing,
-        width.prelude(),
+        storage,
+    } = variant;
+    let source = format!(
+        "// {} ({width:?}, {aliasing:?}, {storage:?} variant)\n{}\n{}\n{}",
+        family.file_name(),
+        width.prelude(storage),
         COMMON_SOURCE,
         family.body()
     );
@@ -371,8 +434,8 @@ pub(crate) struct Pipeline {
 /// Builds each (kernel, variant) pipeline on first use and keeps it.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(Family, VecWidth, Aliasing), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Kernel, VecWidth, Aliasing), Arc<Pipeline>>>,
+    modules: Mutex<HashMap<(Family, Variant), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(Kernel, Variant), Arc<Pipeline>>>,
 }
 
 impl PipelineCache {
@@ -386,8 +449,7 @@ impl PipelineCache {
         device: &wgpu::Device,
         adapter: &str,
         kernel: Kernel,
-        width: VecWidth,
-        aliasing: Aliasing,
+        variant: Variant,
     ) -> Result<Arc<Pipeline>> {
         let poisoned = || Error::Gpu {
             kernel: kernel.entry_point().to_string(),
@@ -395,41 +457,38 @@ impl PipelineCache {
             message: "pipeline cache lock poisoned by a panic on another thread".into(),
         };
         let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
-        if let Some(p) = pipelines.get(&(kernel, width, aliasing)) {
+        if let Some(p) = pipelines.get(&(kernel, variant)) {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let built = {
             let mut modules = self.modules.lock().map_err(|_| poisoned())?;
             let module = modules
-                .entry((kernel.family(), width, aliasing))
+                .entry((kernel.family(), variant))
                 .or_insert_with(|| {
                     device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.family().file_name()),
                         source: wgpu::ShaderSource::Wgsl(
-                            shader_source(kernel.family(), width, aliasing).into(),
+                            shader_source(kernel.family(), variant).into(),
                         ),
                     })
                 })
                 .clone();
-            build_pipeline(device, &module, kernel, aliasing)
+            build_pipeline(device, &module, kernel, variant.aliasing)
         };
         if let Some(err) = pollster::block_on(scope.pop()) {
             // Drop the module too: a broken module must not be cached.
             if let Ok(mut modules) = self.modules.lock() {
-                modules.remove(&(kernel.family(), width, aliasing));
+                modules.remove(&(kernel.family(), variant));
             }
             return Err(Error::Gpu {
-                kernel: format!(
-                    "building {} ({width:?}, {aliasing:?})",
-                    kernel.entry_point()
-                ),
+                kernel: format!("building {} ({variant:?})", kernel.entry_point()),
                 adapter: adapter.to_string(),
                 message: err.to_string(),
             });
         }
         let built = Arc::new(built);
-        pipelines.insert((kernel, width, aliasing), built.clone());
+        pipelines.insert((kernel, variant), built.clone());
         Ok(built)
     }
 }

@@ -39,4 +39,4 @@ pub use ops::softmax::SoftmaxOp;
 pub use ops::Reduction;
 pub use pool::PoolStats;
 pub use tensor::{DType, GpuTensor, LossViews};
-pub use tolerance::{Tolerance, F32_TOLERANCE};
+pub use tolerance::{Tolerance, F16_TOLERANCE, F32_TOLERANCE};

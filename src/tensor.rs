@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 pub enum DType {
     /// 32-bit float.
     F32,
+    /// 16-bit float: logits, probabilities and gradients of the softmax
+    /// family and the row losses, on adapters with `SHADER_F16` (arithmetic
+    /// stays f32).
+    F16,
     /// 32-bit signed integer (class indices).
     I32,
 }
@@ -16,7 +20,18 @@ pub enum DType {
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> u64 {
-        4
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::I32 => 4,
+        }
+    }
+
+    /// The kernels' storage type for a float matrix of this dtype.
+    pub(crate) fn storage(self) -> crate::kernels::Storage {
+        match self {
+            DType::F16 => crate::kernels::Storage::F16,
+            _ => crate::kernels::Storage::F32,
+        }
     }
 }
 
@@ -80,6 +95,14 @@ impl<'a> GpuTensor<'a> {
         (self.len() as u64).saturating_mul(self.dtype.size())
     }
 
+    /// An f16 matrix view.
+    pub fn f16_matrix(buffer: &'a wgpu::Buffer, offset: u64, rows: usize, cols: usize) -> Self {
+        Self {
+            dtype: DType::F16,
+            ..Self::f32_matrix(buffer, offset, rows, cols)
+        }
+    }
+
     /// Offset of element 0 in elements.
     pub(crate) fn offset_elems(&self) -> u64 {
         self.offset / self.dtype.size()
@@ -125,7 +148,8 @@ impl GpuContext {
                 ),
             });
         }
-        let end = view.offset.checked_add(view.bytes());
+        // Bindings are whole 4-byte words, so an f16 view needs its last word in the buffer.
+        let end = view.offset.checked_add(view.bytes().div_ceil(4) * 4);
         if end.is_none_or(|end| end > view.buffer.size()) {
             return Err(Error::InvalidView {
                 name,
@@ -151,6 +175,7 @@ impl GpuContext {
 ///
 /// Shapes, with `N` rows and `C` classes / columns:
 /// - `input`: f32 `[N, C]` logits (probabilities for binary cross-entropy);
+///   the row losses also take f16 logits, with an f16 `grad`;
 /// - `target`: i32 `[N, 1]` class indices (cross-entropy with index targets,
 ///   multiclass focal) or f32 `[N, C]` (probability and binary targets);
 /// - `weight`: f32 with `C` elements (class weights, or per-class `α` for

@@ -23,6 +23,14 @@ pub const F32_TOLERANCE: Tolerance = Tolerance {
     rtol: 1e-4,
 };
 
+/// The tolerance for f16-stored outputs (f32 arithmetic, f16 inputs and
+/// outputs) against the f64 reference on the same f16-rounded inputs: one
+/// f16 rounding is a relative error of at most 2^-11 ≈ 4.9e-4.
+pub const F16_TOLERANCE: Tolerance = Tolerance {
+    atol: 1e-3,
+    rtol: 2e-3,
+};
+
 /// The first element that fails the tolerance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mismatch {

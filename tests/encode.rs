@@ -4,80 +4,11 @@
 
 mod common;
 
-use common::{gpu, Rng, POISON};
-use wgpu::util::DeviceExt;
+use common::{gpu, read, Arena, Rng, USAGE};
 use wgpu_loss::{
     BinaryLossOptions, CrossEntropyOptions, Error, FocalOptions, GpuContext, GpuTensor, LossViews,
     Reduction, SigmoidFocalOptions, SoftmaxOp,
 };
-
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
-
-/// One buffer holding several tensors, each at an aligned offset, the rest poisoned.
-struct Arena {
-    buffer: wgpu::Buffer,
-    align: u64,
-    next: u64,
-}
-
-impl Arena {
-    fn new(ctx: &GpuContext, bytes: u64) -> Self {
-        let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
-        let size = bytes.div_ceil(align) * align + 16 * align;
-        let poison = vec![POISON; size as usize / 4];
-        let buffer = ctx
-            .device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("arena"),
-                contents: bytemuck::cast_slice(&poison),
-                usage: USAGE,
-            });
-        // Start one alignment step in, so no tensor sits at offset 0.
-        Self {
-            buffer,
-            align,
-            next: align,
-        }
-    }
-    /// Places `data` (or poison, for outputs) and returns its byte offset.
-    fn put<T: bytemuck::Pod>(&mut self, ctx: &GpuContext, data: &[T]) -> u64 {
-        let offset = self.next;
-        ctx.queue()
-            .write_buffer(&self.buffer, offset, bytemuck::cast_slice(data));
-        self.next += (std::mem::size_of_val(data) as u64)
-            .max(4)
-            .div_ceil(self.align)
-            * self.align;
-        offset
-    }
-    fn reserve(&mut self, elems: usize) -> u64 {
-        let offset = self.next;
-        self.next += (elems as u64 * 4).max(4).div_ceil(self.align) * self.align;
-        offset
-    }
-}
-
-fn read(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, elems: usize) -> Vec<f32> {
-    let size = (elems as u64 * 4).max(4);
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-    ctx.queue().submit([enc.finish()]);
-    staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .expect("poll");
-    let out =
-        bytemuck::cast_slice(&staging.get_mapped_range(..).expect("mapped")[..elems * 4]).to_vec();
-    out
-}
 
 fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) {
     ctx.queue().submit([enc.finish()]);

@@ -1,13 +1,13 @@
 //! Parses and validates every shader variant with naga: a shader error fails
 //! here on any machine, GPU or not.
 
-use wgpu_loss::kernels::{shader_source, Aliasing, Family, Kernel, VecWidth};
+use wgpu_loss::kernels::{shader_source, Family, Kernel, Variant};
 
-fn validate(family: Family, width: VecWidth, aliasing: Aliasing) -> naga::Module {
-    let src = shader_source(family, width, aliasing);
+fn validate(family: Family, variant: Variant) -> naga::Module {
+    let src = shader_source(family, variant);
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
         panic!(
-            "{} ({width:?}, {aliasing:?}) does not parse:\n{}",
+            "{} ({variant:?}) does not parse:\n{}",
             family.file_name(),
             e.emit_to_string(&src)
         )
@@ -19,7 +19,7 @@ fn validate(family: Family, width: VecWidth, aliasing: Aliasing) -> naga::Module
     .validate(&module)
     .unwrap_or_else(|e| {
         panic!(
-            "{} ({width:?}, {aliasing:?}) fails validation:\n{}",
+            "{} ({variant:?}) fails validation:\n{}",
             family.file_name(),
             e.emit_to_string(&src)
         )
@@ -30,19 +30,17 @@ fn validate(family: Family, width: VecWidth, aliasing: Aliasing) -> naga::Module
 #[test]
 fn every_shader_variant_parses_and_validates() {
     for family in Family::ALL {
-        for width in VecWidth::ALL {
-            for aliasing in Aliasing::ALL {
-                validate(family, width, aliasing);
-            }
+        for variant in Variant::all() {
+            validate(family, variant);
         }
     }
 }
 
 #[test]
 fn every_kernel_names_a_compute_entry_point_of_its_family() {
-    for width in VecWidth::ALL {
+    for variant in Variant::all() {
         for kernel in Kernel::ALL {
-            let module = validate(kernel.family(), width, Aliasing::Separate);
+            let module = validate(kernel.family(), variant);
             let entry = module
                 .entry_points
                 .iter()

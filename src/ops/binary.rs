@@ -23,7 +23,7 @@
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, VecWidth};
+use crate::kernels::{Kernel, Storage, VecWidth};
 use crate::ops::cross_entropy::reject_host_weights;
 use crate::ops::{
     check_gamma, check_grad_scale, check_matrix, check_values, Base, MatrixArg, Params, Reduction,
@@ -287,6 +287,7 @@ impl GpuContext {
                 buffer,
                 offset,
                 base,
+                storage: Storage::F32,
             }
         }
         let mut matrices = vec![matrix(1, ops.x, Base::A), matrix(2, ops.y, Base::B)];
@@ -464,6 +465,12 @@ impl GpuContext {
             return Err(Error::InvalidView {
                 name: "input",
                 problem: "has no rows; there is nothing to encode".into(),
+            });
+        }
+        if views.input.dtype == DType::F16 {
+            return Err(Error::InvalidView {
+                name: "input",
+                problem: "is f16; the element-wise losses take f32 (f16 is for the softmax family and row losses)".into(),
             });
         }
         self.check_view(&views.input, spec("input", DType::F32, rows, cols))?;

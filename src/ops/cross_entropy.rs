@@ -29,7 +29,7 @@
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, VecWidth};
+use crate::kernels::{Kernel, Storage, VecWidth};
 use crate::ops::{
     check_gamma, check_grad_scale, check_matrix, check_values, Base, MatrixArg, Operand, Params,
     Reduction, RowLaunch, WholeArg,
@@ -490,14 +490,15 @@ impl GpuContext {
         logits: (&wgpu::Buffer, u64),
         probs: Option<(&wgpu::Buffer, u64)>,
         grad: Option<(&wgpu::Buffer, u64)>,
-        row0: usize,
-        n: usize,
+        (row0, n): (usize, usize),
+        storage: Storage,
     ) -> Result<()> {
         let mut matrices = vec![MatrixArg {
             binding: 1,
             buffer: logits.0,
             offset: logits.1,
             base: Base::A,
+            storage,
         }];
         if let Some((buffer, offset)) = probs {
             matrices.push(MatrixArg {
@@ -505,6 +506,7 @@ impl GpuContext {
                 buffer,
                 offset,
                 base: Base::B,
+                storage: Storage::F32,
             });
         }
         if let (GradMode::Separate, Some((buffer, offset))) = (mode, grad) {
@@ -513,6 +515,7 @@ impl GpuContext {
                 buffer,
                 offset,
                 base: Base::Out,
+                storage,
             });
         }
         let mut whole = Vec::with_capacity(4);
@@ -606,8 +609,8 @@ impl GpuContext {
                     (&logits_buf, 0),
                     probs_buf.as_deref().map(|b| (b, 0)),
                     grad_buf.as_deref().map(|b| (b, 0)),
-                    r0,
-                    n,
+                    (r0, n),
+                    Storage::F32,
                 )?;
                 let written = match mode {
                     GradMode::None => None,
@@ -932,7 +935,12 @@ impl GpuContext {
                 problem: "has no rows; there is nothing to encode".into(),
             });
         }
-        self.check_view(&views.input, spec("input", DType::F32, rows, classes))?;
+        let dtype = if views.input.dtype == DType::F16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        self.check_view(&views.input, spec("input", dtype, rows, classes))?;
         match kind {
             RowLoss::ProbTargets => {
                 self.check_view(&views.target, spec("target", DType::F32, rows, classes))?
@@ -966,7 +974,7 @@ impl GpuContext {
         let mode = match &views.grad {
             None => GradMode::None,
             Some(g) => {
-                self.check_view(g, spec("grad", DType::F32, rows, classes))?;
+                self.check_view(g, spec("grad", dtype, rows, classes))?;
                 let same_buffer = g.buffer == views.input.buffer;
                 if same_buffer && g.offset == views.input.offset {
                     if kind != RowLoss::IndexTargets {
@@ -1017,8 +1025,8 @@ impl GpuContext {
             (views.input.buffer, offset(&views.input)),
             (kind == RowLoss::ProbTargets).then(|| (views.target.buffer, offset(&views.target))),
             views.grad.as_ref().map(|g| (g.buffer, offset(g))),
-            0,
-            rows,
+            (0, rows),
+            dtype.storage(),
         )?;
         if reduced {
             self.encode_cross_entropy_reduce(encoder, &problem, WholeArg::view(7, &views.loss))?;

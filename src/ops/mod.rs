@@ -10,7 +10,7 @@ use wgpu::util::DeviceExt;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Aliasing, Kernel, VecWidth};
+use crate::kernels::{Aliasing, Kernel, Storage, Variant, VecWidth};
 use crate::pool::PooledBuffer;
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -89,6 +89,8 @@ pub(crate) struct MatrixArg<'a> {
     pub buffer: &'a wgpu::Buffer,
     pub offset: u64,
     pub base: Base,
+    /// Element type in memory (logits and gradients may be f16).
+    pub storage: Storage,
 }
 
 /// How a launch maps work to workgroups.
@@ -291,7 +293,17 @@ impl GpuContext {
             .map(|m| (m.binding, m.buffer))
             .chain(whole.iter().map(|w| (w.binding, w.buffer)))
             .collect();
-        let pipeline = self.pipeline(kernel, width, aliasing(kernel, &bound))?;
+        let storage = if matrices.iter().any(|m| m.storage == Storage::F16) {
+            Storage::F16
+        } else {
+            Storage::F32
+        };
+        let variant = Variant {
+            width,
+            aliasing: aliasing(kernel, &bound),
+            storage,
+        };
+        let pipeline = self.pipeline(kernel, variant)?;
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
@@ -312,10 +324,12 @@ impl GpuContext {
             p.row_base = to_u32(u64::from(params.row_base) + first, "row index", "u32 rows")?;
             let mut ranges = Vec::with_capacity(matrices.len());
             for m in matrices {
+                let eb = m.storage.bytes();
                 let start = m.offset + r0 as u64 * cols64;
-                let start_bytes = start * 4 / align * align;
-                let end_bytes = (start + n as u64 * cols64) * 4;
-                let base = (start - start_bytes / 4) as u32;
+                let start_bytes = start * eb / align * align;
+                // Bindings are whole 4-byte words; f16 views are checked to have room.
+                let end_bytes = ((start + n as u64 * cols64) * eb).div_ceil(4) * 4;
+                let base = (start - start_bytes / eb) as u32;
                 match m.base {
                     Base::A => p.base_a = base,
                     Base::B => p.base_b = base,
@@ -383,7 +397,12 @@ impl GpuContext {
     ) -> Result<()> {
         let bound: Vec<(u32, &wgpu::Buffer)> =
             whole.iter().map(|w| (w.binding, w.buffer)).collect();
-        let pipeline = self.pipeline(kernel, width, aliasing(kernel, &bound))?;
+        let variant = Variant {
+            width,
+            aliasing: aliasing(kernel, &bound),
+            storage: Storage::F32,
+        };
+        let pipeline = self.pipeline(kernel, variant)?;
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -428,8 +447,11 @@ impl GpuContext {
         let width = VecWidth::for_layout(elems, &[0]);
         let pipeline = self.pipeline(
             Kernel::Copy,
-            width,
-            aliasing(Kernel::Copy, &[(1, src), (2, dst)]),
+            Variant {
+                width,
+                aliasing: aliasing(Kernel::Copy, &[(1, src), (2, dst)]),
+                storage: Storage::F32,
+            },
         )?;
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;

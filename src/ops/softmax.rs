@@ -14,7 +14,7 @@
 
 use crate::context::GpuContext;
 use crate::error::Result;
-use crate::kernels::Kernel;
+use crate::kernels::{Kernel, Storage};
 use crate::ops::{check_matrix, Base, MatrixArg, Params, RowLaunch, WholeArg};
 use crate::tensor::{spec, DType, GpuTensor};
 
@@ -91,6 +91,7 @@ impl GpuContext {
                         buffer,
                         offset: 0,
                         base,
+                        storage: Storage::F32,
                     })
                     .collect();
                 let mut whole: Vec<WholeArg<'_>> = per_row
@@ -106,6 +107,7 @@ impl GpuContext {
                         buffer: &output,
                         offset: 0,
                         base: Base::Out,
+                        storage: Storage::F32,
                     });
                 }
                 let mut encoder = self.encoder(what);
@@ -319,14 +321,23 @@ impl GpuContext {
         if cols == 0 {
             return Err(crate::Error::ZeroCols);
         }
+        // Matrices are all f32 or all f16; per-row values are f32.
+        let dtype = if first.dtype == DType::F16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
         for &(name, v) in matrices {
-            self.check_view(v, spec(name, DType::F32, rows, cols))?;
+            self.check_view(v, spec(name, dtype, rows, cols))?;
         }
         for &(name, v) in per_row {
             self.check_view(v, spec(name, DType::F32, rows, 1))?;
         }
-        let out_cols = if per_row_output { 1 } else { cols };
-        self.check_view(out, spec("output", DType::F32, rows, out_cols))?;
+        if per_row_output {
+            self.check_view(out, spec("output", DType::F32, rows, 1))?;
+        } else {
+            self.check_view(out, spec("output", dtype, rows, cols))?;
+        }
         if rows == 0 {
             return Ok(());
         }
@@ -338,6 +349,7 @@ impl GpuContext {
                 buffer: v.buffer,
                 offset: v.offset_elems(),
                 base,
+                storage: v.dtype.storage(),
             })
             .collect();
         let mut whole: Vec<WholeArg<'_>> = per_row
@@ -353,6 +365,7 @@ impl GpuContext {
                 buffer: out.buffer,
                 offset: out.offset_elems(),
                 base: Base::Out,
+                storage: out.dtype.storage(),
             });
         }
         self.encode_rows(

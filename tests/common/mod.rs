@@ -4,7 +4,8 @@
 
 use std::sync::OnceLock;
 
-use wgpu_loss::{ContextOptions, GpuContext, F32_TOLERANCE};
+use wgpu::util::DeviceExt;
+use wgpu_loss::{ContextOptions, GpuContext, Tolerance, F32_TOLERANCE};
 
 /// Value every output buffer is filled with before a kernel runs: a finite,
 /// implausible number, so an unwritten element fails the comparison.
@@ -94,7 +95,89 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64]) {
     if let Some(i) = actual.iter().position(|v| v.to_bits() == POISON.to_bits()) {
         panic!("{what}: element {i} was never written (still holds the poison value)");
     }
-    if let Some(m) = F32_TOLERANCE.first_mismatch(actual, expected) {
-        panic!("{what}: {m} (tolerance {F32_TOLERANCE:?})");
+    assert_within(what, actual, expected, F32_TOLERANCE);
+}
+
+/// [`assert_close`] under an explicit tolerance (f16 outputs).
+#[track_caller]
+pub fn assert_within(what: &str, actual: &[f32], expected: &[f64], tol: Tolerance) {
+    if let Some(i) = actual.iter().position(|v| v.to_bits() == POISON.to_bits()) {
+        panic!("{what}: element {i} was never written (still holds the poison value)");
     }
+    if let Some(m) = tol.first_mismatch(actual, expected) {
+        panic!("{what}: {m} (tolerance {tol:?})");
+    }
+}
+
+pub const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// One buffer holding several tensors, each at an aligned offset, the rest poisoned.
+pub struct Arena {
+    pub buffer: wgpu::Buffer,
+    align: u64,
+    next: u64,
+}
+
+impl Arena {
+    pub fn new(ctx: &GpuContext, bytes: u64) -> Self {
+        let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+        let size = bytes.div_ceil(align) * align + 16 * align;
+        let poison = vec![POISON; size as usize / 4];
+        let buffer = ctx
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("arena"),
+                contents: bytemuck::cast_slice(&poison),
+                usage: USAGE,
+            });
+        // Start one alignment step in, so no tensor sits at offset 0.
+        Self {
+            buffer,
+            align,
+            next: align,
+        }
+    }
+    /// Places `data` (or poison, for outputs) and returns its byte offset.
+    pub fn put<T: bytemuck::Pod>(&mut self, ctx: &GpuContext, data: &[T]) -> u64 {
+        let offset = self.next;
+        let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
+        bytes.resize(bytes.len().div_ceil(4) * 4, 0); // write_buffer moves whole words
+        ctx.queue().write_buffer(&self.buffer, offset, &bytes);
+        self.next += (std::mem::size_of_val(data) as u64)
+            .max(4)
+            .div_ceil(self.align)
+            * self.align;
+        offset
+    }
+    pub fn reserve(&mut self, elems: usize) -> u64 {
+        let offset = self.next;
+        self.next += (elems as u64 * 4).max(4).div_ceil(self.align) * self.align;
+        offset
+    }
+}
+
+/// Reads `elems` f32 values at byte `offset` of `buffer`.
+pub fn read(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, elems: usize) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&read_bytes(ctx, buffer, offset, elems as u64 * 4))
+}
+
+/// Reads `bytes` bytes at `offset` of `buffer` (copied out through a staging buffer).
+pub fn read_bytes(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Vec<u8> {
+    let size = bytes.max(4).div_ceil(4) * 4;
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+    ctx.queue().submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| r.expect("map"));
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    staging.get_mapped_range(..).expect("mapped")[..bytes as usize].to_vec()
 }
