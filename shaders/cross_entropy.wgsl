@@ -223,7 +223,9 @@ fn ce_loss_grad_in_place(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(
     let k = grad_coef(rs);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
-    // ce_row's reads of this row (incl. thread 0's read of x[y]) all precede this barrier.
+    // Every thread's reads of this row in ce_row (x[0], x[y], the stats pass)
+    // precede this barrier; storageBarrier orders them against the writes below.
+    storageBarrier();
     workgroupBarrier();
     for (var i = lid.x; i < n; i += WG) {
         logits[src + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
@@ -344,6 +346,16 @@ fn ce_soft_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
 // (from d p_y/dx_j = p_y ([j = y] - p_j) and d lp/dx_j = [j = y] - p_j). The per-class alpha
 // rides in the `weights` binding.
 
+// exp(x) - 1 without cancellation near 0 (Kahan): WGSL has no expm1. It gives
+// the focal factor 1 - p_y accurately when p_y is close to 1.
+fn expm1_accurate(x: f32) -> f32 {
+    let u = exp(x);
+    if (u == 1.0) { return x; }
+    let um1 = u - 1.0;
+    if (um1 == -1.0) { return -1.0; }
+    return um1 * x / log(u);
+}
+
 struct FocalRow { m: f32, ls: f32, label: i32, ignored: bool, loss: f32, f: f32 }
 
 fn focal_row(row: u32, tid: u32) -> FocalRow {
@@ -366,7 +378,7 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
         let y = u32(t);
         let lp = (lane(vec_t(logits[src + y / VW]), y % VW) - st.m) - ls;
         let p = exp(lp);
-        let q = max(1.0 - p, 0.0);
+        let q = max(-expm1_accurate(lp), 0.0);
         let a = class_weight(y);
         let gamma = params.gamma;
         if (gamma == 0.0) {

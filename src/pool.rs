@@ -55,8 +55,12 @@ impl BufferPool {
         label: &str,
         bytes: u64,
         usage: wgpu::BufferUsages,
+        max_size: u64,
     ) -> PooledBuffer<'_> {
-        let size = size_class(bytes);
+        // Whole 4-byte words, and never past the device's buffer size limit.
+        let size = size_class(bytes)
+            .min(max_size / 4 * 4)
+            .max(bytes.div_ceil(4) * 4);
         let reused = self
             .idle
             .lock()

@@ -123,6 +123,18 @@ impl GpuContext {
     /// alignment, bounds and `STORAGE` usage. Every error names the view.
     pub(crate) fn check_view(&self, view: &GpuTensor<'_>, spec: ViewSpec) -> Result<()> {
         let name = spec.name;
+        let Some(bytes) = (view.rows as u64)
+            .checked_mul(view.cols as u64)
+            .and_then(|n| n.checked_mul(view.dtype.size()))
+        else {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!(
+                    "shape [{}, {}] overflows a byte count",
+                    view.rows, view.cols
+                ),
+            });
+        };
         if view.dtype != spec.dtype {
             return Err(Error::InvalidView {
                 name,
@@ -149,7 +161,7 @@ impl GpuContext {
             });
         }
         // Bindings are whole 4-byte words, so an f16 view needs its last word in the buffer.
-        let end = view.offset.checked_add(view.bytes().div_ceil(4) * 4);
+        let end = view.offset.checked_add(bytes.div_ceil(4) * 4);
         if end.is_none_or(|end| end > view.buffer.size()) {
             return Err(Error::InvalidView {
                 name,

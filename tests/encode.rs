@@ -569,3 +569,94 @@ fn bad_views_are_errors_that_name_the_view() {
         "{e}"
     );
 }
+
+#[test]
+fn review_regressions_are_errors_not_panics() {
+    let Some(ctx) = gpu() else { return };
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1 << 16,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    // A shape whose byte count overflows is an error naming the view.
+    let huge = GpuTensor::f32_matrix(&buf, 0, 1 << 62, 4);
+    let out = GpuTensor::f32_matrix(&buf, 0, 1 << 62, 4);
+    assert!(matches!(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &huge, &out),
+        Err(Error::InvalidView { name: "x", .. })
+    ));
+    // The sigmoid focal loss takes no weights: a weight view is refused, not ignored.
+    let x = GpuTensor::f32_matrix(&buf, 0, 4, 8);
+    let y = GpuTensor::f32_matrix(&buf, 4096, 4, 8);
+    let w = GpuTensor::f32_vector(&buf, 8192, 8);
+    let loss = GpuTensor::f32_matrix(&buf, 12288, 4, 8);
+    let e = ctx
+        .encode_sigmoid_focal_loss(
+            &mut enc,
+            &LossViews {
+                weight: Some(w),
+                ..LossViews::new(x, y, loss)
+            },
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidView { name: "weight", .. }),
+        "{e}"
+    );
+    // Probability targets refuse a non-negative ignore_index on the encode path too.
+    let q = GpuTensor::f32_matrix(&buf, 4096, 4, 8);
+    let l2 = GpuTensor::f32_vector(&buf, 12288, 2);
+    let e = ctx
+        .encode_cross_entropy_probs(
+            &mut enc,
+            &LossViews::new(x, q, l2),
+            &CrossEntropyOptions {
+                ignore_index: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                name: "ignore_index",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn per_row_views_past_the_binding_limit_are_errors() {
+    let Some(ctx) = common::gpu_with_binding_cap(4096) else {
+        return;
+    };
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1 << 16,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let (rows, cols) = (2000, 1);
+    let x = GpuTensor::f32_matrix(&buf, 0, rows, cols);
+    let lse = GpuTensor::f32_vector(&buf, 16384, rows);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let e = ctx
+        .encode_softmax(&mut enc, SoftmaxOp::Logsumexp, &x, &lse)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                requested: 8000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

@@ -339,3 +339,22 @@ fn binary_loss_gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn reference_validates_probability_target_options() {
+    use wgpu_loss::cpu::reference::cross_entropy_probs_f64;
+    let w = [1.0f32; 3];
+    let r = cross_entropy_probs_f64(
+        &[0.0; 8],
+        &[0.25; 8],
+        4,
+        &CrossEntropyOptions {
+            weight: Some(&w),
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(r, Err(wgpu_loss::Error::LengthMismatch { .. })),
+        "{r:?}"
+    );
+}

@@ -4,7 +4,8 @@
 use crate::error::Result;
 use crate::ops::binary::{BinaryCall, BinaryLossOptions, BinaryOp, SigmoidFocalOptions};
 use crate::ops::cross_entropy::{
-    checked_targets, soft_rows, ClassIndex, CrossEntropyOptions, FocalOptions, IGNORED_ROW,
+    check_soft_options, checked_targets, soft_rows, ClassIndex, CrossEntropyOptions, FocalOptions,
+    IGNORED_ROW,
 };
 use crate::ops::{check_matrix, Reduction};
 
@@ -259,9 +260,13 @@ pub fn cross_entropy_probs_f64(
     classes: usize,
     options: &CrossEntropyOptions<'_>,
 ) -> Result<CrossEntropyReference> {
-    let rows = logits.len() / classes.max(1);
+    if classes == 0 {
+        return Err(crate::Error::ZeroCols);
+    }
+    let rows = logits.len() / classes;
     check_matrix("logits", logits.len(), rows, classes)?;
     check_matrix("probability targets", probs.len(), rows, classes)?;
+    check_soft_options(probs, classes, options)?;
     let c = classes as f64;
     let w: Vec<f64> = options.weight.map_or(vec![1.0; classes], widen);
     let eps = f64::from(options.label_smoothing);
@@ -382,7 +387,8 @@ pub fn focal_loss_f64<T: ClassIndex>(
         let y = targets[i] as usize;
         let lp = x[y] - lse;
         let p = lp.exp();
-        let q = (1.0 - p).max(0.0);
+        // 1 - p without cancellation when p is close to 1.
+        let q = (-lp.exp_m1()).max(0.0);
         let a = alpha[y];
         let (loss, f) = if gamma == 0.0 {
             (-a * lp, a)

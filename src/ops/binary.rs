@@ -348,7 +348,7 @@ impl GpuContext {
     async fn binary_run(&self, call: BinaryCall<'_>, with_grad: bool) -> Result<LossOutput> {
         let rows = call.validate()?;
         let cols = call.cols;
-        let total_groups = self.element_groups(rows, cols)?;
+        let total_groups = self.element_groups(rows, cols, VecWidth::for_layout(cols, &[0]))?;
         self.check_whole_binding("partial sums", total_groups * 4)?;
         let per_element = call.weight.filter(|w| w.len() != cols || rows == 1);
         let column_weight_buf = call
@@ -450,8 +450,20 @@ impl GpuContext {
         })
     }
 
-    /// Checks the views of an element-wise loss and records it into `encoder`.
+    /// Checks the views of an element-wise loss and records it into
+    /// `encoder`, inside error scopes so a wgpu validation error comes back as `Err`.
     fn encode_binary(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        call: BinaryCall<'_>,
+    ) -> Result<()> {
+        self.scoped(call.op.kernel().entry_point(), || {
+            self.encode_binary_checked(encoder, views, call)
+        })
+    }
+
+    fn encode_binary_checked(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         views: &LossViews<'_>,
@@ -477,6 +489,13 @@ impl GpuContext {
         self.check_view(&views.target, spec("target", DType::F32, rows, cols))?;
         let weight = match &views.weight {
             None => WeightArg::None,
+            Some(_) if call.op == BinaryOp::SigmoidFocal => {
+                return Err(Error::InvalidView {
+                    name: "weight",
+                    problem: "is not used by the sigmoid focal loss (torchvision takes no weights)"
+                        .into(),
+                })
+            }
             Some(w) if w.len() == cols && rows != 1 => {
                 self.check_view(w, spec("weight", DType::F32, w.rows, w.cols))?;
                 WeightArg::PerColumn(WholeArg::view(3, w))
@@ -515,6 +534,9 @@ impl GpuContext {
             });
         }
         let reduced = call.reduction != Reduction::None;
+        if let WeightArg::PerColumn(_) = weight {
+            self.check_whole_binding("weight", cols as u64 * 4)?;
+        }
         if reduced {
             self.check_view(&views.loss, spec("loss", DType::F32, 2, 1))?;
         } else {
@@ -523,7 +545,8 @@ impl GpuContext {
         if let Some(g) = &views.grad {
             self.check_view(g, spec("grad", DType::F32, rows, cols))?;
         }
-        let groups = self.element_groups(rows, cols)?;
+        // The scalar count bounds every layout the views' offsets may select.
+        let groups = self.element_groups(rows, cols, VecWidth::Scalar)?;
         self.check_whole_binding("partial sums", groups * 4)?;
         let partials = self.scratch("partial sums", groups * 4);
         let mut params = binary_params(&call, &weight, views.grad.is_some(), (rows, cols));

@@ -311,17 +311,31 @@ pub(crate) fn soft_rows(
     let rows = logits.len() / classes;
     check_matrix("logits", logits.len(), rows, classes)?;
     check_matrix("probability targets", probs.len(), rows, classes)?;
+    check_soft_options(probs, classes, options)?;
+    Ok(rows)
+}
+
+/// Options and targets of a probability-target problem (host data).
+pub(crate) fn check_soft_options(
+    probs: &[f32],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+) -> Result<()> {
     options.validate(classes)?;
+    check_no_ignore_index(options)?;
+    check_prob_targets(probs, classes)
+}
+
+/// PyTorch: "ignore_index is not supported for floating point target".
+fn check_no_ignore_index(options: &CrossEntropyOptions<'_>) -> Result<()> {
     if options.ignore_index >= 0 {
-        // PyTorch: "ignore_index is not supported for floating point target".
         return Err(Error::InvalidOption {
             name: "ignore_index",
             value: options.ignore_index as f64,
             reason: "ignore_index is not supported with probability targets (leave it negative)",
         });
     }
-    check_prob_targets(probs, classes)?;
-    Ok(rows)
+    Ok(())
 }
 
 /// Options of [`GpuContext::focal_loss`] (multiclass, softmax); `Default` is
@@ -917,8 +931,21 @@ impl GpuContext {
     }
 
     /// Checks the views of a row loss and records denominator, row kernel,
-    /// reduction and export into `encoder`. Nothing is submitted.
+    /// reduction and export into `encoder`, inside error scopes so a wgpu
+    /// validation error comes back as `Err`. Nothing is submitted.
     fn encode_row_loss(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LossViews<'_>,
+        kind: RowLoss,
+        params: Params,
+    ) -> Result<()> {
+        self.scoped(kind.kernel(GradMode::Separate).entry_point(), || {
+            self.encode_row_loss_checked(encoder, views, kind, params)
+        })
+    }
+
+    fn encode_row_loss_checked(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         views: &LossViews<'_>,
@@ -968,8 +995,13 @@ impl GpuContext {
         let reduced = Reduction::from_code(params.reduction) != Reduction::None;
         let loss_rows = if reduced { 2 } else { rows };
         self.check_view(&views.loss, spec("loss", DType::F32, loss_rows, 1))?;
+        self.check_whole_binding("loss", views.loss.bytes())?;
         if let Some(l) = &views.lse {
             self.check_view(l, spec("lse", DType::F32, rows, 1))?;
+            self.check_whole_binding("lse", l.bytes())?;
+        }
+        if kind != RowLoss::ProbTargets {
+            self.check_whole_binding("target", views.target.bytes())?;
         }
         let mode = match &views.grad {
             None => GradMode::None,
@@ -1110,6 +1142,7 @@ impl GpuContext {
     ) -> Result<()> {
         reject_host_weights("weight", options.weight.is_some())?;
         options.validate(views.input.cols)?;
+        check_no_ignore_index(options)?;
         self.encode_row_loss(
             encoder,
             views,

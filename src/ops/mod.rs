@@ -139,9 +139,17 @@ impl<'a> WholeArg<'a> {
         }
     }
 
-    fn resource(&self) -> wgpu::BindingResource<'a> {
+    /// `limit`: the device's binding size limit. A buffer bound whole is bound
+    /// up to it: pooled buffers are rounded up past the data they hold, and
+    /// the data itself was checked against the limit.
+    fn resource(&self, limit: u64) -> wgpu::BindingResource<'a> {
         match self.range {
-            None => self.buffer.as_entire_binding(),
+            None if self.buffer.size() <= limit => self.buffer.as_entire_binding(),
+            None => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(limit / 4 * 4),
+            }),
             Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: self.buffer,
                 offset,
@@ -259,8 +267,9 @@ impl GpuContext {
     }
 
     /// Workgroups (and so partial sums) an element-wise launch over `[rows, cols]` uses.
-    pub(crate) fn element_groups(&self, rows: usize, cols: usize) -> Result<u64> {
-        let lanes = VecWidth::for_layout(cols, &[0]).lanes() as u64;
+    /// With `VecWidth::Scalar` this is an upper bound for any layout.
+    pub(crate) fn element_groups(&self, rows: usize, cols: usize, width: VecWidth) -> Result<u64> {
+        let lanes = width.lanes() as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * lanes;
         Ok(self
             .windows(rows, cols)?
@@ -363,7 +372,7 @@ impl GpuContext {
             for w in whole {
                 entries.push(wgpu::BindGroupEntry {
                     binding: w.binding,
-                    resource: w.resource(),
+                    resource: w.resource(self.limits().max_storage_buffer_binding_size),
                 });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -417,7 +426,7 @@ impl GpuContext {
         for w in whole {
             entries.push(wgpu::BindGroupEntry {
                 binding: w.binding,
-                resource: w.resource(),
+                resource: w.resource(self.limits().max_storage_buffer_binding_size),
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -541,13 +550,22 @@ impl GpuContext {
         Ok(out)
     }
 
+    /// A pooled buffer whose size class never exceeds the device's `max_buffer_size`.
+    fn pooled(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> PooledBuffer<'_> {
+        self.pool.take(
+            &self.device,
+            label,
+            bytes,
+            usage,
+            self.limits().max_buffer_size,
+        )
+    }
+
     /// A pooled storage buffer holding `data` (host API only: it goes back to
     /// the pool when dropped, so it must not outlive the call's GPU work).
     pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> PooledBuffer<'_> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let buffer = self
-            .pool
-            .take(&self.device, label, bytes.len() as u64, STORAGE_USAGE);
+        let buffer = self.pooled(label, bytes.len() as u64, STORAGE_USAGE);
         if !bytes.is_empty() {
             self.queue.write_buffer(&buffer, 0, bytes);
         }
@@ -558,9 +576,7 @@ impl GpuContext {
     /// poisoned when the context was created with
     /// [`crate::ContextOptions::poison_outputs`].
     pub(crate) fn output(&self, label: &str, elems: usize) -> PooledBuffer<'_> {
-        let buffer = self
-            .pool
-            .take(&self.device, label, elems as u64 * 4, STORAGE_USAGE);
+        let buffer = self.pooled(label, elems as u64 * 4, STORAGE_USAGE);
         if let Some(poison) = self.poison {
             let fill = vec![poison; buffer.size() as usize / 4];
             self.queue
@@ -609,8 +625,7 @@ impl GpuContext {
         bytes: u64,
     ) -> PooledBuffer<'_> {
         let size = bytes.max(4).div_ceil(4) * 4;
-        let staging = self.pool.take(
-            &self.device,
+        let staging = self.pooled(
             "wgpu-loss readback",
             size,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -649,21 +664,23 @@ impl GpuContext {
             Some(Err(e)) => return Err(readback_err(e.to_string())),
             None => return Err(readback_err("map callback dropped (device lost?)".into())),
         }
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| readback_err(e.to_string()))?;
-            let bytes = len * std::mem::size_of::<T>();
-            if view.len() < bytes {
-                return Err(readback_err(format!(
-                    "staging buffer holds {} bytes, {bytes} expected",
-                    view.len()
-                )));
+        let out = match staging.get_mapped_range(..) {
+            Err(e) => Err(readback_err(e.to_string())),
+            Ok(view) => {
+                let bytes = len * std::mem::size_of::<T>();
+                if view.len() < bytes {
+                    Err(readback_err(format!(
+                        "staging buffer holds {} bytes, {bytes} expected",
+                        view.len()
+                    )))
+                } else {
+                    Ok(bytemuck::pod_collect_to_vec(&view[..bytes]))
+                }
             }
-            bytemuck::pod_collect_to_vec(&view[..bytes])
         };
+        // Unmapped on every path, so a pooled staging buffer goes back usable.
         staging.unmap();
-        Ok(out)
+        out
     }
 }
 

@@ -332,15 +332,33 @@ impl GpuContext {
         }
         for &(name, v) in per_row {
             self.check_view(v, spec(name, DType::F32, rows, 1))?;
+            self.check_whole_binding(name, v.bytes())?;
         }
         if per_row_output {
             self.check_view(out, spec("output", DType::F32, rows, 1))?;
+            self.check_whole_binding("output", out.bytes())?;
         } else {
             self.check_view(out, spec("output", dtype, rows, cols))?;
         }
         if rows == 0 {
             return Ok(());
         }
+        self.scoped(kernel.entry_point(), || {
+            self.encode_rowwise_checked(encoder, kernel, matrices, per_row, out, per_row_output)
+        })
+    }
+
+    /// [`GpuContext::encode_rowwise`] after its checks.
+    fn encode_rowwise_checked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        matrices: &[(&'static str, &GpuTensor<'_>)],
+        per_row: &[(&'static str, &GpuTensor<'_>)],
+        out: &GpuTensor<'_>,
+        per_row_output: bool,
+    ) -> Result<()> {
+        let (rows, cols) = (matrices[0].1.rows, matrices[0].1.cols);
         let mut mats: Vec<MatrixArg<'_>> = matrices
             .iter()
             .zip([(1, Base::A), (2, Base::B)])
