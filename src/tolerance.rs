@@ -1,5 +1,5 @@
-//! The one tolerance policy every comparison with the f64 reference uses
-//! (tests, `wgpu-loss check`, `wgpu-loss bench`'s error column).
+//! The one tolerance policy every test comparison with the f64 reference
+//! uses (`wgpu-loss bench` reports [`max_abs_error`] instead of a verdict).
 //!
 //! An f32 result `a` matches the reference `e` when
 //! - both are NaN, or both are the same infinity, or

@@ -119,10 +119,7 @@ impl GpuContext {
                         cols,
                         matrices: &matrices,
                         whole: &whole,
-                        params: Params {
-                            total_rows: n as u32,
-                            ..Params::default()
-                        },
+                        params: Params::default(),
                     },
                 )?;
                 let staging = self.stage(&mut encoder, &output, (n * out_per_row) as u64 * 4);
@@ -394,10 +391,7 @@ impl GpuContext {
                 cols,
                 matrices: &mats,
                 whole: &whole,
-                params: Params {
-                    total_rows: rows as u32,
-                    ..Params::default()
-                },
+                params: Params::default(),
             },
         )
     }
