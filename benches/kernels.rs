@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_loss::bench::{self, BenchInput, BenchOp, CopyKernel, ResidentOp};
-use wgpu_loss::GpuContext;
+use wgpu_loss::bench::{self, BenchInput, CopyKernel, Op, ResidentOp};
+use wgpu_loss::{DType, GpuContext};
 
 /// Small and large-vocabulary shapes that keep a lavapipe run to minutes.
 const SHAPES: [(usize, usize); 2] = [(1024, 1000), (16, 65_536)];
@@ -38,20 +38,28 @@ fn benches(c: &mut Criterion) {
             });
             group.finish();
         }
-        for op in BenchOp::ALL {
+        for op in Op::ALL {
             let mut group = c.benchmark_group(op.name());
             group.sample_size(10);
-            group.throughput(Throughput::Bytes(op.ideal_bytes(rows, cols)));
+            group.throughput(Throughput::Bytes(op.ideal_bytes(rows, cols, 4)));
             if let Some(ctx) = &ctx {
-                let resident = ResidentOp::new(ctx, op, &input).expect("upload succeeds");
-                resident.run().expect("warm-up run");
-                group.bench_function(BenchmarkId::new("gpu-kernel", &shape), |b| {
-                    b.iter_custom(|n| {
-                        (0..n)
-                            .map(|_| resident.run().expect("kernel runs"))
-                            .sum::<Duration>()
-                    })
-                });
+                for dtype in [DType::F32, DType::F16] {
+                    // f16 where the adapter and the op have it (binary losses are f32 only).
+                    let Ok(resident) = ResidentOp::new(ctx, op, &input, dtype) else {
+                        continue;
+                    };
+                    resident.run().expect("warm-up run");
+                    let id = format!("gpu-kernel-{dtype:?}").to_lowercase();
+                    group.throughput(Throughput::Bytes(op.ideal_bytes(rows, cols, dtype.size())));
+                    group.bench_function(BenchmarkId::new(id, &shape), |b| {
+                        b.iter_custom(|n| {
+                            (0..n)
+                                .map(|_| resident.run().expect("kernel runs"))
+                                .sum::<Duration>()
+                        })
+                    });
+                }
+                group.throughput(Throughput::Bytes(op.ideal_bytes(rows, cols, 4)));
                 group.bench_function(BenchmarkId::new("gpu-end-to-end", &shape), |b| {
                     b.iter(|| pollster::block_on(bench::run_end_to_end(ctx, op, &input)))
                 });

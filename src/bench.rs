@@ -4,82 +4,22 @@
 //! the criterion benches.
 //!
 //! Traffic is counted ideally: every input read once, every output written
-//! once. GB/s is that count divided by the median time.
+//! once ([`Op::ideal_bytes`]). GB/s is that count divided by the median time.
+//! Kernel times come from GPU timestamp queries where the device has them
+//! (`TIMESTAMP_QUERY_INSIDE_ENCODERS`), else from submit-to-done wall time.
 
 use std::time::{Duration, Instant};
 
 use crate::context::GpuContext;
-use crate::cpu::reference;
 use crate::error::{Error, Result};
-use crate::kernels::Storage;
-use crate::ops::cross_entropy::{CrossEntropyProblem, GradMode};
-use crate::ops::softmax::SoftmaxOp;
-use crate::ops::{Base, MatrixArg, Params, RowLaunch, WholeArg};
-use crate::{CrossEntropyOptions, Kernel};
+use crate::problem::{Problem, Target};
+use crate::tensor::{DType, GpuTensor, LossViews};
+use crate::{BinaryLossOptions, CrossEntropyOptions, FocalOptions, Reduction, SigmoidFocalOptions};
 
-/// An op as the benchmark (and the command line) names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BenchOp {
-    /// Row-wise softmax.
-    Softmax,
-    /// Row-wise log-softmax.
-    LogSoftmax,
-    /// Row-wise logsumexp.
-    Logsumexp,
-    /// Cross-entropy loss and gradient (`mean`).
-    CrossEntropy,
-    /// Cross-entropy loss only (`mean`).
-    CrossEntropyLoss,
-}
+pub use crate::problem::Op;
 
-impl BenchOp {
-    /// Every op, in report order.
-    pub const ALL: [BenchOp; 5] = [
-        BenchOp::Softmax,
-        BenchOp::LogSoftmax,
-        BenchOp::Logsumexp,
-        BenchOp::CrossEntropy,
-        BenchOp::CrossEntropyLoss,
-    ];
-
-    /// Command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BenchOp::Softmax => "softmax",
-            BenchOp::LogSoftmax => "log-softmax",
-            BenchOp::Logsumexp => "logsumexp",
-            BenchOp::CrossEntropy => "cross-entropy",
-            BenchOp::CrossEntropyLoss => "cross-entropy-loss",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn from_name(name: &str) -> Option<BenchOp> {
-        BenchOp::ALL.into_iter().find(|op| op.name() == name)
-    }
-
-    /// Ideal bytes moved: inputs read once, outputs written once (f32 logits, i32 targets).
-    pub fn ideal_bytes(self, rows: usize, cols: usize) -> u64 {
-        let (n, c) = (rows as u64, cols as u64);
-        match self {
-            BenchOp::Softmax | BenchOp::LogSoftmax => 8 * n * c,
-            BenchOp::Logsumexp => 4 * n * c + 4 * n,
-            BenchOp::CrossEntropy => 8 * n * c + 4 * n,
-            BenchOp::CrossEntropyLoss => 4 * n * c + 4 * n,
-        }
-    }
-
-    fn softmax_op(self) -> Option<SoftmaxOp> {
-        match self {
-            BenchOp::Softmax => Some(SoftmaxOp::Softmax),
-            BenchOp::LogSoftmax => Some(SoftmaxOp::LogSoftmax),
-            BenchOp::Logsumexp => Some(SoftmaxOp::Logsumexp),
-            _ => None,
-        }
-    }
-}
-
-/// Seeded inputs for a benchmark: logits ~ N(0, 2) (from a fixed LCG) and targets.
+/// Seeded inputs for a benchmark: logits ~ N(0, 2) (from a fixed LCG), class
+/// targets, 0/1 labels, and the probabilities `sigmoid(logits)`.
 pub struct BenchInput {
     /// Rows.
     pub rows: usize,
@@ -88,7 +28,9 @@ pub struct BenchInput {
     /// `[rows, cols]` logits.
     pub logits: Vec<f32>,
     /// One class index per row.
-    pub targets: Vec<i64>,
+    pub classes: Vec<i64>,
+    /// `[rows, cols]` binary labels (0 or 1).
+    pub labels: Vec<f32>,
 }
 
 impl BenchInput {
@@ -108,18 +50,50 @@ impl BenchInput {
             (state >> 40) as f32 / (1u64 << 24) as f32
         };
         // Sum of four uniforms: roughly normal, cheap enough for a billion values.
-        let logits = (0..len)
+        let logits: Vec<f32> = (0..len)
             .map(|_| (next() + next() + next() + next() - 2.0) * 3.5)
             .collect();
-        let targets = (0..rows)
+        let classes = (0..rows)
             .map(|_| ((next() * cols as f32) as usize).min(cols - 1) as i64)
+            .collect();
+        let labels = (0..len)
+            .map(|_| if next() < 0.3 { 1.0 } else { 0.0 })
             .collect();
         Ok(Self {
             rows,
             cols,
             logits,
-            targets,
+            classes,
+            labels,
         })
+    }
+
+    /// `sigmoid(logits)`: the input of binary cross-entropy on probabilities.
+    pub fn probabilities(&self) -> Vec<f32> {
+        self.logits
+            .iter()
+            .map(|&x| (1.0 / (1.0 + f64::from(-x).exp())) as f32)
+            .collect()
+    }
+
+    /// `op` on these inputs with default options, as a [`Problem`].
+    pub fn problem(&self, op: Op) -> Problem {
+        let input = if op == Op::BinaryCrossEntropy {
+            self.probabilities()
+        } else {
+            self.logits.clone()
+        };
+        let target = if op.is_elementwise() {
+            Some(Target::Values(self.labels.clone()))
+        } else if op.softmax_op().is_none() {
+            Some(Target::Classes(self.classes.clone()))
+        } else {
+            None
+        };
+        Problem {
+            target,
+            ..Problem::new(op, self.rows, self.cols, input)
+        }
     }
 }
 
@@ -129,112 +103,267 @@ pub fn median(mut times: Vec<Duration>) -> Duration {
     times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
-/// An op's inputs and outputs resident on the device, ready to be re-run.
+/// Times GPU work with two timestamp queries written around it.
+struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    /// `None` when the device cannot write timestamps between commands.
+    fn new(ctx: &GpuContext) -> Option<Self> {
+        let needed =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if !ctx.features().contains(needed) {
+            return None;
+        }
+        let device = ctx.device();
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Self {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgpu-loss bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: buffer(
+                "wgpu-loss timestamp resolve",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            readback: buffer(
+                "wgpu-loss timestamp readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            period_ns: f64::from(ctx.queue().get_timestamp_period()),
+        })
+    }
+
+    /// Records `work` between two timestamps, runs it, and returns the GPU time.
+    fn time(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        work: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<Duration> {
+        let mut encoder = ctx.encoder(label);
+        encoder.write_timestamp(&self.queries, 0);
+        work(&mut encoder)?;
+        encoder.write_timestamp(&self.queries, 1);
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, 16);
+        ctx.submit_and_wait(encoder)?;
+        let ticks: Vec<u64> = pollster::block_on(ctx.read_back(&self.readback, 2))?;
+        let ns = ticks[1].saturating_sub(ticks[0]) as f64 * self.period_ns;
+        Ok(Duration::from_nanos(ns as u64))
+    }
+}
+
+/// Runs `work` once and returns its time: GPU timestamps when `timer` is
+/// there, else wall time from submit to completion.
+fn timed_run(
+    ctx: &GpuContext,
+    timer: Option<&GpuTimer>,
+    label: &str,
+    work: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<Duration> {
+    ctx.scoped(label, || match timer {
+        Some(timer) => timer.time(ctx, label, work),
+        None => {
+            let mut encoder = ctx.encoder(label);
+            work(&mut encoder)?;
+            let start = Instant::now();
+            ctx.submit_and_wait(encoder)?;
+            Ok(start.elapsed())
+        }
+    })
+}
+
+/// What timed the kernels: `"timestamps"` or `"wall"`.
+pub fn timer_kind(ctx: &GpuContext) -> &'static str {
+    if GpuTimer::new(ctx).is_some() {
+        "timestamps"
+    } else {
+        "wall"
+    }
+}
+
+/// An op's inputs and outputs resident on the device, ready to be re-run
+/// through the crate's `encode_*` calls.
 pub struct ResidentOp<'a> {
     ctx: &'a GpuContext,
-    op: BenchOp,
+    op: Op,
+    dtype: DType,
     rows: usize,
     cols: usize,
     input: wgpu::Buffer,
+    target: Option<wgpu::Buffer>,
     output: wgpu::Buffer,
-    problem: Option<CrossEntropyProblem<'static>>,
+    grad: Option<wgpu::Buffer>,
+    timer: Option<GpuTimer>,
+}
+
+fn f16_bits(values: &[f32]) -> Vec<u16> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect()
 }
 
 impl<'a> ResidentOp<'a> {
-    /// Uploads `input` for `op`.
-    pub fn new(ctx: &'a GpuContext, op: BenchOp, input: &BenchInput) -> Result<Self> {
+    /// Uploads `input` for `op` with logits (and gradient) stored as `dtype`
+    /// (`F32` or `F16`; f16 needs `SHADER_F16` and is offered for the softmax
+    /// family and the row losses).
+    pub fn new(ctx: &'a GpuContext, op: Op, input: &BenchInput, dtype: DType) -> Result<Self> {
         let (rows, cols) = (input.rows, input.cols);
+        if dtype == DType::I32 || (dtype == DType::F16 && op.is_elementwise()) {
+            return Err(Error::Unsupported {
+                what: "this dtype for this op",
+                adapter: ctx.adapter_name().to_string(),
+                missing: "an f16 path (binary losses take f32)",
+            });
+        }
+        if dtype == DType::F16 && !ctx.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Unsupported {
+                what: "f16 tensors",
+                adapter: ctx.adapter_name().to_string(),
+                missing: "SHADER_F16",
+            });
+        }
+        let elems = rows * cols;
+        let problem = input.problem(op);
         ctx.scoped("bench upload", || {
-            let problem = match op {
-                BenchOp::CrossEntropy | BenchOp::CrossEntropyLoss => {
-                    Some(ctx.cross_entropy_problem(
-                        &input.targets,
-                        cols,
-                        &CrossEntropyOptions::default(),
-                    )?)
+            let input_buffer = match dtype {
+                DType::F16 => ctx.scratch_with("bench input", &f16_bits(&problem.input)),
+                _ => ctx.scratch_with("bench input", &problem.input),
+            };
+            let target = match &problem.target {
+                None => None,
+                Some(Target::Classes(c)) => {
+                    let c: Vec<i32> = c.iter().map(|&v| v as i32).collect();
+                    Some(ctx.scratch_with("bench targets", &c))
                 }
-                _ => None,
+                Some(Target::Values(v)) => Some(ctx.scratch_with("bench targets", v)),
             };
-            let out_elems = match op {
-                BenchOp::Logsumexp | BenchOp::CrossEntropyLoss => rows,
-                _ => rows * cols,
+            let out_bytes = match op {
+                Op::Softmax | Op::LogSoftmax => elems as u64 * dtype.size(),
+                Op::Logsumexp => rows as u64 * 4,
+                _ => 16, // The reduced loss (and its z-loss part).
             };
+            let grad = (op.softmax_op().is_none() && op != Op::CrossEntropyLoss)
+                .then(|| ctx.scratch("bench grad", elems as u64 * dtype.size()));
             Ok(Self {
                 ctx,
                 op,
+                dtype,
                 rows,
                 cols,
-                input: ctx.scratch_with("bench input", &input.logits),
-                output: ctx.scratch("bench output", out_elems as u64 * 4),
-                problem,
+                input: input_buffer,
+                target,
+                output: ctx.scratch("bench output", out_bytes),
+                grad,
+                timer: GpuTimer::new(ctx),
             })
         })
     }
 
-    /// Runs the op's kernels once and waits for them; returns the wall time
-    /// from submit to completion.
-    pub fn run(&self) -> Result<Duration> {
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let ctx = self.ctx;
-        ctx.scoped(self.op.name(), || {
-            let mut encoder = ctx.encoder(self.op.name());
-            if let Some(op) = self.op.softmax_op() {
-                let (kernel, out_binding) = match op {
-                    SoftmaxOp::Softmax => (Kernel::SoftmaxForward, 5),
-                    SoftmaxOp::LogSoftmax => (Kernel::LogSoftmaxForward, 5),
-                    SoftmaxOp::Logsumexp => (Kernel::LogsumexpForward, 6),
-                };
-                let mut matrices = vec![MatrixArg {
-                    binding: 1,
-                    buffer: &self.input,
-                    offset: 0,
-                    base: Base::A,
-                    storage: Storage::F32,
-                }];
-                let mut whole = Vec::new();
-                if out_binding == 5 {
-                    matrices.push(MatrixArg {
-                        binding: 5,
-                        buffer: &self.output,
-                        offset: 0,
-                        base: Base::Out,
-                        storage: Storage::F32,
-                    });
-                } else {
-                    whole.push(WholeArg::new(6, &self.output));
-                }
-                ctx.encode_rows(
-                    &mut encoder,
-                    RowLaunch {
-                        kernel,
-                        rows: self.rows,
-                        cols: self.cols,
-                        matrices: &matrices,
-                        whole: &whole,
-                        params: Params::default(),
-                    },
-                )?;
-            } else if let Some(p) = &self.problem {
-                let mode = if self.op == BenchOp::CrossEntropy {
-                    GradMode::Separate
-                } else {
-                    GradMode::None
-                };
-                ctx.encode_cross_entropy_denominator(&mut encoder, p)?;
-                ctx.encode_cross_entropy_rows(
-                    &mut encoder,
-                    p,
-                    mode,
-                    (&self.input, 0),
-                    None,
-                    Some((&self.output, 0)),
-                    (0, self.rows),
-                    Storage::F32,
-                )?;
-                ctx.encode_cross_entropy_reduce(&mut encoder, p, WholeArg::new(7, &p.result))?;
+        let input = GpuTensor {
+            buffer: &self.input,
+            offset: 0,
+            rows: self.rows,
+            cols: self.cols,
+            dtype: self.dtype,
+        };
+        if let Some(sop) = self.op.softmax_op() {
+            let out = match self.op {
+                Op::Logsumexp => GpuTensor::f32_vector(&self.output, 0, self.rows),
+                _ => GpuTensor {
+                    buffer: &self.output,
+                    ..input
+                },
+            };
+            return ctx.encode_softmax(encoder, sop, &input, &out);
+        }
+        let Some(target_buffer) = &self.target else {
+            return Err(Error::Missing {
+                what: "target",
+                op: self.op.name(),
+            });
+        };
+        let target = if self.op.is_elementwise() {
+            GpuTensor::f32_matrix(target_buffer, 0, self.rows, self.cols)
+        } else {
+            GpuTensor::i32_vector(target_buffer, 0, self.rows)
+        };
+        let views = LossViews {
+            grad: self.grad.as_ref().map(|g| GpuTensor { buffer: g, ..input }),
+            ..LossViews::new(input, target, GpuTensor::f32_vector(&self.output, 0, 2))
+        };
+        match self.op {
+            Op::CrossEntropy | Op::CrossEntropyLoss => {
+                ctx.encode_cross_entropy(encoder, &views, &CrossEntropyOptions::default())
             }
-            let start = Instant::now();
-            ctx.submit_and_wait(encoder)?;
-            Ok(start.elapsed())
+            Op::Focal => ctx.encode_focal_loss(encoder, &views, &FocalOptions::default()),
+            Op::BinaryCrossEntropy => {
+                ctx.encode_binary_cross_entropy(encoder, &views, &BinaryLossOptions::default())
+            }
+            Op::BceWithLogits => ctx.encode_binary_cross_entropy_with_logits(
+                encoder,
+                &views,
+                &BinaryLossOptions::default(),
+            ),
+            _ => ctx.encode_sigmoid_focal_loss(
+                encoder,
+                &views,
+                &SigmoidFocalOptions {
+                    reduction: Reduction::Mean,
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// Runs the op's kernels once and returns their time (GPU timestamps
+    /// where the device has them, else submit-to-done wall time).
+    pub fn run(&self) -> Result<Duration> {
+        timed_run(self.ctx, self.timer.as_ref(), self.op.name(), |e| {
+            self.encode(e)
+        })
+    }
+
+    /// Reads back the op's main result as f32: the gradient for losses that
+    /// have one, else the output (a reduced loss is one value).
+    pub fn read_main(&self) -> Result<Vec<f32>> {
+        let ctx = self.ctx;
+        let (buffer, len, dtype) = match (&self.grad, self.op) {
+            (Some(g), _) => (g, self.rows * self.cols, self.dtype),
+            (None, Op::Logsumexp) => (&self.output, self.rows, DType::F32),
+            (None, Op::Softmax | Op::LogSoftmax) => {
+                (&self.output, self.rows * self.cols, self.dtype)
+            }
+            (None, _) => (&self.output, 1, DType::F32),
+        };
+        let bytes = len as u64 * dtype.size();
+        let mut encoder = ctx.encoder("bench readback");
+        let staging = ctx.stage(&mut encoder, buffer, bytes);
+        ctx.submit_and_wait(encoder)?;
+        Ok(match dtype {
+            DType::F16 => {
+                let bits: Vec<u16> = pollster::block_on(ctx.read_back(&staging, len))?;
+                bits.into_iter()
+                    .map(|b| half::f16::from_bits(b).to_f32())
+                    .collect()
+            }
+            _ => pollster::block_on(ctx.read_back(&staging, len))?,
         })
     }
 }
@@ -245,6 +374,7 @@ pub struct CopyKernel<'a> {
     elems: usize,
     src: wgpu::Buffer,
     dst: wgpu::Buffer,
+    timer: Option<GpuTimer>,
 }
 
 impl<'a> CopyKernel<'a> {
@@ -255,6 +385,7 @@ impl<'a> CopyKernel<'a> {
             elems,
             src: ctx.scratch("copy src", elems as u64 * 4),
             dst: ctx.scratch("copy dst", elems as u64 * 4),
+            timer: GpuTimer::new(ctx),
         }
     }
 
@@ -263,57 +394,29 @@ impl<'a> CopyKernel<'a> {
         8 * self.elems as u64
     }
 
-    /// One copy, submit to completion.
+    /// One copy, timed like [`ResidentOp::run`].
     pub fn run(&self) -> Result<Duration> {
-        self.ctx.scoped("copy", || {
-            let mut encoder = self.ctx.encoder("copy");
-            self.ctx
-                .encode_copy(&mut encoder, &self.src, &self.dst, self.elems)?;
-            let start = Instant::now();
-            self.ctx.submit_and_wait(encoder)?;
-            Ok(start.elapsed())
+        timed_run(self.ctx, self.timer.as_ref(), "copy", |e| {
+            self.ctx.encode_copy(e, &self.src, &self.dst, self.elems)
         })
     }
 }
 
-/// The op through the host API: upload, compute, readback. Returns the main output.
-pub async fn run_end_to_end(ctx: &GpuContext, op: BenchOp, input: &BenchInput) -> Result<Vec<f32>> {
-    let (rows, cols) = (input.rows, input.cols);
-    match (op.softmax_op(), op) {
-        (Some(sop), _) => ctx.softmax_family(sop, &input.logits, rows, cols).await,
-        (None, BenchOp::CrossEntropy) => Ok(ctx
-            .cross_entropy(&input.logits, &input.targets, cols, &Default::default())
-            .await?
-            .grad
-            .unwrap_or_default()),
-        _ => Ok(ctx
-            .cross_entropy_loss(&input.logits, &input.targets, cols, &Default::default())
-            .await?
-            .loss),
-    }
+/// The op's main result from [`crate::problem::Outputs`]: the gradient when
+/// there is one, else the output.
+pub fn main_result<T>(outputs: crate::problem::Outputs<T>) -> Vec<T> {
+    outputs.grad.unwrap_or(outputs.output)
+}
+
+/// The op through the host API: upload, compute, readback. Returns the main result.
+pub async fn run_end_to_end(ctx: &GpuContext, op: Op, input: &BenchInput) -> Result<Vec<f32>> {
+    Ok(main_result(input.problem(op).run_gpu(ctx).await?))
 }
 
 /// The op on the CPU (the f64 reference until a fast CPU path exists), as the
-/// same main output the GPU path returns.
-pub fn run_cpu(op: BenchOp, input: &BenchInput) -> Result<Vec<f64>> {
-    let (rows, cols) = (input.rows, input.cols);
-    match op {
-        BenchOp::Softmax => reference::softmax(&input.logits, rows, cols),
-        BenchOp::LogSoftmax => reference::log_softmax(&input.logits, rows, cols),
-        BenchOp::Logsumexp => reference::logsumexp(&input.logits, rows, cols),
-        BenchOp::CrossEntropy => {
-            Ok(
-                reference::cross_entropy(&input.logits, &input.targets, cols, &Default::default())?
-                    .grad,
-            )
-        }
-        BenchOp::CrossEntropyLoss => {
-            Ok(
-                reference::cross_entropy(&input.logits, &input.targets, cols, &Default::default())?
-                    .loss,
-            )
-        }
-    }
+/// same main result the GPU path returns.
+pub fn run_cpu(op: Op, input: &BenchInput) -> Result<Vec<f64>> {
+    Ok(main_result(input.problem(op).run_reference()?))
 }
 
 /// Single-threaded CPU copy bandwidth over `elems` f32 (bytes read + written per second).

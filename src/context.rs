@@ -197,7 +197,7 @@ impl GpuContext {
             "{head}\n  max_storage_buffer_binding_size {} B, max_buffer_size {} B, binding window used {} B\n  \
              max_compute_workgroups_per_dimension {}, max_compute_invocations_per_workgroup {}, \
              max_compute_workgroup_storage_size {} B, min_storage_buffer_offset_alignment {}\n  \
-             features: shader-f16 {}, subgroup {}, timestamp-query {}",
+             features: shader-f16 {}, subgroup {}{}, timestamp-query {} (inside encoders {})",
             l.max_storage_buffer_binding_size,
             l.max_buffer_size,
             self.binding_bytes,
@@ -207,7 +207,13 @@ impl GpuContext {
             l.min_storage_buffer_offset_alignment,
             self.features.contains(wgpu::Features::SHADER_F16),
             self.features.contains(wgpu::Features::SUBGROUP),
+            match &self.adapter_info {
+                Some(i) => format!(" (size {}..{})", i.subgroup_min_size, i.subgroup_max_size),
+                None => String::new(),
+            },
             self.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            self.features
+                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
         )
     }
 

@@ -146,6 +146,39 @@ pub enum Error {
         /// wgpu's message.
         message: String,
     },
+    /// An input or option given to an op that does not use it.
+    #[error("{what} does not apply to {op}")]
+    NotApplicable {
+        /// The input or option.
+        what: &'static str,
+        /// The op.
+        op: &'static str,
+    },
+    /// An input the op needs was not given.
+    #[error("{op} needs a {what}")]
+    Missing {
+        /// The input.
+        what: &'static str,
+        /// The op.
+        op: &'static str,
+    },
+    /// Targets of the wrong kind (class indices where floats are needed, or the reverse).
+    #[error("{op} needs {expected}")]
+    InvalidTargetKind {
+        /// The op.
+        op: &'static str,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// A file that could not be read or written, or whose contents are not
+    /// what was expected (format, dtype, shape).
+    #[error("{path}: {problem}")]
+    File {
+        /// The file as named by the caller.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Reading results back failed (mapping, device loss, poll error).
     #[error("reading results back from adapter {adapter:?} failed: {message}")]
     Readback {

@@ -24,9 +24,11 @@ pub mod bench;
 pub mod context;
 pub mod cpu;
 pub mod error;
+pub mod io;
 pub mod kernels;
 pub mod ops;
 pub mod pool;
+pub mod problem;
 pub mod tensor;
 pub mod tolerance;
 
