@@ -322,62 +322,72 @@ fn check_plot_path(path: &std::path::Path) -> Result<(), String> {
 fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let fail = |e: String| format!("--plot {}: {e}", path.display());
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    // Problem sizes in ascending order of elements; x is the position in that list.
+    let mut shapes: Vec<(usize, usize)> = rows.iter().map(|r| (r.rows, r.cols)).collect();
+    shapes.sort_by_key(|&(r, c)| (r * c, c));
+    shapes.dedup();
+    let x_of = |r: &Row| shapes.iter().position(|&s| s == (r.rows, r.cols)).unwrap_or(0) as f64;
+    let mut ops: Vec<&str> = Vec::new();
+    let mut series: Vec<(String, usize, bool, Vec<(f64, f64)>)> = Vec::new();
     for r in rows.iter().filter(|r| r.path != "gpu-end-to-end") {
-        let name = format!("{} {}", r.op, if r.path == "cpu" { "CPU" } else { "GPU" });
-        let point = ((r.rows * r.cols) as f64, r.gbps);
-        match series.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, points)) => points.push(point),
-            None => series.push((name, vec![point])),
+        if !ops.contains(&r.op) {
+            ops.push(r.op);
+        }
+        let color = ops.iter().position(|o| *o == r.op).unwrap_or(0);
+        let gpu = r.path != "cpu";
+        let name = format!("{} {}", r.op, if gpu { "GPU" } else { "CPU" });
+        let point = (x_of(r), r.gbps);
+        match series.iter_mut().find(|s| s.0 == name) {
+            Some(s) => s.3.push(point),
+            None => series.push((name, color, gpu, vec![point])),
         }
     }
-    let x_max = rows
-        .iter()
-        .map(|r| (r.rows * r.cols) as f64)
-        .fold(1.0, f64::max)
-        * 2.0;
-    let x_min = rows
-        .iter()
-        .map(|r| (r.rows * r.cols) as f64)
-        .fold(x_max, f64::min)
-        / 2.0;
     let y_max = rows.iter().map(|r| r.gbps).fold(0.0, f64::max) * 1.15 + 1e-3;
+    let x_max = shapes.len().saturating_sub(1) as f64 + 0.5;
+    let label = |x: &f64| {
+        let i = x.round();
+        match shapes.get(i as usize) {
+            Some(&(r, c)) if (x - i).abs() < 1e-6 && i >= 0.0 => format!("{r}x{c} ({:.1}M)", (r * c) as f64 / 1e6),
+            _ => String::new(),
+        }
+    };
     let tmp = wgpu_loss::io::temporary_name(path);
     {
-        let root = SVGBackend::new(&tmp, (960, 640)).into_drawing_area();
+        let root = SVGBackend::new(&tmp, (1100, 640)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("wgpu-loss bench: GB/s on {adapter} and the CPU"),
+                format!("wgpu-loss bench: GB/s (ideal bytes), {adapter} vs CPU"),
                 ("sans-serif", 20),
             )
-            .margin(12)
+            .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..y_max)
+            .build_cartesian_2d(-0.5..x_max + 2.5, 0.0..y_max)
             .map_err(|e| fail(e.to_string()))?;
         chart
             .configure_mesh()
-            .x_desc("elements (rows x cols)")
-            .y_desc("GB/s (ideal bytes)")
+            .x_labels(4 * shapes.len() + 12)
+            .x_label_formatter(&label)
+            .x_desc("problem size (rows x cols), ascending")
+            .y_desc("GB/s")
             .draw()
             .map_err(|e| fail(e.to_string()))?;
-        for (i, (name, mut points)) in series.into_iter().enumerate() {
+        for (name, color, gpu, mut points) in series {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let color = Palette99::pick(i).to_rgba();
-            let style = if name.ends_with("CPU") {
-                color.stroke_width(1)
-            } else {
-                color.stroke_width(2)
-            };
+            let color = Palette99::pick(color).to_rgba();
+            let style = color.stroke_width(if gpu { 3 } else { 1 });
             chart
                 .draw_series(LineSeries::new(points, style))
                 .map_err(|e| fail(e.to_string()))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(if gpu { 3 } else { 1 }))
+                });
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
