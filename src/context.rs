@@ -40,6 +40,8 @@ pub struct GpuContext {
     pub(crate) pool: crate::pool::BufferPool,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: Arc<wgpu::Buffer>,
+    /// Set by the device-lost callback (devices this crate created).
+    lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Features the kernels can use when the adapter has them.
@@ -92,7 +94,20 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::build(device, queue, Some(info), &options))
+        let ctx = Self::build(device, queue, Some(info), &options);
+        // Our own device: record its loss so every later call fails fast with
+        // the reason instead of waiting on work that will never finish.
+        let lost = Arc::clone(&ctx.lost);
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost.lock() {
+                *slot = Some(if message.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {message}")
+                });
+            }
+        });
+        Ok(ctx)
     }
 
     /// [`GpuContext::with_options`], blocking the calling thread.
@@ -102,6 +117,8 @@ impl GpuContext {
 
     /// Adopts a device and queue the caller already has (the embedding case).
     /// The kernels use whatever limits and features that device was created with.
+    /// The caller's device-lost callback is left alone; after a loss, calls
+    /// fail with the error wgpu reports ([`Error::Gpu`] or [`Error::Readback`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         Self::build(device, queue, None, &ContextOptions::default())
     }
@@ -141,6 +158,22 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             pool: Default::default(),
             placeholder,
+            lost: Arc::default(),
+        }
+    }
+
+    /// `Err(DeviceLost)` once the device-lost callback has fired.
+    pub(crate) fn check_not_lost(&self) -> Result<()> {
+        let reason = match self.lost.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match reason {
+            Some(reason) => Err(Error::DeviceLost {
+                adapter: self.adapter_name().to_string(),
+                reason,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -179,6 +179,15 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The device was lost (driver reset, `Device::destroy`, unplugged GPU);
+    /// the context cannot be used again; make a new one.
+    #[error("the device on adapter {adapter:?} was lost ({reason}); create a new context")]
+    DeviceLost {
+        /// Adapter name.
+        adapter: String,
+        /// What wgpu reported.
+        reason: String,
+    },
     /// Reading results back failed (mapping, device loss, poll error).
     #[error("reading results back from adapter {adapter:?} failed: {message}")]
     Readback {

@@ -326,9 +326,16 @@ fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), 
     let mut shapes: Vec<(usize, usize)> = rows.iter().map(|r| (r.rows, r.cols)).collect();
     shapes.sort_by_key(|&(r, c)| (r * c, c));
     shapes.dedup();
-    let x_of = |r: &Row| shapes.iter().position(|&s| s == (r.rows, r.cols)).unwrap_or(0) as f64;
+    let x_of = |r: &Row| {
+        shapes
+            .iter()
+            .position(|&s| s == (r.rows, r.cols))
+            .unwrap_or(0) as f64
+    };
     let mut ops: Vec<&str> = Vec::new();
-    let mut series: Vec<(String, usize, bool, Vec<(f64, f64)>)> = Vec::new();
+    // (legend name, colour index, is GPU, points)
+    type Series = (String, usize, bool, Vec<(f64, f64)>);
+    let mut series: Vec<Series> = Vec::new();
     for r in rows.iter().filter(|r| r.path != "gpu-end-to-end") {
         if !ops.contains(&r.op) {
             ops.push(r.op);
@@ -347,7 +354,9 @@ fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), 
     let label = |x: &f64| {
         let i = x.round();
         match shapes.get(i as usize) {
-            Some(&(r, c)) if (x - i).abs() < 1e-6 && i >= 0.0 => format!("{r}x{c} ({:.1}M)", (r * c) as f64 / 1e6),
+            Some(&(r, c)) if (x - i).abs() < 1e-6 && i >= 0.0 => {
+                format!("{r}x{c} ({:.1}M)", (r * c) as f64 / 1e6)
+            }
             _ => String::new(),
         }
     };
@@ -382,7 +391,10 @@ fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), 
                 .map_err(|e| fail(e.to_string()))?
                 .label(name)
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(if gpu { 3 } else { 1 }))
+                    PathElement::new(
+                        vec![(x, y), (x + 16, y)],
+                        color.stroke_width(if gpu { 3 } else { 1 }),
+                    )
                 });
         }
         chart

@@ -346,6 +346,7 @@ impl GpuContext {
     }
 
     async fn binary_run(&self, call: BinaryCall<'_>, with_grad: bool) -> Result<LossOutput> {
+        self.check_not_lost()?;
         let rows = call.validate()?;
         let cols = call.cols;
         let total_groups = self.element_groups(rows, cols, VecWidth::for_layout(cols, &[0]))?;

@@ -591,6 +591,7 @@ impl GpuContext {
         probs: Option<&[f32]>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
+        self.check_not_lost()?;
         let classes = problem.classes;
         let rows = logits.len() / classes;
         self.scoped("ce_denominator", || {
@@ -680,6 +681,7 @@ impl GpuContext {
         options: &CrossEntropyOptions<'_>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
+        self.check_not_lost()?;
         check_matrix("logits", logits.len(), targets.len(), classes)?;
         let problem = self.cross_entropy_problem(targets, classes, options)?;
         self.row_loss_run(&problem, logits, None, mode).await
@@ -693,6 +695,7 @@ impl GpuContext {
         options: &CrossEntropyOptions<'_>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
+        self.check_not_lost()?;
         let rows = soft_rows(logits, probs, classes, options)?;
         let params = cross_entropy_params(options);
         let problem = self.row_loss_problem(
@@ -716,6 +719,7 @@ impl GpuContext {
         options: &FocalOptions<'_>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
+        self.check_not_lost()?;
         check_matrix("logits", logits.len(), targets.len(), classes)?;
         options.validate(classes)?;
         let targets = checked_targets(targets, classes, options.ignore_index)?;

@@ -6,8 +6,6 @@ pub mod binary;
 pub mod cross_entropy;
 pub mod softmax;
 
-use wgpu::util::DeviceExt;
-
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{Aliasing, Kernel, Storage, Variant, VecWidth};
@@ -348,13 +346,7 @@ impl GpuContext {
                 }
                 ranges.push((start_bytes, end_bytes - start_bytes));
             }
-            let uniform = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("wgpu-loss params"),
-                    contents: bytemuck::bytes_of(&p),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let uniform = self.params_buffer("wgpu-loss params", &p);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: uniform.as_entire_binding(),
@@ -412,13 +404,7 @@ impl GpuContext {
             storage: Storage::F32,
         };
         let pipeline = self.pipeline(kernel, variant)?;
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("wgpu-loss params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let uniform = self.params_buffer("wgpu-loss params", &params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
@@ -473,13 +459,7 @@ impl GpuContext {
                 cols: n as u32,
                 ..Params::default()
             };
-            let uniform = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("copy params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let uniform = self.params_buffer("copy params", &params);
             let range = |b| wgpu::BufferBinding {
                 buffer: b,
                 offset: start * 4,
@@ -519,8 +499,24 @@ impl GpuContext {
         Ok(())
     }
 
+    /// A uniform buffer holding `params`. Not `create_buffer_init`: that
+    /// panics when the device is lost; a queue write just fails quietly and
+    /// the error scope or the lost-device check reports it.
+    pub(crate) fn params_buffer(&self, label: &str, params: &Params) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: std::mem::size_of::<Params>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue
+            .write_buffer(&buffer, 0, bytemuck::bytes_of(params));
+        buffer
+    }
+
     /// Submits `encoder` and blocks until the device has finished it.
     pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.check_not_lost()?;
         self.queue.submit([encoder.finish()]);
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -534,11 +530,18 @@ impl GpuContext {
     /// Runs `f` inside validation and out-of-memory error scopes and turns a
     /// captured error into [`Error::Gpu`] naming `what`.
     pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_not_lost()?;
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let out = f();
         let oom = pollster::block_on(oom.pop());
         let validation = pollster::block_on(validation.pop());
+        if out.is_err() || oom.is_some() || validation.is_some() {
+            // wgpu runs the device-lost callback from poll; a lost device
+            // explains whatever else failed, so report that first.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.check_not_lost()?;
+        }
         let out = out?;
         if let Some(e) = oom.or(validation) {
             return Err(Error::Gpu {

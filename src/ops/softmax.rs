@@ -55,6 +55,7 @@ impl GpuContext {
         rows: usize,
         cols: usize,
     ) -> Result<Vec<f32>> {
+        self.check_not_lost()?;
         for &(what, data) in call.matrices {
             check_matrix(what, data.len(), rows, cols)?;
         }
