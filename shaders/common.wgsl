@@ -30,6 +30,8 @@ struct Params {
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
 fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
 fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+// By the bits, so no float optimisation can fold it away.
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 // NaN compares false, so NaN is not finite.
 fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282347e38; }
 

@@ -378,7 +378,10 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
         let y = u32(t);
         let lp = (lane(vec_t(logits[src + y / VW]), y % VW) - st.m) - ls;
         let p = exp(lp);
-        let q = max(-expm1_accurate(lp), 0.0);
+        // max() would turn a NaN row (NaN or inf - inf in the logits) into q = 0 and
+        // a loss of 0; keep the NaN so the row reports it.
+        let q_raw = -expm1_accurate(lp);
+        let q = select(max(q_raw, 0.0), q_raw, is_nan(q_raw));
         let a = class_weight(y);
         let gamma = params.gamma;
         if (gamma == 0.0) {

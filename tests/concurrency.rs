@@ -1,68 +1,98 @@
-//! One context shared by several threads, and a long loop of calls that must
-//! not grow the device's buffer count or the pool.
+//! One context shared by eight threads running different losses, and a long
+//! loop of mixed calls that must not grow the device's buffer count, the
+//! pool, or the time per call.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{gpu, gpu_with_binding_cap, Rng};
-use wgpu_loss::{BinaryLossOptions, CrossEntropyOptions, GpuContext, Reduction};
+use wgpu_loss::problem::{Op, Problem, Settings, Target};
+use wgpu_loss::{GpuContext, Reduction};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// One of four different ops on fixed inputs; returns every number it produced.
-fn run_op(ctx: &GpuContext, which: usize) -> Vec<f32> {
-    let mut rng = Rng::new(90 + which as u64);
-    let (rows, cols) = (33, 257);
-    let x = rng.vec_normal(rows * cols, 3.0);
-    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
-    let y: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(0.0, 1.0)).collect();
-    match which {
-        0 => ctx.softmax_blocking(&x, rows, cols).unwrap(),
-        1 => {
-            let opts = CrossEntropyOptions {
+/// Eight different ops and losses on fixed inputs of `rows x cols`.
+fn problems(rows: usize, cols: usize) -> Vec<Problem> {
+    let mut rng = Rng::new(90);
+    let n = rows * cols;
+    let x = rng.vec_normal(n, 3.0);
+    let classes: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    let labels: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let probs: Vec<f32> = (0..n).map(|_| rng.uniform(0.01, 0.99)).collect();
+    let dy = rng.vec_normal(n, 1.0);
+    let base = |op| Problem::new(op, rows, cols, x.clone());
+    vec![
+        base(Op::Softmax),
+        Problem {
+            grad_output: Some(dy),
+            ..base(Op::LogSoftmax)
+        },
+        base(Op::Logsumexp),
+        Problem {
+            target: Some(Target::Classes(classes.clone())),
+            settings: Settings {
                 label_smoothing: 0.1,
-                ..Default::default()
-            };
-            let out = ctx.cross_entropy_blocking(&x, &t, cols, &opts).unwrap();
-            [out.loss, out.grad.unwrap()].concat()
-        }
-        2 => {
-            let out = ctx
-                .binary_cross_entropy_with_logits_blocking(
-                    &x,
-                    &y,
-                    cols,
-                    &BinaryLossOptions::default(),
-                )
-                .unwrap();
-            [out.loss, out.grad.unwrap()].concat()
-        }
-        _ => {
-            let opts = CrossEntropyOptions {
-                reduction: Reduction::None,
                 z_loss: 1e-3,
-                ..Default::default()
-            };
-            ctx.cross_entropy_loss_blocking(&x, &t, cols, &opts)
-                .unwrap()
-                .loss
-        }
-    }
+                ..Settings::default()
+            },
+            ..base(Op::CrossEntropy)
+        },
+        Problem {
+            input: probs,
+            target: Some(Target::Values(labels.clone())),
+            ..base(Op::BinaryCrossEntropy)
+        },
+        Problem {
+            target: Some(Target::Values(labels.clone())),
+            pos_weight: Some(vec![2.0; cols]),
+            settings: Settings {
+                reduction: Reduction::Sum,
+                ..Settings::default()
+            },
+            ..base(Op::BceWithLogits)
+        },
+        Problem {
+            target: Some(Target::Values(labels)),
+            settings: Settings {
+                reduction: Reduction::None,
+                ..Settings::default()
+            },
+            ..base(Op::SigmoidFocal)
+        },
+        Problem {
+            target: Some(Target::Classes(classes)),
+            settings: Settings {
+                alpha: Some(0.25),
+                ..Settings::default()
+            },
+            ..base(Op::Focal)
+        },
+    ]
+}
+
+/// Every number a problem produced, as bits.
+fn run_bits(ctx: &GpuContext, p: &Problem) -> Vec<u32> {
+    let out = p.run_gpu_blocking(ctx).expect("op runs");
+    [bits(&out.output), bits(&out.grad.unwrap_or_default())].concat()
 }
 
 #[test]
-fn four_threads_share_one_context() {
+fn eight_threads_share_one_context_and_match_single_threaded_results() {
     let Some(ctx) = gpu() else { return };
-    let expected: Vec<Vec<u32>> = (0..4).map(|w| bits(&run_op(ctx, w))).collect();
+    let problems = problems(33, 257);
+    assert_eq!(problems.len(), 8);
+    let expected: Vec<Vec<u32>> = problems.iter().map(|p| run_bits(ctx, p)).collect();
     std::thread::scope(|s| {
-        for (which, want) in expected.iter().enumerate() {
+        for (which, (p, want)) in problems.iter().zip(&expected).enumerate() {
             s.spawn(move || {
-                for i in 0..40 {
-                    assert_eq!(
-                        &bits(&run_op(ctx, which)),
-                        want,
-                        "thread {which}, iteration {i}"
+                for i in 0..200 {
+                    assert!(
+                        &run_bits(ctx, p) == want,
+                        "thread {which} ({}), iteration {i}: result differs from the single-threaded one",
+                        p.op.name()
                     );
                 }
             });
@@ -71,24 +101,18 @@ fn four_threads_share_one_context() {
 }
 
 #[test]
-fn ten_thousand_calls_do_not_grow_memory() {
+fn ten_thousand_mixed_calls_keep_memory_and_time_per_call_flat() {
     // A context of its own, so the device's counters see only this loop.
     let Some(ctx) = gpu_with_binding_cap(u64::MAX) else {
         return;
     };
-    let mut rng = Rng::new(99);
-    let (rows, cols) = (8, 64);
-    let x = rng.vec_normal(rows * cols, 2.0);
-    let t: Vec<i32> = (0..rows).map(|_| rng.below(cols) as i32).collect();
+    let problems = problems(8, 64);
     let call = |i: usize| {
-        if i.is_multiple_of(2) {
-            ctx.log_softmax_blocking(&x, rows, cols).unwrap();
-        } else {
-            ctx.cross_entropy_blocking(&x, &t, cols, &CrossEntropyOptions::default())
-                .unwrap();
-        }
+        problems[i % problems.len()]
+            .run_gpu_blocking(&ctx)
+            .expect("op runs");
     };
-    for i in 0..100 {
+    for i in 0..200 {
         call(i);
     }
     let device_buffers = || ctx.device().get_internal_counters().hal.buffers.read();
@@ -97,9 +121,23 @@ fn ten_thousand_calls_do_not_grow_memory() {
         after_warm_up.0 > 0,
         "the counters feature must be on for this test to mean anything"
     );
-    for i in 0..10_000 {
+    // Median time per call over a block of 400 calls (every op 50 times).
+    let block = |start: usize| {
+        let mut times: Vec<Duration> = (start..start + 400)
+            .map(|i| {
+                let t = Instant::now();
+                call(i);
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let early = block(0);
+    for i in 0..9_200 {
         call(i);
     }
+    let late = block(0);
     let after_loop = (device_buffers(), ctx.pool_stats());
     assert_eq!(
         after_loop.1.created_buffers, after_warm_up.1.created_buffers,
@@ -114,5 +152,11 @@ fn ten_thousand_calls_do_not_grow_memory() {
         "live device buffers grew from {} to {}",
         after_warm_up.0,
         after_loop.0
+    );
+    // Growth, not speed: a leak or an ever-longer list shows up as a
+    // multiple; machine noise on a median of 400 stays well under 3x.
+    assert!(
+        late <= early * 3 + Duration::from_micros(500),
+        "median time per call grew from {early:?} to {late:?} over 10,000 calls"
     );
 }

@@ -387,8 +387,13 @@ pub fn focal_loss_f64<T: ClassIndex>(
         let y = targets[i] as usize;
         let lp = x[y] - lse;
         let p = lp.exp();
-        // 1 - p without cancellation when p is close to 1.
-        let q = (-lp.exp_m1()).max(0.0);
+        // 1 - p without cancellation when p is close to 1; a NaN row stays NaN
+        // (f64::max would make it 0 and the loss 0).
+        let q = if lp.is_nan() {
+            f64::NAN
+        } else {
+            (-lp.exp_m1()).max(0.0)
+        };
         let a = alpha[y];
         let (loss, f) = if gamma == 0.0 {
             (-a * lp, a)
