@@ -55,11 +55,14 @@ fn capped(v: vec_t) -> vec_t {
     return c * tanh_stable(v / c);
 }
 
-// d softcap(v) / dv = 1 - tanh^2(v / c)
+// d softcap(v) / dv = 1 - tanh^2(u) = sech^2(u) = 4e / (1 + e)^2 with u = v / c and
+// e = exp(-2|u|). Not 1 - t*t: that cancels once tanh saturates (|u| > ~4) and
+// loses most of its digits in f32.
 fn cap_slope(v: vec_t) -> vec_t {
     if (!has_softcap()) { return vec_t(1.0); }
-    let t = tanh_stable(v / vec_t(params.softcap));
-    return vec_t(1.0) - t * t;
+    let e = exp(vec_t(-2.0) * abs(v / vec_t(params.softcap)));
+    let d = vec_t(1.0) + e;
+    return vec_t(4.0) * e / (d * d);
 }
 
 @compute @workgroup_size(WG)
