@@ -119,6 +119,9 @@ fn element_kind(dtype: &DType) -> std::result::Result<ElementKind, String> {
     })
 }
 
+/// Brackets a header may nest; NumPy writes 2 (3 for a structured dtype).
+const MAX_HEADER_NESTING: usize = 8;
+
 /// npyz multiplies the declared dimensions without overflow checks; a hostile
 /// header could wrap or panic there. Scan the header's `shape` tuple first.
 fn check_declared_shape(bytes: &[u8]) -> std::result::Result<(), String> {
@@ -143,6 +146,22 @@ fn check_declared_shape(bytes: &[u8]) -> std::result::Result<(), String> {
         ));
     };
     let text = String::from_utf8_lossy(text);
+    // npyz parses the header with a backtracking grammar that takes
+    // exponential time on deep nesting (found by fuzzing: 80 '[' ran for
+    // minutes). Real headers nest two or three levels; refuse anything deep.
+    let mut depth = 0usize;
+    for c in text.chars() {
+        match c {
+            '[' | '(' | '{' => depth += 1,
+            ']' | ')' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_HEADER_NESTING {
+            return Err(format!(
+                "has a header nested more than {MAX_HEADER_NESTING} levels deep; not a NumPy header"
+            ));
+        }
+    }
     let Some(key) = text.find("shape") else {
         return Ok(()); // npyz reports the missing key.
     };

@@ -257,11 +257,7 @@ impl GpuContext {
     /// Row windows `(first row, rows)` for a `[rows, cols]` problem.
     fn windows(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
-        let per_window = self.rows_per_window(cols)?.min(max_dim * max_dim);
-        Ok((0..rows)
-            .step_by(per_window)
-            .map(|r0| (r0, per_window.min(rows - r0)))
-            .collect())
+        Ok(row_windows(rows, self.rows_per_window(cols)?, max_dim))
     }
 
     /// Workgroups (and so partial sums) an element-wise launch over `[rows, cols]` uses.
@@ -687,6 +683,23 @@ impl GpuContext {
     }
 }
 
+/// `(first row, row count)` windows covering `rows`, each at most
+/// `rows_per_window` rows and `max_dim²` workgroups. Every window is bound at
+/// its own offset and indexed from 0, which is what keeps WGSL's `u32` element
+/// indices in range for any total size: a window holds at most one binding
+/// (capped at 1 GiB, 2^28 f32).
+pub(crate) fn row_windows(
+    rows: usize,
+    rows_per_window: usize,
+    max_dim: usize,
+) -> Vec<(usize, usize)> {
+    let per_window = rows_per_window.min(max_dim.saturating_mul(max_dim)).max(1);
+    (0..rows)
+        .step_by(per_window)
+        .map(|r0| (r0, per_window.min(rows - r0)))
+        .collect()
+}
+
 /// An option check: an error naming the option, its value and the rule, unless `ok`.
 pub(crate) fn require(
     ok: bool,
@@ -761,4 +774,38 @@ pub(crate) fn check_matrix(what: &'static str, len: usize, rows: usize, cols: us
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_windows;
+
+    /// 2^33 f32 elements (32 GiB, more than any one buffer here can hold, so
+    /// only the plan can be tested on this machine): every window's element
+    /// count and byte span stay far inside u32, and the windows tile the rows.
+    #[test]
+    fn windows_keep_u32_indices_for_more_than_u32_elements() {
+        let (rows, cols) = (1usize << 20, 1usize << 13);
+        let binding = 1u64 << 30; // the crate's cap on one binding
+        let rows_per_window = (binding / (cols as u64 * 4)) as usize;
+        let windows = row_windows(rows, rows_per_window, 65_535);
+        let mut next = 0;
+        for &(r0, n) in &windows {
+            assert_eq!(r0, next, "windows must tile the rows in order");
+            let elems = n as u64 * cols as u64;
+            assert!(
+                elems * 4 <= binding,
+                "window of {n} rows exceeds one binding"
+            );
+            assert!(
+                elems < u64::from(u32::MAX) / 4,
+                "window indices near u32::MAX"
+            );
+            next = r0 + n;
+        }
+        assert_eq!(next, rows);
+        assert!((rows as u64) * (cols as u64) > u64::from(u32::MAX));
+        // The dispatch limit caps a window too.
+        assert!(row_windows(10, 1000, 2).iter().all(|&(_, n)| n <= 4));
+    }
 }
