@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpu_loss::bench::{self, BenchInput, CopyKernel, Op, ResidentOp};
+use wgpu_loss::bench::{self, BenchInput, CopyKernel, CpuFastOp, Op, ResidentOp};
 use wgpu_loss::{DType, GpuContext};
 
 /// Small and large-vocabulary shapes that keep a lavapipe run to minutes.
@@ -64,7 +64,16 @@ fn benches(c: &mut Criterion) {
                     b.iter(|| pollster::block_on(bench::run_end_to_end(ctx, op, &input)))
                 });
             }
-            group.bench_function(BenchmarkId::new("cpu", &shape), |b| {
+            if let Some(mut fast) = CpuFastOp::new(op, &input) {
+                group.bench_function(BenchmarkId::new("cpu-fast", &shape), |b| {
+                    b.iter_custom(|n| {
+                        (0..n)
+                            .map(|_| fast.time().expect("cpu runs"))
+                            .sum::<Duration>()
+                    })
+                });
+            }
+            group.bench_function(BenchmarkId::new("cpu-reference", &shape), |b| {
                 b.iter(|| bench::run_cpu(op, &input))
             });
             group.finish();

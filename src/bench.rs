@@ -413,14 +413,81 @@ pub async fn run_end_to_end(ctx: &GpuContext, op: Op, input: &BenchInput) -> Res
     Ok(main_result(input.problem(op).run_gpu(ctx).await?))
 }
 
-/// The op on the CPU (the f64 reference until a fast CPU path exists), as the
-/// same main result the GPU path returns.
+/// The op on the f64 reference, as the same main result the GPU path returns
+/// (the oracle for every path's error).
 pub fn run_cpu(op: Op, input: &BenchInput) -> Result<Vec<f64>> {
     Ok(main_result(input.problem(op).run_reference()?))
 }
 
-/// Single-threaded CPU copy bandwidth over `elems` f32 (bytes read + written per second).
+/// An op on the fast multi-threaded f32 CPU path ([`crate::cpu::fast`]) with
+/// its output buffer allocated once, so repeated runs time the computation
+/// the way [`ResidentOp`] times the GPU's.
+pub struct CpuFastOp<'a> {
+    op: Op,
+    input: &'a BenchInput,
+    out: Vec<f32>,
+}
+
+impl<'a> CpuFastOp<'a> {
+    /// `None` for ops the fast path does not cover yet (the binary and focal
+    /// losses), which bench on the reference instead.
+    pub fn new(op: Op, input: &'a BenchInput) -> Option<Self> {
+        let len = match op {
+            Op::Softmax | Op::LogSoftmax | Op::CrossEntropy => input.logits.len(),
+            Op::Logsumexp | Op::CrossEntropyLoss => 0,
+            _ => return None,
+        };
+        Some(Self {
+            op,
+            input,
+            // Touched once here, so later runs do not pay the page faults.
+            out: vec![1.0f32; len],
+        })
+    }
+
+    /// Runs the op once; returns its main result (the gradient, the output,
+    /// or the loss).
+    pub fn run(&mut self) -> Result<Vec<f32>> {
+        let small = self.run_in_place()?;
+        Ok(small.unwrap_or_else(|| self.out.clone()))
+    }
+
+    /// Runs the op once and returns only the time.
+    pub fn time(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        self.run_in_place()?;
+        Ok(start.elapsed())
+    }
+
+    /// Writes a full-size result into the held buffer (`None`), or returns a
+    /// per-row one (`Some`).
+    fn run_in_place(&mut self) -> Result<Option<Vec<f32>>> {
+        use crate::cpu::fast;
+        let input = self.input;
+        let (x, rows, cols) = (&input.logits[..], input.rows, input.cols);
+        let opts = CrossEntropyOptions::default();
+        let out = &mut self.out;
+        Ok(match self.op {
+            Op::Softmax => fast::softmax_into(x, rows, cols, out).map(|()| None)?,
+            Op::LogSoftmax => fast::log_softmax_into(x, rows, cols, out).map(|()| None)?,
+            Op::Logsumexp => Some(fast::logsumexp(x, rows, cols)?),
+            Op::CrossEntropy => {
+                fast::cross_entropy_into(x, &input.classes, cols, &opts, Some(out))?;
+                None
+            }
+            _ => Some(fast::cross_entropy_into(x, &input.classes, cols, &opts, None)?.loss),
+        })
+    }
+}
+
+/// All-core CPU copy bandwidth over `elems` f32 (bytes read + written per
+/// second): the yardstick for the CPU rows.
 pub fn cpu_copy_gbps(elems: usize, iters: usize) -> f64 {
+    crate::cpu::fast::copy_gbps(elems, iters)
+}
+
+/// Single-threaded CPU copy bandwidth over `elems` f32.
+pub fn cpu_copy_gbps_one_thread(elems: usize, iters: usize) -> f64 {
     let src = vec![1.0f32; elems];
     let mut dst = vec![0.0f32; elems];
     let mut times = Vec::new();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use wgpu_loss::bench::{self, BenchInput, CopyKernel, Op, ResidentOp};
+use wgpu_loss::bench::{self, BenchInput, CopyKernel, CpuFastOp, Op, ResidentOp};
 use wgpu_loss::tolerance::max_abs_error;
 use wgpu_loss::{DType, GpuContext};
 
@@ -56,6 +56,8 @@ pub struct Row {
     pub copy_gbps: f64,
     pub max_abs_err: Option<f64>,
     pub speedup: Option<f64>,
+    /// For `cpu` rows: `fast-f32` or `f64-reference`.
+    pub cpu_impl: Option<&'static str>,
 }
 
 impl Row {
@@ -67,7 +69,7 @@ impl Row {
         let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:e}"));
         format!(
             "{{\"op\":\"{}\",\"rows\":{},\"cols\":{},\"dtype\":\"{}\",\"path\":\"{}\",\"adapter\":{:?},\"timer\":\"{}\",\
-             \"median_ms\":{:.6},\"gbps\":{:.4},\"copy_gbps\":{:.4},\"pct_of_copy\":{:.2},\"max_abs_err\":{},\"speedup_vs_cpu\":{}}}",
+             \"median_ms\":{:.6},\"gbps\":{:.4},\"copy_gbps\":{:.4},\"pct_of_copy\":{:.2},\"max_abs_err\":{},\"speedup_vs_cpu\":{},\"cpu_impl\":{}}}",
             self.op,
             self.rows,
             self.cols,
@@ -81,6 +83,7 @@ impl Row {
             self.pct(),
             opt(self.max_abs_err),
             opt(self.speedup),
+            self.cpu_impl.map_or("null".to_string(), |i| format!("\"{i}\"")),
         )
     }
 
@@ -154,8 +157,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let dtype_name = if dtype == DType::F16 { "f16" } else { "f32" };
     if !args.json {
         println!(
-            "adapter: {adapter}; kernel timer: {timer}; dtype {dtype_name}; CPU path: f64 reference (one thread, median of {CPU_RUNS}); \
-             GPU: median of {iters} runs after a warm-up"
+            "adapter: {adapter}; kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads where it exists \
+             (softmax family, cross-entropy; median of {CPU_RUNS} after a warm-up), else one run of the f64 reference; \
+             GPU: median of {iters} runs after a warm-up", rayon::current_num_threads()
         );
         println!(
             "{:<21} {:>14} {:<15} {:>11} {:>9} {:>9} {:>8} {:>9} {:>10}",
@@ -181,14 +185,26 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
             progress.set_message(format!("{rows}x{cols} {}", op.name()));
             let mut out = Vec::new();
             let cpu_bytes = op.ideal_bytes(rows, cols, 4);
-            let mut cpu_times = Vec::new();
-            let mut expected = Vec::new();
-            for _ in 0..CPU_RUNS {
-                let start = Instant::now();
-                expected = bench::run_cpu(op, &input).map_err(|e| e.to_string())?;
-                cpu_times.push(start.elapsed());
-            }
-            let cpu_time = bench::median(cpu_times);
+            let ref_start = Instant::now();
+            let expected = bench::run_cpu(op, &input).map_err(|e| e.to_string())?;
+            let ref_time = ref_start.elapsed();
+            // The fast path where it exists (warm-up, then the median of
+            // CPU_RUNS), else the single f64 reference run just made.
+            let (cpu_impl, cpu_time, cpu_err) = match CpuFastOp::new(op, &input) {
+                Some(mut fast) => {
+                    let result = fast.run().map_err(|e| e.to_string())?;
+                    let times = (0..CPU_RUNS)
+                        .map(|_| fast.time())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    (
+                        "fast-f32",
+                        bench::median(times),
+                        max_abs_error(&result, &expected),
+                    )
+                }
+                None => ("f64-reference", ref_time, 0.0),
+            };
             let row = |path, median: std::time::Duration, bytes, copy, err, speedup| Row {
                 op: op.name(),
                 rows,
@@ -202,6 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                 copy_gbps: copy,
                 max_abs_err: err,
                 speedup,
+                cpu_impl: None,
             };
             let skip_f16 = dtype == DType::F16 && op.is_elementwise();
             if let (Some(ctx), Some(copy), false) = (&ctx, gpu_copy, skip_f16) {
@@ -248,8 +265,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                     ));
                 }
             }
-            let mut cpu_row = row("cpu", cpu_time, cpu_bytes, cpu_copy, Some(0.0), None);
-            cpu_row.adapter = "cpu".into();
+            let mut cpu_row = row("cpu", cpu_time, cpu_bytes, cpu_copy, Some(cpu_err), None);
+            cpu_row.adapter = format!("cpu ({cpu_impl}, {} threads)", rayon::current_num_threads());
+            cpu_row.cpu_impl = Some(cpu_impl);
             cpu_row.timer = "wall";
             out.push(cpu_row);
             for r in out {

@@ -1,0 +1,491 @@
+//! The fast CPU path: f32, rows in parallel on every core (rayon), and inner
+//! loops written so the compiler vectorises them (fixed-width lane arrays,
+//! no branches, an `exp` from a polynomial instead of libm's call). It is what
+//! `wgpu-loss bench` races against the GPU, and it is held to the same
+//! tolerance against the f64 reference as the GPU kernels.
+//!
+//! Each row: one pass for the max, one that writes `e_j = exp(x_j - m)` (into
+//! the output, or only sums it) while summing in f64 blocks, one that scales
+//! in place. The row is read from memory once; the later passes find it in
+//! cache for any row up to a few hundred thousand columns. Results do not
+//! depend on the number of threads: every row is computed by one thread in a
+//! fixed order, and the final sums run over rows in order.
+//!
+//! ```
+//! # fn main() -> Result<(), wgpu_loss::Error> {
+//! let x = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
+//! let y = wgpu_loss::cpu::fast::softmax(&x, 2, 3)?;
+//! let reference = wgpu_loss::cpu::reference::softmax(&x, 2, 3)?;
+//! assert!(wgpu_loss::F32_TOLERANCE.first_mismatch(&y, &reference).is_none());
+//! # Ok(()) }
+//! ```
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::ops::check_matrix;
+use crate::ops::cross_entropy::{checked_targets, ClassIndex, IGNORED_ROW};
+use crate::ops::Reduction;
+use crate::{CrossEntropyOptions, CrossEntropyOutput};
+
+/// Lanes of the inner loops: 8 f32 fill one AVX register, two SSE ones.
+const LANES: usize = 8;
+/// Elements summed in f32 lanes before the partial sum moves to f64.
+const BLOCK: usize = 1024;
+/// Elements handed to one rayon task at least: small rows are batched, but a
+/// few long rows still spread over every core.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
+fn min_rows(cols: usize) -> usize {
+    (MIN_ELEMS_PER_TASK / cols.max(1)).max(1)
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Round-to-nearest by adding 1.5 · 2^23 (no `round` instruction needed).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `exp(x)` for `x <= 0` (the only arguments a max-shifted softmax makes),
+/// in branch-free arithmetic the compiler vectorises: Cephes' degree-6
+/// polynomial on `[-ln2/2, ln2/2]` times `2^k` built from its bits. About 2
+/// ulp; 0 below -87.3 (where the true value is denormal), NaN for NaN.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    let xc = x.max(-87.3);
+    // kf = k + 1.5 · 2^23 with k = round(x / ln 2): its low mantissa bits hold
+    // k, so 2^k comes from integer arithmetic on the bits (no float-to-int
+    // conversion, which would not vectorise as well).
+    let kf = xc * LOG2E + ROUND_MAGIC;
+    let k = kf - ROUND_MAGIC;
+    let r = xc - k * LN2_HI - k * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    let ki = kf.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let two_k = f32::from_bits(ki.wrapping_add(127) << 23);
+    let v = p * two_k;
+    // NaN stays NaN (max(NaN, c) is c, so look at x itself); far below 0 is 0.
+    let v = if x < -87.3 { 0.0 } else { v };
+    if x.is_nan() {
+        x
+    } else {
+        v
+    }
+}
+
+#[inline(always)]
+fn row_max_portable(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            lanes[k] = if c[k] > lanes[k] { c[k] } else { lanes[k] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in chunks.remainder().iter().chain(&lanes) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// Whether this CPU runs the AVX2 + FMA copies of the hot loops (checked once).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The same loop compiled for AVX2 (8 lanes per instruction instead of SSE2's
+/// 4). Same operations in the same order, so the same bits as the portable
+/// copy: Rust never fuses a multiply and an add on its own.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_sum_avx2(x: &[f32], m: f32, out: Option<&mut [f32]>) -> f64 {
+    exp_sum_portable(x, m, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_max_avx2(x: &[f32]) -> f32 {
+    row_max_portable(x)
+}
+
+/// `Σ exp(x_j - m)` (f32 lanes within a block, f64 across blocks), writing
+/// each term to `out` when given.
+fn exp_sum(x: &[f32], m: f32, out: Option<&mut [f32]>) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+        return unsafe { exp_sum_avx2(x, m, out) };
+    }
+    exp_sum_portable(x, m, out)
+}
+
+/// Maximum of a row (NaN entries are skipped here; they turn the sum NaN).
+fn row_max(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+        return unsafe { row_max_avx2(x) };
+    }
+    row_max_portable(x)
+}
+
+#[inline(always)]
+fn exp_sum_portable(x: &[f32], m: f32, mut out: Option<&mut [f32]>) -> f64 {
+    let mut total = 0.0f64;
+    for (b, block) in x.chunks(BLOCK).enumerate() {
+        let mut lanes = [0.0f32; LANES];
+        let start = b * BLOCK;
+        match out.as_deref_mut() {
+            Some(out) => {
+                let dst = &mut out[start..start + block.len()];
+                let mut src = block.chunks_exact(LANES);
+                let mut d = dst.chunks_exact_mut(LANES);
+                for (s, o) in (&mut src).zip(&mut d) {
+                    for k in 0..LANES {
+                        let e = exp_nonpositive(s[k] - m);
+                        o[k] = e;
+                        lanes[k] += e;
+                    }
+                }
+                for (s, o) in src.remainder().iter().zip(d.into_remainder()) {
+                    let e = exp_nonpositive(s - m);
+                    *o = e;
+                    lanes[0] += e;
+                }
+            }
+            None => {
+                let mut src = block.chunks_exact(LANES);
+                for s in &mut src {
+                    for k in 0..LANES {
+                        lanes[k] += exp_nonpositive(s[k] - m);
+                    }
+                }
+                for s in src.remainder() {
+                    lanes[0] += exp_nonpositive(s - m);
+                }
+            }
+        }
+        total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    total
+}
+
+/// `log Σ exp` of a row from its max and shifted sum, with the reference's
+/// rules: NaN if any NaN, the max itself if it is infinite. (With a finite
+/// max, a NaN entry has already made the sum NaN; only an infinite max needs
+/// the row looked at again.)
+fn lse_of(row: &[f32], m: f32, s: f64) -> f32 {
+    if m.is_infinite() {
+        if row.iter().any(|v| v.is_nan()) {
+            f32::NAN
+        } else {
+            m
+        }
+    } else {
+        (f64::from(m) + s.ln()) as f32
+    }
+}
+
+fn for_rows(out: &mut [f32], x: &[f32], cols: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .with_min_len(min_rows(cols))
+        .for_each(|(o, r)| f(r, o));
+}
+
+/// Row-wise softmax of `[rows, cols]` `x`.
+pub fn softmax(x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; x.len()];
+    softmax_into(x, rows, cols, &mut out)?;
+    Ok(out)
+}
+
+/// [`softmax`] into a caller's buffer of `rows · cols` values (no allocation,
+/// no page faults on a buffer that is reused).
+pub fn softmax_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
+    check_matrix("x", x.len(), rows, cols)?;
+    check_matrix("out", out.len(), rows, cols)?;
+    for_rows(out, x, cols, |r, o| {
+        let m = row_max(r);
+        let inv = (1.0 / exp_sum(r, m, Some(o))) as f32;
+        o.iter_mut().for_each(|v| *v *= inv);
+    });
+    Ok(())
+}
+
+/// Row-wise log-softmax of `[rows, cols]` `x`.
+pub fn log_softmax(x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; x.len()];
+    log_softmax_into(x, rows, cols, &mut out)?;
+    Ok(out)
+}
+
+/// [`log_softmax`] into a caller's buffer of `rows · cols` values.
+pub fn log_softmax_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
+    check_matrix("x", x.len(), rows, cols)?;
+    check_matrix("out", out.len(), rows, cols)?;
+    for_rows(out, x, cols, |r, o| {
+        let m = row_max(r);
+        let shift = m + (exp_sum(r, m, None).ln() as f32);
+        o.iter_mut().zip(r).for_each(|(v, &xv)| *v = xv - shift);
+    });
+    Ok(())
+}
+
+/// Row-wise logsumexp of `[rows, cols]` `x` (`rows` values).
+pub fn logsumexp(x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    check_matrix("x", x.len(), rows, cols)?;
+    Ok(x.par_chunks(cols)
+        .with_min_len(min_rows(cols))
+        .map(|r| {
+            let m = row_max(r);
+            lse_of(r, m, exp_sum(r, m, None))
+        })
+        .collect())
+}
+
+/// `c · tanh(v / c)` and its slope `sech²(v / c)`, from one `exp` of a
+/// non-positive argument.
+#[inline(always)]
+fn softcap_and_slope(v: f32, c: f32) -> (f32, f32) {
+    let u = v / c;
+    let e = exp_nonpositive(-2.0 * u.abs());
+    let t = (1.0 - e) / (1.0 + e);
+    let d = 1.0 + e;
+    (c * t.copysign(u), 4.0 * e / (d * d))
+}
+
+/// Per-row results of cross-entropy before the reduction.
+struct RowResult {
+    ce: f64,
+    z: f64,
+    lse: f32,
+}
+
+/// Cross-entropy with class-index targets and every option of
+/// [`CrossEntropyOptions`], loss and (when `with_grad`) gradient, in f32 with
+/// f64 row sums; same shapes as [`crate::GpuContext::cross_entropy`].
+pub fn cross_entropy<T: ClassIndex>(
+    logits: &[f32],
+    targets: &[T],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+    with_grad: bool,
+) -> Result<CrossEntropyOutput> {
+    let mut grad = if with_grad {
+        vec![0.0f32; logits.len()]
+    } else {
+        Vec::new()
+    };
+    let out = cross_entropy_into(
+        logits,
+        targets,
+        classes,
+        options,
+        with_grad.then_some(&mut grad[..]),
+    )?;
+    Ok(CrossEntropyOutput {
+        grad: with_grad.then_some(grad),
+        ..out
+    })
+}
+
+/// [`cross_entropy`] writing the gradient, when asked for, into a caller's
+/// buffer of `N · C` values; the returned `grad` is `None`.
+pub fn cross_entropy_into<T: ClassIndex>(
+    logits: &[f32],
+    targets: &[T],
+    classes: usize,
+    options: &CrossEntropyOptions<'_>,
+    grad: Option<&mut [f32]>,
+) -> Result<CrossEntropyOutput> {
+    let rows = targets.len();
+    check_matrix("logits", logits.len(), rows, classes)?;
+    if let Some(g) = &grad {
+        check_matrix("grad", g.len(), rows, classes)?;
+    }
+    options.validate(classes)?;
+    let targets = checked_targets(targets, classes, options.ignore_index)?;
+    let weight = options.weight;
+    let w_of = |j: usize| weight.map_or(1.0f32, |w| w[j]);
+    let w_total: f64 = weight.map_or(classes as f64, |w| w.iter().map(|&v| f64::from(v)).sum());
+    let eps = options.label_smoothing;
+    let z = options.z_loss;
+    let cap = options.softcap;
+    let kept_count = targets.iter().filter(|&&t| t != IGNORED_ROW).count() as f64;
+    let denom: f64 = targets
+        .iter()
+        .filter(|&&t| t != IGNORED_ROW)
+        .map(|&t| f64::from(w_of(t as usize)))
+        .sum();
+    let scale = f64::from(options.grad_scale);
+    let (s_ce, s_z) = match options.reduction {
+        Reduction::Mean => (scale / denom, scale / kept_count),
+        _ => (scale, scale),
+    };
+    let c = classes as f64;
+    let row = |i: usize, x: &[f32], g: Option<&mut [f32]>| -> RowResult {
+        // The logits the loss sees: softcapped into the gradient buffer (or a
+        // scratch row) first, so the passes below read one slice.
+        let mut scratch = Vec::new();
+        let (xs, mut g): (&[f32], Option<&mut [f32]>) = match (cap, g) {
+            (None, g) => (x, g),
+            (Some(cv), Some(g)) => {
+                g.iter_mut()
+                    .zip(x)
+                    .for_each(|(o, &v)| *o = softcap_and_slope(v, cv).0);
+                scratch.extend_from_slice(g);
+                (&scratch[..], Some(g))
+            }
+            (Some(cv), None) => {
+                scratch.extend(x.iter().map(|&v| softcap_and_slope(v, cv).0));
+                (&scratch[..], None)
+            }
+        };
+        let m = row_max(xs);
+        let s = exp_sum(xs, m, g.as_deref_mut());
+        let lse = lse_of(xs, m, s);
+        let t = targets[i];
+        if t == IGNORED_ROW {
+            if let Some(g) = g {
+                g.fill(0.0);
+            }
+            return RowResult {
+                ce: 0.0,
+                z: 0.0,
+                lse,
+            };
+        }
+        let y = t as usize;
+        let lse64 = f64::from(lse);
+        let wy = f64::from(w_of(y));
+        let mut ce = (1.0 - f64::from(eps)) * wy * (lse64 - f64::from(xs[y]));
+        if eps > 0.0 {
+            let wx: f64 = match weight {
+                Some(w) => xs
+                    .iter()
+                    .zip(w)
+                    .map(|(&v, &wj)| f64::from(v) * f64::from(wj))
+                    .sum(),
+                None => xs.iter().map(|&v| f64::from(v)).sum(),
+            };
+            ce += f64::from(eps) / c * (lse64 * w_total - wx);
+        }
+        let zr = if z > 0.0 {
+            f64::from(z) * lse64 * lse64
+        } else {
+            0.0
+        };
+        let finite_row = lse.is_finite();
+        if let (Some(g), false) = (g.as_deref_mut(), finite_row) {
+            // A row with NaN or infinite logits: the reference's formula term
+            // by term, p_j = exp(x_j - lse), so NaN and 0 land where it puts them.
+            for (j, v) in g.iter_mut().enumerate() {
+                let p = (f64::from(xs[j]) - lse64).exp();
+                let onehot = if j == y { 1.0 } else { 0.0 };
+                let mut gj = s_ce * (1.0 - f64::from(eps)) * wy * (p - onehot);
+                if eps > 0.0 {
+                    gj += s_ce * f64::from(eps) / c * (w_total * p - f64::from(w_of(j)));
+                }
+                if z > 0.0 {
+                    gj += s_z * 2.0 * f64::from(z) * lse64 * p;
+                }
+                if let Some(cv) = cap {
+                    gj *= f64::from(softcap_and_slope(x[j], cv).1);
+                }
+                *v = gj as f32;
+            }
+        } else if let Some(g) = g {
+            // g_j = p_j · A - B · w_j - [j = y] · C, then times the softcap slope.
+            let a = s_ce * (1.0 - f64::from(eps)) * wy
+                + s_ce * f64::from(eps) / c * w_total
+                + s_z * 2.0 * f64::from(z) * lse64;
+            let a = (a / s) as f32;
+            let b = (s_ce * f64::from(eps) / c) as f32;
+            match weight {
+                Some(w) => g
+                    .iter_mut()
+                    .zip(w)
+                    .for_each(|(v, &wj)| *v = *v * a - b * wj),
+                None => g.iter_mut().for_each(|v| *v = *v * a - b),
+            }
+            g[y] -= (s_ce * (1.0 - f64::from(eps)) * wy) as f32;
+            if let Some(cv) = cap {
+                g.iter_mut()
+                    .zip(x)
+                    .for_each(|(v, &xv)| *v *= softcap_and_slope(xv, cv).1);
+            }
+        }
+        RowResult { ce, z: zr, lse }
+    };
+    let results: Vec<RowResult> = if let Some(grad) = grad {
+        grad.par_chunks_mut(classes)
+            .zip(logits.par_chunks(classes))
+            .enumerate()
+            .with_min_len(min_rows(classes))
+            .map(|(i, (g, x))| row(i, x, Some(g)))
+            .collect()
+    } else {
+        logits
+            .par_chunks(classes)
+            .enumerate()
+            .with_min_len(min_rows(classes))
+            .map(|(i, x)| row(i, x, None))
+            .collect()
+    };
+    // Reduced in row order on one thread: the same bits for any thread count.
+    let ce_sum: f64 = results.iter().map(|r| r.ce).sum();
+    let z_sum: f64 = results.iter().map(|r| r.z).sum();
+    let (loss, z_loss) = match options.reduction {
+        Reduction::None => (
+            results.iter().map(|r| (r.ce + r.z) as f32).collect(),
+            results.iter().map(|r| r.z as f32).collect(),
+        ),
+        Reduction::Sum => (vec![(ce_sum + z_sum) as f32], vec![z_sum as f32]),
+        Reduction::Mean => {
+            let zm = if z > 0.0 { z_sum / kept_count } else { 0.0 };
+            (vec![(ce_sum / denom + zm) as f32], vec![zm as f32])
+        }
+    };
+    Ok(CrossEntropyOutput {
+        loss,
+        z_loss,
+        lse: results.iter().map(|r| r.lse).collect(),
+        grad: None,
+    })
+}
+
+/// Bytes per second of copying `elems` f32 on every core (read + write), the
+/// yardstick for the fast CPU path.
+pub fn copy_gbps(elems: usize, iters: usize) -> f64 {
+    let src = vec![1.0f32; elems];
+    let mut dst = vec![0.0f32; elems];
+    let chunk = (elems / rayon::current_num_threads().max(1)).max(1 << 14);
+    let mut times = Vec::new();
+    for _ in 0..iters.max(1) + 1 {
+        let start = std::time::Instant::now();
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(std::hint::black_box(s)));
+        std::hint::black_box(&mut dst);
+        times.push(start.elapsed());
+    }
+    crate::bench::gbps(8 * elems as u64, crate::bench::median(times))
+}

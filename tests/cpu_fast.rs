@@ -1,0 +1,199 @@
+//! The fast CPU path against the f64 reference, under the same tolerance as
+//! the GPU: awkward shapes, every cross-entropy option, non-finite rows, and
+//! the same bits whatever the number of threads. Needs no GPU.
+
+mod common;
+
+use common::Rng;
+use wgpu_loss::cpu::{fast, reference};
+use wgpu_loss::{CrossEntropyOptions, Reduction, F32_TOLERANCE};
+
+const SHAPES: [(usize, usize); 8] = [
+    (1, 1),
+    (3, 7),
+    (5, 1000),
+    (2, 4099),
+    (3000, 5),
+    (64, 33),
+    (1, 300_001),
+    (1, 1_048_576),
+];
+
+fn check(what: &str, actual: &[f32], expected: &[f64]) {
+    if let Some(m) = F32_TOLERANCE.first_mismatch(actual, expected) {
+        panic!("{what}: {m}");
+    }
+}
+
+#[test]
+fn softmax_family_matches_the_reference() {
+    let mut rng = Rng::new(501);
+    for (rows, cols) in SHAPES {
+        for scale in [1.0, 30.0] {
+            let x = rng.vec_normal(rows * cols, scale);
+            let what = format!("{rows}x{cols} scale {scale}");
+            check(
+                &format!("softmax {what}"),
+                &fast::softmax(&x, rows, cols).expect("fast"),
+                &reference::softmax(&x, rows, cols).expect("ref"),
+            );
+            check(
+                &format!("log_softmax {what}"),
+                &fast::log_softmax(&x, rows, cols).expect("fast"),
+                &reference::log_softmax(&x, rows, cols).expect("ref"),
+            );
+            check(
+                &format!("logsumexp {what}"),
+                &fast::logsumexp(&x, rows, cols).expect("fast"),
+                &reference::logsumexp(&x, rows, cols).expect("ref"),
+            );
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_the_reference_for_every_option() {
+    let mut rng = Rng::new(502);
+    for (rows, cols) in SHAPES {
+        let x = rng.vec_normal(rows * cols, 4.0);
+        let mut t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+        if rows > 2 {
+            t[1] = -100;
+        }
+        let w: Vec<f32> = (0..cols).map(|_| rng.uniform(0.1, 2.0)).collect();
+        let option_sets = [
+            CrossEntropyOptions::default(),
+            CrossEntropyOptions {
+                weight: Some(&w),
+                label_smoothing: 0.1,
+                reduction: Reduction::Sum,
+                ..Default::default()
+            },
+            CrossEntropyOptions {
+                z_loss: 1e-3,
+                softcap: Some(5.0),
+                reduction: Reduction::None,
+                grad_scale: 0.5,
+                ..Default::default()
+            },
+            CrossEntropyOptions {
+                weight: Some(&w),
+                label_smoothing: 0.3,
+                z_loss: 1e-4,
+                softcap: Some(30.0),
+                ..Default::default()
+            },
+        ];
+        for (k, opts) in option_sets.iter().enumerate() {
+            let what = format!("{rows}x{cols} options #{k}");
+            let f = fast::cross_entropy(&x, &t, cols, opts, true).expect("fast");
+            let r = reference::cross_entropy(&x, &t, cols, opts).expect("ref");
+            check(&format!("loss {what}"), &f.loss, &r.loss);
+            check(&format!("z_loss {what}"), &f.z_loss, &r.z_loss);
+            check(&format!("lse {what}"), &f.lse, &r.lse);
+            check(
+                &format!("grad {what}"),
+                f.grad.as_deref().unwrap_or_default(),
+                &r.grad,
+            );
+            let loss_only = fast::cross_entropy(&x, &t, cols, opts, false).expect("fast");
+            assert!(loss_only.grad.is_none());
+            assert_eq!(
+                loss_only.loss, f.loss,
+                "{what}: loss-only equals loss + grad"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_rows_follow_the_reference() {
+    let inf = f32::INFINITY;
+    let x: Vec<f32> = [
+        [1.0, 2.0, 3.0, 4.0],
+        [1.0, f32::NAN, 3.0, 4.0],
+        [1.0, inf, 3.0, 4.0],
+        [1.0, -inf, 3.0, 4.0],
+        [-inf; 4],
+    ]
+    .concat();
+    let (rows, cols) = (5, 4);
+    check(
+        "softmax",
+        &fast::softmax(&x, rows, cols).expect("fast"),
+        &reference::softmax(&x, rows, cols).expect("ref"),
+    );
+    check(
+        "log_softmax",
+        &fast::log_softmax(&x, rows, cols).expect("fast"),
+        &reference::log_softmax(&x, rows, cols).expect("ref"),
+    );
+    check(
+        "logsumexp",
+        &fast::logsumexp(&x, rows, cols).expect("fast"),
+        &reference::logsumexp(&x, rows, cols).expect("ref"),
+    );
+    let t = vec![0i64; rows];
+    for opts in [
+        CrossEntropyOptions {
+            reduction: Reduction::None,
+            ..Default::default()
+        },
+        CrossEntropyOptions {
+            reduction: Reduction::None,
+            z_loss: 1e-3,
+            label_smoothing: 0.1,
+            ..Default::default()
+        },
+    ] {
+        let f = fast::cross_entropy(&x, &t, cols, &opts, true).expect("fast");
+        let r = reference::cross_entropy(&x, &t, cols, &opts).expect("ref");
+        check("ce loss", &f.loss, &r.loss);
+        check("ce grad", f.grad.as_deref().unwrap_or_default(), &r.grad);
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng::new(503);
+    let (rows, cols) = (777, 1001);
+    let x = rng.vec_normal(rows * cols, 3.0);
+    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let ce = fast::cross_entropy(&x, &t, cols, &Default::default(), true).expect("ce");
+            let sm = fast::softmax(&x, rows, cols).expect("softmax");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            (
+                bits(&ce.loss),
+                bits(ce.grad.as_deref().unwrap_or_default()),
+                bits(&sm),
+            )
+        })
+    };
+    assert!(run(1) == run(3), "1 and 3 threads disagree");
+}
+
+#[test]
+fn the_polynomial_exp_is_within_a_few_ulp() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x <= 0.0 {
+        let got = f64::from(fast::exp_nonpositive(x));
+        let want = f64::from(x).exp();
+        worst = worst.max(((got - want) / want).abs());
+        x += 0.001_3;
+    }
+    assert!(
+        worst < 4.0 * f64::from(f32::EPSILON),
+        "worst relative error {worst:e}"
+    );
+    assert_eq!(fast::exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    assert_eq!(fast::exp_nonpositive(-100.0), 0.0);
+    assert!(fast::exp_nonpositive(f32::NAN).is_nan());
+    assert_eq!(fast::exp_nonpositive(0.0), 1.0);
+}
