@@ -40,8 +40,9 @@ pub struct BenchArgs {
 /// Default sweep: small / medium / large-vocabulary shapes, under a minute on lavapipe.
 const DEFAULT_SHAPES: [(usize, usize); 3] = [(2048, 1000), (128, 32_768), (16, 262_144)];
 
-/// CPU runs per measurement: the f64 reference is slow, so fewer than the GPU's.
-const CPU_RUNS: usize = 3;
+/// Timed runs of the fast CPU path per measurement (it takes milliseconds;
+/// more samples steady the median).
+const CPU_RUNS: usize = 9;
 
 pub struct Row {
     pub op: &'static str,
@@ -97,7 +98,13 @@ impl Row {
             self.gbps,
             self.copy_gbps,
             self.pct(),
-            self.speedup.map_or("-".into(), |s| format!("{s:.1}x")),
+            self.speedup.map_or("-".into(), |s| {
+                if s < 0.1 {
+                    format!("{s:.3}x")
+                } else {
+                    format!("{s:.1}x")
+                }
+            }),
             self.max_abs_err.map_or("-".into(), |e| format!("{e:.1e}")),
         )
     }
