@@ -426,22 +426,30 @@ pub struct CpuFastOp<'a> {
     op: Op,
     input: &'a BenchInput,
     out: Vec<f32>,
+    /// `sigmoid(logits)`, the input of binary cross-entropy on probabilities.
+    probs: Vec<f32>,
 }
 
 impl<'a> CpuFastOp<'a> {
-    /// `None` for ops the fast path does not cover yet (the binary and focal
-    /// losses), which bench on the reference instead.
+    /// `None` for ops the fast path does not cover yet (multiclass focal
+    /// loss), which bench on the reference instead.
     pub fn new(op: Op, input: &'a BenchInput) -> Option<Self> {
         let len = match op {
             Op::Softmax | Op::LogSoftmax | Op::CrossEntropy => input.logits.len(),
             Op::Logsumexp | Op::CrossEntropyLoss => 0,
-            _ => return None,
+            Op::BinaryCrossEntropy | Op::BceWithLogits | Op::SigmoidFocal => 0,
+            Op::Focal => return None,
         };
         Some(Self {
             op,
             input,
             // Touched once here, so later runs do not pay the page faults.
             out: vec![1.0f32; len],
+            probs: if op == Op::BinaryCrossEntropy {
+                input.probabilities()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -475,7 +483,44 @@ impl<'a> CpuFastOp<'a> {
                 fast::cross_entropy_into(x, &input.classes, cols, &opts, Some(out))?;
                 None
             }
-            _ => Some(fast::cross_entropy_into(x, &input.classes, cols, &opts, None)?.loss),
+            Op::CrossEntropyLoss => {
+                Some(fast::cross_entropy_into(x, &input.classes, cols, &opts, None)?.loss)
+            }
+            // The element-wise losses return their gradient (a fresh buffer).
+            Op::BinaryCrossEntropy => {
+                fast::binary_cross_entropy(
+                    &self.probs,
+                    &input.labels,
+                    cols,
+                    &Default::default(),
+                    true,
+                )?
+                .grad
+            }
+            Op::BceWithLogits => {
+                fast::binary_cross_entropy_with_logits(
+                    x,
+                    &input.labels,
+                    cols,
+                    &Default::default(),
+                    true,
+                )?
+                .grad
+            }
+            Op::SigmoidFocal => {
+                fast::sigmoid_focal_loss(
+                    x,
+                    &input.labels,
+                    cols,
+                    &crate::SigmoidFocalOptions {
+                        reduction: crate::Reduction::Mean,
+                        ..Default::default()
+                    },
+                    true,
+                )?
+                .grad
+            }
+            Op::Focal => None,
         })
     }
 }

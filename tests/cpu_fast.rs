@@ -197,3 +197,76 @@ fn the_polynomial_exp_is_within_a_few_ulp() {
     assert!(fast::exp_nonpositive(f32::NAN).is_nan());
     assert_eq!(fast::exp_nonpositive(0.0), 1.0);
 }
+
+#[test]
+fn element_wise_losses_match_the_reference() {
+    use wgpu_loss::{BinaryLossOptions, SigmoidFocalOptions};
+    let mut rng = Rng::new(504);
+    for (rows, cols) in [(1, 1), (3, 7), (5, 1000), (2, 40_099), (3000, 5)] {
+        let n = rows * cols;
+        let x = rng.vec_normal(n, 4.0);
+        let probs: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+        let y: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+        let w_col: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 2.0)).collect();
+        let w_full: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 2.0)).collect();
+        let pos: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 3.0)).collect();
+        for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+            let what = format!("{rows}x{cols} {reduction:?}");
+            let opts = BinaryLossOptions {
+                weight: Some(&w_col),
+                reduction,
+                ..Default::default()
+            };
+            let f = fast::binary_cross_entropy(&probs, &y, cols, &opts, true).expect("fast");
+            let r = reference::binary_cross_entropy(&probs, &y, cols, &opts).expect("ref");
+            check(&format!("bce loss {what}"), &f.loss, &r.loss);
+            check(
+                &format!("bce grad {what}"),
+                f.grad.as_deref().unwrap_or_default(),
+                &r.grad,
+            );
+            let opts = BinaryLossOptions {
+                weight: Some(&w_full),
+                pos_weight: Some(&pos),
+                reduction,
+                grad_scale: 0.5,
+            };
+            let f =
+                fast::binary_cross_entropy_with_logits(&x, &y, cols, &opts, true).expect("fast");
+            let r = reference::binary_cross_entropy_with_logits(&x, &y, cols, &opts).expect("ref");
+            check(&format!("bce-logits loss {what}"), &f.loss, &r.loss);
+            check(
+                &format!("bce-logits grad {what}"),
+                f.grad.as_deref().unwrap_or_default(),
+                &r.grad,
+            );
+            for (alpha, gamma) in [(0.25, 2.0), (-1.0, 0.0), (0.5, 1.5)] {
+                let opts = SigmoidFocalOptions {
+                    alpha,
+                    gamma,
+                    reduction,
+                    grad_scale: 1.0,
+                };
+                let f = fast::sigmoid_focal_loss(&x, &y, cols, &opts, true).expect("fast");
+                let r = reference::sigmoid_focal_loss(&x, &y, cols, &opts).expect("ref");
+                check(
+                    &format!("focal loss {what} a{alpha} g{gamma}"),
+                    &f.loss,
+                    &r.loss,
+                );
+                check(
+                    &format!("focal grad {what} a{alpha} g{gamma}"),
+                    f.grad.as_deref().unwrap_or_default(),
+                    &r.grad,
+                );
+                let loss_only = fast::sigmoid_focal_loss(&x, &y, cols, &opts, false).expect("fast");
+                assert_eq!(
+                    loss_only.loss, f.loss,
+                    "{what}: loss-only equals loss + grad"
+                );
+            }
+        }
+    }
+    // Bad options are the same errors as the GPU's.
+    assert!(fast::binary_cross_entropy(&[1.5], &[0.0], 1, &Default::default(), true).is_err());
+}

@@ -165,7 +165,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     if !args.json {
         println!(
             "adapter: {adapter}; kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads where it exists \
-             (softmax family, cross-entropy; median of {CPU_RUNS} after a warm-up), else one run of the f64 reference; \
+             (every op but multiclass focal; median of {CPU_RUNS} after a warm-up), else one run of the f64 reference; \
              GPU: median of {iters} runs after a warm-up", rayon::current_num_threads()
         );
         println!(

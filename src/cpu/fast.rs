@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::ops::binary::{BinaryCall, BinaryOp};
 use crate::ops::check_matrix;
 use crate::ops::cross_entropy::{checked_targets, ClassIndex, IGNORED_ROW};
 use crate::ops::Reduction;
@@ -488,4 +489,221 @@ pub fn copy_gbps(elems: usize, iters: usize) -> f64 {
         times.push(start.elapsed());
     }
     crate::bench::gbps(8 * elems as u64, crate::bench::median(times))
+}
+
+/// Elements per chunk of the element-wise losses: fixed (not derived from the
+/// thread count), so the chunk sums, added in order, give the same bits for
+/// any number of threads.
+const ELEMENT_CHUNK: usize = 1 << 14;
+
+fn sigmoid_f32(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `log(1 + e^-x)`, stable for every `x`.
+fn softplus_neg_f32(x: f32) -> f32 {
+    (-x).max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// One element of an element-wise loss, the reference's formulas in f32.
+#[inline(always)]
+fn binary_element(call: &BinaryCall<'_>, x: f32, y: f32, w: f32, pw: f32) -> (f32, f32) {
+    match call.op {
+        BinaryOp::Probabilities => {
+            let lp = x.ln().max(-100.0);
+            let l1p = (1.0 - x).ln().max(-100.0);
+            (
+                -w * (y * lp + (1.0 - y) * l1p),
+                w * (x - y) / (x * (1.0 - x)).max(1e-12),
+            )
+        }
+        BinaryOp::Logits => {
+            let coef = 1.0 + (pw - 1.0) * y;
+            (
+                w * ((1.0 - y) * x + coef * softplus_neg_f32(x)),
+                w * (coef * sigmoid_f32(x) - pw * y),
+            )
+        }
+        BinaryOp::SigmoidFocal => {
+            let p = sigmoid_f32(x);
+            let ce = (1.0 - y) * x + softplus_neg_f32(x);
+            let (mut l, mut g) = (ce, p - y);
+            let gamma = call.gamma;
+            if gamma != 0.0 {
+                let q = (1.0 - (p * y + (1.0 - p) * (1.0 - y))).max(0.0);
+                let qg = if q == 0.0 { 0.0 } else { q.powf(gamma) };
+                let s = p * (1.0 - p);
+                let slope = if q == 0.0 || s == 0.0 {
+                    0.0
+                } else {
+                    gamma * q.powf(gamma - 1.0) * (2.0 * y - 1.0) * s * ce
+                };
+                l = ce * qg;
+                g = (p - y) * qg - slope;
+            }
+            if call.alpha >= 0.0 {
+                let a = call.alpha * y + (1.0 - call.alpha) * (1.0 - y);
+                l *= a;
+                g *= a;
+            }
+            (l, g)
+        }
+    }
+}
+
+/// The element-wise losses on every core: chunks of [`ELEMENT_CHUNK`]
+/// elements in parallel, chunk sums in f64 added in order.
+fn binary_run(call: BinaryCall<'_>, with_grad: bool) -> Result<crate::LossOutput> {
+    call.validate()?;
+    let n = call.inputs.len();
+    let cols = call.cols;
+    let full_weight = call.weight.filter(|w| w.len() == n);
+    let col_weight = call.weight.filter(|w| w.len() != n);
+    let reduce = call.reduction != Reduction::None;
+    let denom = if call.reduction == Reduction::Mean {
+        n as f64
+    } else {
+        1.0
+    };
+    let scale = (f64::from(call.grad_scale) / denom) as f32;
+    let mut loss = if reduce { Vec::new() } else { vec![0.0f32; n] };
+    let mut grad = if with_grad {
+        vec![0.0f32; n]
+    } else {
+        Vec::new()
+    };
+    let call = &call;
+    // Every buffer is chunked the same way, so chunk k covers these elements.
+    let chunk_sum = |start: usize, mut l: Option<&mut [f32]>, mut g: Option<&mut [f32]>| -> f64 {
+        let mut total = 0.0f64;
+        for k in 0..ELEMENT_CHUNK.min(n - start) {
+            let i = start + k;
+            let w = match (full_weight, col_weight) {
+                (Some(w), _) => w[i],
+                (None, Some(w)) => w[i % cols],
+                _ => 1.0,
+            };
+            let pw = call.pos_weight.map_or(1.0, |p| p[i % cols]);
+            let (li, gi) = binary_element(call, call.inputs[i], call.targets[i], w, pw);
+            total += f64::from(li);
+            if let Some(l) = l.as_deref_mut() {
+                l[k] = li;
+            }
+            if let Some(g) = g.as_deref_mut() {
+                g[k] = gi * scale;
+            }
+        }
+        total
+    };
+    let starts = (0..n).step_by(ELEMENT_CHUNK);
+    let sums: Vec<f64> = match (reduce, with_grad) {
+        (true, true) => grad
+            .par_chunks_mut(ELEMENT_CHUNK)
+            .zip(starts.collect::<Vec<_>>())
+            .map(|(g, s)| chunk_sum(s, None, Some(g)))
+            .collect(),
+        (true, false) => starts
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|s| chunk_sum(s, None, None))
+            .collect(),
+        (false, true) => loss
+            .par_chunks_mut(ELEMENT_CHUNK)
+            .zip(grad.par_chunks_mut(ELEMENT_CHUNK))
+            .zip(starts.collect::<Vec<_>>())
+            .map(|((l, g), s)| chunk_sum(s, Some(l), Some(g)))
+            .collect(),
+        (false, false) => loss
+            .par_chunks_mut(ELEMENT_CHUNK)
+            .zip(starts.collect::<Vec<_>>())
+            .map(|(l, s)| chunk_sum(s, Some(l), None))
+            .collect(),
+    };
+    if reduce {
+        loss = vec![(sums.iter().sum::<f64>() / denom) as f32];
+    }
+    Ok(crate::LossOutput {
+        loss,
+        grad: with_grad.then_some(grad),
+    })
+}
+
+/// Binary cross-entropy on probabilities `[N, C]` (`C = cols`), in f32 on every core.
+pub fn binary_cross_entropy(
+    probs: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &crate::BinaryLossOptions<'_>,
+    with_grad: bool,
+) -> Result<crate::LossOutput> {
+    binary_run(
+        BinaryCall {
+            op: BinaryOp::Probabilities,
+            inputs: probs,
+            targets,
+            cols,
+            weight: options.weight,
+            pos_weight: options.pos_weight,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: 0.0,
+            gamma: 0.0,
+        },
+        with_grad,
+    )
+}
+
+/// Binary cross-entropy on logits `[N, C]` with `pos_weight`, in f32 on every core.
+pub fn binary_cross_entropy_with_logits(
+    logits: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &crate::BinaryLossOptions<'_>,
+    with_grad: bool,
+) -> Result<crate::LossOutput> {
+    binary_run(
+        BinaryCall {
+            op: BinaryOp::Logits,
+            inputs: logits,
+            targets,
+            cols,
+            weight: options.weight,
+            pos_weight: options.pos_weight,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: 0.0,
+            gamma: 0.0,
+        },
+        with_grad,
+    )
+}
+
+/// torchvision's sigmoid focal loss on logits `[N, C]`, in f32 on every core.
+pub fn sigmoid_focal_loss(
+    logits: &[f32],
+    targets: &[f32],
+    cols: usize,
+    options: &crate::SigmoidFocalOptions,
+    with_grad: bool,
+) -> Result<crate::LossOutput> {
+    binary_run(
+        BinaryCall {
+            op: BinaryOp::SigmoidFocal,
+            inputs: logits,
+            targets,
+            cols,
+            weight: None,
+            pos_weight: None,
+            reduction: options.reduction,
+            grad_scale: options.grad_scale,
+            alpha: options.alpha,
+            gamma: options.gamma,
+        },
+        with_grad,
+    )
 }
