@@ -26,7 +26,7 @@ fn benches(c: &mut Criterion) {
         let input = BenchInput::new(rows, cols).expect("bench shape is valid");
         let shape = format!("{rows}x{cols}");
         if let Some(ctx) = &ctx {
-            let copy = CopyKernel::new(ctx, rows * cols);
+            let copy = CopyKernel::new(ctx, rows * cols).expect("copy buffers fit");
             let mut group = c.benchmark_group("copy");
             group.throughput(Throughput::Bytes(copy.bytes()));
             group.bench_function(BenchmarkId::new("gpu-kernel", &shape), |b| {

@@ -45,20 +45,48 @@ fn pos_weight_at(i: u32) -> vec_t {
     return vec_t(1.0);
 }
 
-// log(1 + u) for u >= 0, accurate for tiny u (Goldberg): WGSL has no log1p.
-fn log1p_pos(u: vec_t) -> vec_t {
-    let v = vec_t(1.0) + u;
-    return select(log(v) * u / (v - vec_t(1.0)), u, v == vec_t(1.0));
+// log(1 + u) for u in [0, 1] (here always exp(-|x|)): WGSL has no log1p, and
+// Vulkan lets log() be off by 2^-21 absolute near 1, which is the whole value
+// for small u (so Goldberg's log(v) u / (v - 1) fails on GPUs). Instead
+// log(1 + u) = 2 atanh(s) with s = u / (2 + u) <= 1/3, as a series to s^17:
+// relative error below 1e-10 plus rounding, using no log at all.
+fn log1p_unit(u: vec_t) -> vec_t {
+    let s = u / (vec_t(2.0) + u);
+    let s2 = s * s;
+    var p = vec_t(1.0 / 17.0);
+    p = p * s2 + vec_t(1.0 / 15.0);
+    p = p * s2 + vec_t(1.0 / 13.0);
+    p = p * s2 + vec_t(1.0 / 11.0);
+    p = p * s2 + vec_t(1.0 / 9.0);
+    p = p * s2 + vec_t(1.0 / 7.0);
+    p = p * s2 + vec_t(1.0 / 5.0);
+    p = p * s2 + vec_t(1.0 / 3.0);
+    return vec_t(2.0) * s * (vec_t(1.0) + s2 * p);
 }
 
-// softplus(-x) = max(-x, 0) + log1p(exp(-|x|)): finite for every finite x.
-fn softplus_neg(x: vec_t) -> vec_t {
-    return max(-x, vec_t(0.0)) + log1p_pos(exp(-abs(x)));
-}
+// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x), each from exp(-|x|): 1 - p computed
+// as a difference would lose its digits once p is near 1 (confident predictions).
+struct Sig { p: vec_t, pc: vec_t }
 
-fn sigmoid(x: vec_t) -> vec_t {
+fn sigmoid_pair(x: vec_t) -> Sig {
     let e = exp(-abs(x));
-    return select(e / (vec_t(1.0) + e), vec_t(1.0) / (vec_t(1.0) + e), x >= vec_t(0.0));
+    let big = vec_t(1.0) / (vec_t(1.0) + e);
+    let small = e / (vec_t(1.0) + e);
+    let pos = x >= vec_t(0.0);
+    return Sig(select(small, big, pos), select(big, small, pos));
+}
+
+// (1 - y) x + c softplus(-x) written as (1 - y) softplus(x) + c' softplus(-x): two
+// non-negative terms, no cancellation (softplus(x) = x + softplus(-x)). Infinite x
+// keeps PyTorch's literal formula, whose 0 * inf is NaN.
+fn logit_loss(x: vec_t, y: vec_t, pw: vec_t) -> vec_t {
+    let l1 = log1p_unit(exp(-abs(x)));
+    let sp_pos = max(x, vec_t(0.0)) + l1;
+    let sp_neg = max(-x, vec_t(0.0)) + l1;
+    let stable = (vec_t(1.0) - y) * sp_pos + pw * y * sp_neg;
+    let coef = vec_t(1.0) + (pw - vec_t(1.0)) * y;
+    let literal = (vec_t(1.0) - y) * x + coef * sp_neg;
+    return select(stable, literal, abs(x) == vec_t(bitcast<f32>(0x7f800000u)));
 }
 
 struct Elem { loss: vec_t, grad: vec_t }
@@ -72,23 +100,26 @@ fn bce_prob(p: vec_t, y: vec_t, w: vec_t) -> Elem {
 }
 
 fn bce_logits(x: vec_t, y: vec_t, w: vec_t, pw: vec_t) -> Elem {
-    let coef = vec_t(1.0) + (pw - vec_t(1.0)) * y;
-    let loss = w * ((vec_t(1.0) - y) * x + coef * softplus_neg(x));
-    let g = w * (coef * sigmoid(x) - pw * y);
+    let sg = sigmoid_pair(x);
+    let loss = w * logit_loss(x, y, pw);
+    // coef p - pw y with coef = 1 + (pw - 1) y, rearranged to avoid 1 - p.
+    let g = w * ((vec_t(1.0) - y) * sg.p - pw * y * sg.pc);
     return Elem(loss, g);
 }
 
 fn sigmoid_focal(x: vec_t, y: vec_t) -> Elem {
-    let p = sigmoid(x);
-    let ce = (vec_t(1.0) - y) * x + softplus_neg(x);
+    let sg = sigmoid_pair(x);
+    let p = sg.p;
+    let ce = logit_loss(x, y, vec_t(1.0));
     var loss = ce;
-    var g = p - y;
+    var g = (vec_t(1.0) - y) * p - y * sg.pc;
     let gamma = params.gamma;
     if (gamma != 0.0) {
-        let q = max(vec_t(1.0) - (p * y + (vec_t(1.0) - p) * (vec_t(1.0) - y)), vec_t(0.0));
+        // q = 1 - p_t = y (1 - p) + (1 - y) p, without forming 1 - p_t.
+        let q = y * sg.pc + (vec_t(1.0) - y) * p;
         let zero_q = q == vec_t(0.0);
         let qg = select(pow(q, vec_t(gamma)), vec_t(0.0), zero_q);
-        let s = p * (vec_t(1.0) - p);
+        let s = p * sg.pc;
         // Where sigmoid saturates (s == 0) or q == 0 the modulating factor's slope term vanishes.
         let slope = select(
             vec_t(gamma) * pow(q, vec_t(gamma - 1.0)) * (vec_t(2.0) * y - vec_t(1.0)) * s * ce,
@@ -96,7 +127,7 @@ fn sigmoid_focal(x: vec_t, y: vec_t) -> Elem {
             zero_q | (s == vec_t(0.0)),
         );
         loss = ce * qg;
-        g = (p - y) * qg - slope;
+        g = g * qg - slope;
     }
     if (has(FLAG_ALPHA)) {
         let a = vec_t(params.alpha) * y + vec_t(1.0 - params.alpha) * (vec_t(1.0) - y);

@@ -378,15 +378,28 @@ pub struct CopyKernel<'a> {
 }
 
 impl<'a> CopyKernel<'a> {
-    /// Allocates source and destination of `elems` f32 each.
-    pub fn new(ctx: &'a GpuContext, elems: usize) -> Self {
-        Self {
-            ctx,
-            elems,
-            src: ctx.scratch("copy src", elems as u64 * 4),
-            dst: ctx.scratch("copy dst", elems as u64 * 4),
-            timer: GpuTimer::new(ctx),
+    /// Allocates source and destination of `elems` f32 each; a size past the
+    /// device's `max_buffer_size` is an error, not wgpu's panic.
+    pub fn new(ctx: &'a GpuContext, elems: usize) -> Result<Self> {
+        let bytes = (elems as u64).saturating_mul(4);
+        let limit = ctx.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: "copy kernel buffer",
+                requested: bytes,
+                limit_name: "max_buffer_size",
+                limit,
+            });
         }
+        ctx.scoped("copy allocation", || {
+            Ok(Self {
+                ctx,
+                elems,
+                src: ctx.scratch("copy src", bytes),
+                dst: ctx.scratch("copy dst", bytes),
+                timer: GpuTimer::new(ctx),
+            })
+        })
     }
 
     /// Bytes moved per run (read + write).

@@ -137,10 +137,13 @@ pub enum Target {
     Values(Vec<f32>),
 }
 
-/// Scalar options; `Default` is PyTorch's and torchvision's defaults.
+/// Scalar options; `Default` is PyTorch's defaults (see `reduction` for
+/// sigmoid focal loss).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
-    /// Reduction of the losses. Default `mean`.
+    /// Reduction of the losses. Default `mean`, for every loss (the
+    /// command's default too). torchvision's `sigmoid_focal_loss` defaults
+    /// to `none`: set it to match that.
     pub reduction: Reduction,
     /// Cross-entropy and focal: target ignored. Default -100.
     pub ignore_index: i64,

@@ -398,6 +398,25 @@ fn bad_input_dir() -> tempfile::TempDir {
     let x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.37).sin()).collect();
     write_npy(&p.join("x.npy"), &[4, 10], &x).expect("x");
     write_npy(&p.join("w3.npy"), &[3], &[1.0, 1.0, 1.0]).expect("w");
+    write_npy(&p.join("w10.npy"), &[10], &[1.0; 10]).expect("w");
+    let mut pneg = [1.0f32; 10];
+    pneg[4] = -2.0;
+    write_npy(&p.join("pneg.npy"), &[10], &pneg).expect("p");
+    let labels: Vec<f32> = (0..40).map(|i| (i % 2) as f32).collect();
+    write_npy(&p.join("labels.npy"), &[4, 10], &labels).expect("labels");
+    let x64 = {
+        let mut b = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[4, 10])
+            .writer(&mut b)
+            .begin_nd()
+            .expect("header");
+        w.extend(x.iter().map(|&v| f64::from(v))).expect("data");
+        w.finish().expect("finish");
+        b
+    };
+    std::fs::write(p.join("x64.npy"), x64).expect("write");
     write_i64(&p.join("t.npy"), &[1, 0, 9, 3]);
     write_i64(&p.join("t_short.npy"), &[1, 0, 9]);
     write_i64(&p.join("t_range.npy"), &[1, 0, 10, 3]);
@@ -532,6 +551,41 @@ fn bad_input_is_one_clear_line_and_no_output() {
         (
             &["cross-entropy-but-not", "--input=x.npy"],
             &["unknown op", "cross-entropy"],
+        ),
+        // Found in review: negative values written with a space reach the range
+        // check; applicability before shapes; the float64 note does not add a
+        // second line to a failure; pos_weight's own file is named.
+        (
+            &["focal", "--input=x.npy", "--target=t.npy", "--gamma", "-2"],
+            &["gamma", "-2"],
+        ),
+        (
+            &[
+                "cross-entropy",
+                "--input=x.npy",
+                "--target=t.npy",
+                "--label-smoothing",
+                "-0.1",
+            ],
+            &["label_smoothing"],
+        ),
+        (
+            &["softmax", "--input=x.npy", "--weight=w3.npy"],
+            &["--weight does not apply to softmax"],
+        ),
+        (
+            &["cross-entropy", "--input=x64.npy", "--target=t_range.npy"],
+            &["--target t_range.npy", "row 2"],
+        ),
+        (
+            &[
+                "bce-with-logits",
+                "--input=x.npy",
+                "--target=labels.npy",
+                "--weight=w10.npy",
+                "--pos-weight=pneg.npy",
+            ],
+            &["--pos-weight pneg.npy", "weight[4] = -2"],
         ),
     ];
     for (args, words) in cases {
@@ -728,5 +782,30 @@ fn an_adapter_name_that_matches_nothing_is_a_clear_error() {
     assert!(
         stderr.contains("no-such-adapter-xyz") && stderr.contains("adapters found"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn eval_leaves_no_stale_output_from_an_earlier_run() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path();
+    let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.1).collect();
+    write_npy(&p.join("x.npy"), &[3, 4], &x).expect("x");
+    write_npy(&p.join("g.npy"), &[3, 4], &[1.0; 12]).expect("g");
+    let (ok, stderr) = eval(
+        p,
+        &["softmax", "--input=x.npy", "--grad-output=g.npy", "--out=o"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(p.join("o/grad.npy").exists());
+    let (ok, stderr) = eval(p, &["softmax", "--input=x.npy", "--out=o"]);
+    assert!(ok, "{stderr}");
+    assert!(p.join("o/output.npy").exists());
+    assert!(
+        !p.join("o/grad.npy").exists(),
+        "grad.npy of the first run is stale"
     );
 }

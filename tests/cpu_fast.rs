@@ -270,3 +270,45 @@ fn element_wise_losses_match_the_reference() {
     // Bad options are the same errors as the GPU's.
     assert!(fast::binary_cross_entropy(&[1.5], &[0.0], 1, &Default::default(), true).is_err());
 }
+
+/// Found in review: rounding m + ln s to f32 before subtracting x cost the
+/// whole result once the logits sit around 10^4.
+#[test]
+fn large_offset_logits_keep_their_precision() {
+    let mut rng = Rng::new(505);
+    let (rows, cols) = (16, 300);
+    for offset in [2048.0f32, 10_000.0, -30_000.0] {
+        let x: Vec<f32> = rng
+            .vec_normal(rows * cols, 2.0)
+            .iter()
+            .map(|v| v + offset)
+            .collect();
+        let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+        check(
+            &format!("log_softmax offset {offset}"),
+            &fast::log_softmax(&x, rows, cols).expect("fast"),
+            &reference::log_softmax(&x, rows, cols).expect("ref"),
+        );
+        for opts in [
+            CrossEntropyOptions {
+                reduction: Reduction::None,
+                ..Default::default()
+            },
+            CrossEntropyOptions {
+                reduction: Reduction::None,
+                label_smoothing: 0.2,
+                z_loss: 1e-6,
+                ..Default::default()
+            },
+        ] {
+            let f = fast::cross_entropy(&x, &t, cols, &opts, true).expect("fast");
+            let r = reference::cross_entropy(&x, &t, cols, &opts).expect("ref");
+            check(&format!("ce loss offset {offset}"), &f.loss, &r.loss);
+            check(
+                &format!("ce grad offset {offset}"),
+                f.grad.as_deref().unwrap_or_default(),
+                &r.grad,
+            );
+        }
+    }
+}

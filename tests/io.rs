@@ -90,6 +90,11 @@ const CORPUS: &[(&str, &str)] = &[
     ("npy/unknown-version.npy", "version 9"),
     ("npy/huge-header-length.npy", "truncated"),
     ("npy/huge-shape-overflow.npy", "overflows"),
+    // Found in review: the first pre-check looked only at the first "shape"
+    // text and only at tuples.
+    ("npy/huge-shape-as-list.npy", "overflows"),
+    ("npy/huge-shape-after-decoy-key.npy", "overflows"),
+    ("npy/escaped-shape-key.npy", "backslash"),
     ("npy/huge-shape-no-data.npy", "truncated"),
     ("npy/dtype-mismatch.npy", "truncated"),
     ("npy/complex-dtype.npy", "not supported"),

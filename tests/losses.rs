@@ -683,3 +683,74 @@ fn invalid_inputs_are_errors() {
         "{e}"
     );
 }
+
+/// Found in review: with hard labels and confident predictions, `1 - p` and
+/// `(1 - y) x + softplus(-x)` cancel in f32. GPU and fast CPU path must keep
+/// the reference's digits there.
+#[test]
+fn confident_predictions_with_hard_labels_keep_their_digits() {
+    use wgpu_loss::cpu::fast;
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (8, 64);
+    let n = rows * cols;
+    // |x| in [6, 14], labels agreeing with the sign (tiny losses and
+    // gradients everywhere, so the tolerance's scale is tiny too).
+    let mut rng = Rng::new(808);
+    let x: Vec<f32> = (0..n)
+        .map(|_| {
+            let v = rng.uniform(6.0, 14.0);
+            if rng.below(2) == 0 {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect();
+    let y: Vec<f32> = x.iter().map(|&v| if v > 0.0 { 1.0 } else { 0.0 }).collect();
+    let pos: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 2.0)).collect();
+    let opts = BinaryLossOptions {
+        pos_weight: Some(&pos),
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let r = reference::binary_cross_entropy_with_logits(&x, &y, cols, &opts).expect("ref");
+    let g = ctx
+        .binary_cross_entropy_with_logits_blocking(&x, &y, cols, &opts)
+        .expect("gpu");
+    assert_close("bce-logits loss", &g.loss, &r.loss);
+    assert_close(
+        "bce-logits grad",
+        g.grad.as_deref().unwrap_or_default(),
+        &r.grad,
+    );
+    let f = fast::binary_cross_entropy_with_logits(&x, &y, cols, &opts, true).expect("fast");
+    assert_close("fast bce-logits loss", &f.loss, &r.loss);
+    assert_close(
+        "fast bce-logits grad",
+        f.grad.as_deref().unwrap_or_default(),
+        &r.grad,
+    );
+    for gamma in [0.0, 2.0] {
+        let opts = SigmoidFocalOptions {
+            gamma,
+            ..Default::default()
+        };
+        let r = reference::sigmoid_focal_loss(&x, &y, cols, &opts).expect("ref");
+        let g = ctx
+            .sigmoid_focal_loss_blocking(&x, &y, cols, &opts)
+            .expect("gpu");
+        assert_close("sigmoid-focal loss", &g.loss, &r.loss);
+        assert_close(
+            "sigmoid-focal grad",
+            g.grad.as_deref().unwrap_or_default(),
+            &r.grad,
+        );
+        let f = fast::sigmoid_focal_loss(&x, &y, cols, &opts, true).expect("fast");
+        assert_close("fast sigmoid-focal loss", &f.loss, &r.loss);
+        assert_close(
+            "fast sigmoid-focal grad",
+            f.grad.as_deref().unwrap_or_default(),
+            &r.grad,
+        );
+    }
+}

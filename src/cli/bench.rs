@@ -310,7 +310,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
 }
 
 fn copy_gbps(ctx: &GpuContext, elems: usize, iters: usize) -> Result<f64, String> {
-    let copy = CopyKernel::new(ctx, elems);
+    let copy = CopyKernel::new(ctx, elems).map_err(|e| e.to_string())?;
     copy.run().map_err(|e| e.to_string())?;
     let times = (0..iters)
         .map(|_| copy.run())

@@ -57,20 +57,20 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true)]
     ignore_index: Option<i64>,
     /// Label smoothing in [0, 1] (cross-entropy) [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     label_smoothing: Option<f32>,
     /// z-loss weight (cross-entropy) [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     z_loss: Option<f32>,
     /// Logit softcap c > 0 (cross-entropy) [default: none].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     softcap: Option<f32>,
     /// Alpha: sigmoid-focal's class balance (-1 disables) [default: 0.25]; for focal, one
     /// alpha for every class [default: none].
     #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f32>,
     /// Focusing parameter gamma >= 0 (focal losses) [default: 2].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     gamma: Option<f32>,
     /// Where to compute.
     #[arg(long, value_enum, default_value = "gpu")]
@@ -90,9 +90,6 @@ struct Input {
 impl Input {
     fn read(flag: &'static str, arg: &str) -> Result<Input, String> {
         let array = read_array(arg).map_err(|e| format!("--{flag} {e}"))?;
-        if array.was_narrowed() {
-            eprintln!("note: --{flag} {arg}: float64 values rounded to float32");
-        }
         Ok(Input {
             flag,
             arg: arg.to_string(),
@@ -143,6 +140,18 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     let mut weight = read_optional("weight", &args.weight)?;
     let mut pos_weight = read_optional("pos-weight", &args.pos_weight)?;
     let mut grad_output = read_optional("grad-output", &args.grad_output)?;
+
+    // What applies to this op comes first: `softmax --weight w.npy` should
+    // say the weight does not apply, not that its shape is wrong.
+    let skeleton = Problem {
+        target: target.as_ref().map(|_| Target::Values(Vec::new())),
+        weight: weight.as_ref().map(|_| Vec::new()),
+        pos_weight: pos_weight.as_ref().map(|_| Vec::new()),
+        grad_output: grad_output.as_ref().map(|_| vec![1.0]),
+        settings,
+        ..Problem::new(op, 0, 0, Vec::new())
+    };
+    skeleton.validate().map_err(|e| blame(&e, &[], None))?;
 
     let shape = input.shape().to_vec();
     let (rows, cols) = matrix_shape(op, &input)?;
@@ -197,12 +206,14 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     .into_iter()
     .flatten()
     .collect();
-    problem.validate().map_err(|e| blame(&e, &named))?;
+    problem
+        .validate()
+        .map_err(|e| blame(&e, &named, Some(&problem)))?;
 
     let outputs = match args.device {
         DeviceArg::Gpu => {
             let ctx = super::gpu_context()
-                .map_err(|e| format!("{e}\n(or run on the CPU reference with --device cpu)"))?;
+                .map_err(|e| format!("{e} (or run on the CPU reference with --device cpu)"))?;
             problem.run_gpu_blocking(&ctx)
         }
         DeviceArg::Cpu => problem
@@ -212,7 +223,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
                 grad: o.grad.map(|g| g.into_iter().map(|v| v as f32).collect()),
             }),
     };
-    let outputs = outputs.map_err(|e| blame(&e, &named))?;
+    let outputs = outputs.map_err(|e| blame(&e, &named, Some(&problem)))?;
 
     let (name, out_shape) = match op {
         Op::Softmax | Op::LogSoftmax => ("output.npy", shape.clone()),
@@ -226,6 +237,15 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         files.push(("grad.npy", shape.clone(), grad));
     }
     write_outputs(&args.out, &files)?;
+    // Notes only once everything succeeded: a failure stays one line.
+    for input in &named {
+        if input.array.was_narrowed() {
+            eprintln!(
+                "note: --{} {}: float64 values rounded to float32",
+                input.flag, input.arg
+            );
+        }
+    }
     for (name, shape, data) in &files {
         let path = args.out.join(name);
         match data.as_slice() {
@@ -321,16 +341,33 @@ fn target_for(op: Op, t: &mut Input, input_shape: &[usize]) -> Result<Target, St
 }
 
 /// Names the file or option behind a library error.
-fn blame(e: &Error, inputs: &[&Input]) -> String {
+fn blame(e: &Error, inputs: &[&Input], problem: Option<&Problem>) -> String {
     let flag = |name: &str| inputs.iter().find(|i| i.flag == name);
     let owner = match e {
         Error::TargetOutOfRange { .. } => flag("target"),
-        Error::InvalidWeight { .. } => flag("weight").or(flag("pos-weight")),
+        Error::InvalidWeight { index, value } => {
+            // Class weights and pos_weight share the error; see whose value it is.
+            let holds = |w: Option<&Vec<f32>>| {
+                w.and_then(|w| w.get(*index))
+                    .is_some_and(|v| v.to_bits() == value.to_bits())
+            };
+            match problem {
+                Some(p) if holds(p.weight.as_ref()) => flag("weight"),
+                Some(p) if holds(p.pos_weight.as_ref()) => flag("pos-weight"),
+                _ => flag("weight").or(flag("pos-weight")),
+            }
+        }
         Error::InvalidValue { what, .. } if what.contains("target") => flag("target"),
         Error::InvalidValue { what, .. } if what.contains("weight") => {
             flag("weight").or(flag("pos-weight"))
         }
         Error::InvalidValue { .. } => flag("input"),
+        // Focal's per-class alpha comes from --weight when that file is given.
+        Error::InvalidOption { name: "alpha", .. } if flag("weight").is_some() => flag("weight"),
+        // A loss's one-value grad-output becomes its grad_scale.
+        Error::InvalidOption {
+            name: "grad_scale", ..
+        } => flag("grad-output"),
         Error::NotApplicable { what, op } => {
             return format!("--{} does not apply to {op}", what.replace('_', "-"))
         }
@@ -343,6 +380,9 @@ fn blame(e: &Error, inputs: &[&Input]) -> String {
         None => e.to_string(),
     }
 }
+
+/// Every file `eval` writes into `--out`.
+const OUTPUT_NAMES: [&str; 3] = ["output.npy", "loss.npy", "grad.npy"];
 
 /// Writes every output under a temporary name, then renames them all into
 /// place; on any failure the temporaries are removed and nothing is left.
@@ -372,6 +412,13 @@ fn write_outputs(dir: &Path, files: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(
         if let Err(e) = std::fs::rename(tmp, path) {
             cleanup(&written);
             return Err(format!("--out {}: {e}", path.display()));
+        }
+    }
+    // eval owns these names in DIR: one an earlier run wrote and this one did
+    // not (grad.npy after a run without --grad-output) would be stale.
+    for name in OUTPUT_NAMES {
+        if !files.iter().any(|(n, _, _)| *n == name) {
+            std::fs::remove_file(dir.join(name)).ok();
         }
     }
     Ok(())

@@ -244,8 +244,10 @@ pub fn log_softmax_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) ->
     check_matrix("out", out.len(), rows, cols)?;
     for_rows(out, x, cols, |r, o| {
         let m = row_max(r);
-        let shift = m + (exp_sum(r, m, None).ln() as f32);
-        o.iter_mut().zip(r).for_each(|(v, &xv)| *v = xv - shift);
+        // (x - m) - ls, never x - (m + ls): with large logits the rounding of
+        // m + ls would be as large as the result (as in the shader).
+        let ls = exp_sum(r, m, None).ln() as f32;
+        o.iter_mut().zip(r).for_each(|(v, &xv)| *v = (xv - m) - ls);
     });
     Ok(())
 }
@@ -363,6 +365,13 @@ pub fn cross_entropy_into<T: ClassIndex>(
         let m = row_max(xs);
         let s = exp_sum(xs, m, g.as_deref_mut());
         let lse = lse_of(xs, m, s);
+        // In f64 from m and ln s, not from the f32-rounded lse: the loss is
+        // lse - x_y, and with large logits that rounding is the whole error.
+        let lse64 = if lse.is_finite() {
+            f64::from(m) + s.ln()
+        } else {
+            f64::from(lse)
+        };
         let t = targets[i];
         if t == IGNORED_ROW {
             if let Some(g) = g {
@@ -375,7 +384,6 @@ pub fn cross_entropy_into<T: ClassIndex>(
             };
         }
         let y = t as usize;
-        let lse64 = f64::from(lse);
         let wy = f64::from(w_of(y));
         let mut ce = (1.0 - f64::from(eps)) * wy * (lse64 - f64::from(xs[y]));
         if eps > 0.0 {
@@ -496,21 +504,33 @@ pub fn copy_gbps(elems: usize, iters: usize) -> f64 {
 /// any number of threads.
 const ELEMENT_CHUNK: usize = 1 << 14;
 
-fn sigmoid_f32(x: f32) -> f32 {
+/// `(sigmoid(x), sigmoid(-x))`, each from `exp(-|x|)` (as the shader does):
+/// `1 - p` as a difference loses its digits once `p` is near 1.
+fn sigmoid_pair_f32(x: f32) -> (f32, f32) {
+    let e = (-x.abs()).exp();
+    let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
     if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+        (big, small)
     } else {
-        let e = x.exp();
-        e / (1.0 + e)
+        (small, big)
     }
 }
 
-/// `log(1 + e^-x)`, stable for every `x`.
-fn softplus_neg_f32(x: f32) -> f32 {
-    (-x).max(0.0) + (-x.abs()).exp().ln_1p()
+/// `(1 - y) x + (1 + (pw - 1) y) softplus(-x)` as `(1 - y) softplus(x) +
+/// pw y softplus(-x)`: no cancellation; infinite `x` keeps the literal form
+/// (PyTorch's `0 · inf` is NaN), as in the shader.
+fn logit_loss_f32(x: f32, y: f32, pw: f32) -> f32 {
+    let l1 = (-x.abs()).exp().ln_1p();
+    let sp_pos = x.max(0.0) + l1;
+    let sp_neg = (-x).max(0.0) + l1;
+    if x.is_infinite() {
+        (1.0 - y) * x + (1.0 + (pw - 1.0) * y) * sp_neg
+    } else {
+        (1.0 - y) * sp_pos + pw * y * sp_neg
+    }
 }
 
-/// One element of an element-wise loss, the reference's formulas in f32.
+/// One element of an element-wise loss, the shader's formulas in f32.
 #[inline(always)]
 fn binary_element(call: &BinaryCall<'_>, x: f32, y: f32, w: f32, pw: f32) -> (f32, f32) {
     match call.op {
@@ -523,28 +543,28 @@ fn binary_element(call: &BinaryCall<'_>, x: f32, y: f32, w: f32, pw: f32) -> (f3
             )
         }
         BinaryOp::Logits => {
-            let coef = 1.0 + (pw - 1.0) * y;
+            let (p, pc) = sigmoid_pair_f32(x);
             (
-                w * ((1.0 - y) * x + coef * softplus_neg_f32(x)),
-                w * (coef * sigmoid_f32(x) - pw * y),
+                w * logit_loss_f32(x, y, pw),
+                w * ((1.0 - y) * p - pw * y * pc),
             )
         }
         BinaryOp::SigmoidFocal => {
-            let p = sigmoid_f32(x);
-            let ce = (1.0 - y) * x + softplus_neg_f32(x);
-            let (mut l, mut g) = (ce, p - y);
+            let (p, pc) = sigmoid_pair_f32(x);
+            let ce = logit_loss_f32(x, y, 1.0);
+            let (mut l, mut g) = (ce, (1.0 - y) * p - y * pc);
             let gamma = call.gamma;
             if gamma != 0.0 {
-                let q = (1.0 - (p * y + (1.0 - p) * (1.0 - y))).max(0.0);
+                let q = y * pc + (1.0 - y) * p;
                 let qg = if q == 0.0 { 0.0 } else { q.powf(gamma) };
-                let s = p * (1.0 - p);
+                let s = p * pc;
                 let slope = if q == 0.0 || s == 0.0 {
                     0.0
                 } else {
                     gamma * q.powf(gamma - 1.0) * (2.0 * y - 1.0) * s * ce
                 };
                 l = ce * qg;
-                g = (p - y) * qg - slope;
+                g = g * qg - slope;
             }
             if call.alpha >= 0.0 {
                 let a = call.alpha * y + (1.0 - call.alpha) * (1.0 - y);

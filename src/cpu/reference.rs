@@ -211,8 +211,7 @@ pub fn cross_entropy_f64<T: ClassIndex>(
                 g += s_z * 2.0 * z * lse * p[j];
             }
             if let Some(cv) = cap {
-                let t = (x[j] / cv).tanh();
-                g *= 1.0 - t * t;
+                g *= softcap_slope(x[j], cv);
             }
             grad[i * classes + j] = g;
         }
@@ -231,6 +230,13 @@ pub fn cross_entropy_f64<T: ClassIndex>(
         lse: lse_rows,
         grad,
     })
+}
+
+/// `d/dv c·tanh(v/c) = sech²(v/c) = 4e / (1 + e)²` with `e = exp(-2|v/c|)`:
+/// `1 - tanh²` would be exactly 0 once tanh rounds to 1 (|v/c| > ~19 in f64).
+fn softcap_slope(v: f64, c: f64) -> f64 {
+    let e = (-2.0 * (v / c).abs()).exp();
+    4.0 * e / ((1.0 + e) * (1.0 + e))
 }
 
 fn softcapped(x: &[f64], cap: Option<f64>) -> Vec<f64> {
@@ -303,8 +309,7 @@ pub fn cross_entropy_probs_f64(
                 g += s * 2.0 * z * lse * p;
             }
             if let Some(cv) = cap {
-                let t = (x[j] / cv).tanh();
-                g *= 1.0 - t * t;
+                g *= softcap_slope(x[j], cv);
             }
             grad[i * classes + j] = g;
         }

@@ -162,30 +162,39 @@ fn check_declared_shape(bytes: &[u8]) -> std::result::Result<(), String> {
             ));
         }
     }
-    let Some(key) = text.find("shape") else {
-        return Ok(()); // npyz reports the missing key.
-    };
-    let tuple = &text[key..];
-    let (Some(open), Some(close)) = (tuple.find('('), tuple.find(')')) else {
-        return Ok(());
-    };
-    if close < open {
-        return Ok(());
+    // NumPy never writes escapes in a header; refusing them keeps a key from
+    // being spelt in a way the scan below would not recognise ('\x73hape').
+    if text.contains('\\') {
+        return Err("has a backslash escape in its header; not a NumPy header".into());
     }
-    let mut count: u64 = 1;
-    for dim in tuple[open + 1..close].split(',').map(str::trim) {
-        if dim.is_empty() {
-            continue;
+    // Every value given for a quoted 'shape' key, tuple or list (npyz takes
+    // both, and a later duplicate key wins): none may overflow when multiplied.
+    for quote in ["'shape'", "\"shape\""] {
+        for (at, _) in text.match_indices(quote) {
+            let rest = text[at + quote.len()..].trim_start();
+            let Some(rest) = rest.strip_prefix(':') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let close = match rest.chars().next() {
+                Some('(') => ')',
+                Some('[') => ']',
+                _ => continue,
+            };
+            let Some(end) = rest.find(close) else {
+                continue;
+            };
+            let dims = &rest[1..end];
+            let mut count: u64 = 1;
+            for dim in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let Ok(d) = dim.trim_end_matches('L').parse::<u64>() else {
+                    break; // Not a plain integer: npyz rejects it with its own message.
+                };
+                count = count.checked_mul(d).ok_or_else(|| {
+                    format!("declares shape ({dims}), whose element count overflows")
+                })?;
+            }
         }
-        let Ok(d) = dim.trim_end_matches('L').parse::<u64>() else {
-            return Ok(()); // Not a plain integer: npyz rejects it with its own message.
-        };
-        count = count.checked_mul(d).ok_or_else(|| {
-            format!(
-                "declares shape ({}), whose element count overflows",
-                &tuple[open + 1..close]
-            )
-        })?;
     }
     Ok(())
 }
