@@ -6,7 +6,9 @@
 //! - `|a - e| <= ATOL · S + RTOL · |e|`, where `S` is the largest finite `|e|`
 //!   in the compared tensor (so absolute error is judged against the tensor's scale).
 //!
-//! NaN never matches a number, and a number never matches NaN.
+//! NaN never matches a number, and a number never matches NaN. A difference
+//! below the smallest normal f32 (2^-126) always matches: an f32 result
+//! cannot express it, and GPUs may flush such values to zero.
 //!
 //! Where a kernel's output is a difference of terms much larger than the
 //! output itself, `S` is the size of those terms instead
@@ -15,6 +17,9 @@
 //! of 1) that difference is far below `|dy|`, so no f32 kernel can resolve it
 //! more finely than `eps · max|y| · max|dy|`. Tests pass that scale for the
 //! backward passes and nothing else.
+
+/// `f32::MIN_POSITIVE` (2^-126): the floor of every allowed difference.
+pub const SMALLEST_NORMAL_F32: f64 = 1.1754943508222875e-38;
 
 /// Absolute/relative tolerance pair.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,8 +31,13 @@ pub struct Tolerance {
 }
 
 /// The tolerance for f32 kernels (GPU and fast CPU) against the f64 reference.
+///
+/// `atol` is 4e-6 of the tensor's scale: Vulkan lets `exp(x)` be off by
+/// `3 + 2|x|` ULP, 31 ULP ≈ 3.7e-6 relative at `|x| = 14 ≈ ln 10^6`, the
+/// log-probabilities of a million-class row. (It was 1e-6 until the property
+/// tests met a 838,353-class row whose gradients all sit near `1/C`.)
 pub const F32_TOLERANCE: Tolerance = Tolerance {
-    atol: 1e-6,
+    atol: 4e-6,
     rtol: 1e-4,
 };
 
@@ -89,7 +99,9 @@ impl Tolerance {
     ) -> Option<Mismatch> {
         let scale = scale_of(expected).max(terms_scale);
         for (index, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-            let allowed = self.atol * scale + self.rtol * e.abs();
+            // Below the smallest normal f32 nothing is expressible (GPUs may
+            // flush denormals to zero): such differences are not errors.
+            let allowed = (self.atol * scale + self.rtol * e.abs()).max(SMALLEST_NORMAL_F32);
             let a64 = f64::from(a);
             let ok = if e.is_nan() || a.is_nan() {
                 e.is_nan() && a.is_nan()
