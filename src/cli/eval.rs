@@ -385,7 +385,9 @@ fn blame(e: &Error, inputs: &[&Input], problem: Option<&Problem>) -> String {
 const OUTPUT_NAMES: [&str; 3] = ["output.npy", "loss.npy", "grad.npy"];
 
 /// Writes every output under a temporary name, then renames them all into
-/// place; on any failure the temporaries are removed and nothing is left.
+/// place. A failure while writing removes the temporaries and leaves nothing;
+/// the renames themselves are best effort (a rename failing after another
+/// succeeded, e.g. the folder vanishing, leaves the files renamed so far).
 fn write_outputs(dir: &Path, files: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
     let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
