@@ -1,6 +1,13 @@
 // Shared by every op family. The host prepends a variant prelude that defines
-// `WG` (workgroup size), `VW` (vector width), `vec_t`/`vec_u` (f32 or vec4),
-// `LANE` (lane offsets within a vector) and `hmax`/`hsum`/`lane`.
+// `VW` (vector width), `vec_t`/`vec_u` (f32 or vec4), `LANE` (lane offsets
+// within a vector), `hmax`/`hsum`/`lane`, and the reduction mode: the `Ids`
+// entry-point inputs, `thread_of`, and the row-segment reductions `seg_sum`
+// and `seg_stat`.
+
+// Pipeline-overridable launch shape, set per adapter and row length by the host:
+// WG invocations per workgroup, TPR of them per row (WG / TPR rows per workgroup).
+override WG: u32 = 256u;
+override TPR: u32 = 256u;
 
 struct Params {
     rows: u32,          // rows in this dispatch window
@@ -35,8 +42,22 @@ fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u
 // NaN compares false, so NaN is not finite.
 fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282347e38; }
 
-// Row index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
+// Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
+
+// This thread's row (within the dispatch window) and its place among the TPR
+// threads of that row. Rows past the window stay in the workgroup's barriers
+// but own no columns (`vecs` is 0) and write nothing.
+struct Seg { row: u32, lane: u32, tid: u32, live: bool }
+
+fn seg_of(ids: Ids) -> Seg {
+    let tid = thread_of(ids);
+    let row = row_of(ids.wid, ids.nwg) * (WG / TPR) + tid / TPR;
+    return Seg(row, tid % TPR, tid, row < params.rows);
+}
+
+// Vectors this thread's row has: 0 for an inactive row.
+fn vecs(seg: Seg) -> u32 { return select(0u, params.cols / VW, seg.live); }
 
 // Online softmax statistics: running max `m` and the sum `s` of exp(x - m).
 // An element equal to the current max contributes exactly 1, which keeps an
@@ -44,17 +65,42 @@ fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x;
 // as PyTorch's logsumexp does; a NaN anywhere makes `s` NaN.
 struct RowStat { m: f32, s: f32 }
 
-fn stat_empty() -> RowStat { return RowStat(neg_inf(), 0.0); }
+// One thread's running statistics. The sum is blocked: `b` gathers up to
+// STAT_BLOCK vectors before it is added to `s`, so a thread that walks
+// thousands of vectors (one subgroup per long row) rounds like a sum of
+// hundreds, even when every term is the same value.
+struct RowAcc { m: f32, s: f32, b: f32, k: u32 }
+const STAT_BLOCK: u32 = 64u;
+
+fn stat_empty() -> RowAcc { return RowAcc(neg_inf(), 0.0, 0.0, 0u); }
 
 fn rescale(m_old: f32, m_new: f32) -> f32 {
     return select(exp(m_old - m_new), 1.0, m_old == m_new);
 }
 
-fn stat_push(st: RowStat, v: vec_t) -> RowStat {
-    let m_new = max(st.m, hmax(v));
-    let e = select(exp(v - vec_t(m_new)), vec_t(1.0), v == vec_t(m_new));
-    return RowStat(m_new, st.s * rescale(st.m, m_new) + hsum(e));
+// Rescales only when the max grows, which after the first few vectors of a row
+// is rare: one exp per element instead of one more per vector.
+fn stat_push(acc: RowAcc, v: vec_t) -> RowAcc {
+    var r = acc;
+    let vm = hmax(v);
+    if (vm > r.m) {
+        let f = exp(r.m - vm);
+        r.s = r.s * f;
+        r.b = r.b * f;
+        r.m = vm;
+    }
+    let e = select(exp(v - vec_t(r.m)), vec_t(1.0), v == vec_t(r.m));
+    r.b = r.b + hsum(e);
+    r.k = r.k + 1u;
+    if (r.k == STAT_BLOCK) {
+        r.s = r.s + r.b;
+        r.b = 0.0;
+        r.k = 0u;
+    }
+    return r;
 }
+
+fn stat_of(acc: RowAcc) -> RowStat { return RowStat(acc.m, acc.s + acc.b); }
 
 fn stat_merge(a: RowStat, b: RowStat) -> RowStat {
     let m = max(a.m, b.m);
@@ -64,24 +110,8 @@ fn stat_merge(a: RowStat, b: RowStat) -> RowStat {
 var<workgroup> wg_m: array<f32, WG>;
 var<workgroup> wg_s: array<f32, WG>;
 
-// Fixed-order tree reduction over the workgroup: deterministic on a given adapter.
-fn wg_reduce_stat(tid: u32, st: RowStat) -> RowStat {
-    wg_m[tid] = st.m;
-    wg_s[tid] = st.s;
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        workgroupBarrier();
-        if (tid < stride) {
-            let r = stat_merge(RowStat(wg_m[tid], wg_s[tid]), RowStat(wg_m[tid + stride], wg_s[tid + stride]));
-            wg_m[tid] = r.m;
-            wg_s[tid] = r.s;
-        }
-    }
-    workgroupBarrier();
-    let total = RowStat(wg_m[0], wg_s[0]);
-    workgroupBarrier();
-    return total;
-}
-
+// Fixed-order tree over the whole workgroup (single-workgroup and element-wise
+// kernels): deterministic on a given adapter.
 fn wg_reduce_sum(tid: u32, v: f32) -> f32 {
     wg_s[tid] = v;
     for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {

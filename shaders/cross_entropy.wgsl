@@ -1,7 +1,7 @@
 // Categorical cross-entropy with class-index targets, PyTorch semantics plus
 // z-loss and logit softcap. Kernels, in dispatch order:
 //   ce_denominator  (1 workgroup)  D = sum of w[y_i] over kept rows, kept-row count, W = sum of w
-//   ce_loss / ce_loss_grad / ce_loss_grad_in_place  (1 workgroup per row)
+//   ce_loss / ce_loss_grad / ce_loss_grad_in_place  (TPR threads per row, `seg_of`)
 //   ce_reduce       (1 workgroup)  fixed-order sum of row losses -> mean / sum
 // Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
 //   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
@@ -112,7 +112,8 @@ struct CeRow {
     z: f32,
 }
 
-fn ce_row(row: u32, tid: u32) -> CeRow {
+fn ce_row(seg: Seg) -> CeRow {
+    let row = min(seg.row, params.rows - 1u);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let t = targets[params.row_base + row];
@@ -122,18 +123,25 @@ fn ce_row(row: u32, tid: u32) -> CeRow {
     // common offset cancels before summation instead of after.
     let r0 = lane(capped(vec_t(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
-    var st = stat_empty();
+    var acc = stat_empty();
     var wsum = 0.0;
-    for (var i = tid; i < n; i += WG) {
-        let v = capped(vec_t(logits[src + i]));
-        st = stat_push(st, v);
-        if (smoothing) {
-            wsum += hsum(class_weights(i) * (v - vec_t(r)));
+    if (!smoothing && !has_softcap()) {
+        // The common case, without the per-vector option tests.
+        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+            acc = stat_push(acc, vec_t(logits[src + i]));
+        }
+    } else {
+        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+            let v = capped(vec_t(logits[src + i]));
+            acc = stat_push(acc, v);
+            if (smoothing) {
+                wsum += hsum(class_weights(i) * (v - vec_t(r)));
+            }
         }
     }
-    st = wg_reduce_stat(tid, st);
+    let st = seg_stat(seg.tid, acc);
     if (smoothing) {
-        wsum = wg_reduce_sum(tid, wsum);
+        wsum = seg_sum(seg.tid, wsum);
     }
     let ls = log(st.s);
     let lse = st.m + ls;
@@ -190,47 +198,59 @@ fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
     return select(g * cap_slope(x), vec_t(0.0), rs.ignored);
 }
 
-fn write_row(row: u32, rs: CeRow) {
-    row_out[params.row_base + row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
-}
-
-@compute @workgroup_size(WG)
-fn ce_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = ce_row(row, lid.x);
-    if (lid.x == 0u) { write_row(row, rs); }
-}
-
-@compute @workgroup_size(WG)
-fn ce_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = ce_row(row, lid.x);
-    if (lid.x == 0u) { write_row(row, rs); }
-    let k = grad_coef(rs);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let dst = params.base_out / VW + row * n;
-    for (var i = lid.x; i < n; i += WG) {
-        grad[dst + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
+// Lane 0 of each active row writes the row's results.
+fn write_row(seg: Seg, rs: CeRow) {
+    if (seg.live && seg.lane == 0u) {
+        row_out[params.row_base + seg.row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
     }
 }
 
 @compute @workgroup_size(WG)
-fn ce_loss_grad_in_place(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = ce_row(row, lid.x);
-    if (lid.x == 0u) { write_row(row, rs); }
+fn ce_loss(ids: Ids) {
+    let seg = seg_of(ids);
+    write_row(seg, ce_row(seg));
+}
+
+@compute @workgroup_size(WG)
+fn ce_loss_grad(ids: Ids) {
+    let seg = seg_of(ids);
+    let rs = ce_row(seg);
+    write_row(seg, rs);
     let k = grad_coef(rs);
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
+    let src = params.base_a / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    if (!has_softcap() && k.c == 0.0 && !rs.ignored) {
+        // The common case: g = a p everywhere, then the target's owner rewrites
+        // its vector with the one-hot term (same invocation, so in order).
+        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+            let x = vec_t(logits[src + i]);
+            grad[dst + i] = mat_t(vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
+        }
+        let yv = u32(max(rs.label, 0)) / VW;
+        if (seg.live && yv < n && yv % TPR == seg.lane) {
+            grad[dst + yv] = mat_t(grad_at(rs, k, yv, vec_t(logits[src + yv])));
+        }
+    } else {
+        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+            grad[dst + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ce_loss_grad_in_place(ids: Ids) {
+    let seg = seg_of(ids);
+    let rs = ce_row(seg);
+    write_row(seg, rs);
+    let k = grad_coef(rs);
+    let n = params.cols / VW;
+    let src = params.base_a / VW + seg.row * n;
     // Every thread's reads of this row in ce_row (x[0], x[y], the stats pass)
     // precede this barrier; storageBarrier orders them against the writes below.
     storageBarrier();
     workgroupBarrier();
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         logits[src + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
     }
 }
@@ -279,25 +299,26 @@ fn soft_q(i: u32, q: vec_t) -> vec_t {
     return vec_t(1.0 - eps) * q + vec_t(eps / f32(params.cols));
 }
 
-fn soft_row(row: u32, tid: u32) -> SoftRow {
+fn soft_row(seg: Seg) -> SoftRow {
+    let row = min(seg.row, params.rows - 1u);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let qsrc = params.base_b / VW + row * n;
     let r0 = lane(capped(vec_t(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
-    var st = stat_empty();
+    var acc = stat_empty();
     var a = 0.0;
     var b = 0.0;
-    for (var i = tid; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         let v = capped(vec_t(logits[src + i]));
-        st = stat_push(st, v);
+        acc = stat_push(acc, v);
         let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
         a += hsum(wq * (v - vec_t(r)));
         b += hsum(wq);
     }
-    st = wg_reduce_stat(tid, st);
-    a = wg_reduce_sum(tid, a);
-    b = wg_reduce_sum(tid, b);
+    let st = seg_stat(seg.tid, acc);
+    a = seg_sum(seg.tid, a);
+    b = seg_sum(seg.tid, b);
     let ls = log(st.s);
     let lse = st.m + ls;
     var z = 0.0;
@@ -307,24 +328,23 @@ fn soft_row(row: u32, tid: u32) -> SoftRow {
     return SoftRow(st.m, ls, b, b * ((st.m - r) + ls) - a, z);
 }
 
-fn write_soft_row(row: u32, rs: SoftRow) {
-    row_out[params.row_base + row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
+fn write_soft_row(seg: Seg, rs: SoftRow) {
+    if (seg.live && seg.lane == 0u) {
+        row_out[params.row_base + seg.row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
+    }
 }
 
 @compute @workgroup_size(WG)
-fn ce_soft_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = soft_row(row, lid.x);
-    if (lid.x == 0u) { write_soft_row(row, rs); }
+fn ce_soft_loss(ids: Ids) {
+    let seg = seg_of(ids);
+    write_soft_row(seg, soft_row(seg));
 }
 
 @compute @workgroup_size(WG)
-fn ce_soft_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = soft_row(row, lid.x);
-    if (lid.x == 0u) { write_soft_row(row, rs); }
+fn ce_soft_loss_grad(ids: Ids) {
+    let seg = seg_of(ids);
+    let rs = soft_row(seg);
+    write_soft_row(seg, rs);
     let mean = params.reduction == REDUCTION_MEAN;
     let k = select(params.grad_scale, params.grad_scale / scalars[0], mean);
     var kp = k * rs.b;
@@ -332,10 +352,10 @@ fn ce_soft_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
         kp += select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
     }
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let qsrc = params.base_b / VW + row * n;
-    let dst = params.base_out / VW + row * n;
-    for (var i = lid.x; i < n; i += WG) {
+    let src = params.base_a / VW + seg.row * n;
+    let qsrc = params.base_b / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         let x = vec_t(logits[src + i]);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
         let g = vec_t(kp) * p - vec_t(k) * class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
@@ -361,15 +381,16 @@ fn expm1_accurate(x: f32) -> f32 {
 
 struct FocalRow { m: f32, ls: f32, label: i32, ignored: bool, loss: f32, f: f32 }
 
-fn focal_row(row: u32, tid: u32) -> FocalRow {
+fn focal_row(seg: Seg) -> FocalRow {
+    let row = min(seg.row, params.rows - 1u);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let t = targets[params.row_base + row];
-    var st = stat_empty();
-    for (var i = tid; i < n; i += WG) {
-        st = stat_push(st, vec_t(logits[src + i]));
+    var acc = stat_empty();
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        acc = stat_push(acc, vec_t(logits[src + i]));
     }
-    st = wg_reduce_stat(tid, st);
+    let st = seg_stat(seg.tid, acc);
     let ls = log(st.s);
     let ignored = t == params.ignore_index;
     var loss = 0.0;
@@ -402,30 +423,29 @@ fn focal_row(row: u32, tid: u32) -> FocalRow {
     return FocalRow(st.m, ls, t, ignored, loss, f);
 }
 
-fn write_focal_row(row: u32, rs: FocalRow) {
-    row_out[params.row_base + row] = vec4<f32>(rs.loss, 0.0, rs.m + rs.ls, 0.0);
+fn write_focal_row(seg: Seg, rs: FocalRow) {
+    if (seg.live && seg.lane == 0u) {
+        row_out[params.row_base + seg.row] = vec4<f32>(rs.loss, 0.0, rs.m + rs.ls, 0.0);
+    }
 }
 
 @compute @workgroup_size(WG)
-fn focal_loss(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = focal_row(row, lid.x);
-    if (lid.x == 0u) { write_focal_row(row, rs); }
+fn focal_loss(ids: Ids) {
+    let seg = seg_of(ids);
+    write_focal_row(seg, focal_row(seg));
 }
 
 @compute @workgroup_size(WG)
-fn focal_loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let rs = focal_row(row, lid.x);
-    if (lid.x == 0u) { write_focal_row(row, rs); }
+fn focal_loss_grad(ids: Ids) {
+    let seg = seg_of(ids);
+    let rs = focal_row(seg);
+    write_focal_row(seg, rs);
     let k = select(params.grad_scale, params.grad_scale / scalars[0], params.reduction == REDUCTION_MEAN) * rs.f;
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let dst = params.base_out / VW + row * n;
+    let src = params.base_a / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
     let y = vec_u(u32(max(rs.label, 0)));
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         let p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
         grad[dst + i] = mat_t(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));

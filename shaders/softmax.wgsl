@@ -1,5 +1,6 @@
 // Row-wise softmax, log-softmax and logsumexp, with their backward passes.
-// One workgroup per row; every matrix is row-major [rows, cols].
+// Each row belongs to TPR threads of a workgroup (`seg_of`); every matrix is
+// row-major [rows, cols].
 
 @group(0) @binding(1) var<storage, read> mat_a: array<mat_t>;      // x (forward, lse backward) or y (backward)
 @group(0) @binding(2) var<storage, read> mat_b: array<mat_t>;      // dy (softmax / log-softmax backward)
@@ -8,109 +9,103 @@
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
 @group(0) @binding(6) var<storage, read_write> row_out: array<f32>;
 
-fn x_row_stat(src: u32, n: u32, tid: u32) -> RowStat {
-    var st = stat_empty();
-    for (var i = tid; i < n; i += WG) {
-        st = stat_push(st, vec_t(mat_a[src + i]));
+fn x_row_stat(seg: Seg, src: u32) -> RowStat {
+    var acc = stat_empty();
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        acc = stat_push(acc, vec_t(mat_a[src + i]));
     }
-    return wg_reduce_stat(tid, st);
+    return seg_stat(seg.tid, acc);
 }
 
 // y = exp((x - m) - log s): subtracting the max first keeps x - m exact for large offsets.
 @compute @workgroup_size(WG)
-fn softmax_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
+fn softmax_forward(ids: Ids) {
+    let seg = seg_of(ids);
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let dst = params.base_out / VW + row * n;
-    let st = x_row_stat(src, n, lid.x);
+    let src = params.base_a / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    let st = x_row_stat(seg, src);
     let ls = log(st.s);
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
     let ok = is_finite(st.m + ls);
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         let y = exp((vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
         mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
 }
 
 @compute @workgroup_size(WG)
-fn log_softmax_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
+fn log_softmax_forward(ids: Ids) {
+    let seg = seg_of(ids);
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let dst = params.base_out / VW + row * n;
-    let st = x_row_stat(src, n, lid.x);
+    let src = params.base_a / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    let st = x_row_stat(seg, src);
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         let y = (vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
         mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
 }
 
 @compute @workgroup_size(WG)
-fn logsumexp_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let st = x_row_stat(src, n, lid.x);
-    if (lid.x == 0u) {
-        row_out[params.row_base + row] = st.m + log(st.s);
+fn logsumexp_forward(ids: Ids) {
+    let seg = seg_of(ids);
+    let src = params.base_a / VW + seg.row * (params.cols / VW);
+    let st = x_row_stat(seg, src);
+    if (seg.live && seg.lane == 0u) {
+        row_out[params.row_base + seg.row] = st.m + log(st.s);
     }
 }
 
 // dx = y * (dy - sum(dy * y)), with y the softmax output.
 @compute @workgroup_size(WG)
-fn softmax_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
+fn softmax_backward(ids: Ids) {
+    let seg = seg_of(ids);
     let n = params.cols / VW;
-    let src_y = params.base_a / VW + row * n;
-    let src_dy = params.base_b / VW + row * n;
-    let dst = params.base_out / VW + row * n;
+    let src_y = params.base_a / VW + seg.row * n;
+    let src_dy = params.base_b / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
     var acc = 0.0;
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         acc += hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i]));
     }
-    let dot = wg_reduce_sum(lid.x, acc);
-    for (var i = lid.x; i < n; i += WG) {
+    let dot = seg_sum(seg.tid, acc);
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
     }
 }
 
 // dx = dy - exp(y) * sum(dy), with y the log-softmax output.
 @compute @workgroup_size(WG)
-fn log_softmax_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
+fn log_softmax_backward(ids: Ids) {
+    let seg = seg_of(ids);
     let n = params.cols / VW;
-    let src_y = params.base_a / VW + row * n;
-    let src_dy = params.base_b / VW + row * n;
-    let dst = params.base_out / VW + row * n;
+    let src_y = params.base_a / VW + seg.row * n;
+    let src_dy = params.base_b / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
     var acc = 0.0;
-    for (var i = lid.x; i < n; i += WG) {
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         acc += hsum(vec_t(mat_b[src_dy + i]));
     }
-    let total = wg_reduce_sum(lid.x, acc);
-    for (var i = lid.x; i < n; i += WG) {
+    let total = seg_sum(seg.tid, acc);
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
     }
 }
 
 // dx = dy_row * exp(x - lse_row).
 @compute @workgroup_size(WG)
-fn logsumexp_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = row_of(wid, nwg);
-    if (row >= params.rows) { return; }
+fn logsumexp_backward(ids: Ids) {
+    let seg = seg_of(ids);
     let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let dst = params.base_out / VW + row * n;
-    let lse = row_a[params.row_base + row];
-    let g = row_b[params.row_base + row];
-    for (var i = lid.x; i < n; i += WG) {
+    let src = params.base_a / VW + seg.row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    let at = params.row_base + min(seg.row, params.rows - 1u);
+    let lse = row_a[at];
+    let g = row_b[at];
+    for (var i = seg.lane; i < vecs(seg); i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(g) * exp(vec_t(mat_a[src + i]) - vec_t(lse)));
     }
 }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, Pipeline, PipelineCache, Variant};
+use crate::kernels::{Kernel, Launch, Pipeline, PipelineCache, Reduce, Variant};
+use crate::tuning::{RowTuning, SubgroupSizes};
 
 /// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
 /// high-performance adapter and the adapter's own limits.
@@ -20,6 +21,11 @@ pub struct ContextOptions {
     /// the kernels run, so an element a kernel failed to write shows up as
     /// this value rather than as a plausible zero. A debugging aid; tests use it.
     pub poison_outputs: Option<f32>,
+    /// Launch policy for the row kernels; `None` takes the table's pick for
+    /// the adapter ([`RowTuning::for_adapter`]) with any fields that the
+    /// `WGPU_LOSS_ROW_TUNING` environment variable sets. Checked against the
+    /// device's limits when the context is created.
+    pub row_tuning: Option<RowTuning>,
 }
 
 /// Bytes bound per storage binding at most, whatever the adapter allows: keeps
@@ -36,6 +42,8 @@ pub struct GpuContext {
     features: wgpu::Features,
     binding_bytes: u64,
     pub(crate) poison: Option<f32>,
+    row_tuning: RowTuning,
+    subgroup_sizes: Option<SubgroupSizes>,
     pipelines: PipelineCache,
     pub(crate) pool: crate::pool::BufferPool,
     /// Bound where a kernel's optional input (class weights) is absent.
@@ -94,7 +102,11 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        let ctx = Self::build(device, queue, Some(info), &options);
+        let mut ctx = Self::build(device, queue, Some(info), &options);
+        if options.row_tuning.is_none() {
+            ctx.row_tuning = RowTuning::with_env(ctx.row_tuning)?;
+        }
+        ctx.row_tuning.validate(&ctx.limits)?;
         // Our own device: record its loss so every later call fails fast with
         // the reason instead of waiting on work that will never finish.
         let lost = Arc::clone(&ctx.lost);
@@ -141,6 +153,21 @@ impl GpuContext {
             .max(align + 16)
             / 16
             * 16;
+        // Subgroup reductions need the feature and known sizes (an adopted
+        // device has no adapter info, so it uses workgroup-memory reductions).
+        let subgroup_sizes = adapter_info
+            .as_ref()
+            .filter(|i| features.contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size > 0)
+            .map(|i| SubgroupSizes {
+                min: i.subgroup_min_size,
+                max: i.subgroup_max_size.max(i.subgroup_min_size),
+            });
+        let row_tuning = options.row_tuning.unwrap_or_else(|| {
+            let device_type = adapter_info
+                .as_ref()
+                .map_or(wgpu::DeviceType::Other, |i| i.device_type);
+            RowTuning::for_adapter(device_type, subgroup_sizes)
+        });
         let placeholder = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-loss placeholder"),
             size: 16,
@@ -155,6 +182,8 @@ impl GpuContext {
             features,
             binding_bytes,
             poison: options.poison_outputs,
+            row_tuning,
+            subgroup_sizes,
             pipelines: PipelineCache::default(),
             pool: Default::default(),
             placeholder,
@@ -250,8 +279,46 @@ impl GpuContext {
         )
     }
 
-    /// The cached pipeline for a kernel variant, built on first use.
-    pub(crate) fn pipeline(&self, kernel: Kernel, variant: Variant) -> Result<Arc<Pipeline>> {
+    /// The launch policy of the row kernels on this device.
+    pub fn row_tuning(&self) -> RowTuning {
+        self.row_tuning
+    }
+
+    /// The device's subgroup sizes, where subgroup reductions are available.
+    pub fn subgroup_sizes(&self) -> Option<SubgroupSizes> {
+        self.subgroup_sizes
+    }
+
+    /// Launch shape and reduction mode of a row kernel over rows of `vecs` vectors.
+    pub fn row_plan(&self, vecs: u64) -> (Launch, Reduce) {
+        self.row_tuning.plan(
+            vecs,
+            self.subgroup_sizes,
+            self.limits.max_compute_invocations_per_workgroup,
+        )
+    }
+
+    /// What a row kernel over rows of `cols` columns (aligned for `vec4` where
+    /// `cols % 4 == 0`) launches with, in one line: threads per row, rows per
+    /// workgroup, workgroup size and reduction mode.
+    pub fn describe_row_plan(&self, cols: usize) -> String {
+        let lanes = crate::kernels::VecWidth::for_layout(cols, &[0]).lanes();
+        let (launch, reduce) = self.row_plan((cols / lanes) as u64);
+        format!(
+            "{cols} columns: {} threads per row, {} rows per workgroup of {}, {reduce:?} reduction",
+            launch.threads_per_row,
+            launch.rows_per_workgroup(),
+            launch.workgroup_size
+        )
+    }
+
+    /// The cached pipeline for a kernel variant and launch shape, built on first use.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: Kernel,
+        variant: Variant,
+        launch: Launch,
+    ) -> Result<Arc<Pipeline>> {
         if variant.storage == crate::kernels::Storage::F16
             && !self.features.contains(wgpu::Features::SHADER_F16)
         {
@@ -262,7 +329,7 @@ impl GpuContext {
             });
         }
         self.pipelines
-            .get(&self.device, self.adapter_name(), kernel, variant)
+            .get(&self.device, self.adapter_name(), kernel, variant, launch)
     }
 
     /// Buffers the host API holds in its pool: live, idle and created so far.

@@ -58,6 +58,19 @@ pub enum Error {
         /// The binding limit in force.
         limit: u64,
     },
+    /// A row so long that each invocation of the device's largest workgroup
+    /// would walk more than [`crate::tuning::MAX_VECTORS_PER_THREAD`] vectors.
+    #[error("rows of {cols} columns need {per_invocation} vectors per invocation even with {threads} invocations per row; the limit is {limit} (lavapipe stops longer loops)")]
+    RowTooLong {
+        /// Columns per row.
+        cols: usize,
+        /// Invocations per row used.
+        threads: u32,
+        /// Vectors each would walk.
+        per_invocation: u64,
+        /// The bound.
+        limit: u64,
+    },
     /// A whole-problem buffer exceeds an adapter limit.
     #[error(
         "{what} needs {requested} bytes, more than the adapter's {limit_name} of {limit} bytes"
@@ -125,6 +138,14 @@ pub enum Error {
         value: f64,
         /// The rule it breaks.
         reason: &'static str,
+    },
+    /// A row-tuning spec (`WGPU_LOSS_ROW_TUNING`) that cannot be parsed.
+    #[error("row tuning {spec:?}: {reason}")]
+    InvalidTuning {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The adapter lacks something an op needs.
     #[error("{what} are not supported on adapter {adapter:?}: it lacks {missing}")]

@@ -90,30 +90,211 @@ impl VecWidth {
     }
 
     fn prelude(self, storage: Storage) -> String {
-        let wg = WORKGROUP_SIZE;
         let (enable, mat_t) = match (storage, self) {
             (Storage::F32, _) => ("", "vec_t"),
             (Storage::F16, VecWidth::Scalar) => ("enable f16;\n", "f16"),
             (Storage::F16, VecWidth::Vec4) => ("enable f16;\n", "vec4<f16>"),
         };
         let body = match self {
-            VecWidth::Scalar => format!(
-                "const WG: u32 = {wg}u;\nconst VW: u32 = 1u;\nalias vec_t = f32;\nalias vec_u = u32;\n\
+            VecWidth::Scalar => {
+                "const VW: u32 = 1u;\nalias vec_t = f32;\nalias vec_u = u32;\n\
                  const LANE: vec_u = 0u;\n\
-                 fn hmax(v: f32) -> f32 {{ return v; }}\n\
-                 fn hsum(v: f32) -> f32 {{ return v; }}\n\
-                 fn lane(v: f32, k: u32) -> f32 {{ return v; }}\n"
-            ),
-            VecWidth::Vec4 => format!(
-                "const WG: u32 = {wg}u;\nconst VW: u32 = 4u;\nalias vec_t = vec4<f32>;\nalias vec_u = vec4<u32>;\n\
+                 fn hmax(v: f32) -> f32 { return v; }\n\
+                 fn hsum(v: f32) -> f32 { return v; }\n\
+                 fn lane(v: f32, k: u32) -> f32 { return v; }\n"
+            }
+            VecWidth::Vec4 => {
+                "const VW: u32 = 4u;\nalias vec_t = vec4<f32>;\nalias vec_u = vec4<u32>;\n\
                  const LANE: vec_u = vec4<u32>(0u, 1u, 2u, 3u);\n\
-                 fn hmax(v: vec4<f32>) -> f32 {{ return max(max(v.x, v.y), max(v.z, v.w)); }}\n\
-                 fn hsum(v: vec4<f32>) -> f32 {{ return (v.x + v.y) + (v.z + v.w); }}\n\
-                 fn lane(v: vec4<f32>, k: u32) -> f32 {{ return v[k]; }}\n"
-            ),
+                 fn hmax(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }\n\
+                 fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }\n\
+                 fn lane(v: vec4<f32>, k: u32) -> f32 { return v[k]; }\n"
+            }
         };
         // Matrix storage type: loads convert to `vec_t` (f32 arithmetic), stores back.
         format!("{enable}{body}alias mat_t = {mat_t};\n")
+    }
+}
+
+/// How the threads that share a row combine their partial results.
+///
+/// Every mode reduces in a fixed order, so a given adapter gives bitwise
+/// identical results run to run; the modes differ from each other in the last
+/// bits (the order of the additions differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    /// A tree in workgroup memory, one barrier per level. Works everywhere.
+    Workgroup,
+    /// `subgroupShuffleXor` butterflies inside one subgroup, no barrier at
+    /// all. Needs `Features::SUBGROUP` and `threads_per_row` at most the
+    /// adapter's smallest subgroup size.
+    Subgroup,
+    /// Butterflies inside each subgroup, then one pass through workgroup
+    /// memory across the subgroups of a row (two barriers). Needs
+    /// `Features::SUBGROUP` and `threads_per_row` a multiple of the adapter's
+    /// largest subgroup size.
+    SubgroupThenWorkgroup,
+}
+
+impl Reduce {
+    /// Every mode.
+    pub const ALL: [Reduce; 3] = [
+        Reduce::Workgroup,
+        Reduce::Subgroup,
+        Reduce::SubgroupThenWorkgroup,
+    ];
+
+    /// Entry-point inputs and the row-segment reductions for this mode.
+    fn prelude(self) -> &'static str {
+        match self {
+            Reduce::Workgroup => REDUCE_WORKGROUP,
+            Reduce::Subgroup => REDUCE_SUBGROUP,
+            Reduce::SubgroupThenWorkgroup => REDUCE_SUBGROUP_THEN_WORKGROUP,
+        }
+    }
+}
+
+// The thread index of a row kernel, and segment reductions over the `TPR`
+// threads of one row (`seg_sum`, `seg_max`). Threads of a row are `TPR`
+// consecutive thread indices; subgroup modes number threads by subgroup so
+// that a row never straddles subgroups unexpectedly.
+const REDUCE_WORKGROUP: &str = r#"
+struct Ids {
+    @builtin(local_invocation_index) index: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+}
+fn thread_of(ids: Ids) -> u32 { return ids.index; }
+fn seg_sum(tid: u32, v: f32) -> f32 {
+    let lead = tid - tid % TPR;
+    wg_s[tid] = v;
+    for (var stride = TPR / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (tid - lead < stride) { wg_s[tid] = wg_s[tid] + wg_s[tid + stride]; }
+    }
+    workgroupBarrier();
+    let total = wg_s[lead];
+    workgroupBarrier();
+    return total;
+}
+// One merged tree for (max, sum): half the barriers of a max tree then a sum tree.
+fn seg_stat(tid: u32, acc: RowAcc) -> RowStat {
+    let st = stat_of(acc);
+    let lead = tid - tid % TPR;
+    wg_m[tid] = st.m;
+    wg_s[tid] = st.s;
+    for (var stride = TPR / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (tid - lead < stride) {
+            let r = stat_merge(RowStat(wg_m[tid], wg_s[tid]), RowStat(wg_m[tid + stride], wg_s[tid + stride]));
+            wg_m[tid] = r.m;
+            wg_s[tid] = r.s;
+        }
+    }
+    workgroupBarrier();
+    let total = RowStat(wg_m[lead], wg_s[lead]);
+    workgroupBarrier();
+    return total;
+}
+"#;
+
+const REDUCE_SUBGROUP: &str = r#"
+struct Ids {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+}
+fn thread_of(ids: Ids) -> u32 { return ids.sg_id * ids.sg_size + ids.sg_lane; }
+// Butterflies over aligned groups of TPR lanes: lanes i and i^k add the same
+// two values (a + b == b + a exactly), so every lane ends with the same bits.
+fn seg_sum(tid: u32, v: f32) -> f32 {
+    var x = v;
+    for (var k = 1u; k < TPR; k = k * 2u) { x = x + subgroupShuffleXor(x, k); }
+    return x;
+}
+fn seg_max(tid: u32, v: f32) -> f32 {
+    var x = v;
+    for (var k = 1u; k < TPR; k = k * 2u) { x = max(x, subgroupShuffleXor(x, k)); }
+    return x;
+}
+fn seg_stat(tid: u32, acc: RowAcc) -> RowStat {
+    let st = stat_of(acc);
+    let m = seg_max(tid, st.m);
+    return RowStat(m, seg_sum(tid, st.s * rescale(st.m, m)));
+}
+"#;
+
+const REDUCE_SUBGROUP_THEN_WORKGROUP: &str = r#"
+struct Ids {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+}
+var<private> sg_width: u32;
+fn thread_of(ids: Ids) -> u32 {
+    sg_width = ids.sg_size;
+    return ids.sg_id * ids.sg_size + ids.sg_lane;
+}
+// Subgroup butterflies, then the row's subgroup totals folded in order.
+fn seg_sum(tid: u32, v: f32) -> f32 {
+    var x = v;
+    for (var k = 1u; k < sg_width; k = k * 2u) { x = x + subgroupShuffleXor(x, k); }
+    if (tid % sg_width == 0u) { wg_s[tid / sg_width] = x; }
+    workgroupBarrier();
+    let first = tid / TPR * (TPR / sg_width);
+    var total = wg_s[first];
+    for (var j = 1u; j < TPR / sg_width; j = j + 1u) { total = total + wg_s[first + j]; }
+    workgroupBarrier();
+    return total;
+}
+fn seg_max(tid: u32, v: f32) -> f32 {
+    var x = v;
+    for (var k = 1u; k < sg_width; k = k * 2u) { x = max(x, subgroupShuffleXor(x, k)); }
+    if (tid % sg_width == 0u) { wg_m[tid / sg_width] = x; }
+    workgroupBarrier();
+    let first = tid / TPR * (TPR / sg_width);
+    var total = wg_m[first];
+    for (var j = 1u; j < TPR / sg_width; j = j + 1u) { total = max(total, wg_m[first + j]); }
+    workgroupBarrier();
+    return total;
+}
+fn seg_stat(tid: u32, acc: RowAcc) -> RowStat {
+    let st = stat_of(acc);
+    let m = seg_max(tid, st.m);
+    return RowStat(m, seg_sum(tid, st.s * rescale(st.m, m)));
+}
+"#;
+
+/// Pipeline-overridable launch constants of a row kernel: `WG` invocations
+/// per workgroup, `TPR` of them per row, so `WG / TPR` rows per workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Launch {
+    /// Invocations per workgroup (`WG`).
+    pub workgroup_size: u32,
+    /// Invocations that share one row (`TPR`): a power of two dividing `workgroup_size`.
+    pub threads_per_row: u32,
+}
+
+impl Launch {
+    /// One workgroup of [`WORKGROUP_SIZE`] per row (and the shape of every
+    /// kernel that is not a row kernel).
+    pub const WHOLE_WORKGROUP: Launch = Launch {
+        workgroup_size: WORKGROUP_SIZE,
+        threads_per_row: WORKGROUP_SIZE,
+    };
+
+    /// Rows each workgroup handles.
+    pub fn rows_per_workgroup(self) -> u32 {
+        self.workgroup_size / self.threads_per_row.max(1)
+    }
+
+    /// Vectors each invocation walks in a row of `vecs` vectors.
+    pub fn vectors_per_thread(self, vecs: u64) -> u64 {
+        vecs.div_ceil(u64::from(self.threads_per_row.max(1)))
     }
 }
 
@@ -149,6 +330,8 @@ pub struct Variant {
     pub aliasing: Aliasing,
     /// Matrix element type in memory.
     pub storage: Storage,
+    /// How the threads of a row reduce.
+    pub reduce: Reduce,
 }
 
 impl Variant {
@@ -158,11 +341,14 @@ impl Variant {
         for width in VecWidth::ALL {
             for aliasing in Aliasing::ALL {
                 for storage in Storage::ALL {
-                    out.push(Variant {
-                        width,
-                        aliasing,
-                        storage,
-                    });
+                    for reduce in Reduce::ALL {
+                        out.push(Variant {
+                            width,
+                            aliasing,
+                            storage,
+                            reduce,
+                        });
+                    }
                 }
             }
         }
@@ -196,11 +382,13 @@ pub fn shader_source(family: Family, variant: Variant) -> String {
         width,
         aliasing,
         storage,
+        reduce,
     } = variant;
     let source = format!(
-        "// {} ({width:?}, {aliasing:?}, {storage:?} variant)\n{}\n{}\n{}",
+        "// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?} variant)\n{}\n{}\n{}\n{}",
         family.file_name(),
         width.prelude(storage),
+        reduce.prelude(),
         COMMON_SOURCE,
         family.body()
     );
@@ -435,7 +623,7 @@ pub(crate) struct Pipeline {
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(Family, Variant), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Kernel, Variant), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<(Kernel, Variant, Launch), Arc<Pipeline>>>,
 }
 
 impl PipelineCache {
@@ -450,6 +638,7 @@ impl PipelineCache {
         adapter: &str,
         kernel: Kernel,
         variant: Variant,
+        launch: Launch,
     ) -> Result<Arc<Pipeline>> {
         let poisoned = || Error::Gpu {
             kernel: kernel.entry_point().to_string(),
@@ -457,7 +646,7 @@ impl PipelineCache {
             message: "pipeline cache lock poisoned by a panic on another thread".into(),
         };
         let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
-        if let Some(p) = pipelines.get(&(kernel, variant)) {
+        if let Some(p) = pipelines.get(&(kernel, variant, launch)) {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -474,7 +663,7 @@ impl PipelineCache {
                     })
                 })
                 .clone();
-            build_pipeline(device, &module, kernel, variant.aliasing)
+            build_pipeline(device, &module, kernel, variant.aliasing, launch)
         };
         if let Some(err) = pollster::block_on(scope.pop()) {
             // Drop the module too: a broken module must not be cached.
@@ -482,13 +671,16 @@ impl PipelineCache {
                 modules.remove(&(kernel.family(), variant));
             }
             return Err(Error::Gpu {
-                kernel: format!("building {} ({variant:?})", kernel.entry_point()),
+                kernel: format!(
+                    "building {} ({variant:?}, {launch:?})",
+                    kernel.entry_point()
+                ),
                 adapter: adapter.to_string(),
                 message: err.to_string(),
             });
         }
         let built = Arc::new(built);
-        pipelines.insert((kernel, variant), built.clone());
+        pipelines.insert((kernel, variant, launch), built.clone());
         Ok(built)
     }
 }
@@ -498,6 +690,7 @@ fn build_pipeline(
     module: &wgpu::ShaderModule,
     kernel: Kernel,
     aliasing: Aliasing,
+    launch: Launch,
 ) -> Pipeline {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings()
@@ -533,7 +726,15 @@ fn build_pipeline(
         layout: Some(&pipeline_layout),
         module,
         entry_point: Some(kernel.entry_point()),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[
+                ("WG", f64::from(launch.workgroup_size)),
+                ("TPR", f64::from(launch.threads_per_row)),
+            ],
+            // Every kernel writes workgroup memory before reading it; zeroing it
+            // first costs a loop and a barrier per workgroup (measurable on lavapipe).
+            zero_initialize_workgroup_memory: false,
+        },
         cache: None,
     });
     Pipeline { pipeline, layout }

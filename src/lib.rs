@@ -31,6 +31,7 @@ pub mod pool;
 pub mod problem;
 pub mod tensor;
 pub mod tolerance;
+pub mod tuning;
 
 pub use context::{enumerate_adapters, ContextOptions, GpuContext};
 pub use error::{Error, Result};
@@ -42,3 +43,4 @@ pub use ops::Reduction;
 pub use pool::PoolStats;
 pub use tensor::{DType, GpuTensor, LossViews};
 pub use tolerance::{Tolerance, F16_TOLERANCE, F32_TOLERANCE};
+pub use tuning::RowTuning;

@@ -132,3 +132,29 @@ fn a_lost_device_is_an_error_not_a_panic_or_a_hang() {
     let again = ctx.binary_cross_entropy_blocking(&[0.5], &[1.0], 1, &Default::default());
     assert!(matches!(again, Err(Error::DeviceLost { .. })), "{again:?}");
 }
+
+#[test]
+fn a_row_too_long_for_the_loop_bound_is_an_error_and_the_context_survives() {
+    let Some(ctx) = common::gpu() else { return };
+    let max = ctx.limits().max_compute_invocations_per_workgroup;
+    let widest = 1u64 << (31 - max.leading_zeros());
+    // Odd, so scalar loads: one vector per column.
+    let cols = (widest * wgpu_loss::tuning::MAX_VECTORS_PER_THREAD + 1) as usize;
+    if (cols as u64) * 4 > ctx.max_binding_bytes() {
+        eprintln!("SKIPPED: a row of {cols} columns is past the binding limit first");
+        return;
+    }
+    let x = vec![0.5f32; cols];
+    let err = ctx
+        .logsumexp_blocking(&x, 1, cols)
+        .expect_err("too long for one workgroup's invocations");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, wgpu_loss::Error::RowTooLong { .. }) && msg.contains(&cols.to_string()),
+        "{msg}"
+    );
+    let ok = ctx
+        .logsumexp_blocking(&x[..1000], 1, 1000)
+        .expect("still works");
+    assert!((ok[0] - (0.5 + 1000f32.ln())).abs() < 1e-4, "{}", ok[0]);
+}

@@ -252,6 +252,12 @@ fn compare(gpu: &Outputs<f32>, reference: &Outputs<f64>) -> Result<f64, String> 
 pub fn run(args: &CheckArgs) -> Result<ExitCode, String> {
     let ctx = super::gpu_context()?;
     println!("adapter: {}", ctx.adapter_name());
+    println!("row tuning: {:?}", ctx.row_tuning());
+    let mut widths: Vec<usize> = SHAPES.iter().map(|s| s.1).collect();
+    widths.push(MANY_ROWS.1);
+    for cols in widths {
+        println!("  {}", ctx.describe_row_plan(cols));
+    }
     println!(
         "tolerance: |gpu - f64 reference| <= {:e} * max|reference| + {:e} * |reference|, per element",
         F32_TOLERANCE.atol, F32_TOLERANCE.rtol

@@ -20,9 +20,20 @@ pub fn run() -> Result<ExitCode, String> {
     let ctx = super::gpu_context()?;
     println!("chosen: {}", ctx.describe());
     println!(
-        "  kernel timer in bench: {}; workgroup size {}",
+        "  kernel timer in bench: {}; element-wise and single-workgroup kernels: workgroup size {}",
         wgpu_loss::bench::timer_kind(&ctx),
         wgpu_loss::kernels::WORKGROUP_SIZE
     );
+    println!(
+        "  row kernels: {:?} ({}; override with WGPU_LOSS_ROW_TUNING)",
+        ctx.row_tuning(),
+        match std::env::var("WGPU_LOSS_ROW_TUNING") {
+            Ok(spec) => format!("table pick, then WGPU_LOSS_ROW_TUNING={spec:?}"),
+            Err(_) => "the table's pick for this adapter".to_string(),
+        }
+    );
+    for cols in [100, 1000, 32_768, 262_144, 1_000_001] {
+        println!("    {}", ctx.describe_row_plan(cols));
+    }
     Ok(ExitCode::SUCCESS)
 }

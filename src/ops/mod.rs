@@ -8,7 +8,7 @@ pub mod softmax;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernels::{Aliasing, Kernel, Storage, Variant, VecWidth};
+use crate::kernels::{Aliasing, Kernel, Launch, Reduce, Storage, Variant, VecWidth};
 use crate::pool::PooledBuffer;
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -301,12 +301,30 @@ impl GpuContext {
         } else {
             Storage::F32
         };
+        let (launch, reduce) = match grid {
+            Grid::PerRow => {
+                let vecs = (cols / width.lanes()) as u64;
+                let plan = self.row_plan(vecs);
+                let per_thread = plan.0.vectors_per_thread(vecs);
+                if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
+                    return Err(Error::RowTooLong {
+                        cols,
+                        threads: plan.0.threads_per_row,
+                        per_invocation: per_thread,
+                        limit: crate::tuning::MAX_VECTORS_PER_THREAD,
+                    });
+                }
+                plan
+            }
+            Grid::PerElement => (Launch::WHOLE_WORKGROUP, Reduce::Workgroup),
+        };
         let variant = Variant {
             width,
             aliasing: aliasing(kernel, &bound),
             storage,
+            reduce,
         };
-        let pipeline = self.pipeline(kernel, variant)?;
+        let pipeline = self.pipeline(kernel, variant, launch)?;
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
@@ -314,7 +332,7 @@ impl GpuContext {
         let mut groups_done = 0u64;
         for (r0, n) in self.windows(rows, cols)? {
             let groups = match grid {
-                Grid::PerRow => n as u64,
+                Grid::PerRow => (n as u64).div_ceil(u64::from(launch.rows_per_workgroup())),
                 Grid::PerElement => (n as u64 * cols64).div_ceil(per_group),
             };
             let mut p = params;
@@ -398,8 +416,9 @@ impl GpuContext {
             width,
             aliasing: aliasing(kernel, &bound),
             storage: Storage::F32,
+            reduce: Reduce::Workgroup,
         };
-        let pipeline = self.pipeline(kernel, variant)?;
+        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
         let uniform = self.params_buffer("wgpu-loss params", &params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -442,7 +461,9 @@ impl GpuContext {
                 width,
                 aliasing: aliasing(Kernel::Copy, &[(1, src), (2, dst)]),
                 storage: Storage::F32,
+                reduce: Reduce::Workgroup,
             },
+            Launch::WHOLE_WORKGROUP,
         )?;
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
