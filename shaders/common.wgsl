@@ -29,7 +29,7 @@ struct Params {
     alpha: f32,
     gamma: f32,
     denominator: f32,   // divisor of `mean` where the host knows it
-    _pad: u32,
+    splits: u32,        // chunks per row (row kernels; 1 = whole rows)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -45,19 +45,53 @@ fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282347e38; }
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
 
-// This thread's row (within the dispatch window) and its place among the TPR
-// threads of that row. Rows past the window stay in the workgroup's barriers
-// but own no columns (`vecs` is 0) and write nothing.
-struct Seg { row: u32, lane: u32, tid: u32, live: bool }
+// Per-chunk statistics of split rows: (max, sum, extra sum, 0), one record
+// per (row, chunk), written by a `*_partial` pass and merged in chunk order.
+@group(0) @binding(11) var<storage, read_write> chunk_stats: array<vec4<f32>>;
+
+// This thread's segment: TPR threads that own chunk `chunk` of row `row` (a
+// whole row unless the host splits rows), the vectors [first, end) of it.
+// Segments past the window stay in the workgroup's barriers but own no
+// vectors (first = end = 0) and write nothing.
+struct Seg { row: u32, chunk: u32, lane: u32, tid: u32, live: bool, first: u32, end: u32 }
 
 fn seg_of(ids: Ids) -> Seg {
     let tid = thread_of(ids);
-    let row = row_of(ids.wid, ids.nwg) * (WG / TPR) + tid / TPR;
-    return Seg(row, tid % TPR, tid, row < params.rows);
+    let index = row_of(ids.wid, ids.nwg) * (WG / TPR) + tid / TPR;
+    let splits = max(params.splits, 1u);
+    let row = index / splits;
+    let chunk = index % splits;
+    let live = row < params.rows;
+    let n = params.cols / VW;
+    let per = (n + splits - 1u) / splits;
+    let first = select(0u, min(chunk * per, n), live);
+    let end = select(0u, min(first + per, n), live);
+    return Seg(row, chunk, tid % TPR, tid, live, first, end);
 }
 
-// Vectors this thread's row has: 0 for an inactive row.
-fn vecs(seg: Seg) -> u32 { return select(0u, params.cols / VW, seg.live); }
+// Whether this thread writes its row's per-row results.
+fn row_writer(seg: Seg) -> bool { return seg.live && seg.lane == 0u && seg.chunk == 0u; }
+
+fn split_rows() -> bool { return params.splits > 1u; }
+
+// A split row's statistics and extra sum, merged from its chunks in order.
+// Every segment of the row computes the same bits.
+fn merged_partials(row: u32) -> vec3<f32> {
+    var st = RowStat(neg_inf(), 0.0);
+    var extra = 0.0;
+    for (var c = 0u; c < params.splits; c = c + 1u) {
+        let p = chunk_stats[row * params.splits + c];
+        st = stat_merge(st, RowStat(p.x, p.y));
+        extra = extra + p.z;
+    }
+    return vec3<f32>(st.m, st.s, extra);
+}
+
+fn write_partial(seg: Seg, st: RowStat, extra: f32) {
+    if (seg.live && seg.lane == 0u) {
+        chunk_stats[seg.row * params.splits + seg.chunk] = vec4<f32>(st.m, st.s, extra, 0.0);
+    }
+}
 
 // Online softmax statistics: running max `m` and the sum `s` of exp(x - m).
 // An element equal to the current max contributes exactly 1, which keeps an

@@ -112,26 +112,21 @@ struct CeRow {
     z: f32,
 }
 
-fn ce_row(seg: Seg) -> CeRow {
-    let row = min(seg.row, params.rows - 1u);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let t = targets[params.row_base + row];
-    let eps = params.smoothing;
-    let smoothing = eps > 0.0;
-    // The smoothing sum is taken relative to a reference logit so that a large
-    // common offset cancels before summation instead of after.
-    let r0 = lane(capped(vec_t(logits[src])), 0u);
-    let r = select(0.0, r0, is_finite(r0));
+struct CeChunk { st: RowStat, wsum: f32 }
+
+// Statistics of this segment's (capped) logits and, with smoothing, the
+// weighted sum of (x' - r) over them.
+fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
     var acc = stat_empty();
     var wsum = 0.0;
+    let smoothing = params.smoothing > 0.0;
     if (!smoothing && !has_softcap()) {
         // The common case, without the per-vector option tests.
-        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
             acc = stat_push(acc, vec_t(logits[src + i]));
         }
     } else {
-        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
             let v = capped(vec_t(logits[src + i]));
             acc = stat_push(acc, v);
             if (smoothing) {
@@ -142,6 +137,45 @@ fn ce_row(seg: Seg) -> CeRow {
     let st = seg_stat(seg.tid, acc);
     if (smoothing) {
         wsum = seg_sum(seg.tid, wsum);
+    }
+    return CeChunk(st, wsum);
+}
+
+// The smoothing sum's reference logit: x'[0] of the row, or 0 if not finite.
+fn ce_reference(src: u32) -> f32 {
+    let r0 = lane(capped(vec_t(logits[src])), 0u);
+    return select(0.0, r0, is_finite(r0));
+}
+
+// First pass over split rows: each chunk's statistics and smoothing sum.
+@compute @workgroup_size(WG)
+fn ce_partial(ids: Ids) {
+    let seg = seg_of(ids);
+    let src = params.base_a / VW + min(seg.row, params.rows - 1u) * (params.cols / VW);
+    let cs = ce_chunk(seg, src, ce_reference(src));
+    write_partial(seg, cs.st, cs.wsum);
+}
+
+fn ce_row(seg: Seg) -> CeRow {
+    let row = min(seg.row, params.rows - 1u);
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let t = targets[params.row_base + row];
+    let eps = params.smoothing;
+    let smoothing = eps > 0.0;
+    // The smoothing sum is taken relative to a reference logit so that a large
+    // common offset cancels before summation instead of after.
+    let r = ce_reference(src);
+    var st: RowStat;
+    var wsum = 0.0;
+    if (split_rows()) {
+        let p = merged_partials(row);
+        st = RowStat(p.x, p.y);
+        wsum = p.z;
+    } else {
+        let cs = ce_chunk(seg, src, r);
+        st = cs.st;
+        wsum = cs.wsum;
     }
     let ls = log(st.s);
     let lse = st.m + ls;
@@ -200,7 +234,7 @@ fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
 
 // Lane 0 of each active row writes the row's results.
 fn write_row(seg: Seg, rs: CeRow) {
-    if (seg.live && seg.lane == 0u) {
+    if (row_writer(seg)) {
         row_out[params.row_base + seg.row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
     }
 }
@@ -223,16 +257,16 @@ fn ce_loss_grad(ids: Ids) {
     if (!has_softcap() && k.c == 0.0 && !rs.ignored) {
         // The common case: g = a p everywhere, then the target's owner rewrites
         // its vector with the one-hot term (same invocation, so in order).
-        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
             let x = vec_t(logits[src + i]);
             grad[dst + i] = mat_t(vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
         }
         let yv = u32(max(rs.label, 0)) / VW;
-        if (seg.live && yv < n && yv % TPR == seg.lane) {
+        if (yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane) {
             grad[dst + yv] = mat_t(grad_at(rs, k, yv, vec_t(logits[src + yv])));
         }
     } else {
-        for (var i = seg.lane; i < vecs(seg); i += TPR) {
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
             grad[dst + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
         }
     }
@@ -250,7 +284,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
     // precede this barrier; storageBarrier orders them against the writes below.
     storageBarrier();
     workgroupBarrier();
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         logits[src + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
     }
 }
@@ -309,7 +343,7 @@ fn soft_row(seg: Seg) -> SoftRow {
     var acc = stat_empty();
     var a = 0.0;
     var b = 0.0;
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let v = capped(vec_t(logits[src + i]));
         acc = stat_push(acc, v);
         let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
@@ -329,7 +363,7 @@ fn soft_row(seg: Seg) -> SoftRow {
 }
 
 fn write_soft_row(seg: Seg, rs: SoftRow) {
-    if (seg.live && seg.lane == 0u) {
+    if (row_writer(seg)) {
         row_out[params.row_base + seg.row] = vec4<f32>(rs.ce, rs.z, rs.m + rs.ls, 0.0);
     }
 }
@@ -355,7 +389,7 @@ fn ce_soft_loss_grad(ids: Ids) {
     let src = params.base_a / VW + seg.row * n;
     let qsrc = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let x = vec_t(logits[src + i]);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
         let g = vec_t(kp) * p - vec_t(k) * class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
@@ -387,7 +421,7 @@ fn focal_row(seg: Seg) -> FocalRow {
     let src = params.base_a / VW + row * n;
     let t = targets[params.row_base + row];
     var acc = stat_empty();
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         acc = stat_push(acc, vec_t(logits[src + i]));
     }
     let st = seg_stat(seg.tid, acc);
@@ -424,7 +458,7 @@ fn focal_row(seg: Seg) -> FocalRow {
 }
 
 fn write_focal_row(seg: Seg, rs: FocalRow) {
-    if (seg.live && seg.lane == 0u) {
+    if (row_writer(seg)) {
         row_out[params.row_base + seg.row] = vec4<f32>(rs.loss, 0.0, rs.m + rs.ls, 0.0);
     }
 }
@@ -445,7 +479,7 @@ fn focal_loss_grad(ids: Ids) {
     let src = params.base_a / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
     let y = vec_u(u32(max(rs.label, 0)));
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
         grad[dst + i] = mat_t(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));

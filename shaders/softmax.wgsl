@@ -9,12 +9,30 @@
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
 @group(0) @binding(6) var<storage, read_write> row_out: array<f32>;
 
-fn x_row_stat(seg: Seg, src: u32) -> RowStat {
+// Statistics of this segment's vectors.
+fn x_chunk_stat(seg: Seg, src: u32) -> RowStat {
     var acc = stat_empty();
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         acc = stat_push(acc, vec_t(mat_a[src + i]));
     }
     return seg_stat(seg.tid, acc);
+}
+
+// Statistics of the whole row: this segment's, or a split row's merged chunks.
+fn x_row_stat(seg: Seg, src: u32) -> RowStat {
+    if (split_rows()) {
+        let p = merged_partials(min(seg.row, params.rows - 1u));
+        return RowStat(p.x, p.y);
+    }
+    return x_chunk_stat(seg, src);
+}
+
+// First pass over split rows (softmax, log-softmax and logsumexp forward).
+@compute @workgroup_size(WG)
+fn softmax_partial(ids: Ids) {
+    let seg = seg_of(ids);
+    let src = params.base_a / VW + seg.row * (params.cols / VW);
+    write_partial(seg, x_chunk_stat(seg, src), 0.0);
 }
 
 // y = exp((x - m) - log s): subtracting the max first keeps x - m exact for large offsets.
@@ -28,7 +46,7 @@ fn softmax_forward(ids: Ids) {
     let ls = log(st.s);
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
     let ok = is_finite(st.m + ls);
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let y = exp((vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
         mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
@@ -43,7 +61,7 @@ fn log_softmax_forward(ids: Ids) {
     let st = x_row_stat(seg, src);
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let y = (vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
         mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
     }
@@ -54,7 +72,7 @@ fn logsumexp_forward(ids: Ids) {
     let seg = seg_of(ids);
     let src = params.base_a / VW + seg.row * (params.cols / VW);
     let st = x_row_stat(seg, src);
-    if (seg.live && seg.lane == 0u) {
+    if (row_writer(seg)) {
         row_out[params.row_base + seg.row] = st.m + log(st.s);
     }
 }
@@ -68,11 +86,11 @@ fn softmax_backward(ids: Ids) {
     let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
     var acc = 0.0;
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         acc += hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i]));
     }
     let dot = seg_sum(seg.tid, acc);
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
     }
 }
@@ -86,11 +104,11 @@ fn log_softmax_backward(ids: Ids) {
     let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
     var acc = 0.0;
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         acc += hsum(vec_t(mat_b[src_dy + i]));
     }
     let total = seg_sum(seg.tid, acc);
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
     }
 }
@@ -105,7 +123,7 @@ fn logsumexp_backward(ids: Ids) {
     let at = params.row_base + min(seg.row, params.rows - 1u);
     let lse = row_a[at];
     let g = row_b[at];
-    for (var i = seg.lane; i < vecs(seg); i += TPR) {
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(g) * exp(vec_t(mat_a[src + i]) - vec_t(lse)));
     }
 }

@@ -444,14 +444,13 @@ pub struct CpuFastOp<'a> {
 }
 
 impl<'a> CpuFastOp<'a> {
-    /// `None` for ops the fast path does not cover yet (multiclass focal
-    /// loss), which bench on the reference instead.
+    /// The fast path for `op` (every op has one); `Option` so that a caller
+    /// can fall back to the reference for an op the fast path lacks.
     pub fn new(op: Op, input: &'a BenchInput) -> Option<Self> {
         let len = match op {
             Op::Softmax | Op::LogSoftmax | Op::CrossEntropy => input.logits.len(),
             Op::Logsumexp | Op::CrossEntropyLoss => 0,
-            Op::BinaryCrossEntropy | Op::BceWithLogits | Op::SigmoidFocal => 0,
-            Op::Focal => return None,
+            Op::BinaryCrossEntropy | Op::BceWithLogits | Op::SigmoidFocal | Op::Focal => 0,
         };
         Some(Self {
             op,
@@ -533,7 +532,10 @@ impl<'a> CpuFastOp<'a> {
                 )?
                 .grad
             }
-            Op::Focal => None,
+            Op::Focal => {
+                let opts = crate::FocalOptions::default();
+                fast::focal_loss(x, &input.classes, cols, &opts, true)?.grad
+            }
         })
     }
 }

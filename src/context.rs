@@ -48,6 +48,10 @@ pub struct GpuContext {
     pub(crate) pool: crate::pool::BufferPool,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: Arc<wgpu::Buffer>,
+    /// Bound as the split-row records of a kernel whose rows are whole: a
+    /// buffer of its own, since wgpu refuses one buffer in a read-only and a
+    /// read-write binding of the same dispatch.
+    pub(crate) placeholder_rw: Arc<wgpu::Buffer>,
     /// Set by the device-lost callback (devices this crate created).
     lost: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -174,7 +178,14 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         }));
+        let placeholder_rw = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss split-row placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
         Self {
+            placeholder_rw,
             device,
             queue,
             adapter_info,
@@ -298,14 +309,22 @@ impl GpuContext {
         )
     }
 
-    /// What a row kernel over rows of `cols` columns (aligned for `vec4` where
-    /// `cols % 4 == 0`) launches with, in one line: threads per row, rows per
+    /// How a row kernel over `rows` rows of `cols` columns (aligned for
+    /// `vec4` where `cols % 4 == 0`) launches, in one line: chunks per row
+    /// where rows are split, threads per row (or chunk), rows (or chunks) per
     /// workgroup, workgroup size and reduction mode.
-    pub fn describe_row_plan(&self, cols: usize) -> String {
+    pub fn describe_row_plan(&self, rows: usize, cols: usize) -> String {
         let lanes = crate::kernels::VecWidth::for_layout(cols, &[0]).lanes();
-        let (launch, reduce) = self.row_plan((cols / lanes) as u64);
+        let vecs = (cols / lanes) as u64;
+        let splits = self.row_tuning.splits(rows as u64, vecs);
+        let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
+        let (split, unit) = if splits > 1 {
+            (format!("rows split in {splits} chunks; "), "chunk")
+        } else {
+            (String::new(), "row")
+        };
         format!(
-            "{cols} columns: {} threads per row, {} rows per workgroup of {}, {reduce:?} reduction",
+            "{rows}x{cols}: {split}{} threads per {unit}, {} {unit}s per workgroup of {}, {reduce:?} reduction",
             launch.threads_per_row,
             launch.rows_per_workgroup(),
             launch.workgroup_size

@@ -453,11 +453,17 @@ pub enum Kernel {
     CrossEntropyExport,
     /// `copy`: the bandwidth yardstick.
     Copy,
+    /// `softmax_partial`: per-chunk statistics of split rows (softmax,
+    /// log-softmax and logsumexp forward).
+    SoftmaxPartial,
+    /// `ce_partial`: per-chunk statistics of split rows (cross-entropy with
+    /// class-index targets).
+    CrossEntropyPartial,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -479,6 +485,8 @@ impl Kernel {
         Kernel::BinaryReduce,
         Kernel::CrossEntropyExport,
         Kernel::Copy,
+        Kernel::SoftmaxPartial,
+        Kernel::CrossEntropyPartial,
     ];
 
     /// The shader file this kernel lives in.
@@ -486,7 +494,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             SoftmaxForward | LogSoftmaxForward | LogsumexpForward | SoftmaxBackward
-            | LogSoftmaxBackward | LogsumexpBackward => Family::Softmax,
+            | LogSoftmaxBackward | LogsumexpBackward | SoftmaxPartial => Family::Softmax,
             CrossEntropyDenominator
             | CrossEntropyLoss
             | CrossEntropyLossGrad
@@ -496,7 +504,8 @@ impl Kernel {
             | CrossEntropySoftLossGrad
             | FocalLoss
             | FocalLossGrad
-            | CrossEntropyExport => Family::CrossEntropy,
+            | CrossEntropyExport
+            | CrossEntropyPartial => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReduce => {
                 Family::Binary
             }
@@ -529,6 +538,19 @@ impl Kernel {
             BinaryReduce => "binary_reduce",
             CrossEntropyExport => "ce_export",
             Copy => "copy",
+            SoftmaxPartial => "softmax_partial",
+            CrossEntropyPartial => "ce_partial",
+        }
+    }
+
+    /// The first pass of this kernel when rows are split across workgroups:
+    /// `None` for kernels that always take whole rows.
+    pub fn partial_pass(self) -> Option<Kernel> {
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward | LogsumexpForward => Some(SoftmaxPartial),
+            CrossEntropyLoss | CrossEntropyLossGrad => Some(CrossEntropyPartial),
+            _ => None,
         }
     }
 
@@ -543,8 +565,11 @@ impl Kernel {
     pub(crate) fn bindings(self) -> &'static [(u32, Access)] {
         use Kernel::*;
         match self {
-            SoftmaxForward | LogSoftmaxForward => &[(0, Uniform), (1, Read), (5, ReadWrite)],
-            LogsumexpForward => &[(0, Uniform), (1, Read), (6, ReadWrite)],
+            SoftmaxForward | LogSoftmaxForward => {
+                &[(0, Uniform), (1, Read), (5, ReadWrite), (11, ReadWrite)]
+            }
+            LogsumexpForward => &[(0, Uniform), (1, Read), (6, ReadWrite), (11, ReadWrite)],
+            SoftmaxPartial => &[(0, Uniform), (1, Read), (11, ReadWrite)],
             SoftmaxBackward | LogSoftmaxBackward => {
                 &[(0, Uniform), (1, Read), (2, Read), (5, ReadWrite)]
             }
@@ -590,7 +615,16 @@ impl Kernel {
                 (9, ReadWrite),
                 (10, ReadWrite),
             ],
-            CrossEntropyLoss | CrossEntropyLossGradInPlace | FocalLoss => &[
+            CrossEntropyLoss | CrossEntropyLossGradInPlace => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (2, Read),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (11, ReadWrite),
+            ],
+            FocalLoss => &[
                 (0, Uniform),
                 (1, ReadWrite),
                 (2, Read),
@@ -598,7 +632,18 @@ impl Kernel {
                 (4, ReadWrite),
                 (5, ReadWrite),
             ],
-            CrossEntropyLossGrad | FocalLossGrad => &[
+            CrossEntropyPartial => &[(0, Uniform), (1, ReadWrite), (3, Read), (11, ReadWrite)],
+            CrossEntropyLossGrad => &[
+                (0, Uniform),
+                (1, ReadWrite),
+                (2, Read),
+                (3, Read),
+                (4, ReadWrite),
+                (5, ReadWrite),
+                (6, ReadWrite),
+                (11, ReadWrite),
+            ],
+            FocalLossGrad => &[
                 (0, Uniform),
                 (1, ReadWrite),
                 (2, Read),

@@ -44,7 +44,19 @@ pub struct RowTuning {
     pub vectors_per_thread: u32,
     /// Use subgroup reductions where the device has `Features::SUBGROUP`.
     pub subgroups: bool,
+    /// Split rows into chunks of about this many vectors, each chunk on its
+    /// own threads (a partial pass, then the kernel over each chunk), when a
+    /// problem has fewer than `split_rows_below` rows. 0 never splits.
+    /// Applies to softmax, log-softmax and logsumexp forward and to
+    /// cross-entropy with class-index targets (loss, loss + gradient).
+    pub split_vectors: u32,
+    /// Problems with at least this many rows are never split: they fill the
+    /// device with whole rows.
+    pub split_rows_below: u32,
 }
+
+/// Most chunks one row is split into.
+pub const MAX_SPLITS: u32 = 1024;
 
 impl Default for RowTuning {
     /// The discrete-GPU row of the table.
@@ -54,6 +66,8 @@ impl Default for RowTuning {
             max_threads_per_row: 256,
             vectors_per_thread: 8,
             subgroups: true,
+            split_vectors: 4096,
+            split_rows_below: 1024,
         }
     }
 }
@@ -78,7 +92,10 @@ impl RowTuning {
     ///   on every core. 8192 vectors per lane keeps a kernel's two row loops
     ///   well inside lavapipe's 65535-iteration limit.
     /// - GPUs: 256-wide workgroups, up to 256 invocations per row, at least 8
-    ///   vectors (32 columns) per invocation before a row gets more.
+    ///   vectors (32 columns) per invocation before a row gets more; fewer
+    ///   than 1024 rows of more than 8192 vectors are split into chunks of
+    ///   4096 vectors (16384 columns), so 64 rows of 262144 classes make
+    ///   1024 workgroups instead of 64.
     pub fn for_adapter(device_type: wgpu::DeviceType, subgroups: Option<SubgroupSizes>) -> Self {
         match device_type {
             wgpu::DeviceType::Cpu => {
@@ -88,6 +105,9 @@ impl RowTuning {
                     max_threads_per_row: 1024,
                     vectors_per_thread: 8192,
                     subgroups: true,
+                    // Two cores are busy with a few whole rows; a split costs a pass.
+                    split_vectors: 0,
+                    split_rows_below: 0,
                 }
             }
             _ => RowTuning::default(),
@@ -124,6 +144,8 @@ impl RowTuning {
                 "workgroup_size" => self.workgroup_size = number()?,
                 "max_threads_per_row" => self.max_threads_per_row = number()?,
                 "vectors_per_thread" => self.vectors_per_thread = number()?,
+                "split_vectors" => self.split_vectors = number()?,
+                "split_rows_below" => self.split_rows_below = number()?,
                 "subgroups" => {
                     self.subgroups = match value.trim() {
                         "on" | "true" | "1" => true,
@@ -134,7 +156,7 @@ impl RowTuning {
                 k => {
                     return Err(bad(format!(
                         "unknown key `{k}` (known: workgroup_size, max_threads_per_row, \
-                         vectors_per_thread, subgroups)"
+                         vectors_per_thread, subgroups, split_vectors, split_rows_below)"
                     )))
                 }
             }
@@ -183,6 +205,19 @@ impl RowTuning {
             }
         }
         Ok(())
+    }
+
+    /// Chunks each of `rows` rows of `vecs` vectors is split into (1: whole rows).
+    pub fn splits(&self, rows: u64, vecs: u64) -> u32 {
+        if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
+            return 1;
+        }
+        let chunks = vecs.div_ceil(u64::from(self.split_vectors));
+        // Worth a second pass only when it at least doubles the parallelism.
+        if chunks < 2 {
+            return 1;
+        }
+        chunks.min(u64::from(MAX_SPLITS)) as u32
     }
 
     /// Launch and reduction for rows of `vecs` vectors, on a device that
@@ -287,6 +322,17 @@ mod tests {
         let (l, _) = narrow.plan(1 << 24, NVIDIA, 1024);
         assert_eq!(l.threads_per_row, 1024);
         assert!(l.vectors_per_thread(1 << 24) > MAX_VECTORS_PER_THREAD);
+    }
+
+    #[test]
+    fn few_rows_of_a_huge_vocabulary_are_split_on_gpus_only() {
+        let gpu = RowTuning::default();
+        assert_eq!(gpu.splits(64, 65_536), 16); // 64 x 262144 as vec4
+        assert_eq!(gpu.splits(4096, 8192), 1); // many rows fill the device
+        assert_eq!(gpu.splits(64, 4096), 1); // one chunk anyway
+        assert_eq!(gpu.splits(1, 1 << 30), MAX_SPLITS);
+        let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
+        assert_eq!(cpu.splits(1, 1 << 20), 1);
     }
 
     #[test]

@@ -312,3 +312,76 @@ fn large_offset_logits_keep_their_precision() {
         }
     }
 }
+
+#[test]
+fn multiclass_focal_matches_the_reference() {
+    use wgpu_loss::FocalOptions;
+    let mut rng = Rng::new(506);
+    for (rows, cols) in SHAPES {
+        let x = rng.vec_normal(rows * cols, 4.0);
+        let mut t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+        if rows > 2 {
+            t[1] = -100;
+        }
+        let alpha: Vec<f32> = (0..cols).map(|_| rng.uniform(0.1, 1.0)).collect();
+        for (k, opts) in [
+            FocalOptions::default(),
+            FocalOptions {
+                gamma: 0.0,
+                reduction: Reduction::Sum,
+                ..Default::default()
+            },
+            FocalOptions {
+                alpha: Some(&alpha),
+                gamma: 0.5,
+                reduction: Reduction::None,
+                grad_scale: 0.5,
+                ..Default::default()
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let what = format!("focal {rows}x{cols} options #{k}");
+            let f = fast::focal_loss(&x, &t, cols, opts, true).expect("fast");
+            let r = reference::focal_loss(&x, &t, cols, opts).expect("ref");
+            check(&format!("loss {what}"), &f.loss, &r.loss);
+            check(&format!("lse {what}"), &f.lse, &r.lse);
+            check(
+                &format!("grad {what}"),
+                f.grad.as_deref().unwrap_or_default(),
+                &r.grad,
+            );
+            let loss_only = fast::focal_loss(&x, &t, cols, opts, false).expect("fast");
+            assert!(loss_only.grad.is_none());
+            assert_eq!(
+                loss_only.loss, f.loss,
+                "{what}: loss-only equals loss + grad"
+            );
+        }
+    }
+    // Non-finite rows follow the reference too. (A row with p_y within 1e-7
+    // of 1 is past f32: its exp sum rounds to 1, so 1 - p_y is 0 in any f32
+    // pass, this one and the GPU's.)
+    let inf = f32::INFINITY;
+    let x: Vec<f32> = [
+        [3.0, 0.0, 0.0, 0.0],
+        [1.0, f32::NAN, 3.0, 4.0],
+        [1.0, inf, 3.0, 4.0],
+        [-inf; 4],
+    ]
+    .concat();
+    let t = vec![0i64; 4];
+    let opts = FocalOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let f = fast::focal_loss(&x, &t, 4, &opts, true).expect("fast");
+    let r = reference::focal_loss(&x, &t, 4, &opts).expect("ref");
+    check("focal non-finite loss", &f.loss, &r.loss);
+    check(
+        "focal non-finite grad",
+        f.grad.as_deref().unwrap_or_default(),
+        &r.grad,
+    );
+}

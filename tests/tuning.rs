@@ -33,11 +33,11 @@ fn workgroup_memory_trees_with_several_rows_per_workgroup() {
         check_with("subgroups=off,workgroup_size=64,max_threads_per_row=64,vectors_per_thread=4");
     // 5 columns: 2 threads per row, 32 rows in each workgroup.
     assert!(
-        out.contains("5 columns: 2 threads per row, 32 rows per workgroup of 64, Workgroup"),
+        out.contains("3000x5: 2 threads per row, 32 rows per workgroup of 64, Workgroup"),
         "{out}"
     );
     assert!(
-        out.contains("300001 columns: 64 threads per row, 1 rows per workgroup of 64, Workgroup"),
+        out.contains("1x300001: 64 threads per row, 1 rows per workgroup of 64, Workgroup"),
         "{out}"
     );
 }
@@ -66,7 +66,28 @@ fn subgroup_modes_where_the_adapter_has_subgroups() {
     ));
     assert!(out.contains("SubgroupThenWorkgroup reduction"), "{out}");
     // The discrete-GPU row of the table, whatever this adapter is.
-    check_with("subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8");
+    let out = check_with(
+        "subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8,\
+         split_vectors=4096,split_rows_below=1024",
+    );
+    assert!(out.contains("1x300001: rows split in 74 chunks"), "{out}");
+}
+
+#[test]
+fn rows_split_across_workgroups_in_every_reduction_mode() {
+    if gpu().is_none() {
+        return;
+    }
+    // Chunks of 64 vectors: every check shape wider than 128 vectors is split
+    // (1x300001 into 1024 chunks), with ragged last chunks.
+    for subgroups in ["on", "off"] {
+        let out = check_with(&format!(
+            "subgroups={subgroups},workgroup_size=64,max_threads_per_row=64,vectors_per_thread=4,\
+             split_vectors=64,split_rows_below=1000000"
+        ));
+        assert!(out.contains("1x300001: rows split in 1024 chunks"), "{out}");
+        assert!(out.contains("2x4099: rows split in 65 chunks"), "{out}");
+    }
 }
 
 #[test]

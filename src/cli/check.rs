@@ -253,10 +253,8 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, String> {
     let ctx = super::gpu_context()?;
     println!("adapter: {}", ctx.adapter_name());
     println!("row tuning: {:?}", ctx.row_tuning());
-    let mut widths: Vec<usize> = SHAPES.iter().map(|s| s.1).collect();
-    widths.push(MANY_ROWS.1);
-    for cols in widths {
-        println!("  {}", ctx.describe_row_plan(cols));
+    for (rows, cols) in SHAPES.iter().chain([&MANY_ROWS]) {
+        println!("  {}", ctx.describe_row_plan(*rows, *cols));
     }
     println!(
         "tolerance: |gpu - f64 reference| <= {:e} * max|reference| + {:e} * |reference|, per element",

@@ -32,8 +32,14 @@ pub fn run() -> Result<ExitCode, String> {
             Err(_) => "the table's pick for this adapter".to_string(),
         }
     );
-    for cols in [100, 1000, 32_768, 262_144, 1_000_001] {
-        println!("    {}", ctx.describe_row_plan(cols));
+    for (rows, cols) in [
+        (65_536, 100),
+        (4096, 1000),
+        (4096, 32_768),
+        (64, 262_144),
+        (1, 1_000_001),
+    ] {
+        println!("    {}", ctx.describe_row_plan(rows, cols));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,7 @@ use crate::ops::binary::{BinaryCall, BinaryOp};
 use crate::ops::check_matrix;
 use crate::ops::cross_entropy::{checked_targets, ClassIndex, IGNORED_ROW};
 use crate::ops::Reduction;
-use crate::{CrossEntropyOptions, CrossEntropyOutput};
+use crate::{CrossEntropyOptions, CrossEntropyOutput, FocalOptions};
 
 /// Lanes of the inner loops: 8 f32 fill one AVX register, two SSE ones.
 const LANES: usize = 8;
@@ -479,6 +479,125 @@ pub fn cross_entropy_into<T: ClassIndex>(
         lse: results.iter().map(|r| r.lse).collect(),
         grad: None,
     })
+}
+
+/// Multiclass (softmax) focal loss `l_i = -α[y] (1 - p_y)^γ log p_y` and,
+/// when `with_grad`, its gradient `F (p_j - [j = y])` with
+/// `F = α[y] (q^γ - γ q^(γ-1) p_y log p_y)`, `q = 1 - p_y`: the reference's
+/// formulas with the row pass in f32 (one max pass, one `exp` pass that leaves
+/// `exp(x - m)` in the gradient buffer, one scaling pass) and the per-row
+/// scalars in f64; same shapes as [`crate::GpuContext::focal_loss`].
+pub fn focal_loss<T: ClassIndex>(
+    logits: &[f32],
+    targets: &[T],
+    classes: usize,
+    options: &FocalOptions<'_>,
+    with_grad: bool,
+) -> Result<CrossEntropyOutput> {
+    let rows = targets.len();
+    check_matrix("logits", logits.len(), rows, classes)?;
+    options.validate(classes)?;
+    let targets = checked_targets(targets, classes, options.ignore_index)?;
+    let alpha_of = |j: usize| f64::from(options.alpha.map_or(1.0f32, |a| a[j]));
+    let gamma = f64::from(options.gamma);
+    let kept = targets.iter().filter(|&&t| t != IGNORED_ROW).count() as f64;
+    let k = match options.reduction {
+        Reduction::Mean => f64::from(options.grad_scale) / kept,
+        _ => f64::from(options.grad_scale),
+    };
+    let row = |i: usize, x: &[f32], g: Option<&mut [f32]>| -> (f64, f32) {
+        let m = row_max(x);
+        let mut g = g;
+        let s = exp_sum(x, m, g.as_deref_mut());
+        let lse = lse_of(x, m, s);
+        let t = targets[i];
+        if t == IGNORED_ROW {
+            if let Some(g) = g {
+                g.fill(0.0);
+            }
+            return (0.0, lse);
+        }
+        let y = t as usize;
+        let lse64 = if lse.is_finite() {
+            f64::from(m) + s.ln()
+        } else {
+            f64::from(lse)
+        };
+        let lp = f64::from(x[y]) - lse64;
+        let p = lp.exp();
+        // 1 - p without cancellation when p is close to 1; a NaN row stays NaN.
+        let q = if lp.is_nan() {
+            f64::NAN
+        } else {
+            (-lp.exp_m1()).max(0.0)
+        };
+        let a = alpha_of(y);
+        let (loss, f) = if gamma == 0.0 {
+            (-a * lp, a)
+        } else if q == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (
+                -a * q.powf(gamma) * lp,
+                a * (q.powf(gamma) - gamma * q.powf(gamma - 1.0) * p * lp),
+            )
+        };
+        if let Some(g) = g {
+            let kf = k * f;
+            if lse.is_finite() {
+                // g holds exp(x - m); p_j = that / s.
+                let scale = (kf / s) as f32;
+                g.iter_mut().for_each(|v| *v *= scale);
+                g[y] -= kf as f32;
+            } else {
+                // NaN or infinite logits: term by term, as the reference.
+                for (j, v) in g.iter_mut().enumerate() {
+                    let onehot = if j == y { 1.0 } else { 0.0 };
+                    *v = (kf * ((f64::from(x[j]) - lse64).exp() - onehot)) as f32;
+                }
+            }
+        }
+        (loss, lse)
+    };
+    let results: Vec<(f64, f32)> = if with_grad {
+        let mut grad = vec![0.0f32; logits.len()];
+        let results = grad
+            .par_chunks_mut(classes)
+            .zip(logits.par_chunks(classes))
+            .enumerate()
+            .with_min_len(min_rows(classes))
+            .map(|(i, (g, x))| row(i, x, Some(g)))
+            .collect();
+        return Ok(CrossEntropyOutput {
+            grad: Some(grad),
+            ..focal_output(results, options.reduction, kept)
+        });
+    } else {
+        logits
+            .par_chunks(classes)
+            .enumerate()
+            .with_min_len(min_rows(classes))
+            .map(|(i, x)| row(i, x, None))
+            .collect()
+    };
+    Ok(focal_output(results, options.reduction, kept))
+}
+
+/// Row losses reduced in row order on one thread (the same bits for any thread count).
+fn focal_output(results: Vec<(f64, f32)>, reduction: Reduction, kept: f64) -> CrossEntropyOutput {
+    let sum: f64 = results.iter().map(|r| r.0).sum();
+    let loss = match reduction {
+        Reduction::None => results.iter().map(|r| r.0 as f32).collect(),
+        Reduction::Sum => vec![sum as f32],
+        Reduction::Mean => vec![(sum / kept) as f32],
+    };
+    let z_loss = vec![0.0; loss.len()];
+    CrossEntropyOutput {
+        loss,
+        z_loss,
+        lse: results.iter().map(|r| r.1).collect(),
+        grad: None,
+    }
 }
 
 /// Bytes per second of copying `elems` f32 on every core (read + write), the

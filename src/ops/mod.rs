@@ -45,6 +45,9 @@ impl Reduction {
     }
 }
 
+/// Binding of the split-row records (`chunk_stats` in `shaders/common.wgsl`).
+const PARTIALS_BINDING: u32 = 11;
+
 /// Uniform parameters; the layout matches `struct Params` in `shaders/common.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -68,7 +71,8 @@ pub(crate) struct Params {
     pub alpha: f32,
     pub gamma: f32,
     pub denominator: f32,
-    pub _pad: u32,
+    /// Chunks per row of a split row kernel (0 or 1: whole rows).
+    pub splits: u32,
 }
 
 /// Which `Params` base field a matrix operand's window offset goes into.
@@ -301,11 +305,18 @@ impl GpuContext {
         } else {
             Storage::F32
         };
+        // Few rows of a huge C: each row in `splits` chunks, a partial pass
+        // for the chunks' statistics, then the kernel itself over each chunk.
+        let vecs = (cols / width.lanes()) as u64;
+        let splits = match (grid, kernel.partial_pass()) {
+            (Grid::PerRow, Some(_)) => self.row_tuning().splits(rows as u64, vecs),
+            _ => 1,
+        };
         let (launch, reduce) = match grid {
             Grid::PerRow => {
-                let vecs = (cols / width.lanes()) as u64;
-                let plan = self.row_plan(vecs);
-                let per_thread = plan.0.vectors_per_thread(vecs);
+                let chunk = vecs.div_ceil(u64::from(splits));
+                let plan = self.row_plan(chunk);
+                let per_thread = plan.0.vectors_per_thread(chunk);
                 if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
                     return Err(Error::RowTooLong {
                         cols,
@@ -325,18 +336,37 @@ impl GpuContext {
             reduce,
         };
         let pipeline = self.pipeline(kernel, variant, launch)?;
+        let partial = match kernel.partial_pass() {
+            Some(first) if splits > 1 => Some(self.pipeline(first, variant, launch)?),
+            _ => None,
+        };
+        let windows = self.windows(rows, cols)?;
+        // One record (max, sum, extra, 0) per chunk of the largest window.
+        let partials = match &partial {
+            Some(_) => {
+                let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
+                Some(self.scratch(
+                    "wgpu-loss split-row partials",
+                    most * u64::from(splits) * 16,
+                ))
+            }
+            None => None,
+        };
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
         let mut groups_done = 0u64;
-        for (r0, n) in self.windows(rows, cols)? {
+        for (r0, n) in windows {
             let groups = match grid {
-                Grid::PerRow => (n as u64).div_ceil(u64::from(launch.rows_per_workgroup())),
+                Grid::PerRow => {
+                    (n as u64 * u64::from(splits)).div_ceil(u64::from(launch.rows_per_workgroup()))
+                }
                 Grid::PerElement => (n as u64 * cols64).div_ceil(per_group),
             };
             let mut p = params;
             p.rows = n as u32;
+            p.splits = splits;
             p.cols = to_u32(cols64, "row length", "u32 columns")?;
             let first = match grid {
                 Grid::PerRow => r0 as u64,
@@ -381,21 +411,40 @@ impl GpuContext {
                     resource: w.resource(self.limits().max_storage_buffer_binding_size),
                 });
             }
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.entry_point()),
-                layout: &pipeline.layout,
-                entries: &entries,
-            });
+            if kernel
+                .bindings()
+                .iter()
+                .any(|&(b, _)| b == PARTIALS_BINDING)
+            {
+                let buffer = partials.as_ref().unwrap_or(&self.placeholder_rw);
+                entries.push(wgpu::BindGroupEntry {
+                    binding: PARTIALS_BINDING,
+                    resource: buffer.as_entire_binding(),
+                });
+            }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
             let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.entry_point()),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
-            drop(pass);
+            let first_pass = partial.as_ref().zip(kernel.partial_pass());
+            for (pipe, k) in first_pass.into_iter().chain([(&pipeline, kernel)]) {
+                // A pass binds what its layout names: the partial pass a subset.
+                let used: Vec<wgpu::BindGroupEntry> = entries
+                    .iter()
+                    .filter(|e| k.bindings().iter().any(|&(b, _)| b == e.binding))
+                    .cloned()
+                    .collect();
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(k.entry_point()),
+                    layout: &pipe.layout,
+                    entries: &used,
+                });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(k.entry_point()),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
             groups_done += groups;
         }
         Ok(groups_done)
