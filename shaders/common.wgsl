@@ -74,6 +74,26 @@ fn row_writer(seg: Seg) -> bool { return seg.live && seg.lane == 0u && seg.chunk
 
 fn split_rows() -> bool { return params.splits > 1u; }
 
+// Single-read rows: when every lane's share of a (whole) row is at most HOLD
+// vectors, kernels load the row into registers once, take the max, then
+// exp(x - max) and its sum from the registers, and write their output from
+// what is held: one read and one exp per element instead of two. The test
+// depends on the dispatch only, so a workgroup never mixes the two paths.
+const HOLD: u32 = 8u;
+
+fn holds_rows() -> bool {
+    return !split_rows() && (params.cols / VW + TPR - 1u) / TPR <= HOLD;
+}
+
+// A lane's k-th held vector is the row's vector `held_index(seg, k)`.
+fn held_index(seg: Seg, k: u32) -> u32 { return seg.first + seg.lane + k * TPR; }
+
+// exp(v - m), with elements equal to the max counted as exactly 1 (as
+// `stat_push`: an all -inf row sums to its length, a +inf row to its count of +inf).
+fn exp_from_max(v: vec_t, m: f32) -> vec_t {
+    return select(exp(v - vec_t(m)), vec_t(1.0), v == vec_t(m));
+}
+
 // A split row's statistics and extra sum, merged from its chunks in order.
 // Every segment of the row computes the same bits.
 fn merged_partials(row: u32) -> vec3<f32> {

@@ -160,9 +160,6 @@ fn ce_row(seg: Seg) -> CeRow {
     let row = min(seg.row, params.rows - 1u);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
-    let t = targets[params.row_base + row];
-    let eps = params.smoothing;
-    let smoothing = eps > 0.0;
     // The smoothing sum is taken relative to a reference logit so that a large
     // common offset cancels before summation instead of after.
     let r = ce_reference(src);
@@ -177,6 +174,16 @@ fn ce_row(seg: Seg) -> CeRow {
         st = cs.st;
         wsum = cs.wsum;
     }
+    return ce_finish(seg, st, wsum, r);
+}
+
+// Row loss from the row's statistics (and smoothing sum relative to `r`).
+fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
+    let row = min(seg.row, params.rows - 1u);
+    let src = params.base_a / VW + row * (params.cols / VW);
+    let t = targets[params.row_base + row];
+    let eps = params.smoothing;
+    let smoothing = eps > 0.0;
     let ls = log(st.s);
     let lse = st.m + ls;
     let ignored = t == params.ignore_index;
@@ -245,9 +252,59 @@ fn ce_loss(ids: Ids) {
     write_row(seg, ce_row(seg));
 }
 
+// Loss and gradient of a held row with the common options (no softcap, no
+// smoothing): the logits are read once, exp(x - m) is taken once and kept.
+fn ce_loss_grad_held(seg: Seg) {
+    let n = params.cols / VW;
+    let src = params.base_a / VW + min(seg.row, params.rows - 1u) * n;
+    let dst = params.base_out / VW + seg.row * n;
+    var h: array<vec_t, HOLD>;
+    var mx = neg_inf();
+    for (var k = 0u; k < HOLD; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            h[k] = vec_t(logits[src + i]);
+            mx = max(mx, hmax(h[k]));
+        }
+    }
+    let m = seg_max(seg.tid, mx);
+    var s = 0.0;
+    for (var k = 0u; k < HOLD; k = k + 1u) {
+        if (held_index(seg, k) < seg.end) {
+            h[k] = exp_from_max(h[k], m);
+            s += hsum(h[k]);
+        }
+    }
+    let total = seg_sum(seg.tid, s);
+    let rs = ce_finish(seg, RowStat(m, total), 0.0, 0.0);
+    write_row(seg, rs);
+    let k = grad_coef(rs);
+    // g = a p - b [j = y], p = e / s; zero on ignored rows. A row with NaN or
+    // infinite logits takes p = exp((x - m) - log s) from memory, as the
+    // streaming path, so its NaNs land in the same places.
+    let finite = is_finite(rs.m + rs.ls);
+    let y = vec_u(u32(max(rs.label, 0)));
+    for (var j = 0u; j < HOLD; j = j + 1u) {
+        let i = held_index(seg, j);
+        if (i < seg.end) {
+            var p = h[j] / vec_t(total);
+            if (!finite) {
+                p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
+            }
+            let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
+            let g = vec_t(k.a) * p - vec_t(k.b) * onehot;
+            grad[dst + i] = mat_t(select(g, vec_t(0.0), rs.ignored));
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn ce_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
+    if (holds_rows() && !has_softcap() && params.smoothing == 0.0) {
+        ce_loss_grad_held(seg);
+        return;
+    }
     let rs = ce_row(seg);
     write_row(seg, rs);
     let k = grad_coef(rs);

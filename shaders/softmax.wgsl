@@ -35,13 +35,47 @@ fn softmax_partial(ids: Ids) {
     write_partial(seg, x_chunk_stat(seg, src), 0.0);
 }
 
+// A held row's max: its lanes' vectors loaded into `h`, reduced over the segment.
+fn load_held(seg: Seg, src: u32, h: ptr<function, array<vec_t, HOLD>>) -> f32 {
+    var mx = neg_inf();
+    for (var k = 0u; k < HOLD; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            (*h)[k] = vec_t(mat_a[src + i]);
+            mx = max(mx, hmax((*h)[k]));
+        }
+    }
+    return seg_max(seg.tid, mx);
+}
+
 // y = exp((x - m) - log s): subtracting the max first keeps x - m exact for large offsets.
+// Held rows: y = exp(x - m) / s, from registers.
 @compute @workgroup_size(WG)
 fn softmax_forward(ids: Ids) {
     let seg = seg_of(ids);
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
+    if (holds_rows()) {
+        var h: array<vec_t, HOLD>;
+        let m = load_held(seg, src, &h);
+        var s = 0.0;
+        for (var k = 0u; k < HOLD; k = k + 1u) {
+            if (held_index(seg, k) < seg.end) {
+                h[k] = exp_from_max(h[k], m);
+                s += hsum(h[k]);
+            }
+        }
+        let total = seg_sum(seg.tid, s);
+        let ok = is_finite(m + log(total));
+        for (var k = 0u; k < HOLD; k = k + 1u) {
+            let i = held_index(seg, k);
+            if (i < seg.end) {
+                mat_out[dst + i] = mat_t(select(vec_t(nan()), h[k] / vec_t(total), ok));
+            }
+        }
+        return;
+    }
     let st = x_row_stat(seg, src);
     let ls = log(st.s);
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
@@ -58,6 +92,25 @@ fn log_softmax_forward(ids: Ids) {
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
+    if (holds_rows()) {
+        var h: array<vec_t, HOLD>;
+        let m = load_held(seg, src, &h);
+        var s = 0.0;
+        for (var k = 0u; k < HOLD; k = k + 1u) {
+            if (held_index(seg, k) < seg.end) {
+                s += hsum(exp_from_max(h[k], m));
+            }
+        }
+        let ls = log(seg_sum(seg.tid, s));
+        let ok = is_finite(m + ls);
+        for (var k = 0u; k < HOLD; k = k + 1u) {
+            let i = held_index(seg, k);
+            if (i < seg.end) {
+                mat_out[dst + i] = mat_t(select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
+            }
+        }
+        return;
+    }
     let st = x_row_stat(seg, src);
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);

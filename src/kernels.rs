@@ -177,6 +177,18 @@ fn seg_sum(tid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+fn seg_max(tid: u32, v: f32) -> f32 {
+    let lead = tid - tid % TPR;
+    wg_m[tid] = v;
+    for (var stride = TPR / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (tid - lead < stride) { wg_m[tid] = max(wg_m[tid], wg_m[tid + stride]); }
+    }
+    workgroupBarrier();
+    let total = wg_m[lead];
+    workgroupBarrier();
+    return total;
+}
 // One merged tree for (max, sum): half the barriers of a max tree then a sum tree.
 fn seg_stat(tid: u32, acc: RowAcc) -> RowStat {
     let st = stat_of(acc);
