@@ -156,6 +156,25 @@ fn stat_push(acc: RowAcc, v: vec_t) -> RowAcc {
 
 fn stat_of(acc: RowAcc) -> RowStat { return RowStat(acc.m, acc.s + acc.b); }
 
+// A lane's plain sum, blocked like RowAcc's (STAT_BLOCK terms per block).
+struct BlockSum { s: f32, b: f32, k: u32 }
+
+fn bsum_empty() -> BlockSum { return BlockSum(0.0, 0.0, 0u); }
+
+fn bsum_push(acc: BlockSum, v: f32) -> BlockSum {
+    var r = acc;
+    r.b = r.b + v;
+    r.k = r.k + 1u;
+    if (r.k == STAT_BLOCK) {
+        r.s = r.s + r.b;
+        r.b = 0.0;
+        r.k = 0u;
+    }
+    return r;
+}
+
+fn bsum_total(acc: BlockSum) -> f32 { return acc.s + acc.b; }
+
 fn stat_merge(a: RowStat, b: RowStat) -> RowStat {
     let m = max(a.m, b.m);
     return RowStat(m, a.s * rescale(a.m, m) + b.s * rescale(b.m, m));

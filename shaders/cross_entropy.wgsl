@@ -118,7 +118,7 @@ struct CeChunk { st: RowStat, wsum: f32 }
 // weighted sum of (x' - r) over them.
 fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
     var acc = stat_empty();
-    var wsum = 0.0;
+    var wacc = bsum_empty();
     let smoothing = params.smoothing > 0.0;
     if (!smoothing && !has_softcap()) {
         // The common case, without the per-vector option tests.
@@ -130,13 +130,14 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
             let v = capped(vec_t(logits[src + i]));
             acc = stat_push(acc, v);
             if (smoothing) {
-                wsum += hsum(class_weights(i) * (v - vec_t(r)));
+                wacc = bsum_push(wacc, hsum(class_weights(i) * (v - vec_t(r))));
             }
         }
     }
     let st = seg_stat(seg.tid, acc);
+    var wsum = 0.0;
     if (smoothing) {
-        wsum = seg_sum(seg.tid, wsum);
+        wsum = seg_sum(seg.tid, bsum_total(wacc));
     }
     return CeChunk(st, wsum);
 }
@@ -205,34 +206,41 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
     return CeRow(st.m, ls, t, ignored, ce, z);
 }
 
-struct GradCoef { a: f32, b: f32, c: f32 }
+// a = b + d: b is the plain cross-entropy part, d the smoothing and z-loss parts.
+struct GradCoef { a: f32, b: f32, c: f32, d: f32 }
 
 // g_j = (a p_j - b [j = y] - c w_j) * softcap slope, zero on ignored rows.
 fn grad_coef(rs: CeRow) -> GradCoef {
-    if (rs.ignored) { return GradCoef(0.0, 0.0, 0.0); }
-    if (!target_valid(rs.label)) { return GradCoef(nan(), nan(), nan()); }
+    if (rs.ignored) { return GradCoef(0.0, 0.0, 0.0, 0.0); }
+    if (!target_valid(rs.label)) { return GradCoef(nan(), nan(), nan(), nan()); }
     let eps = params.smoothing;
     let mean = params.reduction == REDUCTION_MEAN;
     let k_ce = select(params.grad_scale, params.grad_scale / scalars[0], mean);
     let k_z = select(params.grad_scale, params.grad_scale / scalars[1], mean);
     let wy = class_weight(u32(rs.label));
-    var a = k_ce * (1.0 - eps) * wy;
-    let b = a;
+    let b = k_ce * (1.0 - eps) * wy;
     var c = 0.0;
+    var d = 0.0;
     if (eps > 0.0) {
-        a += k_ce * eps * scalars[2] / f32(params.cols);
+        d += k_ce * eps * scalars[2] / f32(params.cols);
         c = k_ce * eps / f32(params.cols);
     }
     if (params.z_loss > 0.0) {
-        a += k_z * 2.0 * params.z_loss * (rs.m + rs.ls);
+        d += k_z * 2.0 * params.z_loss * (rs.m + rs.ls);
     }
-    return GradCoef(a, b, c);
+    return GradCoef(b + d, b, c, d);
+}
+
+// a p - b [j = y] as b (p - [j = y]) + d p: at the target, where p is near 1,
+// p - 1 is exact and a - b would keep only the digits of d that survive in a.
+fn grad_core(k: GradCoef, p: vec_t, onehot: vec_t) -> vec_t {
+    return vec_t(k.b) * (p - onehot) + vec_t(k.d) * p;
 }
 
 fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
     let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
     let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == vec_u(u32(max(rs.label, 0))));
-    var g = vec_t(k.a) * p - vec_t(k.b) * onehot;
+    var g = grad_core(k, p, onehot);
     if (k.c != 0.0) {
         g -= vec_t(k.c) * class_weights(i);
     }
@@ -292,7 +300,7 @@ fn ce_loss_grad_held(seg: Seg) {
                 p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
             }
             let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-            let g = vec_t(k.a) * p - vec_t(k.b) * onehot;
+            let g = grad_core(k, p, onehot);
             grad[dst + i] = mat_t(select(g, vec_t(0.0), rs.ignored));
         }
     }
@@ -398,18 +406,18 @@ fn soft_row(seg: Seg) -> SoftRow {
     let r0 = lane(capped(vec_t(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var acc = stat_empty();
-    var a = 0.0;
-    var b = 0.0;
+    var a_acc = bsum_empty();
+    var b_acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let v = capped(vec_t(logits[src + i]));
         acc = stat_push(acc, v);
         let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
-        a += hsum(wq * (v - vec_t(r)));
-        b += hsum(wq);
+        a_acc = bsum_push(a_acc, hsum(wq * (v - vec_t(r))));
+        b_acc = bsum_push(b_acc, hsum(wq));
     }
     let st = seg_stat(seg.tid, acc);
-    a = seg_sum(seg.tid, a);
-    b = seg_sum(seg.tid, b);
+    let a = seg_sum(seg.tid, bsum_total(a_acc));
+    let b = seg_sum(seg.tid, bsum_total(b_acc));
     let ls = log(st.s);
     let lse = st.m + ls;
     var z = 0.0;
@@ -438,9 +446,11 @@ fn ce_soft_loss_grad(ids: Ids) {
     write_soft_row(seg, rs);
     let mean = params.reduction == REDUCTION_MEAN;
     let k = select(params.grad_scale, params.grad_scale / scalars[0], mean);
-    var kp = k * rs.b;
+    // The z-loss part apart from k (B p - w q'): where p = q' (C = 1, or a
+    // perfect fit) that difference is 0 exactly and the z part keeps its digits.
+    var kz = 0.0;
     if (params.z_loss > 0.0) {
-        kp += select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
+        kz = select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
     }
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;
@@ -449,7 +459,7 @@ fn ce_soft_loss_grad(ids: Ids) {
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let x = vec_t(logits[src + i]);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
-        let g = vec_t(kp) * p - vec_t(k) * class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
+        let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, soft_targets[qsrc + i])) + vec_t(kz) * p;
         grad[dst + i] = mat_t(g * cap_slope(x));
     }
 }

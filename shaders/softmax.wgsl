@@ -138,11 +138,11 @@ fn softmax_backward(ids: Ids) {
     let src_y = params.base_a / VW + seg.row * n;
     let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    var acc = 0.0;
+    var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc += hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i]));
+        acc = bsum_push(acc, hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i])));
     }
-    let dot = seg_sum(seg.tid, acc);
+    let dot = seg_sum(seg.tid, bsum_total(acc));
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
     }
@@ -156,11 +156,11 @@ fn log_softmax_backward(ids: Ids) {
     let src_y = params.base_a / VW + seg.row * n;
     let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    var acc = 0.0;
+    var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc += hsum(vec_t(mat_b[src_dy + i]));
+        acc = bsum_push(acc, hsum(vec_t(mat_b[src_dy + i])));
     }
-    let total = seg_sum(seg.tid, acc);
+    let total = seg_sum(seg.tid, bsum_total(acc));
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
     }

@@ -423,10 +423,11 @@ pub fn cross_entropy_into<T: ClassIndex>(
             }
         } else if let Some(g) = g {
             // g_j = p_j · A - B · w_j - [j = y] · C, then times the softcap slope.
-            let a = s_ce * (1.0 - f64::from(eps)) * wy
-                + s_ce * f64::from(eps) / c * w_total
-                + s_z * 2.0 * f64::from(z) * lse64;
-            let a = (a / s) as f32;
+            // A = C + D: C the plain cross-entropy part, D the smoothing and z parts.
+            let c_ce = s_ce * (1.0 - f64::from(eps)) * wy;
+            let d = s_ce * f64::from(eps) / c * w_total + s_z * 2.0 * f64::from(z) * lse64;
+            let e_y = f64::from(g[y]);
+            let a = ((c_ce + d) / s) as f32;
             let b = (s_ce * f64::from(eps) / c) as f32;
             match weight {
                 Some(w) => g
@@ -435,7 +436,10 @@ pub fn cross_entropy_into<T: ClassIndex>(
                     .for_each(|(v, &wj)| *v = *v * a - b * wj),
                 None => g.iter_mut().for_each(|v| *v = *v * a - b),
             }
-            g[y] -= (s_ce * (1.0 - f64::from(eps)) * wy) as f32;
+            // At the target p is near 1: C (p - 1) + D p in f64, not A p - C,
+            // which would keep only the digits of D that survive in A.
+            let p_y = e_y / s;
+            g[y] = (c_ce * (p_y - 1.0) + d * p_y - f64::from(b) * f64::from(w_of(y))) as f32;
             if let Some(cv) = cap {
                 g.iter_mut()
                     .zip(x)
