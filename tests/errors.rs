@@ -158,3 +158,31 @@ fn a_row_too_long_for_the_loop_bound_is_an_error_and_the_context_survives() {
         .expect("still works");
     assert!((ok[0] - (0.5 + 1000f32.ln())).abs() < 1e-4, "{}", ok[0]);
 }
+
+#[test]
+fn more_rows_than_a_cpu_adapter_can_reduce_is_an_error_not_a_truncated_loss() {
+    let Some(ctx) = common::gpu() else { return };
+    if ctx.adapter_info().map(|i| i.device_type) != Some(wgpu::DeviceType::Cpu) {
+        eprintln!(
+            "SKIPPED: {} is not a CPU adapter; the row-count bound applies to CPU adapters only",
+            ctx.adapter_name()
+        );
+        return;
+    }
+    // 65535 loop iterations of 256 lanes: one class per row keeps it small.
+    let rows = 65_535 * 256;
+    let logits = vec![0.0f32; rows];
+    let targets = vec![0i32; rows];
+    let err = ctx
+        .cross_entropy_loss_blocking(&logits, &targets, 1, &Default::default())
+        .expect_err("past the CPU adapter's loop bound");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::TooManyRows { rows: r, .. } if r == rows)
+            && msg.contains("split the batch"),
+        "{msg}"
+    );
+    // (Under the bound, lavapipe's 128 MiB binding limit on the 16-byte
+    // per-row buffer, 8.4M rows, comes first; a CPU adapter with larger
+    // bindings would reach this bound.)
+}

@@ -402,6 +402,7 @@ impl GpuContext {
         weight: Option<Operand<'a>>,
         mut params: Params,
     ) -> Result<CrossEntropyProblem<'a>> {
+        self.check_single_workgroup_passes(rows, classes)?;
         self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
         self.check_whole_binding("targets (4 bytes per row)", rows as u64 * 4)?;
         self.check_whole_binding("class weights", classes as u64 * 4)?;

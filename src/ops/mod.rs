@@ -45,6 +45,10 @@ impl Reduction {
     }
 }
 
+/// Loop iterations an invocation gets on a CPU adapter (lavapipe) before its
+/// loops stop.
+const CPU_LOOP_LIMIT: usize = 65_535;
+
 /// Binding of the split-row records (`chunk_stats` in `shaders/common.wgsl`).
 const PARTIALS_BINDING: u32 = 11;
 
@@ -217,6 +221,29 @@ impl GpuContext {
             });
         }
         Ok(usize::try_from(rows).unwrap_or(usize::MAX))
+    }
+
+    /// The single-workgroup passes of the row losses (denominator, final sum,
+    /// export) walk every row, and the class weights, with one workgroup. A
+    /// CPU adapter (lavapipe) stops an invocation's loops after 65535
+    /// iterations in all and writes nothing more, silently; refuse, with the
+    /// numbers, a problem that would get near that there.
+    pub(crate) fn check_single_workgroup_passes(&self, rows: usize, classes: usize) -> Result<()> {
+        let cpu = self
+            .adapter_info()
+            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
+        let lanes = crate::kernels::WORKGROUP_SIZE as usize;
+        // Both loops of the denominator pass, plus the reduction trees' few.
+        let iterations = rows.div_ceil(lanes) + classes.div_ceil(lanes) + 64;
+        if cpu && iterations > CPU_LOOP_LIMIT {
+            return Err(Error::TooManyRows {
+                rows,
+                classes,
+                limit: (CPU_LOOP_LIMIT - 64 - classes.div_ceil(lanes)) * lanes,
+                adapter: self.adapter_name().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks that a buffer bound whole fits one binding.
