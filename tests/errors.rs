@@ -182,6 +182,24 @@ fn more_rows_than_a_cpu_adapter_can_reduce_is_an_error_not_a_truncated_loss() {
             && msg.contains("split the batch"),
         "{msg}"
     );
+    // So many classes that they alone pass the bound: still an error, not an
+    // arithmetic overflow while wording it.
+    let classes = 65_535 * 256 + 1;
+    let logits = vec![0.0f32; classes];
+    let err = ctx
+        .cross_entropy_loss_blocking(&logits, &[0i32], classes, &Default::default())
+        .expect_err("the class loop alone passes the bound");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyRows {
+                rows: 1,
+                limit: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // (Under the bound, lavapipe's 128 MiB binding limit on the 16-byte
     // per-row buffer, 8.4M rows, comes first; a CPU adapter with larger
     // bindings would reach this bound.)

@@ -239,7 +239,10 @@ impl GpuContext {
             return Err(Error::TooManyRows {
                 rows,
                 classes,
-                limit: (CPU_LOOP_LIMIT - 64 - classes.div_ceil(lanes)) * lanes,
+                // 0 when the classes alone are past the bound.
+                limit: CPU_LOOP_LIMIT
+                    .saturating_sub(64 + classes.div_ceil(lanes))
+                    .saturating_mul(lanes),
                 adapter: self.adapter_name().to_string(),
             });
         }
