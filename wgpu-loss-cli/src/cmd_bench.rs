@@ -1,0 +1,450 @@
+//! `wgpu-loss bench`: GPU against CPU on the same work, with the copy kernel
+//! on the same adapter as the yardstick.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use wgpu_loss::tolerance::max_abs_error;
+use wgpu_loss::{DType, GpuContext};
+use wgpu_loss_cli::bench::{self, BenchInput, CopyKernel, CpuFastOp, Op, ResidentOp};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Ops to run (repeatable; the names `eval` takes, plus cross-entropy-loss for the loss alone).
+    /// Default: all of them.
+    #[arg(long = "op")]
+    ops: Vec<String>,
+    /// The full sweep (4096x1000, 4096x32768, 64x262144: about ten minutes
+    /// on lavapipe) instead of the default one (2048x1000, 128x32768,
+    /// 16x262144: about a minute).
+    #[arg(long, conflicts_with_all = ["rows", "cols"])]
+    full: bool,
+    /// Rows (with --cols: one shape instead of the default sweep).
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Columns / classes.
+    #[arg(long)]
+    cols: Option<usize>,
+    /// Timed GPU kernel runs per measurement, after one warm-up (median reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Storage type of logits and gradients on the GPU: f32 or f16 (f16 needs SHADER_F16;
+    /// arithmetic stays f32; the binary losses are f32 only).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// One JSON object per line and measurement instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw GB/s against problem size, GPU and CPU, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// `--full`: issue 7's small / medium / large-vocabulary shapes, where the
+/// README's targets are measured (about ten minutes on lavapipe, most of it
+/// uploads and the f64 reference that fills `max err`).
+const FULL_SHAPES: [(usize, usize); 3] = [(4096, 1000), (4096, 32_768), (64, 262_144)];
+
+/// The default sweep: the same row lengths with fewer rows, so that the
+/// README's first command finishes in about a minute on lavapipe.
+const DEFAULT_SHAPES: [(usize, usize); 3] = [(2048, 1000), (128, 32_768), (16, 262_144)];
+
+/// Timed runs of the fast CPU path per measurement (it takes milliseconds;
+/// more samples steady the median).
+const CPU_RUNS: usize = 9;
+
+pub struct Row {
+    pub op: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: &'static str,
+    pub path: &'static str,
+    pub adapter: String,
+    pub timer: &'static str,
+    pub median_ms: f64,
+    pub gbps: f64,
+    pub copy_gbps: f64,
+    pub max_abs_err: Option<f64>,
+    pub speedup: Option<f64>,
+    /// For `cpu` rows: `fast-f32` or `f64-reference`.
+    pub cpu_impl: Option<&'static str>,
+}
+
+impl Row {
+    fn pct(&self) -> f64 {
+        100.0 * self.gbps / self.copy_gbps
+    }
+
+    fn json(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:e}"));
+        format!(
+            "{{\"op\":\"{}\",\"rows\":{},\"cols\":{},\"dtype\":\"{}\",\"path\":\"{}\",\"adapter\":{:?},\"timer\":\"{}\",\
+             \"median_ms\":{:.6},\"gbps\":{:.4},\"copy_gbps\":{:.4},\"pct_of_copy\":{:.2},\"max_abs_err\":{},\"speedup_vs_cpu\":{},\"cpu_impl\":{}}}",
+            self.op,
+            self.rows,
+            self.cols,
+            self.dtype,
+            self.path,
+            self.adapter,
+            self.timer,
+            self.median_ms,
+            self.gbps,
+            self.copy_gbps,
+            self.pct(),
+            opt(self.max_abs_err),
+            opt(self.speedup),
+            self.cpu_impl.map_or("null".to_string(), |i| format!("\"{i}\"")),
+        )
+    }
+
+    fn table_line(&self) -> String {
+        format!(
+            "{:<21} {:>14} {:<15} {:>11.3} {:>9.2} {:>9.2} {:>7.1}% {:>9} {:>10}",
+            self.op,
+            format!("{}x{}", self.rows, self.cols),
+            self.path,
+            self.median_ms,
+            self.gbps,
+            self.copy_gbps,
+            self.pct(),
+            self.speedup.map_or("-".into(), |s| {
+                if s < 0.1 {
+                    format!("{s:.3}x")
+                } else {
+                    format!("{s:.1}x")
+                }
+            }),
+            self.max_abs_err.map_or("-".into(), |e| format!("{e:.1e}")),
+        )
+    }
+}
+
+fn parse_ops(names: &[String]) -> Result<Vec<Op>, String> {
+    if names.is_empty() {
+        return Ok(Op::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            Op::from_name(name)
+                .ok_or_else(|| format!("--op {name}: unknown op; expected one of {}", Op::names()))
+        })
+        .collect()
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        other => return Err(format!("--dtype {other}: expected f32 or f16")),
+    };
+    let ops = parse_ops(&args.ops)?;
+    let shapes = match (args.rows, args.cols) {
+        (Some(r), Some(c)) if r > 0 && c > 0 => vec![(r, c)],
+        (None, None) if args.full => FULL_SHAPES.to_vec(),
+        (None, None) => DEFAULT_SHAPES.to_vec(),
+        _ => return Err("--rows and --cols go together, both at least 1".into()),
+    };
+    if let Some(plot) = &args.plot {
+        check_plot_path(plot)?;
+    }
+    let iters = args.iters.max(1);
+    let ctx = match wgpu_loss::block_on(GpuContext::new()) {
+        Ok(ctx) => Some(ctx),
+        Err(e) => {
+            eprintln!(
+                "No GPU adapter: {e}\nOn a machine without a GPU, `apt-get install mesa-vulkan-drivers` \
+                 provides lavapipe, a software Vulkan device. Benchmarking the CPU only."
+            );
+            None
+        }
+    };
+    if let Some(ctx) = &ctx {
+        if dtype == DType::F16 && !ctx.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(format!(
+                "--dtype f16: adapter {:?} lacks SHADER_F16; use --dtype f32",
+                ctx.adapter_name()
+            ));
+        }
+    }
+    let adapter = ctx
+        .as_ref()
+        .map_or("none".to_string(), |c| c.adapter_name().to_string());
+    let timer = ctx.as_ref().map_or("wall", bench::timer_kind);
+    let dtype_name = if dtype == DType::F16 { "f16" } else { "f32" };
+    if !args.json {
+        println!(
+            "adapter: {adapter}; kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads \
+             (median of {CPU_RUNS} after a warm-up); GPU: median of {iters} runs after a warm-up",
+            rayon::current_num_threads()
+        );
+        println!(
+            "{:<21} {:>14} {:<15} {:>11} {:>9} {:>9} {:>8} {:>9} {:>10}",
+            "op", "shape", "path", "median ms", "GB/s", "copy GB/s", "% copy", "vs CPU", "max err"
+        );
+    }
+    let progress = ProgressBar::new((shapes.len() * ops.len()) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut all_rows = Vec::new();
+    for &(rows, cols) in &shapes {
+        let input = BenchInput::new(rows, cols).map_err(|e| e.to_string())?;
+        let elems = rows * cols;
+        progress.set_message(format!("{rows}x{cols}: copy yardstick"));
+        let cpu_copy = bench::cpu_copy_gbps(elems, 3);
+        let gpu_copy = match &ctx {
+            Some(ctx) => Some(copy_gbps(ctx, elems, iters)?),
+            None => None,
+        };
+        for &op in &ops {
+            progress.set_message(format!("{rows}x{cols} {}", op.name()));
+            let mut out = Vec::new();
+            let cpu_bytes = op.ideal_bytes(rows, cols, 4);
+            let ref_start = Instant::now();
+            let expected = bench::run_cpu(op, &input).map_err(|e| e.to_string())?;
+            let ref_time = ref_start.elapsed();
+            // The fast path where it exists (warm-up, then the median of
+            // CPU_RUNS), else the single f64 reference run just made.
+            let (cpu_impl, cpu_time, cpu_err) = match CpuFastOp::new(op, &input) {
+                Some(mut fast) => {
+                    let result = fast.run().map_err(|e| e.to_string())?;
+                    let times = (0..CPU_RUNS)
+                        .map(|_| fast.time())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())?;
+                    (
+                        "fast-f32",
+                        bench::median(times),
+                        max_abs_error(&result, &expected),
+                    )
+                }
+                None => ("f64-reference", ref_time, 0.0),
+            };
+            let row = |path, median: std::time::Duration, bytes, copy, err, speedup| Row {
+                op: op.name(),
+                rows,
+                cols,
+                dtype: dtype_name,
+                path,
+                adapter: adapter.clone(),
+                timer,
+                median_ms: median.as_secs_f64() * 1e3,
+                gbps: bench::gbps(bytes, median),
+                copy_gbps: copy,
+                max_abs_err: err,
+                speedup,
+                cpu_impl: None,
+            };
+            let skip_f16 = dtype == DType::F16 && op.is_elementwise();
+            if let (Some(ctx), Some(copy), false) = (&ctx, gpu_copy, skip_f16) {
+                let speedup =
+                    |t: std::time::Duration| Some(cpu_time.as_secs_f64() / t.as_secs_f64());
+                let resident =
+                    ResidentOp::new(ctx, op, &input, dtype).map_err(|e| e.to_string())?;
+                resident.run().map_err(|e| e.to_string())?;
+                let times = (0..iters)
+                    .map(|_| resident.run())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let kernel = bench::median(times);
+                let result = resident.read_main().map_err(|e| e.to_string())?;
+                drop(resident);
+                let err = max_abs_error(&result, &expected);
+                let bytes = op.ideal_bytes(rows, cols, dtype.size());
+                out.push(row(
+                    "gpu-kernel",
+                    kernel,
+                    bytes,
+                    copy,
+                    Some(err),
+                    speedup(kernel),
+                ));
+                if dtype == DType::F32 {
+                    let mut e2e_times = Vec::new();
+                    let mut result = Vec::new();
+                    for _ in 0..3 {
+                        let start = Instant::now();
+                        result = pollster::block_on(bench::run_end_to_end(ctx, op, &input))
+                            .map_err(|e| e.to_string())?;
+                        e2e_times.push(start.elapsed());
+                    }
+                    let e2e = bench::median(e2e_times);
+                    let err = max_abs_error(&result, &expected);
+                    out.push(row(
+                        "gpu-end-to-end",
+                        e2e,
+                        bytes,
+                        copy,
+                        Some(err),
+                        speedup(e2e),
+                    ));
+                }
+            }
+            let mut cpu_row = row("cpu", cpu_time, cpu_bytes, cpu_copy, Some(cpu_err), None);
+            cpu_row.adapter = format!("cpu ({cpu_impl}, {} threads)", rayon::current_num_threads());
+            cpu_row.cpu_impl = Some(cpu_impl);
+            cpu_row.timer = "wall";
+            out.push(cpu_row);
+            for r in out {
+                progress.suspend(|| {
+                    if args.json {
+                        println!("{}", r.json());
+                    } else {
+                        println!("{}", r.table_line());
+                    }
+                });
+                all_rows.push(r);
+            }
+            if skip_f16 && !args.json {
+                progress.suspend(|| {
+                    println!(
+                        "{:<21} {:>14} (no f16 path for binary losses; GPU skipped)",
+                        op.name(),
+                        format!("{rows}x{cols}")
+                    )
+                });
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    if let Some(plot) = &args.plot {
+        draw_plot(plot, &all_rows, &adapter)?;
+        if !args.json {
+            println!("plot: {}", plot.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_gbps(ctx: &GpuContext, elems: usize, iters: usize) -> Result<f64, String> {
+    let copy = CopyKernel::new(ctx, elems).map_err(|e| e.to_string())?;
+    copy.run().map_err(|e| e.to_string())?;
+    let times = (0..iters)
+        .map(|_| copy.run())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(bench::gbps(copy.bytes(), bench::median(times)))
+}
+
+/// Fails before any measuring if the plot could not be written.
+fn check_plot_path(path: &std::path::Path) -> Result<(), String> {
+    if path
+        .extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))
+    {
+        return Err(format!(
+            "--plot {}: the plot is SVG; name a .svg file",
+            path.display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "--plot {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), String> {
+    use plotters::prelude::*;
+    let fail = |e: String| format!("--plot {}: {e}", path.display());
+    // Problem sizes in ascending order of elements; x is the position in that list.
+    let mut shapes: Vec<(usize, usize)> = rows.iter().map(|r| (r.rows, r.cols)).collect();
+    shapes.sort_by_key(|&(r, c)| (r * c, c));
+    shapes.dedup();
+    let x_of = |r: &Row| {
+        shapes
+            .iter()
+            .position(|&s| s == (r.rows, r.cols))
+            .unwrap_or(0) as f64
+    };
+    let mut ops: Vec<&str> = Vec::new();
+    // (legend name, colour index, is GPU, points)
+    type Series = (String, usize, bool, Vec<(f64, f64)>);
+    let mut series: Vec<Series> = Vec::new();
+    for r in rows.iter().filter(|r| r.path != "gpu-end-to-end") {
+        if !ops.contains(&r.op) {
+            ops.push(r.op);
+        }
+        let color = ops.iter().position(|o| *o == r.op).unwrap_or(0);
+        let gpu = r.path != "cpu";
+        let name = format!("{} {}", r.op, if gpu { "GPU" } else { "CPU" });
+        let point = (x_of(r), r.gbps);
+        match series.iter_mut().find(|s| s.0 == name) {
+            Some(s) => s.3.push(point),
+            None => series.push((name, color, gpu, vec![point])),
+        }
+    }
+    let y_max = rows.iter().map(|r| r.gbps).fold(0.0, f64::max) * 1.15 + 1e-3;
+    let x_max = shapes.len().saturating_sub(1) as f64 + 0.5;
+    let label = |x: &f64| {
+        let i = x.round();
+        match shapes.get(i as usize) {
+            Some(&(r, c)) if (x - i).abs() < 1e-6 && i >= 0.0 => {
+                format!("{r}x{c} ({:.1}M)", (r * c) as f64 / 1e6)
+            }
+            _ => String::new(),
+        }
+    };
+    let tmp = wgpu_loss_cli::io::temporary_name(path);
+    {
+        let root = SVGBackend::new(&tmp, (1100, 640)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("wgpu-loss bench: GB/s (ideal bytes), {adapter} vs CPU"),
+                ("sans-serif", 20),
+            )
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(-0.5..x_max + 2.5, 0.0..y_max)
+            .map_err(|e| fail(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_labels(4 * shapes.len() + 12)
+            .x_label_formatter(&label)
+            .x_desc("problem size (rows x cols), ascending")
+            .y_desc("GB/s")
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        for (name, color, gpu, mut points) in series {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = Palette99::pick(color).to_rgba();
+            let style = color.stroke_width(if gpu { 3 } else { 1 });
+            chart
+                .draw_series(LineSeries::new(points, style))
+                .map_err(|e| fail(e.to_string()))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 16, y)],
+                        color.stroke_width(if gpu { 3 } else { 1 }),
+                    )
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(e.to_string()))?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        fail(e.to_string())
+    })
+}

@@ -1,0 +1,20 @@
+//! The library behind the `wgpu-loss` command: everything the command needs
+//! that an embedder of `wgpu-loss` should not compile.
+//!
+//! - [`problem`]: any op or loss by name, on the GPU, the fast CPU path or
+//!   the f64 reference (what `eval`, `check` and `bench` run);
+//! - [`cpu_fast`]: the multi-threaded f32 CPU path, `bench`'s opponent and
+//!   `eval --device cpu`;
+//! - [`mod@bench`]: resident-buffer timing, timestamps, the copy yardstick;
+//! - [`io`]: `.npy` and `.safetensors` files;
+//! - [`gpu`]: the command's blocking helpers around a `GpuContext`.
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod cpu_fast;
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod problem;
+
+pub use error::{Error, Result};

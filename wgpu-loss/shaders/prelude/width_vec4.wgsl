@@ -1,0 +1,9 @@
+// vec4 variant (`VecWidth::Vec4`): four columns per load, for rows whose
+// length and offsets are multiples of four.
+const VW: u32 = 4u;
+alias vec_t = vec4<f32>;
+alias vec_u = vec4<u32>;
+const LANE: vec_u = vec4<u32>(0u, 1u, 2u, 3u);
+fn hmax(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
+fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn lane(v: vec4<f32>, k: u32) -> f32 { return v[k]; }

@@ -1,0 +1,517 @@
+//! Getting a device, and what it can do.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, Launch, Pipeline, PipelineCache, Reduce, Variant};
+use crate::tuning::{RowTuning, SubgroupSizes};
+
+/// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
+/// high-performance adapter and the adapter's own limits.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Overrides the power preference; `None` means high performance unless
+    /// `WGPU_POWER_PREF` says otherwise.
+    pub power_preference: Option<wgpu::PowerPreference>,
+    /// Caps the bytes bound per storage binding below the adapter's
+    /// `max_storage_buffer_binding_size`. Large problems are then processed in
+    /// more row windows; tests use it to exercise chunking on small inputs.
+    pub max_binding_bytes: Option<u64>,
+    /// Fill every output buffer the host API allocates with this value before
+    /// the kernels run, so an element a kernel failed to write shows up as
+    /// this value rather than as a plausible zero. A debugging aid; tests use it.
+    pub poison_outputs: Option<f32>,
+    /// Launch policy for the row kernels; `None` takes the table's pick for
+    /// the adapter ([`RowTuning::for_adapter`]) with any fields that the
+    /// `WGPU_LOSS_ROW_TUNING` environment variable sets. Checked against the
+    /// device's limits when the context is created.
+    pub row_tuning: Option<RowTuning>,
+}
+
+/// Bytes bound per storage binding at most, whatever the adapter allows: keeps
+/// every element index inside `u32` in the shaders.
+const BINDING_CAP: u64 = 1 << 30;
+
+/// A device and queue with the crate's pipelines cached on it. Cheap to share:
+/// it is `Send + Sync`, and every method takes `&self`.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter_info: Option<wgpu::AdapterInfo>,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    binding_bytes: u64,
+    pub(crate) poison: Option<f32>,
+    row_tuning: RowTuning,
+    subgroup_sizes: Option<SubgroupSizes>,
+    pipelines: PipelineCache,
+    pub(crate) pool: crate::pool::BufferPool,
+    /// Bound where a kernel's optional input (class weights) is absent.
+    pub(crate) placeholder: Arc<wgpu::Buffer>,
+    /// Bound as the split-row records of a kernel whose rows are whole: a
+    /// buffer of its own, since wgpu refuses one buffer in a read-only and a
+    /// read-write binding of the same dispatch.
+    pub(crate) placeholder_rw: Arc<wgpu::Buffer>,
+    /// Set by the device-lost callback (devices this crate created).
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+    /// Error scopes an `encode_*` call popped but could not read yet.
+    pub(crate) deferred: crate::scope::Deferred,
+    /// Native: wakes the thread that polls the device while a mapping waits.
+    #[cfg(not(target_arch = "wasm32"))]
+    poller: Poller,
+}
+
+/// A thread that polls the device, blocking in `poll(wait)`, whenever a
+/// buffer mapping is pending: what lets `map_async` resolve on native
+/// without the awaiting future blocking or spinning. It ends when the
+/// context is dropped.
+#[cfg(not(target_arch = "wasm32"))]
+struct Poller {
+    /// Each request carries the sender the thread answers on once its poll
+    /// has returned.
+    wake: std::sync::Mutex<Option<std::sync::mpsc::Sender<PollDone>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+type PollDone = futures_intrusive::channel::shared::OneshotSender<()>;
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for Poller {
+    /// Ends the thread before the context goes: a process that exits while
+    /// the thread is still inside `poll` would tear the driver down under it.
+    fn drop(&mut self) {
+        match self.wake.lock() {
+            Ok(mut wake) => drop(wake.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Poller {
+    fn start(device: wgpu::Device) -> Self {
+        let (wake, requests) = std::sync::mpsc::channel::<PollDone>();
+        // If no thread can be spawned the receiver is dropped, sending
+        // fails, and `request_poll` polls on the caller's thread instead.
+        let thread = std::thread::Builder::new()
+            .name("wgpu-loss poller".into())
+            .spawn(move || {
+                while let Ok(first) = requests.recv() {
+                    // Requests that arrived meanwhile are served by this poll.
+                    let waiting: Vec<PollDone> =
+                        std::iter::once(first).chain(requests.try_iter()).collect();
+                    // An error (a lost device) fails the mapping callbacks,
+                    // which is how the waiting call learns of it.
+                    let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                    // Answered only once `poll` has returned, so that no
+                    // caller goes on (and perhaps exits the process) while
+                    // this thread is still inside the driver.
+                    for done in waiting {
+                        let _ = done.send(());
+                    }
+                }
+            });
+        Self {
+            wake: std::sync::Mutex::new(Some(wake)),
+            thread: thread.ok(),
+        }
+    }
+}
+
+/// Features the kernels can use when the adapter has them.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates a device with the adapter's own limits.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// let ctx = wgpu_loss::block_on(wgpu_loss::GpuContext::new())?;
+    /// println!("{}", ctx.describe());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `gl`), `WGPU_ADAPTER_NAME` (a
+    /// case-insensitive substring of the adapter name) and `WGPU_POWER_PREF`.
+    pub async fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default()).await
+    }
+
+    /// [`GpuContext::new`] with explicit options.
+    pub async fn with_options(options: ContextOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance, &options).await?;
+        let info = adapter.get_info();
+        let features = adapter.features() & wanted_features();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-loss"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut ctx = Self::build(device, queue, Some(info), &options);
+        if options.row_tuning.is_none() {
+            ctx.row_tuning = RowTuning::with_env(ctx.row_tuning)?;
+        }
+        ctx.row_tuning.validate(&ctx.limits)?;
+        // Our own device: record its loss so every later call fails fast with
+        // the reason instead of waiting on work that will never finish.
+        let lost = Arc::clone(&ctx.lost);
+        ctx.device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost.lock() {
+                *slot = Some(if message.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {message}")
+                });
+            }
+        });
+        Ok(ctx)
+    }
+
+    /// Adopts a device and queue the caller already has (the embedding case).
+    /// The kernels use whatever limits and features that device was created with.
+    /// The caller's device-lost callback is left alone; after a loss, calls
+    /// fail with the error wgpu reports ([`Error::Gpu`] or [`Error::Readback`]).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::build(device, queue, None, &ContextOptions::default())
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+        options: &ContextOptions,
+    ) -> Self {
+        let limits = device.limits();
+        let features = device.features();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let binding_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(options.max_binding_bytes.unwrap_or(u64::MAX))
+            .min(BINDING_CAP)
+            // Whole 16-byte vectors, and at least one aligned step to slide windows by.
+            .max(align + 16)
+            / 16
+            * 16;
+        // Subgroup reductions need the feature and known sizes (an adopted
+        // device has no adapter info, so it uses workgroup-memory reductions).
+        let subgroup_sizes = adapter_info
+            .as_ref()
+            .filter(|i| features.contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size > 0)
+            .map(|i| SubgroupSizes {
+                min: i.subgroup_min_size,
+                max: i.subgroup_max_size.max(i.subgroup_min_size),
+            });
+        let row_tuning = options.row_tuning.unwrap_or_else(|| {
+            let device_type = adapter_info
+                .as_ref()
+                .map_or(wgpu::DeviceType::Other, |i| i.device_type);
+            RowTuning::for_adapter(device_type, subgroup_sizes)
+        });
+        let placeholder = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
+        let placeholder_rw = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss split-row placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
+        Self {
+            placeholder_rw,
+            #[cfg(not(target_arch = "wasm32"))]
+            poller: Poller::start(device.clone()),
+            deferred: Default::default(),
+            device,
+            queue,
+            adapter_info,
+            limits,
+            features,
+            binding_bytes,
+            poison: options.poison_outputs,
+            row_tuning,
+            subgroup_sizes,
+            pipelines: PipelineCache::default(),
+            pool: Default::default(),
+            placeholder,
+            lost: Arc::default(),
+        }
+    }
+
+    /// `Err(DeviceLost)` once the device-lost callback has fired.
+    pub(crate) fn check_not_lost(&self) -> Result<()> {
+        let reason = match self.lost.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        match reason {
+            Some(reason) => Err(Error::DeviceLost {
+                adapter: self.adapter_name().to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reports a device error that an earlier `encode_*` call recorded but
+    /// could not read without waiting (see the crate docs, "Errors"), and
+    /// whether the device was lost. Every host op calls it first; call it
+    /// after submitting encoded work when no host op follows.
+    pub async fn check_errors(&self) -> Result<()> {
+        for (what, popped) in self.deferred.take() {
+            if let Some(e) = popped.await {
+                return Err(Error::Gpu {
+                    kernel: what,
+                    adapter: self.adapter_name().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        self.check_not_lost()
+    }
+
+    /// Resolves once the device has been polled until every submitted
+    /// command and pending mapping is done (native: by the poller thread,
+    /// without blocking the caller); in the browser the event loop does that
+    /// itself and this returns at once.
+    pub(crate) async fn poll_until_idle(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (done, finished) = futures_intrusive::channel::shared::oneshot_channel();
+            let sent = match self.poller.wake.lock() {
+                Ok(wake) => wake.as_ref().is_some_and(|w| w.send(done).is_ok()),
+                Err(_) => false,
+            };
+            if sent {
+                finished.receive().await;
+            } else {
+                // No poller thread: poll here rather than never resolve.
+                let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+            }
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Adapter name, backend, device type and driver; `None` for [`GpuContext::from_device`].
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.adapter_info.as_ref()
+    }
+
+    /// Adapter name, or `"caller's device"` for an adopted device.
+    pub fn adapter_name(&self) -> &str {
+        self.adapter_info
+            .as_ref()
+            .map(|i| i.name.as_str())
+            .unwrap_or("caller's device")
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The features the device was created with.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Bytes bound per storage binding at most (the adapter's limit, capped
+    /// by [`ContextOptions::max_binding_bytes`] and 1 GiB).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.binding_bytes
+    }
+
+    /// One paragraph: adapter, backend, device type, driver and the limits in force.
+    pub fn describe(&self) -> String {
+        let head = match &self.adapter_info {
+            Some(i) => format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            ),
+            None => "caller's device".to_string(),
+        };
+        let l = &self.limits;
+        format!(
+            "{head}\n  max_storage_buffer_binding_size {} B, max_buffer_size {} B, binding window used {} B\n  \
+             max_compute_workgroups_per_dimension {}, max_compute_invocations_per_workgroup {}, \
+             max_compute_workgroup_storage_size {} B, min_storage_buffer_offset_alignment {}\n  \
+             features: shader-f16 {}, subgroup {}{}, timestamp-query {} (inside encoders {})",
+            l.max_storage_buffer_binding_size,
+            l.max_buffer_size,
+            self.binding_bytes,
+            l.max_compute_workgroups_per_dimension,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size,
+            l.min_storage_buffer_offset_alignment,
+            self.features.contains(wgpu::Features::SHADER_F16),
+            self.features.contains(wgpu::Features::SUBGROUP),
+            match &self.adapter_info {
+                Some(i) => format!(" (size {}..{})", i.subgroup_min_size, i.subgroup_max_size),
+                None => String::new(),
+            },
+            self.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            self.features
+                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
+        )
+    }
+
+    /// The launch policy of the row kernels on this device.
+    pub fn row_tuning(&self) -> RowTuning {
+        self.row_tuning
+    }
+
+    /// The device's subgroup sizes, where subgroup reductions are available.
+    pub fn subgroup_sizes(&self) -> Option<SubgroupSizes> {
+        self.subgroup_sizes
+    }
+
+    /// Launch shape and reduction mode of a row kernel over rows of `vecs` vectors.
+    pub fn row_plan(&self, vecs: u64) -> (Launch, Reduce) {
+        self.row_tuning.plan(
+            vecs,
+            self.subgroup_sizes,
+            self.limits.max_compute_invocations_per_workgroup,
+        )
+    }
+
+    /// How a row kernel over `rows` rows of `cols` columns (aligned for
+    /// `vec4` where `cols % 4 == 0`) launches, in one line: chunks per row
+    /// where rows are split, threads per row (or chunk), rows (or chunks) per
+    /// workgroup, workgroup size and reduction mode.
+    pub fn describe_row_plan(&self, rows: usize, cols: usize) -> String {
+        let lanes = crate::kernels::VecWidth::for_layout(cols, &[0]).lanes();
+        let vecs = (cols / lanes) as u64;
+        let splits = self.row_tuning.splits(rows as u64, vecs);
+        let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
+        let (split, unit) = if splits > 1 {
+            (format!("rows split in {splits} chunks; "), "chunk")
+        } else {
+            (String::new(), "row")
+        };
+        format!(
+            "{rows}x{cols}: {split}{} threads per {unit}, {} {unit}s per workgroup of {}, {reduce:?} reduction",
+            launch.threads_per_row,
+            launch.rows_per_workgroup(),
+            launch.workgroup_size
+        )
+    }
+
+    /// The cached pipeline for a kernel variant and launch shape, built on first use.
+    pub(crate) fn pipeline(
+        &self,
+        kernel: Kernel,
+        variant: Variant,
+        launch: Launch,
+    ) -> Result<Arc<Pipeline>> {
+        if variant.storage == crate::kernels::Storage::F16
+            && !self.features.contains(wgpu::Features::SHADER_F16)
+        {
+            return Err(crate::Error::Unsupported {
+                what: "f16 tensors",
+                adapter: self.adapter_name().to_string(),
+                missing: "the SHADER_F16 feature",
+            });
+        }
+        self.pipelines.get(
+            &self.device,
+            self.adapter_name(),
+            &self.deferred,
+            kernel,
+            variant,
+            launch,
+        )
+    }
+
+    /// Buffers the host API holds in its pool: live, idle and created so far.
+    /// A loop of calls of one shape stops creating buffers after its first call.
+    pub fn pool_stats(&self) -> crate::pool::PoolStats {
+        self.pool.stats()
+    }
+
+    /// Pipelines built so far. Repeated calls of the same op do not add to it.
+    pub fn pipelines_built(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+async fn pick_adapter(
+    instance: &wgpu::Instance,
+    options: &ContextOptions,
+) -> Result<wgpu::Adapter> {
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        // wgpu's own helper panics when nothing matches; match the same way, but return an error.
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let needle = wanted.to_lowercase();
+        let mut names = Vec::new();
+        for adapter in adapters {
+            let name = adapter.get_info().name;
+            if name.to_lowercase().contains(&needle) {
+                return Ok(adapter);
+            }
+            names.push(name);
+        }
+        return Err(Error::AdapterNotFound {
+            wanted,
+            found: names.join(", "),
+        });
+    }
+    let power_preference = options
+        .power_preference
+        .or_else(wgpu::PowerPreference::from_env)
+        .unwrap_or(wgpu::PowerPreference::HighPerformance);
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            reason: e.to_string(),
+        })
+}
+
+/// Every adapter wgpu finds with the backends `WGPU_BACKEND` allows.
+pub async fn enumerate_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    instance
+        .enumerate_adapters(wgpu::Backends::all())
+        .await
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}

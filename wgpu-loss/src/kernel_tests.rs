@@ -1,0 +1,234 @@
+//! Holds every shader variant to the interface the host declares, with
+//! naga: each variant parses and validates (so a shader error fails without
+//! a GPU), each entry point uses exactly the bindings [`Kernel::bindings`]
+//! declares (number, name, access), the flag constants equal [`flags`], and
+//! `struct Params` has the host's field names and offsets.
+
+use std::collections::BTreeSet;
+
+use super::{flags, shader_source, Access, Aliasing, Family, Kernel, Params, Variant};
+
+fn module(family: Family, variant: Variant) -> (naga::Module, naga::valid::ModuleInfo, String) {
+    let src = shader_source(family, variant);
+    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
+        panic!(
+            "{} ({variant:?}) does not parse:\n{}",
+            family.file_name(),
+            e.emit_to_string(&src)
+        )
+    });
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| {
+        panic!(
+            "{} ({variant:?}) fails validation:\n{}",
+            family.file_name(),
+            e.emit_to_string(&src)
+        )
+    });
+    (module, info, src)
+}
+
+#[test]
+fn every_shader_variant_parses_and_validates() {
+    for family in Family::ALL {
+        for variant in Variant::all() {
+            module(family, variant);
+        }
+    }
+}
+
+/// `(binding, name, access)` of every global an entry point uses.
+fn used_bindings(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: usize,
+) -> BTreeSet<(u32, String, &'static str)> {
+    let ep_info = info.get_entry_point(entry);
+    module
+        .global_variables
+        .iter()
+        .filter(|(handle, _)| !ep_info[*handle].is_empty())
+        .filter_map(|(_, var)| {
+            let binding = var.binding.as_ref()?;
+            assert_eq!(binding.group, 0, "{:?} is not in group 0", var.name);
+            let access = match var.space {
+                naga::AddressSpace::Uniform => "uniform",
+                naga::AddressSpace::Storage { access } => {
+                    if access.contains(naga::StorageAccess::STORE) {
+                        "read_write"
+                    } else {
+                        "read"
+                    }
+                }
+                other => panic!("{:?} in unexpected space {other:?}", var.name),
+            };
+            Some((
+                binding.binding,
+                var.name.clone().unwrap_or_default(),
+                access,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn every_entry_point_uses_exactly_the_declared_bindings() {
+    let mut mismatches = Vec::new();
+    for variant in Variant::all() {
+        for family in Family::ALL {
+            let (module, info, _) = module(family, variant);
+            for kernel in Kernel::ALL.iter().filter(|k| k.family() == family) {
+                let index = module
+                    .entry_points
+                    .iter()
+                    .position(|e| e.name == kernel.entry_point())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{} has no entry point {}",
+                            family.file_name(),
+                            kernel.entry_point()
+                        )
+                    });
+                assert_eq!(
+                    module.entry_points[index].stage,
+                    naga::ShaderStage::Compute,
+                    "{kernel:?}"
+                );
+                let declared: BTreeSet<(u32, String, &'static str)> = kernel
+                    .bindings()
+                    .iter()
+                    .map(|&(slot, access)| {
+                        let access = match (access, variant.aliasing) {
+                            (Access::Uniform, _) => "uniform",
+                            (Access::Read, Aliasing::Separate) => "read",
+                            _ => "read_write",
+                        };
+                        (slot.index, slot.name.to_string(), access)
+                    })
+                    .collect();
+                let used = used_bindings(&module, &info, index);
+                if used != declared {
+                    mismatches.push(format!(
+                        "{kernel:?} ({variant:?}):\n  WGSL uses        {used:?}\n  bindings() says  {declared:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} kernel variants differ from Kernel::bindings:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn every_entry_point_of_every_file_is_a_declared_kernel() {
+    for family in Family::ALL {
+        let (module, _, _) = module(family, Variant::all()[0]);
+        for entry in &module.entry_points {
+            assert!(
+                Kernel::ALL
+                    .iter()
+                    .any(|k| k.family() == family && k.entry_point() == entry.name),
+                "{} declares entry point {} that no Kernel names",
+                family.file_name(),
+                entry.name
+            );
+        }
+    }
+}
+
+/// The `u32` value of every module-scope `const` whose name starts with `prefix`.
+fn constants(module: &naga::Module, prefixes: &[&str]) -> BTreeSet<(String, u32)> {
+    module
+        .constants
+        .iter()
+        .filter_map(|(_, c)| {
+            let name = c.name.clone()?;
+            if !prefixes.iter().any(|p| name.starts_with(p)) {
+                return None;
+            }
+            match module.global_expressions[c.init] {
+                naga::Expression::Literal(naga::Literal::U32(v)) => Some((name, v)),
+                ref other => panic!("{name} is not a u32 literal: {other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn flag_constants_match_the_declaration() {
+    let variant = Variant::all()[0];
+    for (family, declared) in [
+        (Family::CrossEntropy, flags::cross_entropy::ALL),
+        (Family::Binary, flags::binary::ALL),
+        (Family::Softmax, &[][..]),
+        (Family::Copy, &[][..]),
+    ] {
+        let (module, _, _) = module(family, variant);
+        let wgsl = constants(&module, &["FLAG_", "REDUCTION_"]);
+        let declared: BTreeSet<(String, u32)> =
+            declared.iter().map(|&(n, v)| (n.to_string(), v)).collect();
+        assert_eq!(
+            wgsl,
+            declared,
+            "{}: WGSL constants (left) differ from kernels::flags (right)",
+            family.file_name()
+        );
+    }
+}
+
+#[test]
+fn params_layout_matches_the_host_struct() {
+    let (module, _, _) = module(Family::Softmax, Variant::all()[0]);
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some("Params"))
+        .expect("common.wgsl declares struct Params");
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("Params is not a struct");
+    };
+    let wgsl: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .collect();
+    let host: Vec<(String, usize)> = Params::FIELDS
+        .iter()
+        .map(|&(n, o)| (n.to_string(), o))
+        .collect();
+    assert_eq!(
+        wgsl, host,
+        "WGSL struct Params (left) against the host's (right)"
+    );
+    assert_eq!(*span as usize, std::mem::size_of::<Params>(), "Params size");
+}
+
+#[test]
+fn every_shader_file_is_used() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let every_source: String = Variant::all()
+        .into_iter()
+        .flat_map(|v| Family::ALL.map(|f| shader_source(f, v)))
+        .collect();
+    for dir in [root.clone(), root.join("prelude")] {
+        for entry in std::fs::read_dir(&dir).expect("shaders/ exists") {
+            let path = entry.expect("readable dir entry").path();
+            if path.extension().is_none_or(|e| e != "wgsl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable shader");
+            assert!(
+                every_source.contains(text.trim()),
+                "{} is not part of any compiled shader",
+                path.display()
+            );
+        }
+    }
+}

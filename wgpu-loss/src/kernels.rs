@@ -1,0 +1,940 @@
+//! Every shader, kernel and entry point of the crate, each kernel's interface
+//! (bindings, flags, uniform layout) declared once, and the cache that builds
+//! each compute pipeline once.
+//!
+//! # How a shader is composed
+//!
+//! Each op family is one WGSL file in `shaders/`. A compiled variant
+//! ([`Variant`]) is that file with preludes from `shaders/prelude/` in front,
+//! concatenated in this order:
+//!
+//! 1. the storage prelude (`storage_*.wgsl`): `mat_t`, the matrices' element
+//!    type, and `enable f16;` where it is f16 (an `enable` must open the module);
+//! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t` and the horizontal helpers;
+//! 3. the reduction prelude (`reduce_*.wgsl`): the entry points' `Ids`,
+//!    `thread_of` and the row-segment reductions `seg_sum` / `seg_max` / `seg_stat`;
+//! 4. `shaders/common.wgsl`: `Params`, the split-row records and the online
+//!    softmax statistics every family shares;
+//! 5. the family's own file.
+//!
+//! The [`Aliasing::Shared`] variant then turns every `var<storage, read>` into
+//! `read_write`. Launch shape (`WG`, `TPR`) is set through pipeline-overridable
+//! constants, not text. Nothing else edits shader text.
+//!
+//! `naga_oil` (which does support naga 30) was considered: it would add its
+//! own dependencies to every embedder's build, and the browser backend takes
+//! WGSL text, so its naga IR output would need `wgsl-out` to go back to text.
+//! Five fixed preludes do not need a module system.
+//!
+//! # One declaration per interface
+//!
+//! [`Kernel::bindings`] states, per entry point, each binding's number, WGSL
+//! name and access, from the constants in [`slot`]; host code binds through
+//! the same constants. [`flags`] declares the bits and codes the kernels read
+//! from `Params`, and [`Params`] the uniform. A unit test reads every shader
+//! variant with naga's reflection and holds the WGSL to all three.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Invocations per workgroup for every row kernel.
+pub const WORKGROUP_SIZE: u32 = 256;
+
+/// An op family: one WGSL file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `shaders/softmax.wgsl`: softmax, log-softmax, logsumexp and their backward passes.
+    Softmax,
+    /// `shaders/cross_entropy.wgsl`: cross-entropy with class-index targets.
+    CrossEntropy,
+    /// `shaders/binary.wgsl`: element-wise BCE (probabilities, logits) and sigmoid focal loss.
+    Binary,
+    /// `shaders/copy.wgsl`: the copy kernel used as the bandwidth yardstick.
+    Copy,
+}
+
+const COMMON_SOURCE: &str = include_str!("../shaders/common.wgsl");
+
+impl Family {
+    /// All families.
+    #[cfg(test)]
+    pub const ALL: [Family; 4] = [
+        Family::Softmax,
+        Family::CrossEntropy,
+        Family::Binary,
+        Family::Copy,
+    ];
+
+    /// File name under `shaders/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Family::Softmax => "softmax.wgsl",
+            Family::CrossEntropy => "cross_entropy.wgsl",
+            Family::Binary => "binary.wgsl",
+            Family::Copy => "copy.wgsl",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Family::Softmax => include_str!("../shaders/softmax.wgsl"),
+            Family::CrossEntropy => include_str!("../shaders/cross_entropy.wgsl"),
+            Family::Binary => include_str!("../shaders/binary.wgsl"),
+            Family::Copy => include_str!("../shaders/copy.wgsl"),
+        }
+    }
+}
+
+/// How many columns a kernel variant loads at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VecWidth {
+    /// One `f32` per load: any row length.
+    Scalar,
+    /// One `vec4<f32>` per load: rows whose length and offsets are multiples of 4.
+    Vec4,
+}
+
+impl VecWidth {
+    /// Both widths.
+    #[cfg(test)]
+    pub const ALL: [VecWidth; 2] = [VecWidth::Scalar, VecWidth::Vec4];
+
+    /// Scalars per load.
+    pub fn lanes(self) -> usize {
+        match self {
+            VecWidth::Scalar => 1,
+            VecWidth::Vec4 => 4,
+        }
+    }
+
+    /// The widest variant usable for rows of `cols` starting at the given element offsets.
+    pub fn for_layout(cols: usize, offsets: &[u64]) -> VecWidth {
+        if cols.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
+            VecWidth::Vec4
+        } else {
+            VecWidth::Scalar
+        }
+    }
+
+    /// `VW`, `vec_t` and the horizontal helpers for this width.
+    fn prelude(self) -> &'static str {
+        match self {
+            VecWidth::Scalar => include_str!("../shaders/prelude/width_scalar.wgsl"),
+            VecWidth::Vec4 => include_str!("../shaders/prelude/width_vec4.wgsl"),
+        }
+    }
+}
+
+/// How the threads that share a row combine their partial results.
+///
+/// Every mode reduces in a fixed order, so a given adapter gives bitwise
+/// identical results run to run; the modes differ from each other in the last
+/// bits (the order of the additions differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    /// A tree in workgroup memory, one barrier per level. Works everywhere.
+    Workgroup,
+    /// `subgroupShuffleXor` butterflies inside one subgroup, no barrier at
+    /// all. Needs `Features::SUBGROUP` and `threads_per_row` at most the
+    /// adapter's smallest subgroup size.
+    Subgroup,
+    /// Butterflies inside each subgroup, then one pass through workgroup
+    /// memory across the subgroups of a row (two barriers). Needs
+    /// `Features::SUBGROUP` and `threads_per_row` a multiple of the adapter's
+    /// largest subgroup size.
+    SubgroupThenWorkgroup,
+}
+
+impl Reduce {
+    /// Every mode.
+    pub const ALL: [Reduce; 3] = [
+        Reduce::Workgroup,
+        Reduce::Subgroup,
+        Reduce::SubgroupThenWorkgroup,
+    ];
+
+    /// Entry-point inputs and the row-segment reductions for this mode.
+    fn prelude(self) -> &'static str {
+        match self {
+            Reduce::Workgroup => include_str!("../shaders/prelude/reduce_workgroup.wgsl"),
+            Reduce::Subgroup => include_str!("../shaders/prelude/reduce_subgroup.wgsl"),
+            Reduce::SubgroupThenWorkgroup => {
+                include_str!("../shaders/prelude/reduce_subgroup_then_workgroup.wgsl")
+            }
+        }
+    }
+}
+
+/// Pipeline-overridable launch constants of a row kernel: `WG` invocations
+/// per workgroup, `TPR` of them per row, so `WG / TPR` rows per workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Launch {
+    /// Invocations per workgroup (`WG`).
+    pub workgroup_size: u32,
+    /// Invocations that share one row (`TPR`): a power of two dividing `workgroup_size`.
+    pub threads_per_row: u32,
+}
+
+impl Launch {
+    /// One workgroup of [`WORKGROUP_SIZE`] per row (and the shape of every
+    /// kernel that is not a row kernel).
+    pub const WHOLE_WORKGROUP: Launch = Launch {
+        workgroup_size: WORKGROUP_SIZE,
+        threads_per_row: WORKGROUP_SIZE,
+    };
+
+    /// Rows each workgroup handles.
+    pub fn rows_per_workgroup(self) -> u32 {
+        self.workgroup_size / self.threads_per_row.max(1)
+    }
+
+    /// Vectors each invocation walks in a row of `vecs` vectors.
+    pub fn vectors_per_thread(self, vecs: u64) -> u64 {
+        vecs.div_ceil(u64::from(self.threads_per_row.max(1)))
+    }
+}
+
+/// Element type of the matrix operands (logits, probabilities, gradients) in memory.
+/// Arithmetic and accumulation are f32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
+    F16,
+}
+
+impl Storage {
+    /// Both storage types.
+    #[cfg(test)]
+    pub const ALL: [Storage; 2] = [Storage::F32, Storage::F16];
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
+    }
+
+    /// `mat_t` (and `enable f16;`, which must open the module) for this
+    /// storage type at this width.
+    fn prelude(self, width: VecWidth) -> &'static str {
+        match (self, width) {
+            (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
+            (Storage::F16, VecWidth::Scalar) => {
+                include_str!("../shaders/prelude/storage_f16_scalar.wgsl")
+            }
+            (Storage::F16, VecWidth::Vec4) => {
+                include_str!("../shaders/prelude/storage_f16_vec4.wgsl")
+            }
+        }
+    }
+}
+
+/// One compiled form of a shader family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Columns per load.
+    pub width: VecWidth,
+    /// Read-only inputs, or all bindings read-write.
+    pub aliasing: Aliasing,
+    /// Matrix element type in memory.
+    pub storage: Storage,
+    /// How the threads of a row reduce.
+    pub reduce: Reduce,
+}
+
+impl Variant {
+    /// Every variant.
+    #[cfg(test)]
+    pub fn all() -> Vec<Variant> {
+        let mut out = Vec::new();
+        for width in VecWidth::ALL {
+            for aliasing in Aliasing::ALL {
+                for storage in Storage::ALL {
+                    for reduce in Reduce::ALL {
+                        out.push(Variant {
+                            width,
+                            aliasing,
+                            storage,
+                            reduce,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether a dispatch binds one buffer both as an input and as an output.
+///
+/// wgpu forbids a buffer in a read-only and a read-write binding of the same
+/// dispatch, even at disjoint ranges. Tensors that share a buffer (the encode
+/// API allows it) therefore use a variant whose storage bindings are all
+/// `read_write`; separate buffers keep read-only inputs, which compilers can
+/// load through read-only caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Aliasing {
+    /// Inputs and outputs live in different buffers: inputs are read-only.
+    Separate,
+    /// Some input shares a buffer with an output: every storage binding is read-write.
+    Shared,
+}
+
+impl Aliasing {
+    /// Both modes.
+    #[cfg(test)]
+    pub const ALL: [Aliasing; 2] = [Aliasing::Separate, Aliasing::Shared];
+}
+
+/// The full WGSL source of one family in one variant, as compiled.
+pub fn shader_source(family: Family, variant: Variant) -> String {
+    let Variant {
+        width,
+        aliasing,
+        storage,
+        reduce,
+    } = variant;
+    let source = format!(
+        "{}// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?} variant)\n{}\n{}\n{}\n{}",
+        storage.prelude(width),
+        family.file_name(),
+        width.prelude(),
+        reduce.prelude(),
+        COMMON_SOURCE,
+        family.body()
+    );
+    match aliasing {
+        Aliasing::Separate => source,
+        Aliasing::Shared => source.replace("var<storage, read>", "var<storage, read_write>"),
+    }
+}
+
+/// One binding of group 0: its number and the name the WGSL gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub index: u32,
+    pub name: &'static str,
+}
+
+const fn slot_at(index: u32, name: &'static str) -> Slot {
+    Slot { index, name }
+}
+
+/// Every binding of every family, declared once: [`Kernel::bindings`] and
+/// the host code that binds buffers use these, and a unit test holds each
+/// shader's `@binding`s to them.
+pub(crate) mod slot {
+    use super::{slot_at, Slot};
+
+    /// The uniform (`common.wgsl`).
+    pub const PARAMS: Slot = slot_at(0, "params");
+    /// Split-row records (`common.wgsl`).
+    pub const CHUNK_STATS: Slot = slot_at(11, "chunk_stats");
+
+    /// `softmax.wgsl`.
+    pub mod softmax {
+        use super::{slot_at, Slot};
+        pub const MAT_A: Slot = slot_at(1, "mat_a");
+        pub const MAT_B: Slot = slot_at(2, "mat_b");
+        pub const ROW_A: Slot = slot_at(3, "row_a");
+        pub const ROW_B: Slot = slot_at(4, "row_b");
+        pub const MAT_OUT: Slot = slot_at(5, "mat_out");
+        pub const ROW_OUT: Slot = slot_at(6, "row_out");
+    }
+
+    /// `cross_entropy.wgsl`.
+    pub mod cross_entropy {
+        use super::{slot_at, Slot};
+        pub const LOGITS: Slot = slot_at(1, "logits");
+        pub const TARGETS: Slot = slot_at(2, "targets");
+        pub const WEIGHTS: Slot = slot_at(3, "weights");
+        pub const SCALARS: Slot = slot_at(4, "scalars");
+        pub const ROW_OUT: Slot = slot_at(5, "row_out");
+        pub const GRAD: Slot = slot_at(6, "grad");
+        pub const RESULT: Slot = slot_at(7, "result");
+        pub const SOFT_TARGETS: Slot = slot_at(8, "soft_targets");
+        pub const LOSS_ROWS: Slot = slot_at(9, "loss_rows");
+        pub const LSE_ROWS: Slot = slot_at(10, "lse_rows");
+    }
+
+    /// `binary.wgsl`.
+    pub mod binary {
+        use super::{slot_at, Slot};
+        pub const INPUTS: Slot = slot_at(1, "inputs");
+        pub const TARGETS: Slot = slot_at(2, "targets");
+        pub const WEIGHT: Slot = slot_at(3, "weight");
+        pub const POS_WEIGHT: Slot = slot_at(4, "pos_weight");
+        pub const LOSS_OUT: Slot = slot_at(5, "loss_out");
+        pub const GRAD: Slot = slot_at(6, "grad");
+        pub const PARTIALS: Slot = slot_at(7, "partials");
+        pub const RESULT: Slot = slot_at(8, "result");
+    }
+
+    /// `copy.wgsl`.
+    pub mod copy {
+        use super::{slot_at, Slot};
+        pub const SRC: Slot = slot_at(1, "src");
+        pub const DST: Slot = slot_at(2, "dst");
+    }
+}
+
+/// The bits of `Params::flags` and the codes of `Params::reduction` and the
+/// binary op, declared once; a unit test holds each shader's `const`s of the
+/// same names to these values.
+pub(crate) mod flags {
+    /// `Params::reduction` for [`crate::Reduction::None`].
+    pub const REDUCTION_NONE: u32 = 0;
+    /// ... for [`crate::Reduction::Mean`] (`REDUCTION_MEAN` in the WGSL).
+    pub const REDUCTION_MEAN: u32 = 1;
+    /// ... for [`crate::Reduction::Sum`].
+    pub const REDUCTION_SUM: u32 = 2;
+
+    impl crate::loss::Reduction {
+        /// The code the kernels read from `Params::reduction`.
+        pub(crate) fn code(self) -> u32 {
+            match self {
+                crate::loss::Reduction::None => REDUCTION_NONE,
+                crate::loss::Reduction::Mean => REDUCTION_MEAN,
+                crate::loss::Reduction::Sum => REDUCTION_SUM,
+            }
+        }
+
+        pub(crate) fn from_code(code: u32) -> Self {
+            match code {
+                REDUCTION_NONE => crate::loss::Reduction::None,
+                REDUCTION_SUM => crate::loss::Reduction::Sum,
+                _ => crate::loss::Reduction::Mean,
+            }
+        }
+    }
+
+    /// `cross_entropy.wgsl`.
+    pub mod cross_entropy {
+        pub const FLAG_WEIGHTS: u32 = 1;
+        pub const FLAG_SOFTCAP: u32 = 2;
+        pub const FLAG_MEAN_BY_COUNT: u32 = 4;
+        pub const FLAG_EXPORT_LOSS: u32 = 8;
+        pub const FLAG_EXPORT_LSE: u32 = 16;
+        /// Every constant of the file, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[
+            ("FLAG_WEIGHTS", FLAG_WEIGHTS),
+            ("FLAG_SOFTCAP", FLAG_SOFTCAP),
+            ("FLAG_MEAN_BY_COUNT", FLAG_MEAN_BY_COUNT),
+            ("FLAG_EXPORT_LOSS", FLAG_EXPORT_LOSS),
+            ("FLAG_EXPORT_LSE", FLAG_EXPORT_LSE),
+            ("REDUCTION_MEAN", super::REDUCTION_MEAN),
+        ];
+    }
+
+    /// `binary.wgsl`.
+    pub mod binary {
+        pub const FLAG_WEIGHT_COLS: u32 = 1;
+        pub const FLAG_WEIGHT_FULL: u32 = 2;
+        pub const FLAG_POS_WEIGHT: u32 = 4;
+        pub const FLAG_WRITE_LOSS: u32 = 8;
+        pub const FLAG_WRITE_GRAD: u32 = 16;
+        pub const FLAG_ALPHA: u32 = 32;
+        /// Every constant of the file, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[
+            ("FLAG_WEIGHT_COLS", FLAG_WEIGHT_COLS),
+            ("FLAG_WEIGHT_FULL", FLAG_WEIGHT_FULL),
+            ("FLAG_POS_WEIGHT", FLAG_POS_WEIGHT),
+            ("FLAG_WRITE_LOSS", FLAG_WRITE_LOSS),
+            ("FLAG_WRITE_GRAD", FLAG_WRITE_GRAD),
+            ("FLAG_ALPHA", FLAG_ALPHA),
+            ("REDUCTION_MEAN", super::REDUCTION_MEAN),
+        ];
+    }
+}
+
+/// Declares the uniform struct and the list of its fields with their byte
+/// offsets, from one field list, so the layout test compares the WGSL
+/// `struct Params` with exactly what the host writes.
+macro_rules! uniform_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(crate) struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+        impl $name {
+            /// `(name, byte offset)` of every field, in order.
+            #[cfg(test)]
+            pub(crate) const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*];
+        }
+    };
+}
+
+uniform_struct! {
+    /// The uniform every kernel reads (`struct Params` in `shaders/common.wgsl`).
+    Params {
+        rows: u32,
+        cols: u32,
+        base_a: u32,
+        base_b: u32,
+        base_out: u32,
+        row_base: u32,
+        ignore_index: i32,
+        flags: u32,
+        total_rows: u32,
+        smoothing: f32,
+        z_loss: f32,
+        softcap: f32,
+        grad_scale: f32,
+        reduction: u32,
+        base_c: u32,
+        base_d: u32,
+        alpha: f32,
+        gamma: f32,
+        denominator: f32,
+        /// Chunks per row of a split row kernel (0 or 1: whole rows).
+        splits: u32,
+    }
+}
+
+/// How a kernel uses a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite, Uniform};
+
+/// Every compute kernel: a family and an entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `softmax_forward`
+    SoftmaxForward,
+    /// `log_softmax_forward`
+    LogSoftmaxForward,
+    /// `logsumexp_forward`
+    LogsumexpForward,
+    /// `softmax_backward`
+    SoftmaxBackward,
+    /// `log_softmax_backward`
+    LogSoftmaxBackward,
+    /// `logsumexp_backward`
+    LogsumexpBackward,
+    /// `ce_denominator`: the `mean` denominator, kept-row count and weight total.
+    CrossEntropyDenominator,
+    /// `ce_loss`: row losses only, logits read once.
+    CrossEntropyLoss,
+    /// `ce_loss_grad`: row losses and the gradient.
+    CrossEntropyLossGrad,
+    /// `ce_loss_grad_in_place`: row losses, gradient written over the logits.
+    CrossEntropyLossGradInPlace,
+    /// `ce_reduce`: fixed-order sum of row losses into `mean` or `sum`.
+    CrossEntropyReduce,
+    /// `ce_soft_loss`: row losses with probability targets.
+    CrossEntropySoftLoss,
+    /// `ce_soft_loss_grad`: row losses and gradient with probability targets.
+    CrossEntropySoftLossGrad,
+    /// `focal_loss`: multiclass (softmax) focal loss per row.
+    FocalLoss,
+    /// `focal_loss_grad`: multiclass focal loss per row and its gradient.
+    FocalLossGrad,
+    /// `bce_prob_elements`: binary cross-entropy on probabilities.
+    BceProbElements,
+    /// `bce_logits_elements`: binary cross-entropy with logits.
+    BceLogitsElements,
+    /// `sigmoid_focal_elements`: torchvision's sigmoid focal loss.
+    SigmoidFocalElements,
+    /// `binary_reduce`: fixed-order sum of the element-wise kernels' partial sums.
+    BinaryReduce,
+    /// `ce_export`: per-row losses and logsumexp into a caller's buffers.
+    CrossEntropyExport,
+    /// `copy`: the bandwidth yardstick.
+    Copy,
+    /// `softmax_partial`: per-chunk statistics of split rows (softmax,
+    /// log-softmax and logsumexp forward).
+    SoftmaxPartial,
+    /// `ce_partial`: per-chunk statistics of split rows (cross-entropy with
+    /// class-index targets).
+    CrossEntropyPartial,
+}
+
+impl Kernel {
+    /// Every kernel.
+    #[cfg(test)]
+    pub const ALL: [Kernel; 23] = [
+        Kernel::SoftmaxForward,
+        Kernel::LogSoftmaxForward,
+        Kernel::LogsumexpForward,
+        Kernel::SoftmaxBackward,
+        Kernel::LogSoftmaxBackward,
+        Kernel::LogsumexpBackward,
+        Kernel::CrossEntropyDenominator,
+        Kernel::CrossEntropyLoss,
+        Kernel::CrossEntropyLossGrad,
+        Kernel::CrossEntropyLossGradInPlace,
+        Kernel::CrossEntropyReduce,
+        Kernel::CrossEntropySoftLoss,
+        Kernel::CrossEntropySoftLossGrad,
+        Kernel::FocalLoss,
+        Kernel::FocalLossGrad,
+        Kernel::BceProbElements,
+        Kernel::BceLogitsElements,
+        Kernel::SigmoidFocalElements,
+        Kernel::BinaryReduce,
+        Kernel::CrossEntropyExport,
+        Kernel::Copy,
+        Kernel::SoftmaxPartial,
+        Kernel::CrossEntropyPartial,
+    ];
+
+    /// The shader file this kernel lives in.
+    pub fn family(self) -> Family {
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward | LogsumexpForward | SoftmaxBackward
+            | LogSoftmaxBackward | LogsumexpBackward | SoftmaxPartial => Family::Softmax,
+            CrossEntropyDenominator
+            | CrossEntropyLoss
+            | CrossEntropyLossGrad
+            | CrossEntropyLossGradInPlace
+            | CrossEntropyReduce
+            | CrossEntropySoftLoss
+            | CrossEntropySoftLossGrad
+            | FocalLoss
+            | FocalLossGrad
+            | CrossEntropyExport
+            | CrossEntropyPartial => Family::CrossEntropy,
+            BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReduce => {
+                Family::Binary
+            }
+            Copy => Family::Copy,
+        }
+    }
+
+    /// WGSL entry point name.
+    pub fn entry_point(self) -> &'static str {
+        use Kernel::*;
+        match self {
+            SoftmaxForward => "softmax_forward",
+            LogSoftmaxForward => "log_softmax_forward",
+            LogsumexpForward => "logsumexp_forward",
+            SoftmaxBackward => "softmax_backward",
+            LogSoftmaxBackward => "log_softmax_backward",
+            LogsumexpBackward => "logsumexp_backward",
+            CrossEntropyDenominator => "ce_denominator",
+            CrossEntropyLoss => "ce_loss",
+            CrossEntropyLossGrad => "ce_loss_grad",
+            CrossEntropyLossGradInPlace => "ce_loss_grad_in_place",
+            CrossEntropyReduce => "ce_reduce",
+            CrossEntropySoftLoss => "ce_soft_loss",
+            CrossEntropySoftLossGrad => "ce_soft_loss_grad",
+            FocalLoss => "focal_loss",
+            FocalLossGrad => "focal_loss_grad",
+            BceProbElements => "bce_prob_elements",
+            BceLogitsElements => "bce_logits_elements",
+            SigmoidFocalElements => "sigmoid_focal_elements",
+            BinaryReduce => "binary_reduce",
+            CrossEntropyExport => "ce_export",
+            Copy => "copy",
+            SoftmaxPartial => "softmax_partial",
+            CrossEntropyPartial => "ce_partial",
+        }
+    }
+
+    /// The first pass of this kernel when rows are split across workgroups:
+    /// `None` for kernels that always take whole rows.
+    pub fn partial_pass(self) -> Option<Kernel> {
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward | LogsumexpForward => Some(SoftmaxPartial),
+            CrossEntropyLoss | CrossEntropyLossGrad => Some(CrossEntropyPartial),
+            _ => None,
+        }
+    }
+
+    /// Whether `slot` is an input (bound read-only unless aliasing).
+    pub(crate) fn reads(self, slot: Slot) -> bool {
+        self.bindings()
+            .iter()
+            .any(|&(b, access)| b == slot && access == Access::Read)
+    }
+
+    /// The bindings of group 0 this entry point uses, as the shader declares them.
+    pub(crate) fn bindings(self) -> &'static [(Slot, Access)] {
+        use slot::{binary as bin, copy, cross_entropy as ce, softmax as sm, CHUNK_STATS, PARAMS};
+        use Kernel::*;
+        match self {
+            SoftmaxForward | LogSoftmaxForward => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (sm::MAT_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            LogsumexpForward => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (sm::ROW_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            SoftmaxPartial => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            SoftmaxBackward | LogSoftmaxBackward => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (sm::MAT_B, Read),
+                (sm::MAT_OUT, ReadWrite),
+            ],
+            LogsumexpBackward => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (sm::ROW_A, Read),
+                (sm::ROW_B, Read),
+                (sm::MAT_OUT, ReadWrite),
+            ],
+            CrossEntropyDenominator => &[
+                (PARAMS, Uniform),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+            ],
+            CrossEntropySoftLoss => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::WEIGHTS, Read),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::SOFT_TARGETS, Read),
+            ],
+            CrossEntropySoftLossGrad => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::GRAD, ReadWrite),
+                (ce::SOFT_TARGETS, Read),
+            ],
+            BceProbElements | BceLogitsElements | SigmoidFocalElements => &[
+                (PARAMS, Uniform),
+                (bin::INPUTS, Read),
+                (bin::TARGETS, Read),
+                (bin::WEIGHT, Read),
+                (bin::POS_WEIGHT, Read),
+                (bin::LOSS_OUT, ReadWrite),
+                (bin::GRAD, ReadWrite),
+                (bin::PARTIALS, ReadWrite),
+            ],
+            BinaryReduce => &[
+                (PARAMS, Uniform),
+                (bin::PARTIALS, ReadWrite),
+                (bin::RESULT, ReadWrite),
+            ],
+            CrossEntropyExport => &[
+                (PARAMS, Uniform),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::LOSS_ROWS, ReadWrite),
+                (ce::LSE_ROWS, ReadWrite),
+            ],
+            CrossEntropyLoss | CrossEntropyLossGradInPlace => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            FocalLoss => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::ROW_OUT, ReadWrite),
+            ],
+            CrossEntropyPartial => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::WEIGHTS, Read),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            CrossEntropyLossGrad => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::GRAD, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            FocalLossGrad => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::GRAD, ReadWrite),
+            ],
+            CrossEntropyReduce => &[
+                (PARAMS, Uniform),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (ce::RESULT, ReadWrite),
+            ],
+            Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
+        }
+    }
+}
+
+/// A built pipeline and the bind group layout it was built with.
+pub(crate) struct Pipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// Builds each (kernel, variant) pipeline on first use and keeps it.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Family, Variant), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<(Kernel, Variant, Launch), Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    /// Number of pipelines built so far (tests check that calls do not rebuild).
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        adapter: &str,
+        deferred: &crate::scope::Deferred,
+        kernel: Kernel,
+        variant: Variant,
+        launch: Launch,
+    ) -> Result<Arc<Pipeline>> {
+        let poisoned = || Error::Gpu {
+            kernel: kernel.entry_point().to_string(),
+            adapter: adapter.to_string(),
+            message: "pipeline cache lock poisoned by a panic on another thread".into(),
+        };
+        let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
+        if let Some(p) = pipelines.get(&(kernel, variant, launch)) {
+            return Ok(p.clone());
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = {
+            let mut modules = self.modules.lock().map_err(|_| poisoned())?;
+            let module = modules
+                .entry((kernel.family(), variant))
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.family().file_name()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            shader_source(kernel.family(), variant).into(),
+                        ),
+                    })
+                })
+                .clone();
+            build_pipeline(device, &module, kernel, variant.aliasing, launch)
+        };
+        // Known at once on native; in the browser a broken pipeline is
+        // reported by the next awaited call instead.
+        let what = || {
+            format!(
+                "building {} ({variant:?}, {launch:?})",
+                kernel.entry_point()
+            )
+        };
+        let error = match crate::scope::pop_now(scope.pop()) {
+            Ok(error) => error,
+            Err(pending) => {
+                deferred.push(what(), pending);
+                None
+            }
+        };
+        if let Some(err) = error {
+            // Drop the module too: a broken module must not be cached.
+            if let Ok(mut modules) = self.modules.lock() {
+                modules.remove(&(kernel.family(), variant));
+            }
+            return Err(Error::Gpu {
+                kernel: what(),
+                adapter: adapter.to_string(),
+                message: err.to_string(),
+            });
+        }
+        let built = Arc::new(built);
+        pipelines.insert((kernel, variant, launch), built.clone());
+        Ok(built)
+    }
+}
+
+fn build_pipeline(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    kernel: Kernel,
+    aliasing: Aliasing,
+    launch: Launch,
+) -> Pipeline {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+        .bindings()
+        .iter()
+        .map(|&(slot, access)| wgpu::BindGroupLayoutEntry {
+            binding: slot.index,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match access {
+                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    Access::Read => wgpu::BufferBindingType::Storage {
+                        read_only: aliasing == Aliasing::Separate,
+                    },
+                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.entry_point()),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.entry_point()),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.entry_point()),
+        layout: Some(&pipeline_layout),
+        module,
+        entry_point: Some(kernel.entry_point()),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[
+                ("WG", f64::from(launch.workgroup_size)),
+                ("TPR", f64::from(launch.threads_per_row)),
+            ],
+            // Every kernel writes workgroup memory before reading it; zeroing it
+            // first costs a loop and a barrier per workgroup (measurable on lavapipe).
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
+}
+
+#[cfg(test)]
+#[path = "kernel_tests.rs"]
+mod tests;

@@ -1,0 +1,816 @@
+//! Host-side validation and dispatch, one file per op family, over shared
+//! machinery: row windows that respect the binding and dispatch limits,
+//! error scopes, uploads and readback.
+
+pub mod binary;
+pub mod cross_entropy;
+pub mod softmax;
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+pub(crate) use crate::kernels::Params;
+use crate::kernels::{slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth};
+use crate::pool::PooledBuffer;
+
+const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Loop iterations an invocation gets on a CPU adapter (lavapipe) before its
+/// loops stop.
+const CPU_LOOP_LIMIT: usize = 65_535;
+
+/// Which `Params` base field a matrix operand's window offset goes into.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Base {
+    A,
+    B,
+    C,
+    D,
+    Out,
+}
+
+/// A `[rows, cols]` f32 matrix operand starting `offset` elements into `buffer`.
+pub(crate) struct MatrixArg<'a> {
+    pub binding: Slot,
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub base: Base,
+    /// Element type in memory (logits and gradients may be f16).
+    pub storage: Storage,
+}
+
+/// How a launch maps work to workgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grid {
+    /// One workgroup per row.
+    PerRow,
+    /// One vector of elements per invocation.
+    PerElement,
+}
+
+/// One row kernel launch over `rows` rows of `cols` columns.
+pub(crate) struct RowLaunch<'a> {
+    pub kernel: Kernel,
+    pub rows: usize,
+    pub cols: usize,
+    pub matrices: &'a [MatrixArg<'a>],
+    pub whole: &'a [WholeArg<'a>],
+    /// `row_base` is the global row of this launch's row 0.
+    pub params: Params,
+}
+
+/// An operand bound whole (per-row arrays, weights, scalars).
+pub(crate) struct WholeArg<'a> {
+    pub binding: Slot,
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte range `(offset, size)`; `None` binds the whole buffer.
+    pub range: Option<(u64, u64)>,
+}
+
+impl<'a> WholeArg<'a> {
+    pub(crate) fn new(binding: Slot, buffer: &'a wgpu::Buffer) -> Self {
+        Self {
+            binding,
+            buffer,
+            range: None,
+        }
+    }
+
+    /// A caller's tensor view, bound at its (aligned) offset.
+    pub(crate) fn view(binding: Slot, view: &crate::tensor::GpuTensor<'a>) -> Self {
+        Self {
+            binding,
+            buffer: view.buffer,
+            range: Some((view.offset, view.bytes().max(4))),
+        }
+    }
+
+    /// `limit`: the device's binding size limit. A buffer bound whole is bound
+    /// up to it: pooled buffers are rounded up past the data they hold, and
+    /// the data itself was checked against the limit.
+    fn resource(&self, limit: u64) -> wgpu::BindingResource<'a> {
+        match self.range {
+            None if self.buffer.size() <= limit => self.buffer.as_entire_binding(),
+            None => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(limit / 4 * 4),
+            }),
+            Some((offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            }),
+        }
+    }
+}
+
+/// A whole-bound operand: a buffer the crate uploaded, or a caller's view.
+pub(crate) enum Operand<'a> {
+    Owned(wgpu::Buffer),
+    View(crate::tensor::GpuTensor<'a>),
+}
+
+impl Operand<'_> {
+    pub(crate) fn arg(&self, binding: Slot) -> WholeArg<'_> {
+        match self {
+            Operand::Owned(b) => WholeArg::new(binding, b),
+            Operand::View(v) => WholeArg::view(binding, v),
+        }
+    }
+}
+
+/// Whether any input binding shares a buffer with an output binding.
+fn aliasing(kernel: Kernel, bound: &[(Slot, &wgpu::Buffer)]) -> Aliasing {
+    let shared = bound.iter().any(|&(rb, read)| {
+        kernel.reads(rb)
+            && bound
+                .iter()
+                .any(|&(wb, written)| !kernel.reads(wb) && written == read)
+    });
+    if shared {
+        Aliasing::Shared
+    } else {
+        Aliasing::Separate
+    }
+}
+
+fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge {
+        what,
+        requested: v,
+        limit_name,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+impl GpuContext {
+    /// Rows that fit in one binding window of `cols` f32 columns, after alignment slack.
+    pub(crate) fn rows_per_window(&self, cols: usize) -> Result<usize> {
+        let row_bytes = (cols as u64)
+            .checked_mul(4)
+            .ok_or(Error::ShapeOverflow { rows: 1, cols })?;
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let usable = self.max_binding_bytes().saturating_sub(align);
+        let rows = usable / row_bytes;
+        if rows == 0 {
+            return Err(Error::RowTooLarge {
+                cols,
+                row_bytes,
+                limit: self.max_binding_bytes(),
+            });
+        }
+        Ok(usize::try_from(rows).unwrap_or(usize::MAX))
+    }
+
+    /// The single-workgroup passes of the row losses (denominator, final sum,
+    /// export) walk every row, and the class weights, with one workgroup. A
+    /// CPU adapter (lavapipe) stops an invocation's loops after 65535
+    /// iterations in all and writes nothing more, silently; refuse, with the
+    /// numbers, a problem that would get near that there.
+    pub(crate) fn check_single_workgroup_passes(&self, rows: usize, classes: usize) -> Result<()> {
+        let cpu = self
+            .adapter_info()
+            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
+        let lanes = crate::kernels::WORKGROUP_SIZE as usize;
+        // Both loops of the denominator pass, plus the reduction trees' few.
+        let iterations = rows.div_ceil(lanes) + classes.div_ceil(lanes) + 64;
+        if cpu && iterations > CPU_LOOP_LIMIT {
+            return Err(Error::TooManyRows {
+                rows,
+                classes,
+                // 0 when the classes alone are past the bound.
+                limit: CPU_LOOP_LIMIT
+                    .saturating_sub(64 + classes.div_ceil(lanes))
+                    .saturating_mul(lanes),
+                adapter: self.adapter_name().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that a buffer bound whole fits one binding.
+    pub(crate) fn check_whole_binding(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self
+            .limits()
+            .max_storage_buffer_binding_size
+            .min(self.max_binding_bytes());
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what,
+                requested: bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a one-workgroup-per-row kernel into `encoder`, split into row
+    /// windows that fit the binding and dispatch limits.
+    pub(crate) fn encode_rows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        launch: RowLaunch<'_>,
+    ) -> Result<()> {
+        self.encode_windows(encoder, launch, Grid::PerRow)
+            .map(|_| ())
+    }
+
+    /// Records an element-wise kernel (one vector per invocation) over the
+    /// same row windows. `params.row_base` is the index of this launch's first
+    /// workgroup partial sum; returns the number of workgroups launched.
+    pub(crate) fn encode_elements(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        launch: RowLaunch<'_>,
+    ) -> Result<u64> {
+        self.encode_windows(encoder, launch, Grid::PerElement)
+    }
+
+    /// Row windows `(first row, rows)` for a `[rows, cols]` problem.
+    fn windows(&self, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
+        Ok(row_windows(rows, self.rows_per_window(cols)?, max_dim))
+    }
+
+    /// Workgroups (and so partial sums) an element-wise launch over `[rows, cols]` uses.
+    /// With `VecWidth::Scalar` this is an upper bound for any layout.
+    pub(crate) fn element_groups(&self, rows: usize, cols: usize, width: VecWidth) -> Result<u64> {
+        let lanes = width.lanes() as u64;
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * lanes;
+        Ok(self
+            .windows(rows, cols)?
+            .iter()
+            .map(|&(_, n)| (n as u64 * cols as u64).div_ceil(per_group))
+            .sum())
+    }
+
+    fn encode_windows(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        launch: RowLaunch<'_>,
+        grid: Grid,
+    ) -> Result<u64> {
+        let RowLaunch {
+            kernel,
+            rows,
+            cols,
+            matrices,
+            whole,
+            params,
+        } = launch;
+        if rows == 0 {
+            return Ok(0);
+        }
+        let offsets: Vec<u64> = matrices.iter().map(|m| m.offset).collect();
+        let width = VecWidth::for_layout(cols, &offsets);
+        let bound: Vec<(Slot, &wgpu::Buffer)> = matrices
+            .iter()
+            .map(|m| (m.binding, m.buffer))
+            .chain(whole.iter().map(|w| (w.binding, w.buffer)))
+            .collect();
+        let storage = if matrices.iter().any(|m| m.storage == Storage::F16) {
+            Storage::F16
+        } else {
+            Storage::F32
+        };
+        // Few rows of a huge C: each row in `splits` chunks, a partial pass
+        // for the chunks' statistics, then the kernel itself over each chunk.
+        let vecs = (cols / width.lanes()) as u64;
+        let splits = match (grid, kernel.partial_pass()) {
+            (Grid::PerRow, Some(_)) => self.row_tuning().splits(rows as u64, vecs),
+            _ => 1,
+        };
+        let (launch, reduce) = match grid {
+            Grid::PerRow => {
+                let chunk = vecs.div_ceil(u64::from(splits));
+                let plan = self.row_plan(chunk);
+                let per_thread = plan.0.vectors_per_thread(chunk);
+                if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
+                    return Err(Error::RowTooLong {
+                        cols,
+                        threads: plan.0.threads_per_row,
+                        per_invocation: per_thread,
+                        limit: crate::tuning::MAX_VECTORS_PER_THREAD,
+                    });
+                }
+                plan
+            }
+            Grid::PerElement => (Launch::WHOLE_WORKGROUP, Reduce::Workgroup),
+        };
+        let variant = Variant {
+            width,
+            aliasing: aliasing(kernel, &bound),
+            storage,
+            reduce,
+        };
+        let pipeline = self.pipeline(kernel, variant, launch)?;
+        let partial = match kernel.partial_pass() {
+            Some(first) if splits > 1 => Some(self.pipeline(first, variant, launch)?),
+            _ => None,
+        };
+        let windows = self.windows(rows, cols)?;
+        // One record (max, sum, extra, 0) per chunk of the largest window.
+        let partials = match &partial {
+            Some(_) => {
+                let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
+                Some(self.scratch(
+                    "wgpu-loss split-row partials",
+                    most * u64::from(splits) * 16,
+                ))
+            }
+            None => None,
+        };
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
+        let cols64 = cols as u64;
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
+        let mut groups_done = 0u64;
+        for (r0, n) in windows {
+            let groups = match grid {
+                Grid::PerRow => {
+                    (n as u64 * u64::from(splits)).div_ceil(u64::from(launch.rows_per_workgroup()))
+                }
+                Grid::PerElement => (n as u64 * cols64).div_ceil(per_group),
+            };
+            let mut p = params;
+            p.rows = n as u32;
+            p.splits = splits;
+            p.cols = to_u32(cols64, "row length", "u32 columns")?;
+            let first = match grid {
+                Grid::PerRow => r0 as u64,
+                Grid::PerElement => groups_done,
+            };
+            p.row_base = to_u32(u64::from(params.row_base) + first, "row index", "u32 rows")?;
+            let mut ranges = Vec::with_capacity(matrices.len());
+            for m in matrices {
+                let eb = m.storage.bytes();
+                let start = m.offset + r0 as u64 * cols64;
+                let start_bytes = start * eb / align * align;
+                // Bindings are whole 4-byte words; f16 views are checked to have room.
+                let end_bytes = ((start + n as u64 * cols64) * eb).div_ceil(4) * 4;
+                let base = (start - start_bytes / eb) as u32;
+                match m.base {
+                    Base::A => p.base_a = base,
+                    Base::B => p.base_b = base,
+                    Base::C => p.base_c = base,
+                    Base::D => p.base_d = base,
+                    Base::Out => p.base_out = base,
+                }
+                ranges.push((start_bytes, end_bytes - start_bytes));
+            }
+            let uniform = self.params_buffer("wgpu-loss params", &p);
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: slot::PARAMS.index,
+                resource: uniform.as_entire_binding(),
+            }];
+            for (m, &(offset, size)) in matrices.iter().zip(&ranges) {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: m.binding.index,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: m.buffer,
+                        offset,
+                        size: wgpu::BufferSize::new(size),
+                    }),
+                });
+            }
+            for w in whole {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: w.binding.index,
+                    resource: w.resource(self.limits().max_storage_buffer_binding_size),
+                });
+            }
+            if kernel
+                .bindings()
+                .iter()
+                .any(|&(b, _)| b == slot::CHUNK_STATS)
+            {
+                let buffer = partials.as_ref().unwrap_or(&self.placeholder_rw);
+                entries.push(wgpu::BindGroupEntry {
+                    binding: slot::CHUNK_STATS.index,
+                    resource: buffer.as_entire_binding(),
+                });
+            }
+            let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
+            let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
+            let first_pass = partial.as_ref().zip(kernel.partial_pass());
+            for (pipe, k) in first_pass.into_iter().chain([(&pipeline, kernel)]) {
+                // A pass binds what its layout names: the partial pass a subset.
+                let used: Vec<wgpu::BindGroupEntry> = entries
+                    .iter()
+                    .filter(|e| k.bindings().iter().any(|&(b, _)| b.index == e.binding))
+                    .cloned()
+                    .collect();
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(k.entry_point()),
+                    layout: &pipe.layout,
+                    entries: &used,
+                });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(k.entry_point()),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+            groups_done += groups;
+        }
+        Ok(groups_done)
+    }
+
+    /// Records a single-workgroup kernel (denominators, final reductions).
+    pub(crate) fn encode_single(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        width: VecWidth,
+        whole: &[WholeArg<'_>],
+        params: Params,
+    ) -> Result<()> {
+        let bound: Vec<(Slot, &wgpu::Buffer)> =
+            whole.iter().map(|w| (w.binding, w.buffer)).collect();
+        let variant = Variant {
+            width,
+            aliasing: aliasing(kernel, &bound),
+            storage: Storage::F32,
+            reduce: Reduce::Workgroup,
+        };
+        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
+        let uniform = self.params_buffer("wgpu-loss params", &params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: slot::PARAMS.index,
+            resource: uniform.as_entire_binding(),
+        }];
+        for w in whole {
+            entries.push(wgpu::BindGroupEntry {
+                binding: w.binding.index,
+                resource: w.resource(self.limits().max_storage_buffer_binding_size),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry_point()),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        Ok(())
+    }
+
+    /// Records a copy of the first `elems` f32 values of `src` into `dst`
+    /// with the copy kernel (`shaders/copy.wgsl`, one vector per invocation):
+    /// the bandwidth yardstick `wgpu-loss bench` measures every op against.
+    /// Not `copy_buffer_to_buffer`, because the yardstick must be a shader.
+    pub fn encode_copy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        elems: usize,
+    ) -> Result<()> {
+        let bytes = (elems as u64).saturating_mul(4);
+        for (name, buffer) in [("copy source", src), ("copy destination", dst)] {
+            if buffer.size() < bytes {
+                return Err(Error::InvalidView {
+                    name,
+                    problem: format!("holds {} bytes, {bytes} needed", buffer.size()),
+                });
+            }
+            if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(Error::InvalidView {
+                    name,
+                    problem: format!("buffer usage {:?} lacks STORAGE", buffer.usage()),
+                });
+            }
+        }
+        self.scoped_now("copy", || {
+            self.encode_copy_checked(encoder, src, dst, elems)
+        })
+    }
+
+    fn encode_copy_checked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        elems: usize,
+    ) -> Result<()> {
+        let width = VecWidth::for_layout(elems, &[0]);
+        let pipeline = self.pipeline(
+            Kernel::Copy,
+            Variant {
+                width,
+                aliasing: aliasing(
+                    Kernel::Copy,
+                    &[(slot::copy::SRC, src), (slot::copy::DST, dst)],
+                ),
+                storage: Storage::F32,
+                reduce: Reduce::Workgroup,
+            },
+            Launch::WHOLE_WORKGROUP,
+        )?;
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
+        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
+        // Whole workgroups' worth of vectors per window, within the binding size.
+        let window = (self.max_binding_bytes() / 4 / per_group * per_group).max(per_group);
+        let mut start = 0u64;
+        while start < elems as u64 {
+            let n = window.min(elems as u64 - start);
+            let params = Params {
+                cols: n as u32,
+                ..Params::default()
+            };
+            let uniform = self.params_buffer("copy params", &params);
+            let range = |b| wgpu::BufferBinding {
+                buffer: b,
+                offset: start * 4,
+                size: wgpu::BufferSize::new(n * 4),
+            };
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("copy"),
+                layout: &pipeline.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: slot::PARAMS.index,
+                        resource: uniform.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: slot::copy::SRC.index,
+                        resource: wgpu::BindingResource::Buffer(range(src)),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: slot::copy::DST.index,
+                        resource: wgpu::BindingResource::Buffer(range(dst)),
+                    },
+                ],
+            });
+            let groups = n.div_ceil(per_group);
+            let gx = groups.min(max_dim);
+            let gy = groups.div_ceil(gx);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("copy"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+            drop(pass);
+            start += n;
+        }
+        Ok(())
+    }
+
+    /// A uniform buffer holding `params`. Not `create_buffer_init`: that
+    /// panics when the device is lost; a queue write just fails quietly and
+    /// the error scope or the lost-device check reports it.
+    pub(crate) fn params_buffer(&self, label: &str, params: &Params) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: std::mem::size_of::<Params>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue
+            .write_buffer(&buffer, 0, bytemuck::bytes_of(params));
+        buffer
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and awaits
+    /// them, turning a captured error into [`Error::Gpu`] naming `what`.
+    /// Errors an earlier `encode_*` call could not report yet come first.
+    pub(crate) async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_errors().await?;
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out = f();
+        let (oom, validation) = (oom.pop(), validation.pop());
+        let (oom, validation) = (oom.await, validation.await);
+        self.scope_result(what, out, oom.or(validation))
+    }
+
+    /// [`GpuContext::scoped`] for calls that must not wait (`encode_*`): a
+    /// scope whose answer is known now (native backends) is reported by this
+    /// call; one that is not (the browser) by the next awaited call.
+    pub(crate) fn scoped_now<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_not_lost()?;
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out = f();
+        let mut error = None;
+        for popped in [oom.pop(), validation.pop()] {
+            match crate::scope::pop_now(popped) {
+                Ok(e) => error = error.or(e),
+                Err(pending) => self.deferred.push(what.to_string(), pending),
+            }
+        }
+        self.scope_result(what, out, error)
+    }
+
+    fn scope_result<T>(&self, what: &str, out: Result<T>, error: Option<wgpu::Error>) -> Result<T> {
+        if out.is_err() || error.is_some() {
+            // wgpu runs the device-lost callback from poll; a lost device
+            // explains whatever else failed, so report that first.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.check_not_lost()?;
+        }
+        let out = out?;
+        if let Some(e) = error {
+            return Err(Error::Gpu {
+                kernel: what.to_string(),
+                adapter: self.adapter_name().to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A pooled buffer whose size class never exceeds the device's `max_buffer_size`.
+    fn pooled(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> PooledBuffer<'_> {
+        self.pool.take(
+            &self.device,
+            label,
+            bytes,
+            usage,
+            self.limits().max_buffer_size,
+        )
+    }
+
+    /// A pooled storage buffer holding `data` (host API only: it goes back to
+    /// the pool when dropped, so it must not outlive the call's GPU work).
+    pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> PooledBuffer<'_> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.pooled(label, bytes.len() as u64, STORAGE_USAGE);
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buffer, 0, bytes);
+        }
+        buffer
+    }
+
+    /// A pooled storage buffer for `elems` f32 outputs (host API only),
+    /// poisoned when the context was created with
+    /// [`crate::ContextOptions::poison_outputs`].
+    pub(crate) fn output(&self, label: &str, elems: usize) -> PooledBuffer<'_> {
+        let buffer = self.pooled(label, elems as u64 * 4, STORAGE_USAGE);
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+        }
+        buffer
+    }
+
+    /// A new storage buffer of at least `bytes` bytes, not pooled: for
+    /// scratch that an `encode_*` call leaves to the caller's encoder.
+    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).div_ceil(16) * 16,
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new scratch buffer for `elems` f32 outputs, poisoned like [`GpuContext::output`].
+    pub(crate) fn scratch_output(&self, label: &str, elems: usize) -> wgpu::Buffer {
+        let buffer = self.scratch(label, elems as u64 * 4);
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+        }
+        buffer
+    }
+
+    /// A new scratch buffer holding `data` (see [`GpuContext::scratch`]).
+    pub(crate) fn scratch_with<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let buffer = self.scratch(label, std::mem::size_of_val(data) as u64);
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
+        }
+        buffer
+    }
+
+    /// Records a copy of `bytes` bytes from `src` into a pooled mappable buffer.
+    pub(crate) fn stage(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        bytes: u64,
+    ) -> PooledBuffer<'_> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let staging = self.pooled(
+            "wgpu-loss readback",
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        staging
+    }
+
+    pub(crate) fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Maps a staging buffer and copies out `len` values of `T`, awaiting
+    /// the mapping: on native a thread of the context's polls the device
+    /// while mappings are pending; in the browser the event loop resolves it.
+    pub(crate) async fn read_back<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let readback_err = |message: String| Error::Readback {
+            adapter: self.adapter_name().to_string(),
+            message,
+        };
+        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver only goes away if the caller stopped waiting.
+            let _ = sender.send(r);
+        });
+        self.poll_until_idle().await;
+        match receiver.receive().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(readback_err(e.to_string())),
+            None => return Err(readback_err("map callback dropped (device lost?)".into())),
+        }
+        let out = match staging.get_mapped_range(..) {
+            Err(e) => Err(readback_err(e.to_string())),
+            Ok(view) => {
+                let bytes = len * std::mem::size_of::<T>();
+                if view.len() < bytes {
+                    Err(readback_err(format!(
+                        "staging buffer holds {} bytes, {bytes} expected",
+                        view.len()
+                    )))
+                } else {
+                    Ok(bytemuck::pod_collect_to_vec(&view[..bytes]))
+                }
+            }
+        };
+        // Unmapped on every path, so a pooled staging buffer goes back usable.
+        staging.unmap();
+        out
+    }
+}
+
+/// `(first row, row count)` windows covering `rows`, each at most
+/// `rows_per_window` rows and `max_dim²` workgroups. Every window is bound at
+/// its own offset and indexed from 0, which is what keeps WGSL's `u32` element
+/// indices in range for any total size: a window holds at most one binding
+/// (capped at 1 GiB, 2^28 f32).
+pub(crate) fn row_windows(
+    rows: usize,
+    rows_per_window: usize,
+    max_dim: usize,
+) -> Vec<(usize, usize)> {
+    let per_window = rows_per_window.min(max_dim.saturating_mul(max_dim)).max(1);
+    (0..rows)
+        .step_by(per_window)
+        .map(|r0| (r0, per_window.min(rows - r0)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_windows;
+
+    /// 2^33 f32 elements (32 GiB, more than any one buffer here can hold, so
+    /// only the plan can be tested on this machine): every window's element
+    /// count and byte span stay far inside u32, and the windows tile the rows.
+    #[test]
+    fn windows_keep_u32_indices_for_more_than_u32_elements() {
+        let (rows, cols) = (1usize << 20, 1usize << 13);
+        let binding = 1u64 << 30; // the crate's cap on one binding
+        let rows_per_window = (binding / (cols as u64 * 4)) as usize;
+        let windows = row_windows(rows, rows_per_window, 65_535);
+        let mut next = 0;
+        for &(r0, n) in &windows {
+            assert_eq!(r0, next, "windows must tile the rows in order");
+            let elems = n as u64 * cols as u64;
+            assert!(
+                elems * 4 <= binding,
+                "window of {n} rows exceeds one binding"
+            );
+            assert!(
+                elems < u64::from(u32::MAX) / 4,
+                "window indices near u32::MAX"
+            );
+            next = r0 + n;
+        }
+        assert_eq!(next, rows);
+        assert!((rows as u64) * (cols as u64) > u64::from(u32::MAX));
+        // The dispatch limit caps a window too.
+        assert!(row_windows(10, 1000, 2).iter().all(|&(_, n)| n <= 4));
+    }
+}

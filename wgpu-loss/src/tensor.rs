@@ -1,0 +1,360 @@
+//! Views of a caller's `wgpu::Buffer` as tensors, for the `encode_*` calls
+//! that record into the caller's command encoder without leaving the GPU.
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+
+/// Element type of a tensor in a GPU buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float: logits, probabilities and gradients of the softmax
+    /// family and the row losses, on adapters with `SHADER_F16` (arithmetic
+    /// stays f32).
+    F16,
+    /// 32-bit signed integer (class indices).
+    I32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::I32 => 4,
+        }
+    }
+
+    /// The kernels' storage type for a float matrix of this dtype.
+    pub(crate) fn storage(self) -> crate::kernels::Storage {
+        match self {
+            DType::F16 => crate::kernels::Storage::F16,
+            _ => crate::kernels::Storage::F32,
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` tensor stored in `buffer` from byte `offset`.
+/// A vector is `[len, 1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuTensor<'a> {
+    /// The buffer holding the data (needs `STORAGE` usage).
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of element 0; a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`.
+    pub offset: u64,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Element type.
+    pub dtype: DType,
+}
+
+impl<'a> GpuTensor<'a> {
+    /// An f32 matrix view.
+    pub fn f32_matrix(buffer: &'a wgpu::Buffer, offset: u64, rows: usize, cols: usize) -> Self {
+        Self {
+            buffer,
+            offset,
+            rows,
+            cols,
+            dtype: DType::F32,
+        }
+    }
+
+    /// An f32 vector view of `len` elements.
+    pub fn f32_vector(buffer: &'a wgpu::Buffer, offset: u64, len: usize) -> Self {
+        Self::f32_matrix(buffer, offset, len, 1)
+    }
+
+    /// An i32 vector view of `len` elements (class-index targets).
+    pub fn i32_vector(buffer: &'a wgpu::Buffer, offset: u64, len: usize) -> Self {
+        Self {
+            buffer,
+            offset,
+            rows: len,
+            cols: 1,
+            dtype: DType::I32,
+        }
+    }
+
+    /// Elements in the view.
+    pub fn len(&self) -> usize {
+        self.rows.saturating_mul(self.cols)
+    }
+
+    /// Whether the view holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the view covers.
+    pub fn bytes(&self) -> u64 {
+        (self.len() as u64).saturating_mul(self.dtype.size())
+    }
+
+    /// An f16 matrix view.
+    pub fn f16_matrix(buffer: &'a wgpu::Buffer, offset: u64, rows: usize, cols: usize) -> Self {
+        Self {
+            dtype: DType::F16,
+            ..Self::f32_matrix(buffer, offset, rows, cols)
+        }
+    }
+
+    /// Offset of element 0 in elements.
+    pub(crate) fn offset_elems(&self) -> u64 {
+        self.offset / self.dtype.size()
+    }
+}
+
+/// What a kernel needs of one view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ViewSpec {
+    pub name: &'static str,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl GpuContext {
+    /// Checks a view against what a kernel needs: dtype, shape, offset
+    /// alignment, bounds and `STORAGE` usage. Every error names the view.
+    pub(crate) fn check_view(&self, view: &GpuTensor<'_>, spec: ViewSpec) -> Result<()> {
+        let name = spec.name;
+        let Some(bytes) = (view.rows as u64)
+            .checked_mul(view.cols as u64)
+            .and_then(|n| n.checked_mul(view.dtype.size()))
+        else {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!(
+                    "shape [{}, {}] overflows a byte count",
+                    view.rows, view.cols
+                ),
+            });
+        };
+        if view.dtype != spec.dtype {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!("has dtype {:?}, expected {:?}", view.dtype, spec.dtype),
+            });
+        }
+        if (view.rows, view.cols) != (spec.rows, spec.cols) {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!(
+                    "has shape [{}, {}], expected [{}, {}]",
+                    view.rows, view.cols, spec.rows, spec.cols
+                ),
+            });
+        }
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        if !view.offset.is_multiple_of(align) {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!(
+                    "offset {} is not a multiple of min_storage_buffer_offset_alignment ({align})",
+                    view.offset
+                ),
+            });
+        }
+        // Bindings are whole 4-byte words, so an f16 view needs its last word in the buffer.
+        let end = view.offset.checked_add(bytes.div_ceil(4) * 4);
+        if end.is_none_or(|end| end > view.buffer.size()) {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!(
+                    "bytes {}..{} run past the end of its {}-byte buffer",
+                    view.offset,
+                    view.offset.saturating_add(view.bytes()),
+                    view.buffer.size()
+                ),
+            });
+        }
+        if !view.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidView {
+                name,
+                problem: format!("buffer usage {:?} lacks STORAGE", view.buffer.usage()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where an `encode_*` loss call writes the gradient: the encode API's form
+/// of [`crate::Request`].
+#[derive(Clone, Copy, Debug, Default)]
+pub enum GradOutput<'a> {
+    /// No gradient: the loss only ([`crate::Request::Loss`]).
+    #[default]
+    None,
+    /// Into this view, of the input's shape and dtype
+    /// ([`crate::Request::LossAndGrad`]). It must not partly overlap the input.
+    Into(GpuTensor<'a>),
+    /// Over the logits ([`crate::Request::LossAndGradInPlace`]).
+    InPlace,
+}
+
+impl<'a> GradOutput<'a> {
+    fn view(self, input: GpuTensor<'a>) -> Option<GpuTensor<'a>> {
+        match self {
+            GradOutput::None => None,
+            GradOutput::Into(v) => Some(v),
+            GradOutput::InPlace => Some(input),
+        }
+    }
+}
+
+/// The tensors of cross-entropy with class-index targets on the GPU
+/// ([`GpuContext::encode_cross_entropy`]), `N` rows of `C` classes. Class
+/// weights, if any, are a view in the options.
+///
+/// Data in views is not checked on the host (it never leaves the GPU): a
+/// target outside `[0, C)` that is not `ignore_index` makes its row's loss
+/// and gradient NaN, and the `mean` NaN.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossEntropyViews<'a> {
+    /// f32 or f16 `[N, C]` logits.
+    pub logits: GpuTensor<'a>,
+    /// i32 `[N, 1]` class indices.
+    pub targets: GpuTensor<'a>,
+    /// f32 `[N, 1]` row losses for `Reduction::None`, else `[2, 1]`: the loss
+    /// and its z-loss part.
+    pub loss: GpuTensor<'a>,
+    /// Where the gradient goes, if anywhere.
+    pub grad: GradOutput<'a>,
+    /// Optional f32 `[N, 1]`: each row's logsumexp.
+    pub lse: Option<GpuTensor<'a>>,
+}
+
+/// The tensors of cross-entropy with probability targets
+/// ([`GpuContext::encode_cross_entropy_probs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ProbTargetViews<'a> {
+    /// f32 or f16 `[N, C]` logits.
+    pub logits: GpuTensor<'a>,
+    /// f32 `[N, C]` target probabilities.
+    pub targets: GpuTensor<'a>,
+    /// As [`CrossEntropyViews::loss`].
+    pub loss: GpuTensor<'a>,
+    /// Optional gradient, `[N, C]` like the logits.
+    pub grad: Option<GpuTensor<'a>>,
+    /// Optional f32 `[N, 1]`: each row's logsumexp.
+    pub lse: Option<GpuTensor<'a>>,
+}
+
+/// The tensors of the multiclass focal loss ([`GpuContext::encode_focal_loss`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FocalViews<'a> {
+    /// f32 or f16 `[N, C]` logits.
+    pub logits: GpuTensor<'a>,
+    /// i32 `[N, 1]` class indices.
+    pub targets: GpuTensor<'a>,
+    /// f32 `[N, 1]` row losses for `Reduction::None`, else `[2, 1]` (the
+    /// second value is 0).
+    pub loss: GpuTensor<'a>,
+    /// Optional gradient, `[N, C]` like the logits.
+    pub grad: Option<GpuTensor<'a>>,
+    /// Optional f32 `[N, 1]`: each row's logsumexp.
+    pub lse: Option<GpuTensor<'a>>,
+}
+
+/// The tensors of an element-wise loss (binary cross-entropy on
+/// probabilities or logits, sigmoid focal loss), all f32. Weights and
+/// `pos_weight`, if any, are views in the options.
+#[derive(Clone, Copy, Debug)]
+pub struct BinaryViews<'a> {
+    /// `[N, C]` probabilities or logits.
+    pub input: GpuTensor<'a>,
+    /// `[N, C]` targets in `[0, 1]`.
+    pub targets: GpuTensor<'a>,
+    /// `[N, C]` element losses for `Reduction::None`, else `[2, 1]`: the
+    /// loss, then 0 (the layout of the row losses' `[loss, z-loss part]`).
+    pub loss: GpuTensor<'a>,
+    /// Optional gradient, `[N, C]`.
+    pub grad: Option<GpuTensor<'a>>,
+}
+
+/// One loss evaluation's tensors, whichever loss: what the per-op view
+/// structs and their options' weight views become inside the crate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LossViews<'a> {
+    pub input: GpuTensor<'a>,
+    pub target: GpuTensor<'a>,
+    pub weight: Option<GpuTensor<'a>>,
+    pub pos_weight: Option<GpuTensor<'a>>,
+    pub loss: GpuTensor<'a>,
+    pub grad: Option<GpuTensor<'a>>,
+    pub lse: Option<GpuTensor<'a>>,
+}
+
+impl<'a> CrossEntropyViews<'a> {
+    pub(crate) fn merged(&self, weight: Option<GpuTensor<'a>>) -> LossViews<'a> {
+        LossViews {
+            input: self.logits,
+            target: self.targets,
+            weight,
+            pos_weight: None,
+            loss: self.loss,
+            grad: self.grad.view(self.logits),
+            lse: self.lse,
+        }
+    }
+}
+
+impl<'a> ProbTargetViews<'a> {
+    pub(crate) fn merged(&self, weight: Option<GpuTensor<'a>>) -> LossViews<'a> {
+        LossViews {
+            input: self.logits,
+            target: self.targets,
+            weight,
+            pos_weight: None,
+            loss: self.loss,
+            grad: self.grad,
+            lse: self.lse,
+        }
+    }
+}
+
+impl<'a> FocalViews<'a> {
+    pub(crate) fn merged(&self, alpha: Option<GpuTensor<'a>>) -> LossViews<'a> {
+        LossViews {
+            input: self.logits,
+            target: self.targets,
+            weight: alpha,
+            pos_weight: None,
+            loss: self.loss,
+            grad: self.grad,
+            lse: self.lse,
+        }
+    }
+}
+
+impl<'a> BinaryViews<'a> {
+    pub(crate) fn merged(
+        &self,
+        weight: Option<GpuTensor<'a>>,
+        pos_weight: Option<GpuTensor<'a>>,
+    ) -> LossViews<'a> {
+        LossViews {
+            input: self.input,
+            target: self.targets,
+            weight,
+            pos_weight,
+            loss: self.loss,
+            grad: self.grad,
+            lse: None,
+        }
+    }
+}
+
+pub(crate) fn spec(name: &'static str, dtype: DType, rows: usize, cols: usize) -> ViewSpec {
+    ViewSpec {
+        name,
+        dtype,
+        rows,
+        cols,
+    }
+}

@@ -1,0 +1,389 @@
+//! How row kernels are launched on a device: workgroup size, threads per row
+//! and reduction mode, picked per adapter from a small table and per row
+//! length when a kernel is recorded.
+//!
+//! The choice, for a row of `v` vectors (4 columns each where the layout
+//! allows `vec4`, else 1):
+//!
+//! - threads per row `TPR` = the power of two nearest above `v / vectors_per_thread`,
+//!   clamped to `1..=max_threads_per_row`. Short rows (small `C`) get few
+//!   threads, so one workgroup holds `WG / TPR` rows instead of leaving most
+//!   invocations idle; long rows get up to `max_threads_per_row`.
+//! - workgroup size `WG` = the larger of `workgroup_size` and `TPR`.
+//! - the reduction: subgroup butterflies with no barrier when `TPR` fits in
+//!   the adapter's smallest subgroup; subgroup butterflies then one pass
+//!   through workgroup memory when `TPR` is a multiple of its largest
+//!   subgroup; a workgroup-memory tree otherwise, or when the adapter has no
+//!   `SUBGROUP` feature, or when [`RowTuning::subgroups`] is off.
+//!
+//! `wgpu-loss info` prints the tuning in force and the launch it gives for a
+//! few row lengths.
+
+pub use crate::kernels::{Launch, Reduce, WORKGROUP_SIZE};
+
+/// Most vectors one invocation walks in a row loop, whatever the tuning says.
+/// lavapipe stops an invocation's loops after 65535 iterations in all (and
+/// writes nothing more): a kernel has up to two row loops, so 8192 each
+/// leaves ample room. Past that a row gets more invocations.
+pub const MAX_VECTORS_PER_THREAD: u64 = 8192;
+
+/// Launch policy for row kernels. Plain data: [`RowTuning::for_adapter`] gives
+/// the table's pick; [`crate::ContextOptions::row_tuning`] overrides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowTuning {
+    /// Invocations per workgroup (`WG`) when rows are short; a workgroup grows
+    /// to hold one row's threads when a row has more. A power of two.
+    pub workgroup_size: u32,
+    /// Most invocations that share one row: a power of two, at most the
+    /// device's `max_compute_invocations_per_workgroup`.
+    pub max_threads_per_row: u32,
+    /// Vectors of a row each invocation should get before a row is given more
+    /// invocations. It also bounds each invocation's serial sum (rounding
+    /// error grows with its length) and loop trip count (lavapipe stops an
+    /// invocation's loops after 65535 iterations in all).
+    pub vectors_per_thread: u32,
+    /// Use subgroup reductions where the device has `Features::SUBGROUP`.
+    pub subgroups: bool,
+    /// Split rows into chunks of about this many vectors, each chunk on its
+    /// own threads (a partial pass, then the kernel over each chunk), when a
+    /// problem has fewer than `split_rows_below` rows. 0 never splits.
+    /// Applies to softmax, log-softmax and logsumexp forward and to
+    /// cross-entropy with class-index targets (loss, loss + gradient).
+    pub split_vectors: u32,
+    /// Problems with at least this many rows are never split: they fill the
+    /// device with whole rows.
+    pub split_rows_below: u32,
+}
+
+/// Most chunks one row is split into.
+pub const MAX_SPLITS: u32 = 1024;
+
+impl Default for RowTuning {
+    /// The discrete-GPU row of the table.
+    fn default() -> Self {
+        RowTuning {
+            workgroup_size: 256,
+            max_threads_per_row: 256,
+            vectors_per_thread: 8,
+            subgroups: true,
+            split_vectors: 4096,
+            split_rows_below: 1024,
+        }
+    }
+}
+
+/// Subgroup sizes of a device, when known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubgroupSizes {
+    /// Smallest subgroup the device may use.
+    pub min: u32,
+    /// Largest subgroup the device may use.
+    pub max: u32,
+}
+
+impl RowTuning {
+    /// The table: what to use on an adapter of this type.
+    ///
+    /// - CPU adapters (lavapipe / llvmpipe, SwiftShader, WARP) run a subgroup
+    ///   as one SIMD loop iteration and a barrier as a coroutine switch of
+    ///   every subgroup in the workgroup: rows up to 8192 vectors per lane of
+    ///   one subgroup (262144 columns) get that one subgroup, so their
+    ///   reductions need no barrier; small workgroups keep the scheduler busy
+    ///   on every core. 8192 vectors per lane keeps a kernel's two row loops
+    ///   well inside lavapipe's 65535-iteration limit.
+    /// - GPUs: 256-wide workgroups, up to 256 invocations per row, at least 8
+    ///   vectors (32 columns) per invocation before a row gets more; fewer
+    ///   than 1024 rows of more than 8192 vectors are split into chunks of
+    ///   4096 vectors (16384 columns), so 64 rows of 262144 classes make
+    ///   1024 workgroups instead of 64.
+    pub fn for_adapter(device_type: wgpu::DeviceType, subgroups: Option<SubgroupSizes>) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => {
+                let sg = subgroups.map_or(8, |s| s.min.max(1));
+                RowTuning {
+                    workgroup_size: sg * 4,
+                    max_threads_per_row: 1024,
+                    vectors_per_thread: 8192,
+                    subgroups: true,
+                    // Two cores are busy with a few whole rows; a split costs a pass.
+                    split_vectors: 0,
+                    split_rows_below: 0,
+                }
+            }
+            _ => RowTuning::default(),
+        }
+    }
+
+    /// `base` with the fields that `WGPU_LOSS_ROW_TUNING` sets, e.g.
+    /// `workgroup_size=64,max_threads_per_row=256,vectors_per_thread=32,subgroups=off`.
+    /// Unset: `base` unchanged. Unknown keys and bad values are errors that name them.
+    pub fn with_env(base: RowTuning) -> crate::Result<RowTuning> {
+        match std::env::var("WGPU_LOSS_ROW_TUNING") {
+            Ok(spec) => base.with_spec(&spec),
+            Err(_) => Ok(base),
+        }
+    }
+
+    /// `self` with the `key=value` pairs of `spec` (comma separated) applied.
+    pub fn with_spec(mut self, spec: &str) -> crate::Result<RowTuning> {
+        let bad = |reason: String| crate::Error::InvalidTuning {
+            spec: spec.to_string(),
+            reason,
+        };
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{item}` is not key=value")))?;
+            let number = || {
+                value
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| bad(format!("{key} = `{value}` is not a whole number")))
+            };
+            match key.trim() {
+                "workgroup_size" => self.workgroup_size = number()?,
+                "max_threads_per_row" => self.max_threads_per_row = number()?,
+                "vectors_per_thread" => self.vectors_per_thread = number()?,
+                "split_vectors" => self.split_vectors = number()?,
+                "split_rows_below" => self.split_rows_below = number()?,
+                "subgroups" => {
+                    self.subgroups = match value.trim() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        v => return Err(bad(format!("subgroups = `{v}`: use on or off"))),
+                    }
+                }
+                k => {
+                    return Err(bad(format!(
+                        "unknown key `{k}` (known: workgroup_size, max_threads_per_row, \
+                         vectors_per_thread, subgroups, split_vectors, split_rows_below)"
+                    )))
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks the tuning against the device's limits.
+    pub(crate) fn validate(&self, limits: &wgpu::Limits) -> crate::Result<()> {
+        let pow2 = |v: u32| v.is_power_of_two();
+        let max_invocations = limits.max_compute_invocations_per_workgroup;
+        let widest = self.workgroup_size.max(self.max_threads_per_row);
+        let checks = [
+            (
+                pow2(self.workgroup_size) && self.workgroup_size <= max_invocations,
+                "row_tuning.workgroup_size",
+                self.workgroup_size,
+                "must be a power of two within the device's max_compute_invocations_per_workgroup",
+            ),
+            (
+                pow2(self.max_threads_per_row) && self.max_threads_per_row <= max_invocations,
+                "row_tuning.max_threads_per_row",
+                self.max_threads_per_row,
+                "must be a power of two within the device's max_compute_invocations_per_workgroup",
+            ),
+            (
+                widest.saturating_mul(8) <= limits.max_compute_workgroup_storage_size,
+                "row_tuning.max_threads_per_row",
+                widest,
+                "a workgroup needs 8 bytes of workgroup memory per invocation, within max_compute_workgroup_storage_size",
+            ),
+            (
+                self.vectors_per_thread >= 1,
+                "row_tuning.vectors_per_thread",
+                self.vectors_per_thread,
+                "must be at least 1",
+            ),
+        ];
+        for (ok, name, value, reason) in checks {
+            if !ok {
+                return Err(crate::Error::InvalidOption {
+                    name,
+                    value: f64::from(value),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks each of `rows` rows of `vecs` vectors is split into (1: whole rows).
+    pub fn splits(&self, rows: u64, vecs: u64) -> u32 {
+        if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
+            return 1;
+        }
+        let chunks = vecs.div_ceil(u64::from(self.split_vectors));
+        // Worth a second pass only when it at least doubles the parallelism.
+        if chunks < 2 {
+            return 1;
+        }
+        chunks.min(u64::from(MAX_SPLITS)) as u32
+    }
+
+    /// Launch and reduction for rows of `vecs` vectors, on a device that
+    /// allows `max_invocations` per workgroup.
+    ///
+    /// A row always gets enough invocations to keep each under
+    /// [`MAX_VECTORS_PER_THREAD`], up to `max_invocations`; the caller checks
+    /// that bound ([`Launch::vectors_per_thread`]).
+    pub fn plan(
+        &self,
+        vecs: u64,
+        subgroups: Option<SubgroupSizes>,
+        max_invocations: u32,
+    ) -> (Launch, Reduce) {
+        let pow2 = |v: u64| v.max(1).checked_next_power_of_two().unwrap_or(u64::MAX);
+        let wanted = pow2(vecs.div_ceil(u64::from(self.vectors_per_thread.max(1))))
+            .min(u64::from(self.max_threads_per_row));
+        let needed = pow2(vecs.div_ceil(MAX_VECTORS_PER_THREAD));
+        // The largest power of two within the device's workgroup size.
+        let cap = 1u64 << (31 - max_invocations.max(1).leading_zeros());
+        let tpr = wanted.max(needed).min(cap) as u32;
+        let launch = Launch {
+            workgroup_size: self.workgroup_size.max(tpr),
+            threads_per_row: tpr,
+        };
+        let reduce = match subgroups.filter(|_| self.subgroups) {
+            // Subgroups must tile the workgroup for the thread numbering to be dense.
+            Some(sg) if launch.workgroup_size.is_multiple_of(sg.max) => {
+                if tpr <= sg.min {
+                    Reduce::Subgroup
+                } else if tpr.is_multiple_of(sg.max) {
+                    Reduce::SubgroupThenWorkgroup
+                } else {
+                    Reduce::Workgroup
+                }
+            }
+            _ => Reduce::Workgroup,
+        };
+        (launch, reduce)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NVIDIA: Option<SubgroupSizes> = Some(SubgroupSizes { min: 32, max: 32 });
+    const INTEL: Option<SubgroupSizes> = Some(SubgroupSizes { min: 8, max: 32 });
+
+    #[test]
+    fn short_rows_share_a_workgroup_and_long_rows_get_more_threads() {
+        let t = RowTuning::default();
+        let (l, r) = t.plan(250, NVIDIA, 1024); // 1000 columns as vec4
+        assert_eq!(
+            (l.threads_per_row, l.rows_per_workgroup(), r),
+            (32, 8, Reduce::Subgroup)
+        );
+        let (l, r) = t.plan(8192, NVIDIA, 1024); // 32768 columns
+        assert_eq!((l.threads_per_row, r), (256, Reduce::SubgroupThenWorkgroup));
+        let (l, r) = t.plan(1, NVIDIA, 1024);
+        assert_eq!(
+            (l.threads_per_row, l.rows_per_workgroup(), r),
+            (1, 256, Reduce::Subgroup)
+        );
+    }
+
+    #[test]
+    fn long_rows_on_a_cpu_adapter_grow_the_workgroup_and_bound_each_lane() {
+        let sg = Some(SubgroupSizes { min: 8, max: 8 });
+        let t = RowTuning::for_adapter(wgpu::DeviceType::Cpu, sg);
+        // 262144 columns as vec4: 8 lanes, one subgroup, no barrier.
+        let (l, r) = t.plan(65_536, sg, 1024);
+        assert_eq!(
+            (l.threads_per_row, l.workgroup_size, r),
+            (8, 32, Reduce::Subgroup)
+        );
+        let (l, r) = t.plan(300_001, sg, 1024); // scalar columns
+        assert_eq!((l.threads_per_row, l.workgroup_size), (64, 64));
+        assert_eq!(r, Reduce::SubgroupThenWorkgroup);
+        // Two row loops per kernel stay far inside lavapipe's 65535 iterations.
+        for vecs in [1, 1000, 300_001, 1 << 22] {
+            let (l, _) = t.plan(vecs, sg, 1024);
+            assert!(
+                vecs.div_ceil(u64::from(l.threads_per_row)) <= 8192,
+                "{vecs}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tuning_cannot_give_one_invocation_more_than_the_loop_bound() {
+        let narrow = RowTuning {
+            max_threads_per_row: 8,
+            vectors_per_thread: 1,
+            ..RowTuning::default()
+        };
+        let (l, _) = narrow.plan(300_001, NVIDIA, 1024);
+        assert_eq!(l.threads_per_row, 64);
+        assert!(l.vectors_per_thread(300_001) <= MAX_VECTORS_PER_THREAD);
+        // Past what the device's largest workgroup can cover, the bound is exceeded
+        // and the caller must refuse the launch.
+        let (l, _) = narrow.plan(1 << 24, NVIDIA, 1024);
+        assert_eq!(l.threads_per_row, 1024);
+        assert!(l.vectors_per_thread(1 << 24) > MAX_VECTORS_PER_THREAD);
+    }
+
+    #[test]
+    fn few_rows_of_a_huge_vocabulary_are_split_on_gpus_only() {
+        let gpu = RowTuning::default();
+        assert_eq!(gpu.splits(64, 65_536), 16); // 64 x 262144 as vec4
+        assert_eq!(gpu.splits(4096, 8192), 1); // many rows fill the device
+        assert_eq!(gpu.splits(64, 4096), 1); // one chunk anyway
+        assert_eq!(gpu.splits(1, 1 << 30), MAX_SPLITS);
+        let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
+        assert_eq!(cpu.splits(1, 1 << 20), 1);
+    }
+
+    #[test]
+    fn falls_back_to_workgroup_memory_where_subgroups_do_not_fit() {
+        let t = RowTuning::default();
+        // 16 threads: more than Intel's smallest subgroup, not a multiple of its largest.
+        assert_eq!(t.plan(128, INTEL, 1024).1, Reduce::Workgroup);
+        assert_eq!(t.plan(8192, None, 1024).1, Reduce::Workgroup);
+        let off = RowTuning {
+            subgroups: false,
+            ..t
+        };
+        assert_eq!(off.plan(250, NVIDIA, 1024).1, Reduce::Workgroup);
+    }
+
+    #[test]
+    fn a_spec_sets_fields_and_names_what_is_wrong() {
+        let t = RowTuning::default()
+            .with_spec("workgroup_size=64, subgroups=off")
+            .expect("valid spec");
+        assert_eq!((t.workgroup_size, t.subgroups), (64, false));
+        for (spec, needle) in [
+            ("workgroup_size", "not key=value"),
+            ("threads=4", "unknown key `threads`"),
+            ("vectors_per_thread=-1", "vectors_per_thread = `-1`"),
+            ("subgroups=maybe", "use on or off"),
+        ] {
+            let err = RowTuning::default()
+                .with_spec(spec)
+                .expect_err(spec)
+                .to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_tunings_the_device_cannot_run() {
+        let limits = wgpu::Limits::default();
+        let bad = RowTuning {
+            workgroup_size: 384,
+            ..RowTuning::default()
+        };
+        assert!(bad.validate(&limits).is_err());
+        let bad = RowTuning {
+            max_threads_per_row: 512,
+            ..RowTuning::default()
+        };
+        assert!(
+            bad.validate(&limits).is_err(),
+            "default limits allow 256 invocations"
+        );
+        assert!(RowTuning::default().validate(&limits).is_ok());
+    }
+}

@@ -1,0 +1,548 @@
+//! Cross-entropy with class-index targets on the GPU against the f64
+//! reference: every option combination, awkward shapes, hand-computed
+//! cases, invalid inputs and determinism.
+
+mod common;
+
+use common::{assert_close, gpu, gpu_with_binding_cap, Rng};
+use wgpu_loss::reference;
+use wgpu_loss::{CrossEntropyOptions, Error, GpuContext, Reduction};
+
+struct Case {
+    logits: Vec<f32>,
+    targets: Vec<i64>,
+    weight: Vec<f32>,
+}
+
+/// Random logits (std 3, every fourth row shifted by +1e4), targets with about
+/// one row in six set to `ignore_index`, and weights in [0.1, 2).
+fn case(rng: &mut Rng, rows: usize, classes: usize, ignore_index: i64) -> Case {
+    let mut logits = rng.vec_normal(rows * classes, 3.0);
+    for r in (0..rows).step_by(4) {
+        logits[r * classes..(r + 1) * classes]
+            .iter_mut()
+            .for_each(|v| *v += 1e4);
+    }
+    let targets = (0..rows)
+        .map(|_| {
+            if rng.below(6) == 0 {
+                ignore_index
+            } else {
+                rng.below(classes) as i64
+            }
+        })
+        .collect();
+    let weight = (0..classes).map(|_| rng.uniform(0.1, 2.0)).collect();
+    Case {
+        logits,
+        targets,
+        weight,
+    }
+}
+
+/// Runs loss + gradient, loss-only and in-place, and checks all three against the reference.
+fn check(ctx: &GpuContext, c: &Case, classes: usize, opts: &CrossEntropyOptions<'_>, tag: &str) {
+    let want = reference::cross_entropy(&c.logits, &c.targets, classes, opts).unwrap();
+    let got = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        classes,
+        opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+    assert_close(&format!("{tag} z_loss"), &got.z_loss, &want.z_loss);
+    assert_close(&format!("{tag} lse"), &got.lse, &want.lse);
+    assert_close(
+        &format!("{tag} grad"),
+        got.grad.as_deref().unwrap(),
+        &want.grad,
+    );
+
+    let loss_only = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        classes,
+        opts,
+        wgpu_loss::Request::Loss,
+    ))
+    .unwrap();
+    assert!(loss_only.grad.is_none());
+    assert_eq!(
+        loss_only.loss, got.loss,
+        "{tag}: loss-only mode gives the same loss bits"
+    );
+
+    let ip = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        classes,
+        opts,
+        wgpu_loss::Request::LossAndGradInPlace,
+    ))
+    .unwrap();
+    assert_eq!(ip.loss, got.loss, "{tag}: in-place loss");
+    assert!(
+        ip.grad
+            .as_deref()
+            .unwrap()
+            .iter()
+            .zip(got.grad.as_deref().unwrap())
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{tag}: in-place gradient equals the separate gradient bitwise"
+    );
+}
+
+#[test]
+fn every_combination_of_weight_ignore_smoothing_reduction() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (37, 1000);
+    for (seed, ignore_index) in [(1, -100i64), (2, 3)] {
+        let mut rng = Rng::new(seed);
+        let c = case(&mut rng, rows, classes, ignore_index);
+        for weighted in [false, true] {
+            for smoothing in [0.0, 0.1, 1.0] {
+                for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+                    let opts = CrossEntropyOptions {
+                        weight: weighted.then_some(c.weight.as_slice()),
+                        ignore_index,
+                        label_smoothing: smoothing,
+                        reduction,
+                        ..Default::default()
+                    };
+                    let tag = format!(
+                        "ignore_index={ignore_index} weighted={weighted} eps={smoothing} {reduction:?}"
+                    );
+                    check(ctx, &c, classes, &opts, &tag);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn z_loss_softcap_and_grad_scale() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (29, 515);
+    let mut rng = Rng::new(3);
+    let mut c = case(&mut rng, rows, classes, -100);
+    // Softcap tests want logits near the cap, not shifted by 1e4.
+    c.logits = rng.vec_normal(rows * classes, 20.0);
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        for (z, cap, scale, weighted) in [
+            (1e-4, None, 1.0, false),
+            (1e-2, None, 0.5, true),
+            (0.0, Some(30.0), 1.0, false),
+            (1e-3, Some(15.0), 4.0, true),
+        ] {
+            let opts = CrossEntropyOptions {
+                weight: weighted.then_some(c.weight.as_slice()),
+                label_smoothing: 0.05,
+                reduction,
+                z_loss: z,
+                softcap: cap,
+                grad_scale: scale,
+                ..Default::default()
+            };
+            check(
+                ctx,
+                &c,
+                classes,
+                &opts,
+                &format!("{reduction:?} z={z} cap={cap:?} scale={scale}"),
+            );
+        }
+    }
+    // The z-loss part is returned separately and is inside the total.
+    let opts = CrossEntropyOptions {
+        z_loss: 1e-2,
+        ..Default::default()
+    };
+    let with = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        classes,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    let without = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        classes,
+        &CrossEntropyOptions::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert!(with.z_loss[0] > 0.0);
+    let diff = (with.loss[0] - without.loss[0] - with.z_loss[0]).abs();
+    assert!(
+        diff <= 1e-5 * with.loss[0].abs(),
+        "total = ce + z: diff {diff}"
+    );
+}
+
+#[test]
+fn awkward_shapes() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (rows, classes)) in [
+        (5, 1),
+        (9, 3),
+        (4, 257),
+        (3, 4099),
+        (8, 50_257),
+        (4, 131_072),
+        (2, 1_000_003),
+        (70_001, 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(40 + i as u64);
+        let c = case(&mut rng, rows, classes, -100);
+        for (reduction, eps) in [(Reduction::Mean, 0.0), (Reduction::Sum, 0.1)] {
+            let opts = CrossEntropyOptions {
+                weight: Some(&c.weight[..]),
+                label_smoothing: eps,
+                reduction,
+                z_loss: 1e-4,
+                ..Default::default()
+            };
+            let want = reference::cross_entropy(&c.logits, &c.targets, classes, &opts).unwrap();
+            let got = wgpu_loss::block_on(ctx.cross_entropy(
+                &c.logits,
+                &c.targets,
+                classes,
+                &opts,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+            .unwrap();
+            let tag = format!("[{rows}, {classes}] {reduction:?}");
+            assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+            assert_close(
+                &format!("{tag} grad"),
+                got.grad.as_deref().unwrap(),
+                &want.grad,
+            );
+            assert_close(&format!("{tag} lse"), &got.lse, &want.lse);
+        }
+    }
+}
+
+#[test]
+fn row_windows_on_a_small_binding_cap() {
+    let Some(ctx) = gpu_with_binding_cap(8192) else {
+        return;
+    };
+    for (rows, classes) in [(300, 7), (64, 100), (40, 256)] {
+        let mut rng = Rng::new(rows as u64);
+        let c = case(&mut rng, rows, classes, -100);
+        let opts = CrossEntropyOptions {
+            weight: Some(&c.weight[..]),
+            label_smoothing: 0.2,
+            z_loss: 1e-3,
+            ..Default::default()
+        };
+        check(
+            &ctx,
+            &c,
+            classes,
+            &opts,
+            &format!("windows [{rows}, {classes}]"),
+        );
+    }
+}
+
+#[test]
+fn hand_computed_classics() {
+    let Some(ctx) = gpu() else { return };
+    // Probabilities [0.775, 0.116, 0.039, 0.070], true class 0: -ln 0.775 = 0.25489.
+    let logits: Vec<f32> = [0.775f32, 0.116, 0.039, 0.070]
+        .iter()
+        .map(|p| p.ln())
+        .collect();
+    let out = wgpu_loss::block_on(ctx.cross_entropy(
+        &logits,
+        &[0i32],
+        4,
+        &CrossEntropyOptions::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert!((out.loss[0] - 0.25489).abs() < 1e-4, "{}", out.loss[0]);
+    // Two independent events with probabilities 1/2 and 1/6 (two-class rows):
+    // -ln(1/2) - ln(1/6) = 2.4849 under `sum`.
+    let logits = [
+        (0.5f32).ln(),
+        (0.5f32).ln(),
+        (1.0f32 / 6.0).ln(),
+        (5.0f32 / 6.0).ln(),
+    ];
+    let out = wgpu_loss::block_on(ctx.cross_entropy(
+        &logits,
+        &[0i64, 0],
+        2,
+        &CrossEntropyOptions {
+            reduction: Reduction::Sum,
+            ..Default::default()
+        },
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert!((out.loss[0] - 2.4849).abs() < 1e-4, "{}", out.loss[0]);
+    // Gradient of the mean at row 0 is (p - onehot) / 2.
+    let g = out.grad.unwrap();
+    assert!(
+        (g[0] - (0.5 - 1.0)).abs() < 1e-6 && (g[1] - 0.5).abs() < 1e-6,
+        "{g:?}"
+    );
+}
+
+#[test]
+fn mean_with_every_row_ignored_is_nan_and_zero_gradient() {
+    let Some(ctx) = gpu() else { return };
+    let out = wgpu_loss::block_on(ctx.cross_entropy(
+        &[1.0f32, 2.0, 3.0, 4.0],
+        &[-100i64, -100],
+        2,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert!(out.loss[0].is_nan());
+    assert_eq!(out.grad.unwrap(), vec![0.0; 4]);
+    let empty = wgpu_loss::block_on(ctx.cross_entropy(
+        &[],
+        &[] as &[i64],
+        3,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert!(empty.loss[0].is_nan(), "N = 0 under mean is NaN");
+    let sum = wgpu_loss::block_on(ctx.cross_entropy(
+        &[],
+        &[] as &[i64],
+        3,
+        &CrossEntropyOptions {
+            reduction: Reduction::Sum,
+            ..Default::default()
+        },
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert_eq!(sum.loss, vec![0.0]);
+}
+
+#[test]
+fn i32_and_i64_targets_agree() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    let c = case(&mut rng, 10, 33, -100);
+    let t32: Vec<i32> = c.targets.iter().map(|&t| t as i32).collect();
+    let a = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        33,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    let b = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &t32,
+        33,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn invalid_inputs_are_errors() {
+    let Some(ctx) = gpu() else { return };
+    let x = vec![0.0f32; 12];
+    let run = |targets: &[i64], opts: &CrossEntropyOptions<'_>| {
+        wgpu_loss::block_on(ctx.cross_entropy(
+            &x,
+            targets,
+            4,
+            opts,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap_err()
+    };
+    match run(&[0, 4, 1], &Default::default()) {
+        Error::TargetOutOfRange {
+            row,
+            target,
+            classes,
+            ignore_index,
+        } => {
+            assert_eq!((row, target, classes, ignore_index), (1, 4, 4, -100));
+        }
+        e => panic!("{e}"),
+    }
+    assert!(matches!(
+        run(&[0, -1, 1], &Default::default()),
+        Error::TargetOutOfRange { row: 1, .. }
+    ));
+    assert!(matches!(
+        run(&[0, 1], &Default::default()),
+        Error::LengthMismatch { .. }
+    ));
+    let bad_len = [1.0f32; 3];
+    assert!(matches!(
+        run(
+            &[0, 1, 2],
+            &CrossEntropyOptions {
+                weight: Some(&bad_len[..]),
+                ..Default::default()
+            }
+        ),
+        Error::LengthMismatch {
+            expected: 4,
+            actual: 3,
+            ..
+        }
+    ));
+    for w in [-1.0f32, f32::NAN, f32::INFINITY] {
+        let weight = [1.0, 1.0, w, 1.0];
+        assert!(matches!(
+            run(
+                &[0, 1, 2],
+                &CrossEntropyOptions {
+                    weight: Some(&weight[..]),
+                    ..Default::default()
+                }
+            ),
+            Error::InvalidWeight { index: 2, .. }
+        ));
+    }
+    for eps in [-0.1f32, 1.5, f32::NAN] {
+        assert!(matches!(
+            run(
+                &[0, 1, 2],
+                &CrossEntropyOptions {
+                    label_smoothing: eps,
+                    ..Default::default()
+                }
+            ),
+            Error::InvalidOption {
+                name: "label_smoothing",
+                ..
+            }
+        ));
+    }
+    for cap in [0.0f32, -3.0, f32::NAN] {
+        assert!(matches!(
+            run(
+                &[0, 1, 2],
+                &CrossEntropyOptions {
+                    softcap: Some(cap),
+                    ..Default::default()
+                }
+            ),
+            Error::InvalidOption {
+                name: "softcap",
+                ..
+            }
+        ));
+    }
+    assert!(matches!(
+        run(
+            &[0, 1, 2],
+            &CrossEntropyOptions {
+                z_loss: -1.0,
+                ..Default::default()
+            }
+        ),
+        Error::InvalidOption { name: "z_loss", .. }
+    ));
+    let err = run(&[0, 7, 1], &Default::default()).to_string();
+    assert!(
+        err.contains("row 1") && err.contains("target 7") && err.contains("[0, 4)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ten_runs_are_bitwise_identical() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(6);
+    let c = case(&mut rng, 300, 2000, -100);
+    let opts = CrossEntropyOptions {
+        weight: Some(&c.weight[..]),
+        label_smoothing: 0.1,
+        z_loss: 1e-4,
+        ..Default::default()
+    };
+    let first = wgpu_loss::block_on(ctx.cross_entropy(
+        &c.logits,
+        &c.targets,
+        2000,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    for _ in 0..9 {
+        let again = wgpu_loss::block_on(ctx.cross_entropy(
+            &c.logits,
+            &c.targets,
+            2000,
+            &opts,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        assert_eq!(first.loss[0].to_bits(), again.loss[0].to_bits());
+        let (a, b) = (
+            first.grad.as_deref().unwrap(),
+            again.grad.as_deref().unwrap(),
+        );
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
+
+/// Found by the property tests: the softcap slope 1 - tanh² cancels once tanh
+/// saturates; the kernel computes sech² from exp instead.
+#[test]
+fn softcap_gradient_stays_accurate_where_tanh_saturates() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(77);
+    let (rows, cols) = (64, 300);
+    // Every |x / c| in [8, 12]: every slope is below 1e-6, so the gradient's
+    // scale is set by the slopes themselves and 1 - tanh² (t rounds to 1)
+    // would be off by 10% to 100%.
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            let v = rng.uniform(40.0, 60.0);
+            if rng.below(2) == 0 {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect();
+    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    let opts = CrossEntropyOptions {
+        softcap: Some(5.0),
+        reduction: Reduction::Sum,
+        ..Default::default()
+    };
+    let gpu = wgpu_loss::block_on(ctx.cross_entropy(
+        &x,
+        &t,
+        cols,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .expect("gpu");
+    let reference = reference::cross_entropy(&x, &t, cols, &opts).expect("reference");
+    assert_close(
+        "saturated softcap grad",
+        gpu.grad.as_deref().unwrap_or_default(),
+        &reference.grad,
+    );
+}

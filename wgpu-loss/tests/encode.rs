@@ -1,0 +1,681 @@
+//! The encode API: views of caller buffers, recorded into the caller's
+//! encoder. Results must equal the host API's bitwise; bad views must be
+//! errors that name the view.
+
+mod common;
+
+use common::{gpu, read, Arena, Rng, USAGE};
+use wgpu_loss::{
+    BinaryLossOptions, BinaryViews, CrossEntropyOptions, CrossEntropyViews, Error, FocalOptions,
+    FocalViews, GpuContext, GpuTensor, GradOutput, ProbTargetViews, Reduction, SigmoidFocalOptions,
+    SoftmaxOp,
+};
+
+fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder) {
+    ctx.queue().submit([enc.finish()]);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn softmax_family_encode_equals_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (37, 1001);
+    let mut rng = Rng::new(81);
+    let x = rng.vec_normal(rows * cols, 3.0);
+    let dy = rng.vec_normal(rows * cols, 1.0);
+    let dl = rng.vec_normal(rows, 1.0);
+    let mut a = Arena::new(ctx, (rows * cols * 4 * 8 + rows * 16) as u64);
+    let xo = a.put(ctx, &x);
+    let dyo = a.put(ctx, &dy);
+    let dlo = a.put(ctx, &dl);
+    let (yo, lyo, lseo, g1, g2, g3) = (
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+        a.reserve(rows),
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+        a.reserve(rows * cols),
+    );
+    let m = |o| GpuTensor::f32_matrix(&a.buffer, o, rows, cols);
+    let v = |o| GpuTensor::f32_vector(&a.buffer, o, rows);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &m(xo), &m(yo))
+        .unwrap();
+    ctx.encode_softmax(&mut enc, SoftmaxOp::LogSoftmax, &m(xo), &m(lyo))
+        .unwrap();
+    ctx.encode_softmax(&mut enc, SoftmaxOp::Logsumexp, &m(xo), &v(lseo))
+        .unwrap();
+    ctx.encode_softmax_backward(&mut enc, &m(yo), &m(dyo), &m(g1))
+        .unwrap();
+    ctx.encode_log_softmax_backward(&mut enc, &m(lyo), &m(dyo), &m(g2))
+        .unwrap();
+    ctx.encode_logsumexp_backward(&mut enc, &m(xo), &v(lseo), &v(dlo), &m(g3))
+        .unwrap();
+    submit(ctx, enc);
+    let y = wgpu_loss::block_on(ctx.softmax(&x, rows, cols)).unwrap();
+    let ly = wgpu_loss::block_on(ctx.log_softmax(&x, rows, cols)).unwrap();
+    let lse = wgpu_loss::block_on(ctx.logsumexp(&x, rows, cols)).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, yo, rows * cols)),
+        bits(&y),
+        "softmax"
+    );
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, lyo, rows * cols)),
+        bits(&ly),
+        "log_softmax"
+    );
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, lseo, rows)),
+        bits(&lse),
+        "logsumexp"
+    );
+    let host = wgpu_loss::block_on(ctx.softmax_backward(&y, &dy, rows, cols)).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g1, rows * cols)),
+        bits(&host),
+        "softmax backward"
+    );
+    let host = wgpu_loss::block_on(ctx.log_softmax_backward(&ly, &dy, rows, cols)).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g2, rows * cols)),
+        bits(&host),
+        "log_softmax backward"
+    );
+    let host = wgpu_loss::block_on(ctx.logsumexp_backward(&x, &lse, &dl, rows, cols)).unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, g3, rows * cols)),
+        bits(&host),
+        "logsumexp backward"
+    );
+}
+
+#[test]
+fn row_losses_encode_equal_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (29, 515);
+    let mut rng = Rng::new(82);
+    let x = rng.vec_normal(rows * classes, 3.0);
+    let t: Vec<i32> = (0..rows)
+        .map(|r| {
+            if r % 5 == 1 {
+                -100
+            } else {
+                rng.below(classes) as i32
+            }
+        })
+        .collect();
+    let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.1, 2.0)).collect();
+    let q: Vec<f32> = (0..rows * classes)
+        .map(|_| rng.uniform(0.0, 0.01))
+        .collect();
+    let alpha: Vec<f32> = w.iter().map(|v| v / 2.0).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let loss_len = if reduction == Reduction::None {
+            rows
+        } else {
+            2
+        };
+        let mut a = Arena::new(ctx, (rows * classes * 4 * 6) as u64);
+        let (xo, to, wo, qo) = (
+            a.put(ctx, &x),
+            a.put(ctx, &t),
+            a.put(ctx, &w),
+            a.put(ctx, &q),
+        );
+        let ao = a.put(ctx, &alpha);
+        let (lo, go, so) = (a.reserve(rows), a.reserve(rows * classes), a.reserve(rows));
+        let (lo2, go2, lo3, go3) = (
+            a.reserve(rows),
+            a.reserve(rows * classes),
+            a.reserve(rows),
+            a.reserve(rows * classes),
+        );
+        let logits = GpuTensor::f32_matrix(&a.buffer, xo, rows, classes);
+        let targets = GpuTensor::i32_vector(&a.buffer, to, rows);
+        let views = CrossEntropyViews {
+            logits,
+            targets,
+            loss: GpuTensor::f32_vector(&a.buffer, lo, loss_len),
+            grad: GradOutput::Into(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+            lse: Some(GpuTensor::f32_vector(&a.buffer, so, rows)),
+        };
+        let weight_view = GpuTensor::f32_vector(&a.buffer, wo, classes);
+        let ce = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(20.0),
+            reduction,
+            ..Default::default()
+        };
+        let ce_views: CrossEntropyOptions<'_, GpuTensor<'_>> = ce.with_weight(Some(&weight_view));
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_cross_entropy(&mut enc, &views, &ce_views)
+            .unwrap();
+        let probs = ProbTargetViews {
+            logits,
+            targets: GpuTensor::f32_matrix(&a.buffer, qo, rows, classes),
+            loss: GpuTensor::f32_vector(&a.buffer, lo2, loss_len),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go2, rows, classes)),
+            lse: None,
+        };
+        ctx.encode_cross_entropy_probs(&mut enc, &probs, &ce_views)
+            .unwrap();
+        let focal = FocalViews {
+            logits,
+            targets,
+            loss: GpuTensor::f32_vector(&a.buffer, lo3, loss_len),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go3, rows, classes)),
+            lse: None,
+        };
+        let alpha_view = GpuTensor::f32_vector(&a.buffer, ao, classes);
+        let fo = FocalOptions {
+            reduction,
+            gamma: 1.5,
+            ..Default::default()
+        };
+        let fo_views = FocalOptions {
+            alpha: Some(&alpha_view),
+            reduction,
+            gamma: 1.5,
+            ..Default::default()
+        };
+        ctx.encode_focal_loss(&mut enc, &focal, &fo_views).unwrap();
+        submit(ctx, enc);
+
+        let host = wgpu_loss::block_on(ctx.cross_entropy(
+            &x,
+            &t,
+            classes,
+            &CrossEntropyOptions {
+                weight: Some(&w),
+                ..ce
+            },
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        let loss = read(ctx, &a.buffer, lo, loss_len);
+        assert_eq!(
+            bits(&loss[..host.loss.len()]),
+            bits(&host.loss),
+            "ce loss {reduction:?}"
+        );
+        if reduction != Reduction::None {
+            assert_eq!(loss[1].to_bits(), host.z_loss[0].to_bits(), "ce z part");
+        }
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "ce grad"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, so, rows)),
+            bits(&host.lse),
+            "ce lse"
+        );
+
+        let host = wgpu_loss::block_on(ctx.cross_entropy_probs(
+            &x,
+            &q,
+            classes,
+            &CrossEntropyOptions {
+                weight: Some(&w),
+                ..ce
+            },
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, lo2, loss_len)[..host.loss.len()]),
+            bits(&host.loss),
+            "probs loss"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go2, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "probs grad"
+        );
+
+        let host = wgpu_loss::block_on(ctx.focal_loss(
+            &x,
+            &t,
+            classes,
+            &FocalOptions {
+                alpha: Some(&alpha),
+                ..fo
+            },
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, lo3, loss_len)[..host.loss.len()]),
+            bits(&host.loss),
+            "focal loss"
+        );
+        assert_eq!(
+            bits(&read(ctx, &a.buffer, go3, rows * classes)),
+            bits(host.grad.as_deref().unwrap()),
+            "focal grad"
+        );
+    }
+}
+
+#[test]
+fn in_place_cross_entropy_through_views() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (9, 100);
+    let mut rng = Rng::new(83);
+    let x = rng.vec_normal(rows * classes, 2.0);
+    let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let mut a = Arena::new(ctx, (rows * classes * 8) as u64);
+    let (xo, to, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.reserve(2));
+    let logits = GpuTensor::f32_matrix(&a.buffer, xo, rows, classes);
+    let views = CrossEntropyViews {
+        logits,
+        targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+        grad: GradOutput::InPlace,
+        lse: None,
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.encode_cross_entropy(&mut enc, &views, &Default::default())
+        .unwrap();
+    // Recorded, not submitted: the buffer still holds the logits.
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, xo, rows * classes)),
+        bits(&x),
+        "encode must not submit"
+    );
+    submit(ctx, enc);
+    let host = wgpu_loss::block_on(ctx.cross_entropy(
+        &x,
+        &t,
+        classes,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    assert_eq!(
+        bits(&read(ctx, &a.buffer, xo, rows * classes)),
+        bits(host.grad.as_deref().unwrap())
+    );
+    assert_eq!(
+        read(ctx, &a.buffer, lo, 1)[0].to_bits(),
+        host.loss[0].to_bits()
+    );
+}
+
+#[test]
+fn binary_losses_encode_equal_host_bitwise() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (40, 13);
+    let n = rows * cols;
+    let mut rng = Rng::new(84);
+    let p: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let x = rng.vec_normal(n, 5.0);
+    let y: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let wc: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let wf: Vec<f32> = (0..n).map(|_| rng.uniform(0.0, 2.0)).collect();
+    let pw: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 2.0)).collect();
+    for reduction in [Reduction::None, Reduction::Mean, Reduction::Sum] {
+        let loss_len = if reduction == Reduction::None { n } else { 2 };
+        for full_weight in [false, true] {
+            let mut a = Arena::new(ctx, (n * 4 * 12) as u64);
+            let (po, xo, yo, wco, wfo, pwo) = (
+                a.put(ctx, &p),
+                a.put(ctx, &x),
+                a.put(ctx, &y),
+                a.put(ctx, &wc),
+                a.put(ctx, &wf),
+                a.put(ctx, &pw),
+            );
+            let outs: Vec<(u64, u64)> = (0..3)
+                .map(|_| (a.reserve(loss_len), a.reserve(n)))
+                .collect();
+            let weight = if full_weight {
+                GpuTensor::f32_matrix(&a.buffer, wfo, rows, cols)
+            } else {
+                GpuTensor::f32_vector(&a.buffer, wco, cols)
+            };
+            let shape = if reduction == Reduction::None {
+                (rows, cols)
+            } else {
+                (2, 1)
+            };
+            let buf = &a.buffer;
+            let base = |input, (lo, go): (u64, u64)| BinaryViews {
+                input: GpuTensor::f32_matrix(buf, input, rows, cols),
+                targets: GpuTensor::f32_matrix(buf, yo, rows, cols),
+                loss: GpuTensor::f32_matrix(buf, lo, shape.0, shape.1),
+                grad: Some(GpuTensor::f32_matrix(buf, go, rows, cols)),
+            };
+            let pos_weight = GpuTensor::f32_vector(&a.buffer, pwo, cols);
+            let bo = BinaryLossOptions {
+                weight: Some(&weight),
+                reduction,
+                grad_scale: 2.0,
+                ..Default::default()
+            };
+            let bo_logits = BinaryLossOptions {
+                pos_weight: Some(&pos_weight),
+                ..bo
+            };
+            let so = SigmoidFocalOptions {
+                reduction,
+                ..Default::default()
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_binary_cross_entropy(&mut enc, &base(po, outs[0]), &bo)
+                .unwrap();
+            ctx.encode_binary_cross_entropy_with_logits(&mut enc, &base(xo, outs[1]), &bo_logits)
+                .unwrap();
+            ctx.encode_sigmoid_focal_loss(&mut enc, &base(xo, outs[2]), &so)
+                .unwrap();
+            submit(ctx, enc);
+            let w = if full_weight {
+                wf.as_slice()
+            } else {
+                wc.as_slice()
+            };
+            let hosts = [
+                wgpu_loss::block_on(ctx.binary_cross_entropy(
+                    &p,
+                    &y,
+                    cols,
+                    &bo.with_weights(Some(w), None),
+                    wgpu_loss::Request::LossAndGrad,
+                ))
+                .unwrap(),
+                wgpu_loss::block_on(ctx.binary_cross_entropy_with_logits(
+                    &x,
+                    &y,
+                    cols,
+                    &bo.with_weights(Some(w), Some(&pw)),
+                    wgpu_loss::Request::LossAndGrad,
+                ))
+                .unwrap(),
+                wgpu_loss::block_on(ctx.sigmoid_focal_loss(
+                    &x,
+                    &y,
+                    cols,
+                    &so,
+                    wgpu_loss::Request::LossAndGrad,
+                ))
+                .unwrap(),
+            ];
+            for (i, host) in hosts.iter().enumerate() {
+                let (lo, go) = outs[i];
+                let tag = format!("binary loss {i} {reduction:?} full_weight={full_weight}");
+                assert_eq!(
+                    bits(&read(ctx, &a.buffer, lo, loss_len)[..host.loss.len()]),
+                    bits(&host.loss),
+                    "{tag}"
+                );
+                assert_eq!(
+                    bits(&read(ctx, &a.buffer, go, n)),
+                    bits(host.grad.as_deref().unwrap()),
+                    "{tag} grad"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_range_gpu_targets_give_nan_not_garbage() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (4, 10);
+    let x = vec![0.5f32; rows * classes];
+    let t = [1i32, 10, -5, 3];
+    let mut a = Arena::new(ctx, 4096);
+    let (xo, to, lo, go) = (
+        a.put(ctx, &x),
+        a.put(ctx, &t),
+        a.reserve(rows),
+        a.reserve(rows * classes),
+    );
+    let views = CrossEntropyViews {
+        logits: GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+        targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, rows),
+        grad: GradOutput::Into(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+        lse: None,
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let opts = CrossEntropyOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    ctx.encode_cross_entropy(&mut enc, &views, &opts).unwrap();
+    submit(ctx, enc);
+    let loss = read(ctx, &a.buffer, lo, rows);
+    assert!(
+        (loss[0] - 10f32.ln()).abs() < 1e-5 && (loss[3] - 10f32.ln()).abs() < 1e-5,
+        "{loss:?}"
+    );
+    assert!(
+        loss[1].is_nan() && loss[2].is_nan(),
+        "bad targets give NaN rows: {loss:?}"
+    );
+    let g = read(ctx, &a.buffer, go, rows * classes);
+    assert!(g[classes..3 * classes].iter().all(|v| v.is_nan()));
+    assert!(g[..classes]
+        .iter()
+        .chain(&g[3 * classes..])
+        .all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_views_are_errors_that_name_the_view() {
+    let Some(ctx) = gpu() else { return };
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let no_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4096,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let x = GpuTensor::f32_matrix(&buf, 0, 4, 8);
+    let out = GpuTensor::f32_matrix(&buf, 2 * align.max(128), 4, 8);
+    let check = |r: Result<(), Error>, name: &str, needle: &str| match r {
+        Err(Error::InvalidView { name: n, problem }) => {
+            assert_eq!(n, name, "{problem}");
+            assert!(problem.contains(needle), "{name}: {problem}");
+        }
+        other => panic!("expected InvalidView for {name}, got {other:?}"),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let misaligned = GpuTensor::f32_matrix(&buf, 4, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &misaligned, &out),
+        "x",
+        "min_storage_buffer_offset_alignment",
+    );
+    let past_end = GpuTensor::f32_matrix(&buf, 4096 - align, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x, &past_end),
+        "output",
+        "past the end",
+    );
+    let bad_usage = GpuTensor::f32_matrix(&no_storage, 0, 4, 8);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &bad_usage, &out),
+        "x",
+        "STORAGE",
+    );
+    let wrong_shape = GpuTensor::f32_matrix(&buf, 2 * align.max(128), 4, 7);
+    check(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x, &wrong_shape),
+        "output",
+        "shape",
+    );
+    let targets_f32 = GpuTensor::f32_vector(&buf, 2 * align.max(128), 4);
+    let loss = GpuTensor::f32_vector(&buf, 4 * align.max(128), 2);
+    let ce_views = |targets, grad| CrossEntropyViews {
+        logits: x,
+        targets,
+        loss,
+        grad,
+        lse: None,
+    };
+    check(
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &ce_views(targets_f32, GradOutput::None),
+            &Default::default(),
+        ),
+        "targets",
+        "dtype",
+    );
+    let targets = GpuTensor::i32_vector(&buf, 2 * align.max(128), 4);
+    let overlapping = GpuTensor::f32_matrix(&buf, align, 4, 8);
+    check(
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &ce_views(targets, GradOutput::Into(overlapping)),
+            &Default::default(),
+        ),
+        "grad",
+        "overlaps",
+    );
+    // Class weights on the encode path are a view: one of the wrong length is named.
+    let short_weight = GpuTensor::f32_vector(&buf, 6 * align.max(128), 7);
+    check(
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &ce_views(targets, GradOutput::None),
+            &CrossEntropyOptions {
+                weight: Some(&short_weight),
+                ..Default::default()
+            },
+        ),
+        "weight",
+        "one per class",
+    );
+    let e = ctx
+        .encode_cross_entropy(
+            &mut enc,
+            &ce_views(targets, GradOutput::None),
+            &CrossEntropyOptions {
+                ignore_index: 1 << 40,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                name: "ignore_index",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn review_regressions_are_errors_not_panics() {
+    let Some(ctx) = gpu() else { return };
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1 << 16,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    // A shape whose byte count overflows is an error naming the view.
+    let huge = GpuTensor::f32_matrix(&buf, 0, 1 << 62, 4);
+    let out = GpuTensor::f32_matrix(&buf, 0, 1 << 62, 4);
+    assert!(matches!(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &huge, &out),
+        Err(Error::InvalidView { name: "x", .. })
+    ));
+    // The sigmoid focal loss takes no weights: `BinaryViews` and
+    // `SigmoidFocalOptions` have no field for one, so that is a type error now.
+    // An in-place gradient is offered by index-target cross-entropy only:
+    // probability targets refuse a gradient view that is the logits.
+    let x = GpuTensor::f32_matrix(&buf, 0, 4, 8);
+    let l2 = GpuTensor::f32_vector(&buf, 12288, 2);
+    let q = GpuTensor::f32_matrix(&buf, 4096, 4, 8);
+    let e = ctx
+        .encode_cross_entropy_probs(
+            &mut enc,
+            &ProbTargetViews {
+                logits: x,
+                targets: q,
+                loss: l2,
+                grad: Some(x),
+                lse: None,
+            },
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidView { name: "grad", .. }), "{e}");
+    // Probability targets refuse a non-negative ignore_index on the encode path too.
+    let e = ctx
+        .encode_cross_entropy_probs(
+            &mut enc,
+            &ProbTargetViews {
+                logits: x,
+                targets: q,
+                loss: l2,
+                grad: None,
+                lse: None,
+            },
+            &CrossEntropyOptions {
+                ignore_index: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                name: "ignore_index",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn per_row_views_past_the_binding_limit_are_errors() {
+    let Some(ctx) = common::gpu_with_binding_cap(4096) else {
+        return;
+    };
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 1 << 16,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let (rows, cols) = (2000, 1);
+    let x = GpuTensor::f32_matrix(&buf, 0, rows, cols);
+    let lse = GpuTensor::f32_vector(&buf, 16384, rows);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let e = ctx
+        .encode_softmax(&mut enc, SoftmaxOp::Logsumexp, &x, &lse)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                requested: 8000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

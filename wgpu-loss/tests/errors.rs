@@ -1,0 +1,220 @@
+//! Errors the crate can provoke on a real device: each comes back as an
+//! `Err` naming what failed (kernel, size, limit, adapter), never a panic or
+//! a hang, and the context stays usable where the device survives.
+//!
+//! Not provoked here: a real out-of-memory error. lavapipe's `max_buffer_size`
+//! (2 GiB) is far below this machine's memory, so no single request can exhaust
+//! it; the OutOfMemory error scope that would capture it is the same scope as
+//! the validation one exercised below.
+
+mod common;
+
+use common::{gpu, Rng};
+use wgpu_loss::{Error, GpuContext, GpuTensor, SoftmaxOp};
+
+/// A device of our own with a small `max_buffer_size`, adopted through `from_device`.
+fn small_device(max_buffer_size: u64) -> Option<GpuContext> {
+    gpu()?;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .expect("an adapter exists when gpu() found one");
+    let limits = wgpu::Limits {
+        max_buffer_size,
+        max_storage_buffer_binding_size: max_buffer_size,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("small"),
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("device with lower limits");
+    Some(GpuContext::from_device(device, queue))
+}
+
+#[test]
+fn a_request_past_max_buffer_size_names_size_and_limit_and_the_context_survives() {
+    let Some(ctx) = small_device(1 << 20) else {
+        return;
+    };
+    let mut rng = Rng::new(5);
+    // 2 MiB of logits in one row: more than one buffer may hold.
+    let cols = 1 << 19;
+    let x = rng.vec_normal(cols, 1.0);
+    let err = wgpu_loss::block_on(ctx.softmax(&x, 1, cols)).expect_err("too large");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::RowTooLarge { .. } | Error::TooLarge { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("2097152") && msg.contains("1048576"), "{msg}");
+    // Many rows that together pass the limit are processed in windows instead.
+    let (rows, small_cols) = (1024, 1024);
+    let big = rng.vec_normal(rows * small_cols, 1.0);
+    let y = wgpu_loss::block_on(ctx.softmax(&big, rows, small_cols))
+        .expect("4 MiB in windows of at most 1 MiB");
+    let expected = wgpu_loss::reference::softmax(&big, rows, small_cols).expect("reference");
+    common::assert_close("windowed softmax after an error", &y, &expected);
+}
+
+#[test]
+fn a_wgpu_validation_error_is_captured_and_names_the_kernel() {
+    let Some(ctx) = gpu() else { return };
+    let device = ctx.device();
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let make = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 4 * 64,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (x, y) = (make("x"), make("y"));
+    // A destroyed buffer passes every host-side check; only wgpu can see it.
+    x.destroy();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let result = ctx.encode_softmax(
+        &mut encoder,
+        SoftmaxOp::Softmax,
+        &GpuTensor::f32_matrix(&x, 0, 4, 16),
+        &GpuTensor::f32_matrix(&y, 0, 4, 16),
+    );
+    // Recording may succeed (wgpu defers the check to submit); the error then
+    // surfaces when the caller submits. Either way, no panic, and the crate's
+    // own calls keep working.
+    if let Err(e) = &result {
+        assert!(matches!(e, Error::Gpu { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("softmax") && msg.contains(ctx.adapter_name()),
+            "{msg}"
+        );
+    } else {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        ctx.queue().submit([encoder.finish()]);
+        let error = pollster::block_on(scope.pop());
+        assert!(
+            error.is_some(),
+            "submitting work on a destroyed buffer must fail"
+        );
+    }
+    let ok = wgpu_loss::block_on(ctx.softmax(&[1.0, 2.0, 3.0], 1, 3)).expect("context usable");
+    assert!((ok.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_lost_device_is_an_error_not_a_panic_or_a_hang() {
+    if gpu().is_none() {
+        return;
+    }
+    let ctx = wgpu_loss::block_on(GpuContext::new()).expect("a second context");
+    wgpu_loss::block_on(ctx.softmax(&[0.0, 1.0], 1, 2)).expect("works before");
+    ctx.device().destroy();
+    let err = wgpu_loss::block_on(ctx.softmax(&[0.0, 1.0], 1, 2))
+        .expect_err("a destroyed device cannot compute");
+    let msg = err.to_string();
+    assert!(msg.contains(ctx.adapter_name()), "{msg}");
+    assert!(matches!(err, Error::DeviceLost { .. }), "{msg}");
+    // Every later call fails fast with the loss, whatever the op, and never
+    // reaches wgpu's panicking default error handler.
+    let again = wgpu_loss::block_on(ctx.cross_entropy(
+        &[0.0, 1.0],
+        &[1i64],
+        2,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ));
+    assert!(matches!(again, Err(Error::DeviceLost { .. })), "{again:?}");
+    let again = wgpu_loss::block_on(ctx.binary_cross_entropy(
+        &[0.5],
+        &[1.0],
+        1,
+        &Default::default(),
+        wgpu_loss::Request::LossAndGrad,
+    ));
+    assert!(matches!(again, Err(Error::DeviceLost { .. })), "{again:?}");
+}
+
+#[test]
+fn a_row_too_long_for_the_loop_bound_is_an_error_and_the_context_survives() {
+    let Some(ctx) = common::gpu() else { return };
+    let max = ctx.limits().max_compute_invocations_per_workgroup;
+    let widest = 1u64 << (31 - max.leading_zeros());
+    // Odd, so scalar loads: one vector per column.
+    let cols = (widest * wgpu_loss::tuning::MAX_VECTORS_PER_THREAD + 1) as usize;
+    if (cols as u64) * 4 > ctx.max_binding_bytes() {
+        eprintln!("SKIPPED: a row of {cols} columns is past the binding limit first");
+        return;
+    }
+    let x = vec![0.5f32; cols];
+    let err = wgpu_loss::block_on(ctx.logsumexp(&x, 1, cols))
+        .expect_err("too long for one workgroup's invocations");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, wgpu_loss::Error::RowTooLong { .. }) && msg.contains(&cols.to_string()),
+        "{msg}"
+    );
+    let ok = wgpu_loss::block_on(ctx.logsumexp(&x[..1000], 1, 1000)).expect("still works");
+    assert!((ok[0] - (0.5 + 1000f32.ln())).abs() < 1e-4, "{}", ok[0]);
+}
+
+#[test]
+fn more_rows_than_a_cpu_adapter_can_reduce_is_an_error_not_a_truncated_loss() {
+    let Some(ctx) = common::gpu() else { return };
+    if ctx.adapter_info().map(|i| i.device_type) != Some(wgpu::DeviceType::Cpu) {
+        eprintln!(
+            "SKIPPED: {} is not a CPU adapter; the row-count bound applies to CPU adapters only",
+            ctx.adapter_name()
+        );
+        return;
+    }
+    // 65535 loop iterations of 256 lanes: one class per row keeps it small.
+    let rows = 65_535 * 256;
+    let logits = vec![0.0f32; rows];
+    let targets = vec![0i32; rows];
+    let err = wgpu_loss::block_on(ctx.cross_entropy(
+        &logits,
+        &targets,
+        1,
+        &Default::default(),
+        wgpu_loss::Request::Loss,
+    ))
+    .expect_err("past the CPU adapter's loop bound");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::TooManyRows { rows: r, .. } if r == rows)
+            && msg.contains("split the batch"),
+        "{msg}"
+    );
+    // So many classes that they alone pass the bound: still an error, not an
+    // arithmetic overflow while wording it.
+    let classes = 65_535 * 256 + 1;
+    let logits = vec![0.0f32; classes];
+    let err = wgpu_loss::block_on(ctx.cross_entropy(
+        &logits,
+        &[0i32],
+        classes,
+        &Default::default(),
+        wgpu_loss::Request::Loss,
+    ))
+    .expect_err("the class loop alone passes the bound");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyRows {
+                rows: 1,
+                limit: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // (Under the bound, lavapipe's 128 MiB binding limit on the 16-byte
+    // per-row buffer, 8.4M rows, comes first; a CPU adapter with larger
+    // bindings would reach this bound.)
+}
