@@ -558,9 +558,22 @@ impl<'a> CpuFastOp<'a> {
 }
 
 /// All-core CPU copy bandwidth over `elems` f32 (bytes read + written per
-/// second): the yardstick for the CPU rows.
+/// second): the yardstick for the fast CPU path's rows.
 pub fn cpu_copy_gbps(elems: usize, iters: usize) -> f64 {
-    crate::cpu_fast::copy_gbps(elems, iters)
+    use rayon::prelude::*;
+    let src = vec![1.0f32; elems];
+    let mut dst = vec![0.0f32; elems];
+    let chunk = (elems / rayon::current_num_threads().max(1)).max(1 << 14);
+    let mut times = Vec::new();
+    for _ in 0..iters.max(1) + 1 {
+        let start = Instant::now();
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(std::hint::black_box(s)));
+        std::hint::black_box(&mut dst);
+        times.push(start.elapsed());
+    }
+    gbps(8 * elems as u64, median(times))
 }
 
 /// Single-threaded CPU copy bandwidth over `elems` f32.

@@ -759,24 +759,6 @@ fn focal_output(results: Vec<(f64, f32)>, reduction: Reduction, kept: f64) -> Cr
     }
 }
 
-/// Bytes per second of copying `elems` f32 on every core (read + write), the
-/// yardstick for the fast CPU path.
-pub fn copy_gbps(elems: usize, iters: usize) -> f64 {
-    let src = vec![1.0f32; elems];
-    let mut dst = vec![0.0f32; elems];
-    let chunk = (elems / rayon::current_num_threads().max(1)).max(1 << 14);
-    let mut times = Vec::new();
-    for _ in 0..iters.max(1) + 1 {
-        let start = std::time::Instant::now();
-        dst.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(std::hint::black_box(s)));
-        std::hint::black_box(&mut dst);
-        times.push(start.elapsed());
-    }
-    crate::bench::gbps(8 * elems as u64, crate::bench::median(times))
-}
-
 /// Elements per chunk of the element-wise losses: fixed (not derived from the
 /// thread count), so the chunk sums, added in order, give the same bits for
 /// any number of threads.

@@ -306,29 +306,28 @@ impl<'a> CrossEntropyViews<'a> {
 
 impl<'a> ProbTargetViews<'a> {
     pub(crate) fn merged(&self, weight: Option<GpuTensor<'a>>) -> LossViews<'a> {
-        LossViews {
-            input: self.logits,
-            target: self.targets,
-            weight,
-            pos_weight: None,
+        CrossEntropyViews {
+            logits: self.logits,
+            targets: self.targets,
             loss: self.loss,
-            grad: self.grad,
+            grad: self.grad.map_or(GradOutput::None, GradOutput::Into),
             lse: self.lse,
         }
+        .merged(weight)
     }
 }
 
 impl<'a> FocalViews<'a> {
+    /// `alpha` takes the weights' place: the kernels read it as per-class weights.
     pub(crate) fn merged(&self, alpha: Option<GpuTensor<'a>>) -> LossViews<'a> {
-        LossViews {
-            input: self.logits,
-            target: self.targets,
-            weight: alpha,
-            pos_weight: None,
+        CrossEntropyViews {
+            logits: self.logits,
+            targets: self.targets,
             loss: self.loss,
-            grad: self.grad,
+            grad: self.grad.map_or(GradOutput::None, GradOutput::Into),
             lse: self.lse,
         }
+        .merged(alpha)
     }
 }
 
