@@ -86,7 +86,7 @@ fn logit_loss(x: vec_t, y: vec_t, pw: vec_t) -> vec_t {
     let stable = (vec_t(1.0) - y) * sp_pos + pw * y * sp_neg;
     let coef = vec_t(1.0) + (pw - vec_t(1.0)) * y;
     let literal = (vec_t(1.0) - y) * x + coef * sp_neg;
-    return select(stable, literal, abs(x) == vec_t(bitcast<f32>(0x7f800000u)));
+    return select(stable, literal, abs(x) == vec_t(pos_inf()));
 }
 
 struct Elem { loss: vec_t, grad: vec_t }

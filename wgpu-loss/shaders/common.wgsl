@@ -34,13 +34,21 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
-fn pos_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
-fn nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+// The bit patterns sit in private variables: WGSL makes a const-expression
+// that evaluates to an infinity or NaN a shader-creation error (Chrome's Tint
+// enforces it; naga does not), and a bitcast of a variable is not one.
+var<private> NEG_INF_BITS: u32 = 0xff800000u;
+var<private> POS_INF_BITS: u32 = 0x7f800000u;
+var<private> NAN_BITS: u32 = 0x7fc00000u;
+fn neg_inf() -> f32 { return bitcast<f32>(NEG_INF_BITS); }
+fn pos_inf() -> f32 { return bitcast<f32>(POS_INF_BITS); }
+fn nan() -> f32 { return bitcast<f32>(NAN_BITS); }
 // By the bits, so no float optimisation can fold it away.
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 // NaN compares false, so NaN is not finite.
-fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282347e38; }
+// 3.40282346e38 rounds to f32::MAX; the usual 3.40282347e38 lies past it
+// and Tint rejects a literal that f32 cannot represent.
+fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282346e38; }
 
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }

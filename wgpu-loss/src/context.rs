@@ -47,11 +47,11 @@ pub struct GpuContext {
     pipelines: PipelineCache,
     pub(crate) pool: crate::pool::BufferPool,
     /// Bound where a kernel's optional input (class weights) is absent.
-    pub(crate) placeholder: Arc<wgpu::Buffer>,
+    pub(crate) placeholder: wgpu::Buffer,
     /// Bound as the split-row records of a kernel whose rows are whole: a
     /// buffer of its own, since wgpu refuses one buffer in a read-only and a
     /// read-write binding of the same dispatch.
-    pub(crate) placeholder_rw: Arc<wgpu::Buffer>,
+    pub(crate) placeholder_rw: wgpu::Buffer,
     /// Set by the device-lost callback (devices this crate created).
     lost: Arc<std::sync::Mutex<Option<String>>>,
     /// Error scopes an `encode_*` call popped but could not read yet.
@@ -226,20 +226,20 @@ impl GpuContext {
             let device_type = adapter_info
                 .as_ref()
                 .map_or(wgpu::DeviceType::Other, |i| i.device_type);
-            RowTuning::for_adapter(device_type, subgroup_sizes)
+            RowTuning::for_adapter(device_type, subgroup_sizes).fitted_to(&limits)
         });
-        let placeholder = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-loss placeholder"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
-        }));
-        let placeholder_rw = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+        });
+        let placeholder_rw = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-loss split-row placeholder"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
-        }));
+        });
         Self {
             placeholder_rw,
             #[cfg(not(target_arch = "wasm32"))]
@@ -329,12 +329,14 @@ impl GpuContext {
         self.adapter_info.as_ref()
     }
 
-    /// Adapter name, or `"caller's device"` for an adopted device.
+    /// Adapter name, `"caller's device"` for an adopted device, or
+    /// `"unnamed adapter"` where the backend gives no name (browsers hide it).
     pub fn adapter_name(&self) -> &str {
-        self.adapter_info
-            .as_ref()
-            .map(|i| i.name.as_str())
-            .unwrap_or("caller's device")
+        match &self.adapter_info {
+            Some(i) if !i.name.is_empty() => i.name.as_str(),
+            Some(_) => "unnamed adapter",
+            None => "caller's device",
+        }
     }
 
     /// The limits the device was created with.

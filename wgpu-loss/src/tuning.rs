@@ -164,6 +164,23 @@ impl RowTuning {
         Ok(self)
     }
 
+    /// The table's pick shrunk to what a device allows: workgroup and
+    /// threads per row at most the largest power of two within
+    /// `max_compute_invocations_per_workgroup` and the workgroup memory (8
+    /// bytes per invocation). A CPU-type adapter in a browser (Chromium's
+    /// SwiftShader) allows 256 invocations where lavapipe allows 1024.
+    pub fn fitted_to(mut self, limits: &wgpu::Limits) -> RowTuning {
+        let by_memory = limits.max_compute_workgroup_storage_size / 8;
+        let cap = limits
+            .max_compute_invocations_per_workgroup
+            .min(by_memory)
+            .max(1);
+        let cap = 1u32 << (31 - cap.leading_zeros()); // largest power of two <= cap
+        self.workgroup_size = self.workgroup_size.min(cap);
+        self.max_threads_per_row = self.max_threads_per_row.min(cap);
+        self
+    }
+
     /// Checks the tuning against the device's limits.
     pub(crate) fn validate(&self, limits: &wgpu::Limits) -> crate::Result<()> {
         let pow2 = |v: u32| v.is_power_of_two();
@@ -262,6 +279,27 @@ impl RowTuning {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_table_fits_the_webgpu_default_limits() {
+        let limits = wgpu::Limits::default(); // 256 invocations, 16 KiB of workgroup memory
+        for device_type in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            let table = super::RowTuning::for_adapter(device_type, None);
+            let fitted = table.fitted_to(&limits);
+            fitted
+                .validate(&limits)
+                .expect("a fitted table pick is valid");
+            assert!(fitted.max_threads_per_row <= 256 && fitted.workgroup_size <= 256);
+        }
+        // Where the device allows the table's pick, fitting changes nothing.
+        let lavapipe = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 1024,
+            max_compute_workgroup_storage_size: 32768,
+            ..wgpu::Limits::default()
+        };
+        let table = super::RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
+        assert_eq!(table.fitted_to(&lavapipe), table);
+    }
+
     use super::*;
 
     const NVIDIA: Option<SubgroupSizes> = Some(SubgroupSizes { min: 32, max: 32 });
