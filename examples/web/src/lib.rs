@@ -1,6 +1,6 @@
 //! The demo page's Rust side: cross-entropy loss and gradient on random
 //! logits in the browser, checked against the f64 reference, timed next to
-//! a copy kernel on the same adapter. `index.html` calls [`run`].
+//! a copy kernel on the same adapter. `index.html` calls `run`.
 #![cfg(target_arch = "wasm32")]
 
 use wasm_bindgen::prelude::*;
