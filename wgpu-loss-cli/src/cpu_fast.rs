@@ -796,7 +796,8 @@ fn binary_element(call: &BinaryCall<'_>, x: f32, y: f32, w: f32, pw: f32) -> (f3
     match call.op {
         BinaryOp::Probabilities => {
             let lp = x.ln().max(-100.0);
-            let l1p = (1.0 - x).ln().max(-100.0);
+            // log1p(-p), as PyTorch: 1 - p rounds to 1 below p = 2^-24.
+            let l1p = (-x).ln_1p().max(-100.0);
             (
                 -w * (y * lp + (1.0 - y) * l1p),
                 w * (x - y) / (x * (1.0 - x)).max(1e-12),

@@ -572,3 +572,26 @@ fn probability_targets_match_the_reference() {
         "{e}"
     );
 }
+
+/// BCE on probabilities as PyTorch computes it, `log1p(-p)`: f32's `1 - p`
+/// is 1 below p = 2^-24 and the term vanished (issue 17).
+#[test]
+fn bce_on_tiny_probabilities_keeps_the_log1p_term() {
+    let mut rng = Rng::new(1718);
+    let p: Vec<f32> = (0..1000)
+        .map(|_| 10f32.powf(rng.uniform(-12.0, -7.0)))
+        .collect();
+    let y = vec![0.0f32; p.len()];
+    let opts = wgpu_loss::BinaryLossOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let f = fast::binary_cross_entropy(&p, &y, 10, &opts, true).expect("fast");
+    let r = reference::binary_cross_entropy(&p, &y, 10, &opts).expect("ref");
+    check("bce loss, tiny p", &f.loss, &r.loss);
+    check(
+        "bce grad, tiny p",
+        f.grad.as_deref().unwrap_or_default(),
+        &r.grad,
+    );
+}

@@ -2,7 +2,7 @@
 // cross-entropy with logits, and torchvision's sigmoid focal loss. One vector of
 // elements per invocation; each workgroup writes the fixed-order sum of its
 // losses to `partials`, and `binary_reduce` sums the partials in a fixed order.
-//   bce_prob:      l = -w (y max(log p, -100) + (1-y) max(log(1-p), -100)),  g = w (p - y) / max(p (1-p), 1e-12)
+//   bce_prob:      l = -w (y max(log p, -100) + (1-y) max(log1p(-p), -100)),  g = w (p - y) / max(p (1-p), 1e-12)
 //   bce_logits:    l = w ((1-y) x + (1 + (pw-1) y) softplus(-x)),             g = w ((1 + (pw-1) y) sigmoid(x) - pw y)
 //   sigmoid_focal: l = a_t ce (1-p_t)^gamma, p = sigmoid(x), ce = bce_logits(x, y), p_t = p y + (1-p)(1-y),
 //                  a_t = alpha y + (1-alpha)(1-y) when alpha >= 0 (else 1)
@@ -91,9 +91,29 @@ fn logit_loss(x: vec_t, y: vec_t, pw: vec_t) -> vec_t {
 
 struct Elem { loss: vec_t, grad: vec_t }
 
+// log(1 - p) for p in [0, 1], as PyTorch's log1p(-p): below p = 1/4 the
+// atanh series of log(1 + u) at u = -p (|s| <= 1/7), because 1 - p rounds
+// to 1 for p < 2^-24 and takes the whole term with it; above, 1 - p is
+// exact enough and log() is accurate away from 1.
+fn log1m(p: vec_t) -> vec_t {
+    let u = -p;
+    let s = u / (vec_t(2.0) + u);
+    let s2 = s * s;
+    var q = vec_t(1.0 / 17.0);
+    q = q * s2 + vec_t(1.0 / 15.0);
+    q = q * s2 + vec_t(1.0 / 13.0);
+    q = q * s2 + vec_t(1.0 / 11.0);
+    q = q * s2 + vec_t(1.0 / 9.0);
+    q = q * s2 + vec_t(1.0 / 7.0);
+    q = q * s2 + vec_t(1.0 / 5.0);
+    q = q * s2 + vec_t(1.0 / 3.0);
+    let series = vec_t(2.0) * s * (vec_t(1.0) + s2 * q);
+    return select(log(vec_t(1.0) - p), series, p < vec_t(0.25));
+}
+
 fn bce_prob(p: vec_t, y: vec_t, w: vec_t) -> Elem {
     let lp = max(log(p), vec_t(-100.0));
-    let l1p = max(log(vec_t(1.0) - p), vec_t(-100.0));
+    let l1p = max(log1m(p), vec_t(-100.0));
     let loss = -w * (y * lp + (vec_t(1.0) - y) * l1p);
     let g = w * (p - y) / max(p * (vec_t(1.0) - p), vec_t(1e-12));
     return Elem(loss, g);

@@ -473,7 +473,8 @@ fn binary_f64(call: &BinaryCall<'_>, x: &[f64]) -> LossReference {
             BinaryOp::Probabilities => {
                 let w = weight(i);
                 let lp = xi.ln().max(-100.0);
-                let l1p = (1.0 - xi).ln().max(-100.0);
+                // log1p(-p), as PyTorch: ln(1 - p) loses p's digits below 2^-53.
+                let l1p = (-xi).ln_1p().max(-100.0);
                 (
                     -w * (y * lp + (1.0 - y) * l1p),
                     w * (xi - y) / (xi * (1.0 - xi)).max(1e-12),

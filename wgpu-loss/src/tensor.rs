@@ -118,6 +118,38 @@ pub(crate) struct ViewSpec {
     pub cols: usize,
 }
 
+impl GpuTensor<'_> {
+    /// Whether the two views share bytes of one buffer without being the
+    /// same view (same offset, same byte count): what a kernel cannot
+    /// write through, since its threads would race. Identical views are the
+    /// in-place form.
+    pub(crate) fn overlaps_partly(&self, other: &GpuTensor<'_>) -> bool {
+        let (a, b) = (self.offset, other.offset);
+        let (na, nb) = (self.bytes().max(1), other.bytes().max(1));
+        let shared =
+            self.buffer == other.buffer && a < b.saturating_add(nb) && b < a.saturating_add(na);
+        shared && !(a == b && na == nb)
+    }
+}
+
+/// `Err(InvalidView)` naming `written` if it partly overlaps any of `read`.
+pub(crate) fn reject_partial_overlap(
+    written: (&'static str, &GpuTensor<'_>),
+    read: &[(&'static str, &GpuTensor<'_>)],
+) -> Result<()> {
+    for &(name, input) in read {
+        if written.1.overlaps_partly(input) {
+            return Err(Error::InvalidView {
+                name: written.0,
+                problem: format!(
+                    "partly overlaps `{name}`; an output must be its own bytes, or exactly the input's view (in place)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl GpuContext {
     /// Checks a view against what a kernel needs: dtype, shape, offset
     /// alignment, bounds and `STORAGE` usage. Every error names the view.

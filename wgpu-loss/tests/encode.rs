@@ -679,3 +679,59 @@ fn per_row_views_past_the_binding_limit_are_errors() {
         "{e}"
     );
 }
+
+/// An output that shares some bytes of an input races with it: the softmax
+/// family and the binary losses refuse it, naming the view, as cross-entropy
+/// did (issue 17). The same view for input and output is the in-place form,
+/// and gives the right answer.
+#[test]
+fn partly_overlapping_outputs_are_refused_and_in_place_works() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (6, 64);
+    let mut rng = Rng::new(1720);
+    let x = rng.vec_normal(rows * cols, 2.0);
+    let mut a = Arena::new(ctx, (rows * cols * 4 * 4) as u64);
+    let xo = a.put(ctx, &x);
+    let _spare = a.reserve(rows * cols);
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+    let input = GpuTensor::f32_matrix(&a.buffer, xo, rows, cols);
+    let shifted = GpuTensor::f32_matrix(&a.buffer, xo + align, rows, cols);
+    let expect_overlap = |r: Result<(), Error>, name: &str| match r {
+        Err(Error::InvalidView { name: n, problem }) => {
+            assert_eq!(n, name, "{problem}");
+            assert!(problem.contains("overlaps"), "{problem}");
+        }
+        other => panic!("expected InvalidView for {name}, got {other:?}"),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    expect_overlap(
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &input, &shifted),
+        "output",
+    );
+    expect_overlap(
+        ctx.encode_softmax_backward(&mut enc, &input, &shifted, &input),
+        "output",
+    );
+    let targets = GpuTensor::f32_matrix(&a.buffer, xo, rows, cols);
+    let loss = GpuTensor::f32_vector(&a.buffer, xo + (rows * cols * 4) as u64 + align, 2);
+    let binary = BinaryViews {
+        input,
+        targets,
+        loss,
+        grad: Some(shifted),
+    };
+    expect_overlap(
+        ctx.encode_binary_cross_entropy_with_logits(&mut enc, &binary, &Default::default()),
+        "grad",
+    );
+    // In place: softmax over the logits themselves.
+    ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &input, &input)
+        .expect("identical views are the in-place form");
+    submit(ctx, enc);
+    let y = read(ctx, &a.buffer, xo, rows * cols);
+    common::assert_close(
+        "in-place softmax",
+        &y,
+        &wgpu_loss::reference::softmax(&x, rows, cols).expect("reference"),
+    );
+}

@@ -752,7 +752,9 @@ fn invalid_inputs_are_errors() {
         matches!(e, Error::InvalidOption { name: "gamma", .. }),
         "{e}"
     );
-    let bad_alpha = [0.5f32, 1.5, 0.5];
+    // Per-class alpha are class weights: any finite value >= 0 (1.5 included,
+    // see multiclass_focal_alpha_is_a_class_weight), but not a negative one.
+    let bad_alpha = [0.5f32, -0.5, 0.5];
     let e = wgpu_loss::block_on(ctx.focal_loss(
         &logits,
         &[0i64, 1],
@@ -787,4 +789,76 @@ fn invalid_inputs_are_errors() {
         ),
         "{e}"
     );
+}
+
+/// PyTorch computes BCE's `log(1 - p)` as `log1p(-p)`. Below p = 2^-24,
+/// `1 - p` rounds to 1 in f32 and the whole term of a y = 0 element went
+/// with it: every loss here came back 0 (issue 17).
+#[test]
+fn bce_on_tiny_probabilities_keeps_the_log1p_term() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, cols) = (16, 33);
+    let mut rng = Rng::new(1717);
+    // p from 1e-12 to 1e-7, and a few up to 0.3 to cross the series' range.
+    let p: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            if i % 11 == 0 {
+                rng.uniform(0.2, 0.3)
+            } else {
+                10f32.powf(rng.uniform(-12.0, -7.0))
+            }
+        })
+        .collect();
+    let y = vec![0.0f32; p.len()];
+    let opts = BinaryLossOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let want = reference::binary_cross_entropy(&p, &y, cols, &opts).expect("reference");
+    let got = wgpu_loss::block_on(ctx.binary_cross_entropy(
+        &p,
+        &y,
+        cols,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .expect("gpu");
+    // Judged against the tiny elements alone, so that the few large ones do
+    // not set the scale of the absolute tolerance.
+    let tiny: Vec<usize> = (0..p.len()).filter(|i| i % 11 != 0).collect();
+    let pick = |v: &[f32]| tiny.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+    let pick64 = |v: &[f64]| tiny.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+    assert_close("bce loss, tiny p", &pick(&got.loss), &pick64(&want.loss));
+    assert_close("bce loss, all", &got.loss, &want.loss);
+    assert_close("bce grad", got.grad.as_deref().unwrap(), &want.grad);
+}
+
+/// Multiclass focal's per-class alpha are class weights, so values past 1
+/// are valid; they used to be refused with torchvision's [0, 1] rule, which
+/// belongs to the sigmoid focal loss's single balance factor (issue 17).
+#[test]
+fn multiclass_focal_alpha_is_a_class_weight() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (20, 37);
+    let mut rng = Rng::new(1719);
+    let logits = rng.vec_normal(rows * classes, 3.0);
+    let targets: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+    let alpha: Vec<f32> = (0..classes).map(|_| rng.uniform(0.0, 3.0)).collect();
+    assert!(alpha.iter().any(|&a| a > 1.0));
+    let opts = FocalOptions {
+        alpha: Some(&alpha[..]),
+        gamma: 1.5,
+        ..Default::default()
+    };
+    let want = reference::focal_loss(&logits, &targets, classes, &opts).expect("reference");
+    let got = wgpu_loss::block_on(ctx.focal_loss(
+        &logits,
+        &targets,
+        classes,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .expect("alpha past 1 is a valid class weight");
+    assert_close("focal loss", &got.loss, &want.loss);
+    assert_close("focal grad", got.grad.as_deref().unwrap(), &want.grad);
 }

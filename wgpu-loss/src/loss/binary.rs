@@ -3,7 +3,7 @@
 //! torchvision's sigmoid focal loss. Formulas (PyTorch / torchvision):
 //!
 //! - **BCE on probabilities** `p ∈ [0, 1]`, targets `y ∈ [0, 1]`:
-//!   `l = -w·(y·max(log p, -100) + (1-y)·max(log(1-p), -100))`,
+//!   `l = -w·(y·max(log p, -100) + (1-y)·max(log1p(-p), -100))`,
 //!   gradient `w·(p - y) / max(p·(1-p), 1e-12)`.
 //! - **BCE with logits** `x`: `l = w·((1-y)·x + (1 + (pw-1)·y)·softplus(-x))`
 //!   with `softplus(-x) = max(-x, 0) + log1p(exp(-|x|))`, gradient

@@ -215,7 +215,7 @@ pub struct CrossEntropyOutput {
 /// `W` is where the per-class `α` live, as for [`CrossEntropyOptions`].
 #[derive(Debug)]
 pub struct FocalOptions<'a, W: ?Sized = [f32]> {
-    /// Per-class `α`, `C` of them, each in `[0, 1]`. `None`: all 1.
+    /// Per-class `α`, `C` of them: class weights, finite and `>= 0`. `None`: all 1.
     pub alpha: Option<&'a W>,
     /// Focusing parameter `γ ≥ 0`; `γ = 0` without `α` is cross-entropy.
     pub gamma: f32,
@@ -265,11 +265,13 @@ impl FocalOptions<'_> {
                     actual: a.len(),
                 });
             }
-            if let Some(&v) = a.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+            // Per-class alpha are class weights (torchvision's [0, 1] rule
+            // is the sigmoid focal loss's, for its one balance factor).
+            if let Some(&v) = a.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
                 return Err(Error::InvalidOption {
                     name: "alpha",
                     value: f64::from(v),
-                    reason: "each per-class alpha must be in [0, 1]",
+                    reason: "each per-class alpha is a class weight: finite and >= 0",
                 });
             }
         }

@@ -378,6 +378,22 @@ impl GpuContext {
         if let Some(g) = &views.grad {
             self.check_view(g, spec("grad", DType::F32, rows, cols))?;
         }
+        let mut inputs = vec![("input", &views.input), ("targets", &views.target)];
+        inputs.extend(views.weight.iter().map(|w| ("weight", w)));
+        inputs.extend(views.pos_weight.iter().map(|w| ("pos_weight", w)));
+        crate::tensor::reject_partial_overlap(("loss", &views.loss), &inputs)?;
+        if let Some(g) = &views.grad {
+            crate::tensor::reject_partial_overlap(("grad", g), &inputs)?;
+            // Two outputs: the loss must not share the gradient's bytes at all.
+            if g.overlaps_partly(&views.loss)
+                || (g.buffer == views.loss.buffer && g.offset == views.loss.offset)
+            {
+                return Err(Error::InvalidView {
+                    name: "loss",
+                    problem: "shares bytes with `grad`".into(),
+                });
+            }
+        }
         // The scalar count bounds every layout the views' offsets may select.
         let groups = self.element_groups(rows, cols, VecWidth::Scalar)?;
         self.check_whole_binding("partial sums", groups * 4)?;

@@ -606,13 +606,10 @@ impl GpuContext {
                     }
                     GradMode::InPlace
                 } else {
-                    let (a, b) = (views.input.offset, g.offset);
-                    if same_buffer && a < b + g.bytes() && b < a + views.input.bytes() {
-                        return Err(Error::InvalidView {
-                            name: "grad",
-                            problem: "partly overlaps the logits".into(),
-                        });
-                    }
+                    crate::tensor::reject_partial_overlap(
+                        ("grad", g),
+                        &[("logits", &views.input)],
+                    )?;
                     GradMode::Separate
                 }
             }

@@ -252,6 +252,9 @@ impl GpuContext {
         } else {
             self.check_view(out, spec("output", dtype, rows, cols))?;
         }
+        let inputs: Vec<(&'static str, &GpuTensor<'_>)> =
+            matrices.iter().chain(per_row).copied().collect();
+        crate::tensor::reject_partial_overlap(("output", out), &inputs)?;
         if rows == 0 {
             return Ok(());
         }
