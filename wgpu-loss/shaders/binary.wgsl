@@ -45,10 +45,10 @@ fn pos_weight_at(i: u32) -> vec_t {
     return vec_t(1.0);
 }
 
-// log(1 + u) for u in [0, 1] (here always exp(-|x|)): WGSL has no log1p, and
+// log(1 + u) for u in [-1/4, 1] (exp(-|x|), or -p for BCE): WGSL has no log1p, and
 // Vulkan lets log() be off by 2^-21 absolute near 1, which is the whole value
 // for small u (so Goldberg's log(v) u / (v - 1) fails on GPUs). Instead
-// log(1 + u) = 2 atanh(s) with s = u / (2 + u) <= 1/3, as a series to s^17:
+// log(1 + u) = 2 atanh(s) with s = u / (2 + u), |s| <= 1/3, as a series to s^17:
 // relative error below 1e-10 plus rounding, using no log at all.
 fn log1p_unit(u: vec_t) -> vec_t {
     let s = u / (vec_t(2.0) + u);
@@ -96,19 +96,7 @@ struct Elem { loss: vec_t, grad: vec_t }
 // to 1 for p < 2^-24 and takes the whole term with it; above, 1 - p is
 // exact enough and log() is accurate away from 1.
 fn log1m(p: vec_t) -> vec_t {
-    let u = -p;
-    let s = u / (vec_t(2.0) + u);
-    let s2 = s * s;
-    var q = vec_t(1.0 / 17.0);
-    q = q * s2 + vec_t(1.0 / 15.0);
-    q = q * s2 + vec_t(1.0 / 13.0);
-    q = q * s2 + vec_t(1.0 / 11.0);
-    q = q * s2 + vec_t(1.0 / 9.0);
-    q = q * s2 + vec_t(1.0 / 7.0);
-    q = q * s2 + vec_t(1.0 / 5.0);
-    q = q * s2 + vec_t(1.0 / 3.0);
-    let series = vec_t(2.0) * s * (vec_t(1.0) + s2 * q);
-    return select(log(vec_t(1.0) - p), series, p < vec_t(0.25));
+    return select(log(vec_t(1.0) - p), log1p_unit(-p), p < vec_t(0.25));
 }
 
 fn bce_prob(p: vec_t, y: vec_t, w: vec_t) -> Elem {
