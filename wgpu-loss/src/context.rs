@@ -96,7 +96,7 @@ impl Poller {
     fn start(device: wgpu::Device) -> Self {
         let (wake, requests) = std::sync::mpsc::channel::<PollDone>();
         // If no thread can be spawned the receiver is dropped, sending
-        // fails, and `request_poll` polls on the caller's thread instead.
+        // fails, and `poll_until_idle` polls on the caller's thread instead.
         let thread = std::thread::Builder::new()
             .name("wgpu-loss poller".into())
             .spawn(move || {
