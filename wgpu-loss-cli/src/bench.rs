@@ -73,31 +73,41 @@ impl BenchInput {
 
     /// `sigmoid(logits)`: the input of binary cross-entropy on probabilities.
     pub fn probabilities(&self) -> Vec<f32> {
-        self.logits
-            .iter()
-            .map(|&x| (1.0 / (1.0 + f64::from(-x).exp())) as f32)
-            .collect()
+        self.logits.iter().map(|&x| probability(x)).collect()
     }
 
     /// `op` on these inputs with default options, as a [`Problem`].
     pub fn problem(&self, op: Op) -> Problem {
+        self.problem_rows(op, self.rows)
+    }
+
+    /// [`BenchInput::problem`] on the first `rows` rows alone.
+    pub fn problem_rows(&self, op: Op, rows: usize) -> Problem {
+        let rows = rows.min(self.rows);
+        let elems = rows * self.cols;
+        let logits = &self.logits[..elems];
         let input = if op == Op::BinaryCrossEntropy {
-            self.probabilities()
+            logits.iter().map(|&x| probability(x)).collect()
         } else {
-            self.logits.clone()
+            logits.to_vec()
         };
         let target = if op.is_elementwise() {
-            Some(Target::Values(self.labels.clone()))
+            Some(Target::Values(self.labels[..elems].to_vec()))
         } else if op.softmax_op().is_none() {
-            Some(Target::Classes(self.classes.clone()))
+            Some(Target::Classes(self.classes[..rows].to_vec()))
         } else {
             None
         };
         Problem {
             target,
-            ..Problem::new(op, self.rows, self.cols, input)
+            ..Problem::new(op, rows, self.cols, input)
         }
     }
+}
+
+/// `sigmoid(x)`, rounded to f32.
+fn probability(x: f32) -> f32 {
+    (1.0 / (1.0 + f64::from(-x).exp())) as f32
 }
 
 /// Median of durations (upper median for even counts).
@@ -447,6 +457,34 @@ pub async fn run_end_to_end(ctx: &GpuContext, op: Op, input: &BenchInput) -> Res
 /// (the oracle for every path's error).
 pub fn run_cpu(op: Op, input: &BenchInput) -> Result<Vec<f64>> {
     Ok(main_result(input.problem(op).run_reference()?))
+}
+
+/// The reference's main result for the first `rows` rows alone, as those
+/// rows stand in the whole problem's result (for sizes where the whole
+/// reference takes longer than the kernels): a loss's gradient is the
+/// sample's `sum` gradient over the whole problem's `mean` denominator
+/// (bench's inputs ignore no row and carry no weights). `None` where a
+/// sample says nothing of the result: `cross-entropy-loss`'s one mean.
+pub fn run_cpu_sample(op: Op, input: &BenchInput, rows: usize) -> Result<Option<Vec<f64>>> {
+    if rows >= input.rows {
+        return run_cpu(op, input).map(Some);
+    }
+    if op == Op::CrossEntropyLoss {
+        return Ok(None);
+    }
+    let mut sample = input.problem_rows(op, rows);
+    let denominator = if op.softmax_op().is_some() {
+        1.0
+    } else {
+        sample.settings.reduction = Reduction::Sum;
+        if op.is_elementwise() {
+            (input.rows * input.cols) as f64
+        } else {
+            input.rows as f64
+        }
+    };
+    let main = main_result(sample.run_reference()?);
+    Ok(Some(main.into_iter().map(|v| v / denominator).collect()))
 }
 
 /// An op on the fast multi-threaded f32 CPU path ([`crate::cpu_fast`]) with

@@ -839,3 +839,61 @@ fn eval_leaves_no_stale_output_from_an_earlier_run() {
         "grad.npy of the first run is stale"
     );
 }
+
+/// Big shapes (issue 17's bench flags): `--check-rows` checks a sample of
+/// rows against the reference, scaled as they stand in the whole problem,
+/// so the error stays at rounding level; `--no-reference` drops the error
+/// column; `--no-end-to-end` drops that path.
+#[test]
+fn bench_checks_a_sample_of_rows_and_skips_what_it_is_told() {
+    if gpu().is_none() {
+        return;
+    }
+    let run = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = wgpu_loss()
+            .args([
+                "bench", "--rows", "64", "--cols", "300", "--iters", "1", "--json",
+            ])
+            .args(["--op", "cross-entropy", "--op", "cross-entropy-loss"])
+            .args([
+                "--op",
+                "softmax",
+                "--op",
+                "bce-with-logits",
+                "--op",
+                "focal",
+            ])
+            .args(extra)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let sampled = run(&["--check-rows", "3", "--no-end-to-end"]);
+    assert_eq!(sampled.len(), 10, "5 ops x (gpu-kernel, cpu): {sampled:?}");
+    for v in &sampled {
+        assert_ne!(v["path"], "gpu-end-to-end", "{v}");
+        let err = &v["max_abs_err"];
+        if v["op"] == "cross-entropy-loss" {
+            assert!(err.is_null(), "a sample says nothing of the one mean: {v}");
+        } else {
+            let e = err.as_f64().unwrap_or_else(|| panic!("an error for {v}"));
+            // Gradients of a mean over 64 rows are ~1/64: a mis-scaled
+            // sample would be off by that much, rounding is ~1e-9.
+            assert!(e < 1e-6, "sampled error {e} in {v}");
+        }
+    }
+    let unchecked = run(&["--no-reference"]);
+    assert_eq!(unchecked.len(), 15, "5 ops x 3 paths");
+    assert!(
+        unchecked.iter().all(|v| v["max_abs_err"].is_null()),
+        "{unchecked:?}"
+    );
+}
