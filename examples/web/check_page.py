@@ -13,6 +13,7 @@ import functools
 import http.server
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import threading
 import time
 import urllib.request
 
-HERE = __import__("os").path.dirname(__import__("os").path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
 CHROMIUM = "/usr/lib/chromium/chromium"
 # The largest entry of a row's `mean` gradient is its target's, about -1/N;
 # the page must match the reference to 0.1% of that (it does to ~1e-10 of

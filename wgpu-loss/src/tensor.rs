@@ -124,11 +124,14 @@ impl GpuTensor<'_> {
     /// write through, since its threads would race. Identical views are the
     /// in-place form.
     pub(crate) fn overlaps_partly(&self, other: &GpuTensor<'_>) -> bool {
+        self.shares_bytes(other) && !(self.offset == other.offset && self.bytes() == other.bytes())
+    }
+
+    /// Whether the two views have any byte of one buffer in common.
+    pub(crate) fn shares_bytes(&self, other: &GpuTensor<'_>) -> bool {
         let (a, b) = (self.offset, other.offset);
         let (na, nb) = (self.bytes().max(1), other.bytes().max(1));
-        let shared =
-            self.buffer == other.buffer && a < b.saturating_add(nb) && b < a.saturating_add(na);
-        shared && !(a == b && na == nb)
+        self.buffer == other.buffer && a < b.saturating_add(nb) && b < a.saturating_add(na)
     }
 }
 

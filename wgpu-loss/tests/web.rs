@@ -323,9 +323,11 @@ async fn the_encode_api_records_into_the_callers_encoder() {
     let w: Vec<f32> = (0..cols).map(|_| rng.uniform(0.5, 1.5)).collect();
     let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
     let place = |bytes: u64| bytes.div_ceil(align) * align;
-    let (xo, to, wo) = (0, place(x.len() as u64 * 4), 0);
+    // Logits, targets, the loss pair and the class weights, one after another.
+    let xo = 0;
+    let to = xo + place(x.len() as u64 * 4);
     let lo = to + place(t.len() as u64 * 4);
-    let wo = wo + lo + place(8);
+    let wo = lo + place(8);
     let size = wo + place(w.len() as u64 * 4);
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;

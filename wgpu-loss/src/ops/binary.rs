@@ -385,9 +385,7 @@ impl GpuContext {
         if let Some(g) = &views.grad {
             crate::tensor::reject_partial_overlap(("grad", g), &inputs)?;
             // Two outputs: the loss must not share the gradient's bytes at all.
-            if g.overlaps_partly(&views.loss)
-                || (g.buffer == views.loss.buffer && g.offset == views.loss.offset)
-            {
+            if g.shares_bytes(&views.loss) {
                 return Err(Error::InvalidView {
                     name: "loss",
                     problem: "shares bytes with `grad`".into(),
