@@ -30,6 +30,15 @@ struct Params {
     gamma: f32,
     denominator: f32,   // divisor of `mean` where the host knows it
     splits: u32,        // chunks per row (row kernels; 1 = whole rows)
+    inner: u32,         // matrix products: the summed dimension k
+    lhs_row: u32,       // ... element stride of A(m, k) along m
+    lhs_col: u32,       // ... along k
+    rhs_row: u32,       // ... of B(k, n) along k
+    rhs_col: u32,       // ... along n
+    out_row: u32,       // ... of the output along m
+    shard_start: u32,   // fused linear + cross-entropy: the shard's first class
+    classes: u32,       // ... the class count of the whole vocabulary
+    shards: u32,        // ... shards a merge folds
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -49,6 +58,27 @@ fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u
 // 3.40282346e38 rounds to f32::MAX; the usual 3.40282347e38 lies past it
 // and Tint rejects a literal that f32 cannot represent.
 fn is_finite(v: f32) -> bool { return abs(v) <= 3.40282346e38; }
+
+// Logit softcap c·tanh(v/c), for cross-entropy and the fused linear +
+// cross-entropy. tanh from exp(-2|v|): finite for every finite input (a naive
+// tanh overflows).
+fn tanh_stable(v: vec_t) -> vec_t {
+    let e = exp(vec_t(-2.0) * abs(v));
+    return sign(v) * (vec_t(1.0) - e) / (vec_t(1.0) + e);
+}
+
+fn softcap_value(v: vec_t, c: f32) -> vec_t {
+    return vec_t(c) * tanh_stable(v / vec_t(c));
+}
+
+// d softcap(v) / dv = 1 - tanh^2(u) = sech^2(u) = 4e / (1 + e)^2 with u = v / c and
+// e = exp(-2|u|). Not 1 - t*t: that cancels once tanh saturates (|u| > ~4) and
+// loses most of its digits in f32.
+fn softcap_slope(v: vec_t, c: f32) -> vec_t {
+    let e = exp(vec_t(-2.0) * abs(v / vec_t(c)));
+    let d = vec_t(1.0) + e;
+    return vec_t(4.0) * e / (d * d);
+}
 
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }

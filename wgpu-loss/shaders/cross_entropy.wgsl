@@ -43,26 +43,14 @@ fn class_weights(i: u32) -> vec_t {
     return vec_t(1.0);
 }
 
-// tanh from exp(-2|v|): finite for every finite input (a naive tanh overflows).
-fn tanh_stable(v: vec_t) -> vec_t {
-    let e = exp(vec_t(-2.0) * abs(v));
-    return sign(v) * (vec_t(1.0) - e) / (vec_t(1.0) + e);
-}
-
 fn capped(v: vec_t) -> vec_t {
     if (!has_softcap()) { return v; }
-    let c = vec_t(params.softcap);
-    return c * tanh_stable(v / c);
+    return softcap_value(v, params.softcap);
 }
 
-// d softcap(v) / dv = 1 - tanh^2(u) = sech^2(u) = 4e / (1 + e)^2 with u = v / c and
-// e = exp(-2|u|). Not 1 - t*t: that cancels once tanh saturates (|u| > ~4) and
-// loses most of its digits in f32.
 fn cap_slope(v: vec_t) -> vec_t {
     if (!has_softcap()) { return vec_t(1.0); }
-    let e = exp(vec_t(-2.0) * abs(v / vec_t(params.softcap)));
-    let d = vec_t(1.0) + e;
-    return vec_t(4.0) * e / (d * d);
+    return softcap_slope(v, params.softcap);
 }
 
 @compute @workgroup_size(WG)

@@ -437,6 +437,13 @@ impl GpuContext {
         variant: Variant,
         launch: Launch,
     ) -> Result<Arc<Pipeline>> {
+        if !kernel.family().accepts(variant) {
+            return Err(crate::Error::Unsupported {
+                what: "kernel variants outside their family's set (a bug in the crate)",
+                adapter: self.adapter_name().to_string(),
+                missing: "a shader variant for this width, storage and reduction",
+            });
+        }
         if variant.storage == crate::kernels::Storage::F16
             && !self.features.contains(wgpu::Features::SHADER_F16)
         {

@@ -141,6 +141,26 @@ pub enum Error {
         /// What is wrong, with the numbers.
         problem: String,
     },
+    /// A vocabulary shard that is empty or reaches past the vocabulary.
+    #[error("shard [{start}, {end}) is not a non-empty range inside [0, {classes}) classes")]
+    InvalidShard {
+        /// First class of the shard.
+        start: usize,
+        /// One past its last class.
+        end: usize,
+        /// Classes in the vocabulary.
+        classes: usize,
+    },
+    /// The fused linear + cross-entropy's workspace cannot hold one row of logits.
+    #[error("workspace of {bytes} bytes is too small for one row of {classes} f32 logits ({needed} bytes); raise workspace_bytes")]
+    WorkspaceTooSmall {
+        /// Workspace bytes asked for (after the binding-size cap).
+        bytes: u64,
+        /// Bytes one row needs.
+        needed: u64,
+        /// Classes in the shard.
+        classes: usize,
+    },
     /// An option value outside its domain.
     #[error("option {name} = {value} is invalid: {reason}")]
     InvalidOption {

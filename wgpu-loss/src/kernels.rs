@@ -53,6 +53,12 @@ pub enum Family {
     Binary,
     /// `shaders/copy.wgsl`: the copy kernel used as the bandwidth yardstick.
     Copy,
+    /// `shaders/linear.wgsl`: the tiled matrix product (`linear`, and the
+    /// products of the fused linear + cross-entropy).
+    Linear,
+    /// `shaders/linear_cross_entropy.wgsl`: per-row records, their merge and
+    /// the logit gradient of the fused linear + cross-entropy.
+    LinearCrossEntropy,
 }
 
 const COMMON_SOURCE: &str = include_str!("../shaders/common.wgsl");
@@ -60,11 +66,13 @@ const COMMON_SOURCE: &str = include_str!("../shaders/common.wgsl");
 impl Family {
     /// All families.
     #[cfg(test)]
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 6] = [
         Family::Softmax,
         Family::CrossEntropy,
         Family::Binary,
         Family::Copy,
+        Family::Linear,
+        Family::LinearCrossEntropy,
     ];
 
     /// File name under `shaders/`.
@@ -74,7 +82,36 @@ impl Family {
             Family::CrossEntropy => "cross_entropy.wgsl",
             Family::Binary => "binary.wgsl",
             Family::Copy => "copy.wgsl",
+            Family::Linear => "linear.wgsl",
+            Family::LinearCrossEntropy => "linear_cross_entropy.wgsl",
         }
+    }
+
+    /// Whether this family compiles in `variant`. The matrix product and the
+    /// fused linear + cross-entropy kernels load scalars through strides and
+    /// reduce through workgroup memory; the fused kernels' logits are always
+    /// the crate's own f32 workspace.
+    pub fn accepts(self, variant: Variant) -> bool {
+        match self {
+            Family::Linear => {
+                variant.width == VecWidth::Scalar && variant.reduce == Reduce::Workgroup
+            }
+            Family::LinearCrossEntropy => {
+                variant.width == VecWidth::Scalar
+                    && variant.reduce == Reduce::Workgroup
+                    && variant.storage == Storage::F32
+            }
+            _ => true,
+        }
+    }
+
+    /// Every variant this family compiles in.
+    #[cfg(test)]
+    pub fn variants(self) -> Vec<Variant> {
+        Variant::all()
+            .into_iter()
+            .filter(|&v| self.accepts(v))
+            .collect()
     }
 
     fn body(self) -> &'static str {
@@ -83,6 +120,8 @@ impl Family {
             Family::CrossEntropy => include_str!("../shaders/cross_entropy.wgsl"),
             Family::Binary => include_str!("../shaders/binary.wgsl"),
             Family::Copy => include_str!("../shaders/copy.wgsl"),
+            Family::Linear => include_str!("../shaders/linear.wgsl"),
+            Family::LinearCrossEntropy => include_str!("../shaders/linear_cross_entropy.wgsl"),
         }
     }
 }
@@ -381,6 +420,30 @@ pub(crate) mod slot {
         pub const SRC: Slot = slot_at(1, "src");
         pub const DST: Slot = slot_at(2, "dst");
     }
+
+    /// `linear.wgsl`.
+    pub mod linear {
+        use super::{slot_at, Slot};
+        pub const LHS: Slot = slot_at(1, "lhs");
+        pub const LHS_F32: Slot = slot_at(2, "lhs_f32");
+        pub const RHS: Slot = slot_at(3, "rhs");
+        pub const BIAS: Slot = slot_at(4, "bias");
+        pub const OUT: Slot = slot_at(5, "out");
+    }
+
+    /// `linear_cross_entropy.wgsl`.
+    pub mod linear_cross_entropy {
+        use super::{slot_at, Slot};
+        pub const LOGITS: Slot = slot_at(1, "logits");
+        pub const TARGETS: Slot = slot_at(2, "targets");
+        pub const WEIGHTS: Slot = slot_at(3, "weights");
+        pub const SCALARS: Slot = slot_at(4, "scalars");
+        pub const RECORDS: Slot = slot_at(5, "records");
+        pub const ROW_OUT: Slot = slot_at(6, "row_out");
+        pub const LSE_OUT: Slot = slot_at(7, "lse_out");
+        pub const LSE_IN: Slot = slot_at(8, "lse_in");
+        pub const BIAS_GRAD: Slot = slot_at(9, "bias_grad");
+    }
 }
 
 /// The bits of `Params::flags` and the codes of `Params::reduction` and the
@@ -428,6 +491,35 @@ pub(crate) mod flags {
             ("FLAG_MEAN_BY_COUNT", FLAG_MEAN_BY_COUNT),
             ("FLAG_EXPORT_LOSS", FLAG_EXPORT_LOSS),
             ("FLAG_EXPORT_LSE", FLAG_EXPORT_LSE),
+            ("REDUCTION_MEAN", super::REDUCTION_MEAN),
+        ];
+    }
+
+    /// `linear.wgsl`.
+    pub mod linear {
+        pub const FLAG_LHS_F32: u32 = 1;
+        pub const FLAG_BIAS: u32 = 2;
+        pub const FLAG_ACCUMULATE: u32 = 4;
+        /// Every constant of the file, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[
+            ("FLAG_LHS_F32", FLAG_LHS_F32),
+            ("FLAG_BIAS", FLAG_BIAS),
+            ("FLAG_ACCUMULATE", FLAG_ACCUMULATE),
+        ];
+    }
+
+    /// `linear_cross_entropy.wgsl`.
+    pub mod linear_cross_entropy {
+        pub const FLAG_WEIGHTS: u32 = 1;
+        pub const FLAG_SOFTCAP: u32 = 2;
+        pub const FLAG_ACCUMULATE: u32 = 4;
+        /// Every constant of the file, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[
+            ("FLAG_WEIGHTS", FLAG_WEIGHTS),
+            ("FLAG_SOFTCAP", FLAG_SOFTCAP),
+            ("FLAG_ACCUMULATE", FLAG_ACCUMULATE),
             ("REDUCTION_MEAN", super::REDUCTION_MEAN),
         ];
     }
@@ -498,6 +590,20 @@ uniform_struct! {
         denominator: f32,
         /// Chunks per row of a split row kernel (0 or 1: whole rows).
         splits: u32,
+        /// Matrix products: the summed dimension `k`.
+        inner: u32,
+        /// Matrix products: element strides of `A(m, k)` along `m` and `k`,
+        /// of `B(k, n)` along `k` and `n`, and of the output along `m`.
+        lhs_row: u32,
+        lhs_col: u32,
+        rhs_row: u32,
+        rhs_col: u32,
+        out_row: u32,
+        /// Fused linear + cross-entropy: the shard's first class, the class
+        /// count `C` of the whole vocabulary, and the shards a merge folds.
+        shard_start: u32,
+        classes: u32,
+        shards: u32,
     }
 }
 
@@ -556,6 +662,16 @@ pub enum Kernel {
     CrossEntropyExport,
     /// `copy`: the bandwidth yardstick.
     Copy,
+    /// `matmul`: the tiled matrix product.
+    Matmul,
+    /// `lce_records`: per-row records of a shard's logits chunk.
+    LinearCrossEntropyRecords,
+    /// `lce_merge`: per-row records of every shard into row losses and lse.
+    LinearCrossEntropyMerge,
+    /// `lce_grad`: logits chunk into their gradient, in place.
+    LinearCrossEntropyGrad,
+    /// `lce_bias_grad`: column sums of a logit-gradient chunk (the bias gradient).
+    LinearCrossEntropyBiasGrad,
     /// `softmax_partial`: per-chunk statistics of split rows (softmax,
     /// log-softmax and logsumexp forward).
     SoftmaxPartial,
@@ -567,7 +683,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -591,6 +707,11 @@ impl Kernel {
         Kernel::Copy,
         Kernel::SoftmaxPartial,
         Kernel::CrossEntropyPartial,
+        Kernel::Matmul,
+        Kernel::LinearCrossEntropyRecords,
+        Kernel::LinearCrossEntropyMerge,
+        Kernel::LinearCrossEntropyGrad,
+        Kernel::LinearCrossEntropyBiasGrad,
     ];
 
     /// The shader file this kernel lives in.
@@ -614,6 +735,11 @@ impl Kernel {
                 Family::Binary
             }
             Copy => Family::Copy,
+            Matmul => Family::Linear,
+            LinearCrossEntropyRecords
+            | LinearCrossEntropyMerge
+            | LinearCrossEntropyGrad
+            | LinearCrossEntropyBiasGrad => Family::LinearCrossEntropy,
         }
     }
 
@@ -644,6 +770,11 @@ impl Kernel {
             Copy => "copy",
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
+            Matmul => "matmul",
+            LinearCrossEntropyRecords => "lce_records",
+            LinearCrossEntropyMerge => "lce_merge",
+            LinearCrossEntropyGrad => "lce_grad",
+            LinearCrossEntropyBiasGrad => "lce_bias_grad",
         }
     }
 
@@ -667,7 +798,10 @@ impl Kernel {
 
     /// The bindings of group 0 this entry point uses, as the shader declares them.
     pub(crate) fn bindings(self) -> &'static [(Slot, Access)] {
-        use slot::{binary as bin, copy, cross_entropy as ce, softmax as sm, CHUNK_STATS, PARAMS};
+        use slot::{
+            binary as bin, copy, cross_entropy as ce, linear as mm, linear_cross_entropy as lce,
+            softmax as sm, CHUNK_STATS, PARAMS,
+        };
         use Kernel::*;
         match self {
             SoftmaxForward | LogSoftmaxForward => &[
@@ -791,6 +925,42 @@ impl Kernel {
                 (ce::RESULT, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
+            Matmul => &[
+                (PARAMS, Uniform),
+                (mm::LHS, Read),
+                (mm::LHS_F32, Read),
+                (mm::RHS, Read),
+                (mm::BIAS, Read),
+                (mm::OUT, ReadWrite),
+            ],
+            LinearCrossEntropyRecords => &[
+                (PARAMS, Uniform),
+                (lce::LOGITS, ReadWrite),
+                (lce::TARGETS, Read),
+                (lce::WEIGHTS, Read),
+                (lce::RECORDS, ReadWrite),
+            ],
+            LinearCrossEntropyMerge => &[
+                (PARAMS, Uniform),
+                (lce::TARGETS, Read),
+                (lce::WEIGHTS, Read),
+                (lce::RECORDS, ReadWrite),
+                (lce::ROW_OUT, ReadWrite),
+                (lce::LSE_OUT, ReadWrite),
+            ],
+            LinearCrossEntropyGrad => &[
+                (PARAMS, Uniform),
+                (lce::LOGITS, ReadWrite),
+                (lce::TARGETS, Read),
+                (lce::WEIGHTS, Read),
+                (lce::SCALARS, Read),
+                (lce::LSE_IN, Read),
+            ],
+            LinearCrossEntropyBiasGrad => &[
+                (PARAMS, Uniform),
+                (lce::LOGITS, ReadWrite),
+                (lce::BIAS_GRAD, ReadWrite),
+            ],
         }
     }
 }

@@ -70,8 +70,16 @@ pub use context::{enumerate_adapters, ContextOptions, GpuContext};
 pub use error::{Error, Result};
 pub use loss::binary::{BinaryLossOptions, LossOutput, SigmoidFocalOptions};
 pub use loss::cross_entropy::{CrossEntropyOptions, CrossEntropyOutput, FocalOptions};
+pub use loss::linear_cross_entropy::{
+    LinearCrossEntropyOptions, LinearCrossEntropyOutput, LinearGrads, LinearShape, Shard,
+    ShardRecord,
+};
 pub use loss::softmax::SoftmaxOp;
 pub use loss::{ClassIndex, Reduction, Request};
+pub use ops::linear::{
+    LinearCrossEntropyViews, LinearViews, MergeViews, ScratchUse, ShardBackwardViews,
+    ShardGradients, ShardRecordViews,
+};
 pub use pool::PoolStats;
 pub use tensor::{
     BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, ProbTargetViews,

@@ -9,6 +9,7 @@ use crate::loss::binary::{BinaryCall, BinaryLossOptions, BinaryOp, SigmoidFocalO
 use crate::loss::cross_entropy::{
     check_soft_options, soft_rows, CrossEntropyOptions, FocalOptions,
 };
+use crate::loss::linear_cross_entropy::LinearShape;
 use crate::loss::{check_matrix, checked_targets, ClassIndex, Reduction, IGNORED_ROW};
 
 /// `logsumexp` of one row, PyTorch semantics: NaN if any NaN, `+inf` if any
@@ -637,4 +638,101 @@ pub fn sigmoid_focal_loss_f64(
         },
         logits,
     )
+}
+
+/// `z = H·Wᵀ + b` in f64 ([`crate::loss::linear_cross_entropy`]): `[N, V]`.
+pub fn linear(
+    hidden: &[f32],
+    classifier: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+) -> Result<Vec<f64>> {
+    shape.check(hidden.len(), classifier.len(), bias.map(<[f32]>::len))?;
+    let LinearShape {
+        rows,
+        hidden: d,
+        classes: v,
+    } = shape;
+    let mut z = vec![0.0; rows * v];
+    for n in 0..rows {
+        let h = &hidden[n * d..(n + 1) * d];
+        for c in 0..v {
+            let w = &classifier[c * d..(c + 1) * d];
+            let dot: f64 = h
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            z[n * v + c] = dot + bias.map_or(0.0, |b| f64::from(b[c]));
+        }
+    }
+    Ok(z)
+}
+
+/// The reference's fused linear + cross-entropy, in f64: an explicit matrix
+/// product, then [`cross_entropy_f64`], then the three gradient products.
+#[derive(Clone, Debug)]
+pub struct LinearCrossEntropyReference {
+    /// As [`CrossEntropyReference::loss`].
+    pub loss: Vec<f64>,
+    /// As [`CrossEntropyReference::z_loss`].
+    pub z_loss: Vec<f64>,
+    /// Each row's logsumexp.
+    pub lse: Vec<f64>,
+    /// `dH = G·W`, `[N, D]`.
+    pub grad_hidden: Vec<f64>,
+    /// `dW = Gᵀ·H`, `[V, D]`.
+    pub grad_classifier: Vec<f64>,
+    /// `db = Σ_n G[n, ·]`, `[V]`.
+    pub grad_bias: Vec<f64>,
+    /// The logits `z`, `[N, V]`.
+    pub logits: Vec<f64>,
+    /// `G = ∂loss/∂z`, `[N, V]`.
+    pub grad_logits: Vec<f64>,
+}
+
+/// Fused linear + cross-entropy on f32 inputs; see [`LinearCrossEntropyReference`].
+pub fn linear_cross_entropy<T: ClassIndex>(
+    hidden: &[f32],
+    classifier: &[f32],
+    bias: Option<&[f32]>,
+    targets: &[T],
+    shape: LinearShape,
+    options: &CrossEntropyOptions<'_>,
+) -> Result<LinearCrossEntropyReference> {
+    let logits = linear(hidden, classifier, bias, shape)?;
+    let LinearShape {
+        rows,
+        hidden: d,
+        classes: v,
+    } = shape;
+    check_matrix("targets", targets.len(), rows, 1)?;
+    let ce = cross_entropy_f64(&logits, targets, v, options)?;
+    let g = &ce.grad;
+    let mut grad_hidden = vec![0.0; rows * d];
+    let mut grad_classifier = vec![0.0; v * d];
+    let mut grad_bias = vec![0.0; v];
+    for n in 0..rows {
+        for c in 0..v {
+            let gv = g[n * v + c];
+            if gv == 0.0 {
+                continue;
+            }
+            grad_bias[c] += gv;
+            for k in 0..d {
+                grad_hidden[n * d + k] += gv * f64::from(classifier[c * d + k]);
+                grad_classifier[c * d + k] += gv * f64::from(hidden[n * d + k]);
+            }
+        }
+    }
+    Ok(LinearCrossEntropyReference {
+        loss: ce.loss,
+        z_loss: ce.z_loss,
+        lse: ce.lse,
+        grad_hidden,
+        grad_classifier,
+        grad_bias,
+        logits,
+        grad_logits: ce.grad,
+    })
 }

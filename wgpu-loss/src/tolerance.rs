@@ -18,6 +18,26 @@
 //! more finely than `eps · max|y| · max|dy|`. Tests pass that scale for the
 //! backward passes and nothing else.
 
+/// Matrix products (`linear`, the fused linear + cross-entropy). An f32
+/// sum of `K` products, in any fixed order, differs from the exact sum by at
+/// most `K·u·T` and in practice by about `√K·u·T`, where `u = 2^-24` and `T`
+/// is the sum of the terms' magnitudes `Σ|a_k·b_k|`. A result computed from
+/// such a product is therefore compared at scale `S` of at least
+/// [`product_scale`]`(K, T')`, where `T'` is `T` carried through to that
+/// result (times the result's sensitivity to the product: for a loss, the
+/// weight on the row; for a gradient product, the magnitude of what it is
+/// multiplied with). This is the rule's only growth with `K`; the pair
+/// ([`F32_TOLERANCE`]) stays the same.
+pub const PRODUCT_ULPS: f64 = 16.0;
+
+/// The scale `S` at which a result downstream of a product of depth
+/// `depth` and term magnitude `terms` is compared (see [`PRODUCT_ULPS`]):
+/// `F32_TOLERANCE.atol · S = PRODUCT_ULPS · √depth · 2^-24 · terms`.
+pub fn product_scale(depth: usize, terms: f64) -> f64 {
+    PRODUCT_ULPS * (depth.max(1) as f64).sqrt() * f64::from(f32::EPSILON) / 2.0 * terms
+        / F32_TOLERANCE.atol
+}
+
 /// `f32::MIN_POSITIVE` (2^-126): the floor of every allowed difference.
 pub const SMALLEST_NORMAL_F32: f64 = 1.1754943508222875e-38;
 

@@ -10,9 +10,11 @@
 //! | softmax, log-softmax, logsumexp | [`softmax`] | `shaders/softmax.wgsl` | `src/ops/softmax.rs` | [`crate::reference`] |
 //! | cross-entropy (index and probability targets), multiclass focal | [`cross_entropy`] | `shaders/cross_entropy.wgsl` | `src/ops/cross_entropy.rs` | [`crate::reference`] |
 //! | BCE (probabilities, logits), sigmoid focal | [`binary`] | `shaders/binary.wgsl` | `src/ops/binary.rs` | [`crate::reference`] |
+//! | linear, fused linear + cross-entropy (and its vocabulary shards) | [`linear_cross_entropy`] | `shaders/linear.wgsl`, `shaders/linear_cross_entropy.wgsl` | `src/ops/linear.rs` | [`crate::reference`] |
 
 pub mod binary;
 pub mod cross_entropy;
+pub mod linear_cross_entropy;
 pub mod softmax;
 
 use crate::error::{Error, Result};

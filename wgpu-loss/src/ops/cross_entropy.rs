@@ -77,17 +77,17 @@ pub(crate) struct CrossEntropyProblem<'a> {
     kind: RowLoss,
     pub(crate) classes: usize,
     pub(crate) reduction: Reduction,
-    params: Params,
+    pub(crate) params: Params,
     width: VecWidth,
     targets: Operand<'a>,
     weights: Option<Operand<'a>>,
-    scalars: wgpu::Buffer,
+    pub(crate) scalars: wgpu::Buffer,
     pub(crate) row_out: wgpu::Buffer,
     pub(crate) result: wgpu::Buffer,
 }
 
 /// `ignore_index` as the kernels compare it against i32 targets on the GPU.
-fn gpu_ignore_index(ignore_index: i64) -> Result<i32> {
+pub(crate) fn gpu_ignore_index(ignore_index: i64) -> Result<i32> {
     i32::try_from(ignore_index).map_err(|_| Error::InvalidOption {
         name: "ignore_index",
         value: ignore_index as f64,
@@ -119,7 +119,7 @@ fn focal_params<W: ?Sized>(options: &FocalOptions<'_, W>, ignore_index: i32) -> 
 }
 
 /// Kernel parameters of cross-entropy options (targets and weights aside).
-fn cross_entropy_params<W: ?Sized>(options: &CrossEntropyOptions<'_, W>) -> Params {
+pub(crate) fn cross_entropy_params<W: ?Sized>(options: &CrossEntropyOptions<'_, W>) -> Params {
     Params {
         ignore_index: IGNORED_ROW,
         flags: if options.softcap.is_some() {

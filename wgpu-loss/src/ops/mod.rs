@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod cross_entropy;
+pub mod linear;
 pub mod softmax;
 
 use crate::context::GpuContext;
@@ -89,7 +90,7 @@ impl<'a> WholeArg<'a> {
     /// `limit`: the device's binding size limit. A buffer bound whole is bound
     /// up to it: pooled buffers are rounded up past the data they hold, and
     /// the data itself was checked against the limit.
-    fn resource(&self, limit: u64) -> wgpu::BindingResource<'a> {
+    pub(crate) fn resource(&self, limit: u64) -> wgpu::BindingResource<'a> {
         match self.range {
             None if self.buffer.size() <= limit => self.buffer.as_entire_binding(),
             None => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -122,7 +123,7 @@ impl Operand<'_> {
 }
 
 /// Whether any input binding shares a buffer with an output binding.
-fn aliasing(kernel: Kernel, bound: &[(Slot, &wgpu::Buffer)]) -> Aliasing {
+pub(crate) fn aliasing(kernel: Kernel, bound: &[(Slot, &wgpu::Buffer)]) -> Aliasing {
     let shared = bound.iter().any(|&(rb, read)| {
         kernel.reads(rb)
             && bound

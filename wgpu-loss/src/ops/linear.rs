@@ -1,0 +1,1839 @@
+//! GPU host code of the `linear` op and the fused linear + cross-entropy;
+//! the definitions are in [`crate::loss::linear_cross_entropy`].
+//!
+//! The fused op walks the rows in chunks that fit its workspace. For each
+//! chunk: the tiled product `z = H·Wᵀ + b` of the chunk's rows and the
+//! shard's classes into the workspace (`shaders/linear.wgsl`, one dispatch
+//! per binding-sized segment of `W`), one record per row
+//! (`lce_records`), then, unsharded, the merge into row losses and lse
+//! (`lce_merge`) and, for gradients, the chunk turned into `G = ∂loss/∂z`
+//! in place (`lce_grad`) and multiplied out: `dH += G·W_seg` per segment,
+//! `dW_seg += Gᵀ·H_chunk`, `db += Σ_rows G` (`lce_bias_grad`). Chunks and
+//! segments are visited in a fixed order and every sum runs in a fixed
+//! order, so results are bitwise reproducible for a given adapter, input and
+//! workspace size. The `mean` denominator comes from the targets alone
+//! (`ce_denominator`), before any chunk, so it is global.
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernels::flags::linear::{FLAG_ACCUMULATE, FLAG_BIAS, FLAG_LHS_F32};
+use crate::kernels::flags::linear_cross_entropy as lce_flags;
+use crate::kernels::slot::{cross_entropy as ce, linear as mm, linear_cross_entropy as lce};
+use crate::kernels::{
+    slot, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
+};
+use crate::loss::cross_entropy::{CrossEntropyOptions, CrossEntropyOutput};
+use crate::loss::linear_cross_entropy::{
+    LinearCrossEntropyOptions, LinearCrossEntropyOutput, LinearGrads, LinearShape, Shard,
+    ShardRecord, RECORD_FLOATS,
+};
+use crate::loss::{check_matrix, checked_targets, ClassIndex, Reduction, IGNORED_ROW};
+use crate::ops::cross_entropy::{cross_entropy_params, gpu_ignore_index, RowLoss};
+use crate::ops::{Operand, Params, WholeArg};
+use crate::tensor::{spec, DType, GpuTensor};
+
+/// Most `k` one product dispatch sums: lavapipe stops an invocation's loops
+/// after 65535 iterations, and the kernel's k loop takes 16 per iteration.
+const MAX_INNER: usize = 1 << 19;
+
+/// Rows per chunk at most: `lce_bias_grad` walks a chunk's rows in one loop.
+const MAX_CHUNK_ROWS: usize = 32_768;
+
+/// Output tile of the product kernel (`TILE_M`, `TILE_N` in `linear.wgsl`).
+const TILE: usize = 64;
+
+/// Scratch memory a fused call allocated on the device, beyond its inputs and
+/// outputs: counted from the sizes of the buffers it created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScratchUse {
+    /// Bytes of storage buffers the call created (workspace, records,
+    /// per-row results, scalars).
+    pub bytes: u64,
+    /// Of which the logits workspace.
+    pub workspace_bytes: u64,
+    /// Rows per chunk the workspace held.
+    pub chunk_rows: usize,
+}
+
+/// The tensors of [`GpuContext::encode_linear`]: `output = input·weightᵀ + bias`.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearViews<'a> {
+    /// f32 or f16 `[N, D]`.
+    pub input: GpuTensor<'a>,
+    /// `[V, D]`, the input's dtype.
+    pub weight: GpuTensor<'a>,
+    /// Optional f32 `[V, 1]`.
+    pub bias: Option<GpuTensor<'a>>,
+    /// f32 `[N, V]`.
+    pub output: GpuTensor<'a>,
+}
+
+/// The tensors of [`GpuContext::encode_linear_cross_entropy`]. Class weights,
+/// if any, are a view in the options. Outputs must not share bytes with any
+/// input or with each other.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearCrossEntropyViews<'a> {
+    /// f32 or f16 `[N, D]` hidden states.
+    pub hidden: GpuTensor<'a>,
+    /// `[V, D]` classifier weight, the hidden states' dtype.
+    pub classifier: GpuTensor<'a>,
+    /// Optional f32 `[V, 1]` bias.
+    pub bias: Option<GpuTensor<'a>>,
+    /// i32 `[N, 1]` class indices.
+    pub targets: GpuTensor<'a>,
+    /// f32 `[N, 1]` row losses for `Reduction::None`, else `[2, 1]`: the
+    /// loss and its z-loss part.
+    pub loss: GpuTensor<'a>,
+    /// Optional f32 `[N, 1]`: each row's logsumexp.
+    pub lse: Option<GpuTensor<'a>>,
+    /// Optional f32 `[N, D]`: `dH`.
+    pub grad_hidden: Option<GpuTensor<'a>>,
+    /// Optional f32 `[V, D]`: `dW`.
+    pub grad_classifier: Option<GpuTensor<'a>>,
+    /// Optional f32 `[V, 1]`: `db` (needs `bias`).
+    pub grad_bias: Option<GpuTensor<'a>>,
+}
+
+/// The tensors of [`GpuContext::encode_shard_records`]: one vocabulary
+/// shard's forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardRecordViews<'a> {
+    /// f32 or f16 `[N, D]` hidden states.
+    pub hidden: GpuTensor<'a>,
+    /// The shard's rows of the classifier, `[v1 - v0, D]`.
+    pub classifier: GpuTensor<'a>,
+    /// The shard's bias, optional f32 `[v1 - v0, 1]`.
+    pub bias: Option<GpuTensor<'a>>,
+    /// i32 `[N, 1]` class indices (of the whole vocabulary).
+    pub targets: GpuTensor<'a>,
+    /// f32 `[N, 8]`: one [`ShardRecord`] per row.
+    pub records: GpuTensor<'a>,
+}
+
+/// The tensors of [`GpuContext::encode_merge_records`].
+#[derive(Clone, Copy, Debug)]
+pub struct MergeViews<'a> {
+    /// f32 `[S·N, 8]`: shard 0's `N` records, then shard 1's, in shard order.
+    pub records: GpuTensor<'a>,
+    /// i32 `[N, 1]` class indices.
+    pub targets: GpuTensor<'a>,
+    /// As [`LinearCrossEntropyViews::loss`].
+    pub loss: GpuTensor<'a>,
+    /// f32 `[N, 1]`: each row's logsumexp, what the backward passes take.
+    pub lse: GpuTensor<'a>,
+}
+
+/// The tensors of [`GpuContext::encode_shard_backward`]: one shard's gradients.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardBackwardViews<'a> {
+    /// f32 or f16 `[N, D]` hidden states.
+    pub hidden: GpuTensor<'a>,
+    /// The shard's rows of the classifier, `[v1 - v0, D]`.
+    pub classifier: GpuTensor<'a>,
+    /// The shard's bias, optional f32 `[v1 - v0, 1]`.
+    pub bias: Option<GpuTensor<'a>>,
+    /// i32 `[N, 1]` class indices.
+    pub targets: GpuTensor<'a>,
+    /// f32 `[N, 1]`: the merged logsumexp of every row.
+    pub lse: GpuTensor<'a>,
+    /// Optional f32 `[N, D]`: this shard's part of `dH` (sum it over shards).
+    pub grad_hidden: Option<GpuTensor<'a>>,
+    /// Optional f32 `[v1 - v0, D]`: the shard's rows of `dW`.
+    pub grad_classifier: Option<GpuTensor<'a>>,
+    /// Optional f32 `[v1 - v0, 1]`: the shard's `db`.
+    pub grad_bias: Option<GpuTensor<'a>>,
+}
+
+/// Gradients of one shard's backward pass on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardGradients {
+    /// This shard's part of `dH`, `[N, D]`.
+    pub grad_hidden: Option<Vec<f32>>,
+    /// The shard's rows of `dW`, `[v1 - v0, D]`.
+    pub grad_classifier: Option<Vec<f32>>,
+    /// The shard's `db`, `[v1 - v0]`.
+    pub grad_bias: Option<Vec<f32>>,
+}
+
+/// `elems` elements of a buffer from element `first`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    buffer: &'a wgpu::Buffer,
+    first: u64,
+    elems: u64,
+}
+
+/// One matrix product dispatch (see `linear.wgsl` for the addressing).
+struct Product<'a> {
+    lhs: Mat<'a>,
+    /// `A` is f32 (the logit-gradient workspace) rather than `storage`.
+    lhs_f32: bool,
+    rhs: Mat<'a>,
+    bias: Option<Mat<'a>>,
+    out: Mat<'a>,
+    storage: Storage,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs_row: usize,
+    lhs_col: usize,
+    rhs_row: usize,
+    rhs_col: usize,
+    out_row: usize,
+    accumulate: bool,
+}
+
+/// What a pass over the chunks of a shard produces.
+enum Work<'b> {
+    /// The shard's records, into `records` (`[N, 8]`).
+    Records { records: GpuTensor<'b> },
+    /// The whole op on one device: records, merge, and the gradients asked for.
+    Fused {
+        lse: GpuTensor<'b>,
+        grads: Grads<'b>,
+    },
+    /// A shard's gradients from the merged lse.
+    Backward {
+        lse: GpuTensor<'b>,
+        grads: Grads<'b>,
+    },
+}
+
+#[derive(Clone, Copy, Default)]
+struct Grads<'b> {
+    hidden: Option<GpuTensor<'b>>,
+    classifier: Option<GpuTensor<'b>>,
+    bias: Option<GpuTensor<'b>>,
+}
+
+impl Grads<'_> {
+    fn any(&self) -> bool {
+        self.hidden.is_some() || self.classifier.is_some() || self.bias.is_some()
+    }
+}
+
+/// The inputs every pass reads.
+struct Inputs<'b> {
+    hidden: GpuTensor<'b>,
+    classifier: GpuTensor<'b>,
+    bias: Option<GpuTensor<'b>>,
+    targets: GpuTensor<'b>,
+    weights: Option<GpuTensor<'b>>,
+    shard: Shard,
+    params: Params,
+    workspace_bytes: u64,
+}
+
+fn u32_of(v: usize, what: &'static str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge {
+        what,
+        requested: v as u64,
+        limit_name: "u32 indices",
+        limit: u64::from(u32::MAX),
+    })
+}
+
+/// The fused kernels' parameters for cross-entropy options.
+fn lce_params<W: ?Sized>(
+    options: &CrossEntropyOptions<'_, W>,
+    ignore_index: i32,
+    shard: Shard,
+    rows: usize,
+) -> Result<Params> {
+    let mut flags = 0;
+    if options.weight.is_some() {
+        flags |= lce_flags::FLAG_WEIGHTS;
+    }
+    if options.softcap.is_some() {
+        flags |= lce_flags::FLAG_SOFTCAP;
+    }
+    Ok(Params {
+        ignore_index,
+        flags,
+        smoothing: options.label_smoothing,
+        z_loss: options.z_loss,
+        softcap: options.softcap.unwrap_or(1.0),
+        grad_scale: options.grad_scale,
+        reduction: options.reduction.code(),
+        total_rows: u32_of(rows, "row count")?,
+        shard_start: u32_of(shard.start, "shard start")?,
+        classes: u32_of(shard.classes, "class count")?,
+        shards: 1,
+        ..Params::default()
+    })
+}
+
+fn view_mat<'a>(v: &GpuTensor<'a>) -> Mat<'a> {
+    Mat {
+        buffer: v.buffer,
+        first: v.offset_elems(),
+        elems: v.len() as u64,
+    }
+}
+
+impl Mat<'_> {
+    /// `elems` elements from `first` elements further in.
+    fn sub(&self, first: u64, elems: u64) -> Self {
+        Mat {
+            buffer: self.buffer,
+            first: self.first + first,
+            elems,
+        }
+    }
+}
+
+/// Any two of `views` (name, view) sharing bytes, as an error naming both.
+fn reject_shared(
+    outputs: &[(&'static str, GpuTensor<'_>)],
+    inputs: &[(&'static str, GpuTensor<'_>)],
+) -> Result<()> {
+    for (i, (name, out)) in outputs.iter().enumerate() {
+        for (other, v) in inputs.iter().chain(&outputs[i + 1..]) {
+            if out.shares_bytes(v) {
+                return Err(Error::InvalidView {
+                    name,
+                    problem: format!(
+                        "shares bytes with `{other}`; outputs need bytes of their own"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    /// The binding of `m` (elements of `bytes` each): its aligned byte range
+    /// and the element offset of `m.first` inside it.
+    fn window<'a>(&self, m: &Mat<'a>, bytes: u64) -> Result<(wgpu::BindingResource<'a>, u32)> {
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let start = m.first * bytes / align * align;
+        let end = ((m.first + m.elems.max(1)) * bytes).div_ceil(4) * 4;
+        let size = end - start;
+        if size > self.max_binding_bytes() {
+            return Err(Error::TooLarge {
+                what: "bytes bound for one product operand",
+                requested: size,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: self.max_binding_bytes(),
+            });
+        }
+        let base =
+            u32::try_from((m.first * bytes - start) / bytes).map_err(|_| Error::TooLarge {
+                what: "window offset",
+                requested: m.first,
+                limit_name: "u32 indices",
+                limit: u64::from(u32::MAX),
+            })?;
+        Ok((
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: m.buffer,
+                offset: start,
+                size: wgpu::BufferSize::new(size),
+            }),
+            base,
+        ))
+    }
+
+    fn variant(
+        &self,
+        kernel: Kernel,
+        storage: Storage,
+        bound: &[(Slot, &wgpu::Buffer)],
+    ) -> Variant {
+        Variant {
+            width: VecWidth::Scalar,
+            aliasing: crate::ops::aliasing(kernel, bound),
+            storage,
+            reduce: Reduce::Workgroup,
+        }
+    }
+
+    /// Records one bind group and dispatch of `groups` workgroups (a 2-D grid past the per-dimension limit).
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        variant: Variant,
+        params: &Params,
+        entries: Vec<(Slot, wgpu::BindingResource<'_>)>,
+        groups: (u32, u32),
+    ) -> Result<()> {
+        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
+        let uniform = self.params_buffer(kernel.entry_point(), params);
+        let mut all = vec![wgpu::BindGroupEntry {
+            binding: slot::PARAMS.index,
+            resource: uniform.as_entire_binding(),
+        }];
+        all.extend(
+            entries
+                .into_iter()
+                .map(|(s, resource)| wgpu::BindGroupEntry {
+                    binding: s.index,
+                    resource,
+                }),
+        );
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry_point()),
+            layout: &pipeline.layout,
+            entries: &all,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        Ok(())
+    }
+
+    /// `groups` workgroups as a 2-D grid within the per-dimension limit.
+    fn grid(&self, groups: usize) -> Result<(u32, u32)> {
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
+        let gx = groups.clamp(1, max_dim);
+        let gy = groups.div_ceil(gx).max(1);
+        if gy > max_dim {
+            return Err(Error::TooLarge {
+                what: "workgroups of one dispatch",
+                requested: groups as u64,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+                limit: (max_dim * max_dim) as u64,
+            });
+        }
+        Ok((gx as u32, gy as u32))
+    }
+
+    fn encode_product(&self, encoder: &mut wgpu::CommandEncoder, p: &Product<'_>) -> Result<()> {
+        if p.m == 0 || p.n == 0 {
+            return Ok(());
+        }
+        let eb = p.storage.bytes();
+        let max_dim = self.limits().max_compute_workgroups_per_dimension as usize;
+        let (gx, gy) = (p.n.div_ceil(TILE), p.m.div_ceil(TILE));
+        if gx > max_dim || gy > max_dim {
+            return Err(Error::TooLarge {
+                what: "64x64 output tiles along one side of a product",
+                requested: gx.max(gy) as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+                limit: max_dim as u64,
+            });
+        }
+        let (lhs_res, lhs_base) = self.window(&p.lhs, if p.lhs_f32 { 4 } else { eb })?;
+        let (rhs_res, rhs_base) = self.window(&p.rhs, eb)?;
+        let (out_res, out_base) = self.window(&p.out, 4)?;
+        let (bias_res, bias_base) = match &p.bias {
+            Some(b) => {
+                let (r, base) = self.window(b, 4)?;
+                (r, base)
+            }
+            None => (self.placeholder.as_entire_binding(), 0),
+        };
+        let lhs_buffer = if p.lhs_f32 {
+            p.rhs.buffer
+        } else {
+            p.lhs.buffer
+        };
+        let lhs_f32_buffer = if p.lhs_f32 {
+            p.lhs.buffer
+        } else {
+            &self.placeholder
+        };
+        let bound = [
+            (mm::LHS, lhs_buffer),
+            (mm::LHS_F32, lhs_f32_buffer),
+            (mm::RHS, p.rhs.buffer),
+            (
+                mm::BIAS,
+                p.bias.as_ref().map_or(&self.placeholder, |b| b.buffer),
+            ),
+            (mm::OUT, p.out.buffer),
+        ];
+        let variant = self.variant(Kernel::Matmul, p.storage, &bound);
+        let mut k0 = 0;
+        loop {
+            let k = MAX_INNER.min(p.k - k0);
+            let mut flags = 0;
+            if p.lhs_f32 {
+                flags |= FLAG_LHS_F32;
+            }
+            if p.bias.is_some() && k0 == 0 {
+                flags |= FLAG_BIAS;
+            }
+            if p.accumulate || k0 > 0 {
+                flags |= FLAG_ACCUMULATE;
+            }
+            let params = Params {
+                rows: u32_of(p.m, "product rows")?,
+                cols: u32_of(p.n, "product columns")?,
+                inner: u32_of(k, "product depth")?,
+                base_a: u32_of(lhs_base as usize + k0 * p.lhs_col, "product offset")?,
+                base_b: u32_of(rhs_base as usize + k0 * p.rhs_row, "product offset")?,
+                base_c: bias_base,
+                base_out: out_base,
+                lhs_row: u32_of(p.lhs_row, "product stride")?,
+                lhs_col: u32_of(p.lhs_col, "product stride")?,
+                rhs_row: u32_of(p.rhs_row, "product stride")?,
+                rhs_col: u32_of(p.rhs_col, "product stride")?,
+                out_row: u32_of(p.out_row, "product stride")?,
+                flags,
+                ..Params::default()
+            };
+            // With A in f32, the mat_t binding is never read: it holds B's window.
+            let lhs_binding = if p.lhs_f32 {
+                rhs_res.clone()
+            } else {
+                lhs_res.clone()
+            };
+            let lhs_f32_binding = if p.lhs_f32 {
+                lhs_res.clone()
+            } else {
+                self.placeholder.as_entire_binding()
+            };
+            self.dispatch(
+                encoder,
+                Kernel::Matmul,
+                variant,
+                &params,
+                vec![
+                    (mm::LHS, lhs_binding),
+                    (mm::LHS_F32, lhs_f32_binding),
+                    (mm::RHS, rhs_res.clone()),
+                    (mm::BIAS, bias_res.clone()),
+                    (mm::OUT, out_res.clone()),
+                ],
+                (gx as u32, gy as u32),
+            )?;
+            k0 += k;
+            if k0 >= p.k {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Checks the views of a product `[N, D]·[V, D]ᵀ (+ [V])`: dtypes and
+    /// shapes agree, and every view is in bounds.
+    fn check_linear_inputs(
+        &self,
+        hidden: &GpuTensor<'_>,
+        classifier: &GpuTensor<'_>,
+        bias: Option<&GpuTensor<'_>>,
+        names: (&'static str, &'static str, &'static str),
+    ) -> Result<(LinearShape, Storage)> {
+        let dtype = hidden.dtype;
+        if dtype == DType::I32 {
+            return Err(Error::InvalidView {
+                name: names.0,
+                problem: "has dtype I32, expected F32 or F16".into(),
+            });
+        }
+        let shape = LinearShape {
+            rows: hidden.rows,
+            hidden: hidden.cols,
+            classes: classifier.rows,
+        };
+        if shape.hidden == 0 {
+            return Err(Error::ZeroCols);
+        }
+        if shape.classes == 0 {
+            return Err(Error::InvalidView {
+                name: names.1,
+                problem: "has no rows (classes)".into(),
+            });
+        }
+        self.check_view(hidden, spec(names.0, dtype, shape.rows, shape.hidden))?;
+        self.check_view(
+            classifier,
+            spec(names.1, dtype, shape.classes, shape.hidden),
+        )?;
+        if let Some(b) = bias {
+            self.check_view(b, spec(names.2, DType::F32, shape.classes, 1))?;
+        }
+        Ok((shape, dtype.storage()))
+    }
+
+    /// Records `output = input·weightᵀ + bias` into `encoder`
+    /// ([`crate::loss::linear_cross_entropy`]): a tiled product with f32
+    /// accumulation, any sizes, operands larger than one binding processed
+    /// in row blocks. Nothing is submitted.
+    pub fn encode_linear(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LinearViews<'_>,
+    ) -> Result<()> {
+        self.scoped_now("matmul", || self.encode_linear_checked(encoder, views))
+    }
+
+    fn encode_linear_checked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LinearViews<'_>,
+    ) -> Result<()> {
+        let (shape, storage) = self.check_linear_inputs(
+            &views.input,
+            &views.weight,
+            views.bias.as_ref(),
+            ("input", "weight", "bias"),
+        )?;
+        let LinearShape {
+            rows,
+            hidden: d,
+            classes: v,
+        } = shape;
+        self.check_view(&views.output, spec("output", DType::F32, rows, v))?;
+        let mut inputs = vec![("input", views.input), ("weight", views.weight)];
+        if let Some(b) = views.bias {
+            inputs.push(("bias", b));
+        }
+        reject_shared(&[("output", views.output)], &inputs)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let usable = self.usable_binding();
+        let eb = storage.bytes();
+        let row_rows = (usable / (d as u64 * eb))
+            .min(usable / (v as u64 * 4))
+            .min((self.limits().max_compute_workgroups_per_dimension as u64) * TILE as u64);
+        let seg_rows = (usable / (d as u64 * eb)).min(usable / 4);
+        if row_rows == 0 || seg_rows == 0 {
+            return Err(Error::RowTooLarge {
+                cols: d.max(v),
+                row_bytes: (d as u64 * eb).max(v as u64 * 4),
+                limit: self.max_binding_bytes(),
+            });
+        }
+        let (h, w, out) = (
+            view_mat(&views.input),
+            view_mat(&views.weight),
+            view_mat(&views.output),
+        );
+        let b = views.bias.as_ref().map(view_mat);
+        for r0 in (0..rows).step_by(row_rows as usize) {
+            let n = (row_rows as usize).min(rows - r0);
+            for s0 in (0..v).step_by(seg_rows as usize) {
+                let seg = (seg_rows as usize).min(v - s0);
+                self.encode_product(
+                    encoder,
+                    &Product {
+                        lhs: h.sub((r0 * d) as u64, (n * d) as u64),
+                        lhs_f32: false,
+                        rhs: w.sub((s0 * d) as u64, (seg * d) as u64),
+                        bias: b.map(|b| b.sub(s0 as u64, seg as u64)),
+                        out: out.sub((r0 * v + s0) as u64, ((n - 1) * v + seg) as u64),
+                        storage,
+                        m: n,
+                        n: seg,
+                        k: d,
+                        lhs_row: d,
+                        lhs_col: 1,
+                        rhs_row: 1,
+                        rhs_col: d,
+                        out_row: v,
+                        accumulate: false,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes one window may span after the offset alignment's slack.
+    fn usable_binding(&self) -> u64 {
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        self.max_binding_bytes().saturating_sub(align)
+    }
+
+    /// `z = H·Wᵀ + b` on host slices ([`crate::loss::linear_cross_entropy`]), `[N, V]` f32.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// use wgpu_loss::{block_on, GpuContext, LinearShape};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let shape = LinearShape { rows: 1, hidden: 2, classes: 3 };
+    /// let z = block_on(ctx.linear(&[1.0, 2.0], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], Some(&[0.0, 0.0, 0.5]), shape))?;
+    /// assert_eq!(z, vec![1.0, 2.0, 3.5]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn linear(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        shape: LinearShape,
+    ) -> Result<Vec<f32>> {
+        self.check_errors().await?;
+        shape.check(input.len(), weight.len(), bias.map(<[f32]>::len))?;
+        let LinearShape {
+            rows,
+            hidden: d,
+            classes: v,
+        } = shape;
+        let out_len = rows
+            .checked_mul(v)
+            .ok_or(Error::ShapeOverflow { rows, cols: v })?;
+        let staging = self
+            .scoped("matmul", || {
+                let h = self.upload("input", input);
+                let w = self.upload("weight", weight);
+                let b = bias.map(|b| self.upload("bias", b));
+                let out = self.output("output", out_len);
+                let views = LinearViews {
+                    input: GpuTensor::f32_matrix(&h, 0, rows, d),
+                    weight: GpuTensor::f32_matrix(&w, 0, v, d),
+                    bias: b.as_ref().map(|b| GpuTensor::f32_vector(b, 0, v)),
+                    output: GpuTensor::f32_matrix(&out, 0, rows, v),
+                };
+                let mut encoder = self.encoder("linear");
+                self.encode_linear_checked(&mut encoder, &views)?;
+                let staging = self.stage(&mut encoder, &out, out_len as u64 * 4);
+                self.queue.submit([encoder.finish()]);
+                Ok(staging)
+            })
+            .await?;
+        self.read_back(&staging, out_len).await
+    }
+
+    /// Rows per chunk and `W` rows per segment for a pass over `inputs`.
+    fn lce_plan(&self, inputs: &Inputs<'_>) -> Result<(usize, usize)> {
+        let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
+        let eb = inputs.hidden.dtype.size();
+        let per_row = vs as u64 * 4;
+        let cap = inputs.workspace_bytes.min(self.max_binding_bytes());
+        if cap < per_row {
+            return Err(Error::WorkspaceTooSmall {
+                bytes: cap,
+                needed: per_row,
+                classes: vs,
+            });
+        }
+        let usable = self.usable_binding();
+        // H and dH windows of a chunk, W and dW windows of a segment.
+        let by_hidden = usable / (d as u64 * eb.max(4));
+        if by_hidden == 0 {
+            return Err(Error::RowTooLarge {
+                cols: d,
+                row_bytes: d as u64 * 4,
+                limit: self.max_binding_bytes(),
+            });
+        }
+        let chunk = (cap / per_row)
+            .min(by_hidden)
+            .min(MAX_CHUNK_ROWS as u64)
+            .min(rows.max(1) as u64) as usize;
+        let segment = (by_hidden as usize).min(vs);
+        Ok((chunk, segment))
+    }
+
+    /// Records the chunks of one pass (see the module docs).
+    fn encode_lce_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &Inputs<'_>,
+        work: &Work<'_>,
+        lse_rows: Option<&crate::ops::cross_entropy::CrossEntropyProblem<'_>>,
+        scratch: &mut ScratchUse,
+    ) -> Result<()> {
+        let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
+        let (chunk, segment) = self.lce_plan(inputs)?;
+        let storage = inputs.hidden.dtype.storage();
+        let workspace = self.scratch("lce workspace", (chunk * vs) as u64 * 4);
+        scratch.bytes += workspace.size();
+        scratch.workspace_bytes = workspace.size();
+        scratch.chunk_rows = chunk;
+        let ws = Mat {
+            buffer: &workspace,
+            first: 0,
+            elems: (chunk * vs) as u64,
+        };
+        let fused_records = match work {
+            Work::Fused { .. } => {
+                let b = self.scratch("lce records", rows as u64 * 32);
+                scratch.bytes += b.size();
+                Some(b)
+            }
+            _ => None,
+        };
+        let (h, w) = (view_mat(&inputs.hidden), view_mat(&inputs.classifier));
+        let b = inputs.bias.as_ref().map(view_mat);
+        let weights = inputs
+            .weights
+            .as_ref()
+            .map_or(WholeArg::new(lce::WEIGHTS, &self.placeholder), |v| {
+                WholeArg::view(lce::WEIGHTS, v)
+            });
+        let limit = self.limits().max_storage_buffer_binding_size;
+        let targets = WholeArg::view(lce::TARGETS, &inputs.targets);
+        for r0 in (0..rows).step_by(chunk) {
+            let n = chunk.min(rows - r0);
+            let used = (n - 1) * vs;
+            // z = H_chunk · W_segᵀ + b_seg, segment by segment.
+            for s0 in (0..vs).step_by(segment) {
+                let seg = segment.min(vs - s0);
+                self.encode_product(
+                    encoder,
+                    &Product {
+                        lhs: h.sub((r0 * d) as u64, (n * d) as u64),
+                        lhs_f32: false,
+                        rhs: w.sub((s0 * d) as u64, (seg * d) as u64),
+                        bias: b.map(|b| b.sub(s0 as u64, seg as u64)),
+                        out: ws.sub(s0 as u64, (used + seg) as u64),
+                        storage,
+                        m: n,
+                        n: seg,
+                        k: d,
+                        lhs_row: d,
+                        lhs_col: 1,
+                        rhs_row: 1,
+                        rhs_col: d,
+                        out_row: vs,
+                        accumulate: false,
+                    },
+                )?;
+            }
+            let mut params = Params {
+                rows: u32_of(n, "chunk rows")?,
+                cols: u32_of(vs, "shard classes")?,
+                row_base: u32_of(r0, "row index")?,
+                ..inputs.params
+            };
+            let rows_grid = self.grid(n)?;
+            let logits = (lce::LOGITS, workspace.as_entire_binding());
+            let records_arg = match (work, &fused_records) {
+                (Work::Records { records }, _) => Some(WholeArg::view(lce::RECORDS, records)),
+                (Work::Fused { .. }, Some(buffer)) => Some(WholeArg::new(lce::RECORDS, buffer)),
+                _ => None,
+            };
+            if let Some(records) = &records_arg {
+                let bound = [
+                    (lce::LOGITS, &workspace),
+                    (lce::TARGETS, targets.buffer),
+                    (lce::WEIGHTS, weights.buffer),
+                    (lce::RECORDS, records.buffer),
+                ];
+                let variant = self.variant(Kernel::LinearCrossEntropyRecords, Storage::F32, &bound);
+                self.dispatch(
+                    encoder,
+                    Kernel::LinearCrossEntropyRecords,
+                    variant,
+                    &params,
+                    vec![
+                        logits.clone(),
+                        (lce::TARGETS, targets.resource(limit)),
+                        (lce::WEIGHTS, weights.resource(limit)),
+                        (lce::RECORDS, records.resource(limit)),
+                    ],
+                    rows_grid,
+                )?;
+            }
+            let (lse, grads) = match work {
+                Work::Records { .. } => continue,
+                Work::Fused { lse, grads } => {
+                    let (Some(records), Some(problem)) = (&records_arg, lse_rows) else {
+                        continue;
+                    };
+                    let lse_arg = WholeArg::view(lce::LSE_OUT, lse);
+                    let row_out = WholeArg::new(lce::ROW_OUT, &problem.row_out);
+                    let bound = [
+                        (lce::TARGETS, targets.buffer),
+                        (lce::WEIGHTS, weights.buffer),
+                        (lce::RECORDS, records.buffer),
+                        (lce::ROW_OUT, row_out.buffer),
+                        (lce::LSE_OUT, lse_arg.buffer),
+                    ];
+                    let variant =
+                        self.variant(Kernel::LinearCrossEntropyMerge, Storage::F32, &bound);
+                    self.dispatch(
+                        encoder,
+                        Kernel::LinearCrossEntropyMerge,
+                        variant,
+                        &params,
+                        vec![
+                            (lce::TARGETS, targets.resource(limit)),
+                            (lce::WEIGHTS, weights.resource(limit)),
+                            (lce::RECORDS, records.resource(limit)),
+                            (lce::ROW_OUT, row_out.resource(limit)),
+                            (lce::LSE_OUT, lse_arg.resource(limit)),
+                        ],
+                        self.grid(n.div_ceil(WORKGROUP_SIZE as usize))?,
+                    )?;
+                    (lse, grads)
+                }
+                Work::Backward { lse, grads } => (lse, grads),
+            };
+            if !grads.any() {
+                continue;
+            }
+            let Some(problem) = lse_rows else {
+                continue;
+            };
+            // The chunk's logits become G = ∂loss/∂z, in place.
+            let lse_arg = WholeArg::view(lce::LSE_IN, lse);
+            let scalars = WholeArg::new(lce::SCALARS, &problem.scalars);
+            let bound = [
+                (lce::LOGITS, &workspace),
+                (lce::TARGETS, targets.buffer),
+                (lce::WEIGHTS, weights.buffer),
+                (lce::SCALARS, scalars.buffer),
+                (lce::LSE_IN, lse_arg.buffer),
+            ];
+            let variant = self.variant(Kernel::LinearCrossEntropyGrad, Storage::F32, &bound);
+            self.dispatch(
+                encoder,
+                Kernel::LinearCrossEntropyGrad,
+                variant,
+                &params,
+                vec![
+                    logits.clone(),
+                    (lce::TARGETS, targets.resource(limit)),
+                    (lce::WEIGHTS, weights.resource(limit)),
+                    (lce::SCALARS, scalars.resource(limit)),
+                    (lce::LSE_IN, lse_arg.resource(limit)),
+                ],
+                rows_grid,
+            )?;
+            for s0 in (0..vs).step_by(segment) {
+                let seg = segment.min(vs - s0);
+                let g = ws.sub(s0 as u64, (used + seg) as u64);
+                if let Some(dh) = &grads.hidden {
+                    // dH_chunk (+)= G_seg · W_seg
+                    self.encode_product(
+                        encoder,
+                        &Product {
+                            lhs: g,
+                            lhs_f32: true,
+                            rhs: w.sub((s0 * d) as u64, (seg * d) as u64),
+                            bias: None,
+                            out: view_mat(dh).sub((r0 * d) as u64, (n * d) as u64),
+                            storage,
+                            m: n,
+                            n: d,
+                            k: seg,
+                            lhs_row: vs,
+                            lhs_col: 1,
+                            rhs_row: d,
+                            rhs_col: 1,
+                            out_row: d,
+                            accumulate: s0 > 0,
+                        },
+                    )?;
+                }
+                if let Some(dw) = &grads.classifier {
+                    // dW_seg (+)= G_segᵀ · H_chunk
+                    self.encode_product(
+                        encoder,
+                        &Product {
+                            lhs: g,
+                            lhs_f32: true,
+                            rhs: h.sub((r0 * d) as u64, (n * d) as u64),
+                            bias: None,
+                            out: view_mat(dw).sub((s0 * d) as u64, (seg * d) as u64),
+                            storage,
+                            m: seg,
+                            n: d,
+                            k: n,
+                            lhs_row: 1,
+                            lhs_col: vs,
+                            rhs_row: d,
+                            rhs_col: 1,
+                            out_row: d,
+                            accumulate: r0 > 0,
+                        },
+                    )?;
+                }
+            }
+            if let Some(db) = &grads.bias {
+                params.flags = if r0 > 0 {
+                    lce_flags::FLAG_ACCUMULATE
+                } else {
+                    0
+                };
+                let (res, base) = self.window(&view_mat(db), 4)?;
+                params.base_out = base;
+                let bound = [(lce::LOGITS, &workspace), (lce::BIAS_GRAD, db.buffer)];
+                let variant =
+                    self.variant(Kernel::LinearCrossEntropyBiasGrad, Storage::F32, &bound);
+                self.dispatch(
+                    encoder,
+                    Kernel::LinearCrossEntropyBiasGrad,
+                    variant,
+                    &params,
+                    vec![logits.clone(), (lce::BIAS_GRAD, res)],
+                    self.grid(vs.div_ceil(WORKGROUP_SIZE as usize))?,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the inputs of a fused pass and its options, and gathers them.
+    #[allow(clippy::too_many_arguments)]
+    fn lce_inputs<'b>(
+        &self,
+        hidden: GpuTensor<'b>,
+        classifier: GpuTensor<'b>,
+        bias: Option<GpuTensor<'b>>,
+        targets: GpuTensor<'b>,
+        shard: Shard,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'b>>,
+        ignore_index: i32,
+    ) -> Result<Inputs<'b>> {
+        options.loss.validate_scalars()?;
+        shard.check()?;
+        let (shape, _) = self.check_linear_inputs(
+            &hidden,
+            &classifier,
+            bias.as_ref(),
+            ("hidden", "classifier", "bias"),
+        )?;
+        if shape.classes != shard.len() {
+            return Err(Error::InvalidView {
+                name: "classifier",
+                problem: format!(
+                    "has {} rows, expected one per class of shard [{}, {}) ({})",
+                    shape.classes,
+                    shard.start,
+                    shard.end,
+                    shard.len()
+                ),
+            });
+        }
+        if shape.rows == 0 {
+            return Err(Error::InvalidView {
+                name: "hidden",
+                problem: "has no rows; there is nothing to encode".into(),
+            });
+        }
+        self.check_view(&targets, spec("targets", DType::I32, shape.rows, 1))?;
+        self.check_whole_binding("targets", targets.bytes())?;
+        let weights = options.loss.weight.copied();
+        if let Some(wv) = &weights {
+            self.check_view(wv, spec("weight", DType::F32, wv.rows, wv.cols))?;
+            if wv.len() != shard.classes {
+                return Err(Error::InvalidView {
+                    name: "weight",
+                    problem: format!(
+                        "has {} elements, expected one per class ({})",
+                        wv.len(),
+                        shard.classes
+                    ),
+                });
+            }
+            self.check_whole_binding("class weights", wv.bytes())?;
+        }
+        let params = lce_params(&options.loss, ignore_index, shard, shape.rows)?;
+        Ok(Inputs {
+            hidden,
+            classifier,
+            bias,
+            targets,
+            weights,
+            shard,
+            params,
+            workspace_bytes: options.workspace_bytes,
+        })
+    }
+
+    /// The `mean` denominator, kept-row count and weight total of the whole
+    /// problem (`ce_denominator`), with its per-row loss buffer.
+    fn lce_problem<'b>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &Inputs<'b>,
+        options: &CrossEntropyOptions<'_, GpuTensor<'b>>,
+        scratch: &mut ScratchUse,
+    ) -> Result<crate::ops::cross_entropy::CrossEntropyProblem<'b>> {
+        let mut params = cross_entropy_params(options);
+        params.ignore_index = inputs.params.ignore_index;
+        let problem = self.row_loss_problem(
+            RowLoss::IndexTargets,
+            Operand::View(inputs.targets),
+            inputs.hidden.rows,
+            inputs.shard.classes,
+            inputs.weights.map(Operand::View),
+            params,
+        )?;
+        scratch.bytes += problem.scalars.size() + problem.row_out.size() + problem.result.size();
+        self.encode_cross_entropy_denominator(encoder, &problem)?;
+        Ok(problem)
+    }
+
+    /// Records the fused linear + cross-entropy into `encoder`: the loss into
+    /// `views.loss`, lse and the gradients wherever the views say, without
+    /// the `[N, V]` logits in memory
+    /// ([`crate::loss::linear_cross_entropy`]). Returns what the call
+    /// allocated. Nothing is submitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wgpu::util::DeviceExt;
+    /// use wgpu_loss::{block_on, GpuContext, GpuTensor, LinearCrossEntropyOptions, LinearCrossEntropyViews};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let dev = ctx.device();
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    /// let init = |bytes: &[u8]| dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage });
+    /// let hidden = init(bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0])); // N = 2, D = 2
+    /// let classifier = init(bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0])); // V = 3
+    /// let targets = init(bytemuck::cast_slice(&[0i32, 2]));
+    /// let loss = init(&[0u8; 8]);
+    /// let dh = init(&[0u8; 16]);
+    /// let mut encoder = dev.create_command_encoder(&Default::default());
+    /// let views = LinearCrossEntropyViews {
+    ///     hidden: GpuTensor::f32_matrix(&hidden, 0, 2, 2),
+    ///     classifier: GpuTensor::f32_matrix(&classifier, 0, 3, 2),
+    ///     bias: None,
+    ///     targets: GpuTensor::i32_vector(&targets, 0, 2),
+    ///     loss: GpuTensor::f32_vector(&loss, 0, 2),
+    ///     lse: None,
+    ///     grad_hidden: Some(GpuTensor::f32_matrix(&dh, 0, 2, 2)),
+    ///     grad_classifier: None,
+    ///     grad_bias: None,
+    /// };
+    /// let used = ctx.encode_linear_cross_entropy(&mut encoder, &views, &LinearCrossEntropyOptions::default())?;
+    /// ctx.queue().submit([encoder.finish()]);
+    /// block_on(ctx.check_errors())?;
+    /// assert!(used.workspace_bytes >= 3 * 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn encode_linear_cross_entropy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LinearCrossEntropyViews<'_>,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'_>>,
+    ) -> Result<ScratchUse> {
+        self.scoped_now("linear_cross_entropy", || {
+            let ignore = gpu_ignore_index(options.loss.ignore_index)?;
+            self.encode_lce_checked(encoder, views, options, ignore)
+        })
+    }
+
+    fn encode_lce_checked(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LinearCrossEntropyViews<'_>,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'_>>,
+        ignore_index: i32,
+    ) -> Result<ScratchUse> {
+        let classes = views.classifier.rows;
+        let inputs = self.lce_inputs(
+            views.hidden,
+            views.classifier,
+            views.bias,
+            views.targets,
+            Shard::whole(classes),
+            options,
+            ignore_index,
+        )?;
+        let (rows, d) = (views.hidden.rows, views.hidden.cols);
+        let reduced = options.loss.reduction != Reduction::None;
+        self.check_view(
+            &views.loss,
+            spec("loss", DType::F32, if reduced { 2 } else { rows }, 1),
+        )?;
+        self.check_whole_binding("loss", views.loss.bytes())?;
+        if let Some(l) = &views.lse {
+            self.check_view(l, spec("lse", DType::F32, rows, 1))?;
+        }
+        self.check_whole_binding("lse (4 bytes per row)", rows as u64 * 4)?;
+        self.check_whole_binding("records (32 bytes per row)", rows as u64 * 32)?;
+        if let Some(g) = &views.grad_hidden {
+            self.check_view(g, spec("grad_hidden", DType::F32, rows, d))?;
+        }
+        if let Some(g) = &views.grad_classifier {
+            self.check_view(g, spec("grad_classifier", DType::F32, classes, d))?;
+        }
+        if let Some(g) = &views.grad_bias {
+            if views.bias.is_none() {
+                return Err(Error::InvalidView {
+                    name: "grad_bias",
+                    problem: "given without a bias".into(),
+                });
+            }
+            self.check_view(g, spec("grad_bias", DType::F32, classes, 1))?;
+        }
+        self.reject_lce_sharing(
+            &[
+                Some(("loss", views.loss)),
+                views.lse.map(|v| ("lse", v)),
+                views.grad_hidden.map(|v| ("grad_hidden", v)),
+                views.grad_classifier.map(|v| ("grad_classifier", v)),
+                views.grad_bias.map(|v| ("grad_bias", v)),
+            ],
+            &inputs,
+        )?;
+        let mut scratch = ScratchUse::default();
+        let problem = self.lce_problem(encoder, &inputs, &options.loss, &mut scratch)?;
+        let lse_scratch;
+        let lse = match views.lse {
+            Some(l) => l,
+            None => {
+                lse_scratch = self.scratch("lce lse", rows as u64 * 4);
+                scratch.bytes += lse_scratch.size();
+                GpuTensor::f32_vector(&lse_scratch, 0, rows)
+            }
+        };
+        let grads = Grads {
+            hidden: views.grad_hidden,
+            classifier: views.grad_classifier,
+            bias: views.grad_bias,
+        };
+        self.encode_lce_pass(
+            encoder,
+            &inputs,
+            &Work::Fused { lse, grads },
+            Some(&problem),
+            &mut scratch,
+        )?;
+        self.encode_row_results(encoder, &problem, &views.loss, reduced)?;
+        Ok(scratch)
+    }
+
+    /// Outputs must not share bytes with the inputs or with each other.
+    fn reject_lce_sharing(
+        &self,
+        outputs: &[Option<(&'static str, GpuTensor<'_>)>],
+        inputs: &Inputs<'_>,
+    ) -> Result<()> {
+        let outputs: Vec<(&'static str, GpuTensor<'_>)> =
+            outputs.iter().flatten().copied().collect();
+        let mut read = vec![
+            ("hidden", inputs.hidden),
+            ("classifier", inputs.classifier),
+            ("targets", inputs.targets),
+        ];
+        if let Some(b) = inputs.bias {
+            read.push(("bias", b));
+        }
+        if let Some(w) = inputs.weights {
+            read.push(("weight", w));
+        }
+        reject_shared(&outputs, &read)
+    }
+
+    /// The loss from the per-row results: the fixed-order reduction into
+    /// `loss` (`[2, 1]`), or the row losses exported into it (`[N, 1]`).
+    fn encode_row_results(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        problem: &crate::ops::cross_entropy::CrossEntropyProblem<'_>,
+        loss: &GpuTensor<'_>,
+        reduced: bool,
+    ) -> Result<()> {
+        if reduced {
+            return self.encode_cross_entropy_reduce(
+                encoder,
+                problem,
+                WholeArg::view(ce::RESULT, loss),
+            );
+        }
+        let unused = self.scratch("unused lse", 16);
+        let mut params = problem.params;
+        params.flags |= crate::kernels::flags::cross_entropy::FLAG_EXPORT_LOSS;
+        self.encode_single(
+            encoder,
+            Kernel::CrossEntropyExport,
+            VecWidth::Scalar,
+            &[
+                WholeArg::new(ce::ROW_OUT, &problem.row_out),
+                WholeArg::view(ce::LOSS_ROWS, loss),
+                WholeArg::new(ce::LSE_ROWS, &unused),
+            ],
+            params,
+        )
+    }
+
+    /// Records one vocabulary shard's forward pass: a [`ShardRecord`] per
+    /// row into `views.records`, for [`GpuContext::encode_merge_records`]
+    /// after the caller has gathered every shard's records. Class weights
+    /// (of the whole vocabulary), smoothing and softcap come from `options`;
+    /// its reduction is the merge's business.
+    pub fn encode_shard_records(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &ShardRecordViews<'_>,
+        shard: Shard,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'_>>,
+    ) -> Result<ScratchUse> {
+        self.scoped_now("lce_records", || {
+            let ignore = gpu_ignore_index(options.loss.ignore_index)?;
+            let inputs = self.lce_inputs(
+                views.hidden,
+                views.classifier,
+                views.bias,
+                views.targets,
+                shard,
+                options,
+                ignore,
+            )?;
+            let rows = views.hidden.rows;
+            self.check_view(
+                &views.records,
+                spec("records", DType::F32, rows, RECORD_FLOATS),
+            )?;
+            self.check_whole_binding("records", views.records.bytes())?;
+            self.reject_lce_sharing(&[Some(("records", views.records))], &inputs)?;
+            let mut scratch = ScratchUse::default();
+            self.encode_lce_pass(
+                encoder,
+                &inputs,
+                &Work::Records {
+                    records: views.records,
+                },
+                None,
+                &mut scratch,
+            )?;
+            Ok(scratch)
+        })
+    }
+
+    /// Records the merge of every shard's records (`[S·N, 8]`, shard order)
+    /// into the loss and each row's lse. Class weights are those of the whole
+    /// vocabulary, `classes` its size.
+    pub fn encode_merge_records(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &MergeViews<'_>,
+        classes: usize,
+        options: &CrossEntropyOptions<'_, GpuTensor<'_>>,
+    ) -> Result<()> {
+        self.scoped_now("lce_merge", || {
+            options.validate_scalars()?;
+            let ignore = gpu_ignore_index(options.ignore_index)?;
+            let rows = views.targets.rows;
+            if rows == 0 || classes == 0 {
+                return Err(Error::InvalidView {
+                    name: "targets",
+                    problem: "has no rows (or there are no classes); there is nothing to merge"
+                        .into(),
+                });
+            }
+            self.check_view(&views.targets, spec("targets", DType::I32, rows, 1))?;
+            let shards = views.records.rows / rows;
+            if shards == 0 || shards * rows != views.records.rows {
+                return Err(Error::InvalidView {
+                    name: "records",
+                    problem: format!(
+                        "has {} rows, expected a multiple of the {rows} targets (S shards x N rows)",
+                        views.records.rows
+                    ),
+                });
+            }
+            self.check_view(
+                &views.records,
+                spec("records", DType::F32, shards * rows, RECORD_FLOATS),
+            )?;
+            self.check_whole_binding("records", views.records.bytes())?;
+            let reduced = options.reduction != Reduction::None;
+            self.check_view(
+                &views.loss,
+                spec("loss", DType::F32, if reduced { 2 } else { rows }, 1),
+            )?;
+            self.check_view(&views.lse, spec("lse", DType::F32, rows, 1))?;
+            if let Some(wv) = &options.weight {
+                self.check_view(wv, spec("weight", DType::F32, wv.rows, wv.cols))?;
+                if wv.len() != classes {
+                    return Err(Error::InvalidView {
+                        name: "weight",
+                        problem: format!(
+                            "has {} elements, expected one per class ({classes})",
+                            wv.len()
+                        ),
+                    });
+                }
+            }
+            reject_shared(
+                &[("loss", views.loss), ("lse", views.lse)],
+                &[("records", views.records), ("targets", views.targets)],
+            )?;
+            let shard = Shard::whole(classes);
+            let mut params = lce_params(options, ignore, shard, rows)?;
+            params.shards = u32_of(shards, "shards")?;
+            let mut ce_params = cross_entropy_params(options);
+            ce_params.ignore_index = ignore;
+            let problem = self.row_loss_problem(
+                RowLoss::IndexTargets,
+                Operand::View(views.targets),
+                rows,
+                classes,
+                options.weight.copied().map(Operand::View),
+                ce_params,
+            )?;
+            self.encode_cross_entropy_denominator(encoder, &problem)?;
+            let limit = self.limits().max_storage_buffer_binding_size;
+            let targets = WholeArg::view(lce::TARGETS, &views.targets);
+            let weights = options
+                .weight
+                .as_ref()
+                .map_or(WholeArg::new(lce::WEIGHTS, &self.placeholder), |v| {
+                    WholeArg::view(lce::WEIGHTS, v)
+                });
+            let records = WholeArg::view(lce::RECORDS, &views.records);
+            let row_out = WholeArg::new(lce::ROW_OUT, &problem.row_out);
+            let lse = WholeArg::view(lce::LSE_OUT, &views.lse);
+            let bound = [
+                (lce::TARGETS, targets.buffer),
+                (lce::WEIGHTS, weights.buffer),
+                (lce::RECORDS, records.buffer),
+                (lce::ROW_OUT, row_out.buffer),
+                (lce::LSE_OUT, lse.buffer),
+            ];
+            params.rows = u32_of(rows, "rows")?;
+            let variant = self.variant(Kernel::LinearCrossEntropyMerge, Storage::F32, &bound);
+            self.dispatch(
+                encoder,
+                Kernel::LinearCrossEntropyMerge,
+                variant,
+                &params,
+                vec![
+                    (lce::TARGETS, targets.resource(limit)),
+                    (lce::WEIGHTS, weights.resource(limit)),
+                    (lce::RECORDS, records.resource(limit)),
+                    (lce::ROW_OUT, row_out.resource(limit)),
+                    (lce::LSE_OUT, lse.resource(limit)),
+                ],
+                self.grid(rows.div_ceil(WORKGROUP_SIZE as usize))?,
+            )?;
+            self.encode_row_results(encoder, &problem, &views.loss, reduced)
+        })
+    }
+
+    /// Records one shard's backward pass from the merged lse: its `dW` rows,
+    /// its `db` and its part of `dH` (which the caller sums over shards).
+    /// Class weights are those of the whole vocabulary.
+    pub fn encode_shard_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &ShardBackwardViews<'_>,
+        shard: Shard,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'_>>,
+    ) -> Result<ScratchUse> {
+        self.scoped_now("lce_grad", || {
+            let ignore = gpu_ignore_index(options.loss.ignore_index)?;
+            let inputs = self.lce_inputs(
+                views.hidden,
+                views.classifier,
+                views.bias,
+                views.targets,
+                shard,
+                options,
+                ignore,
+            )?;
+            let (rows, d) = (views.hidden.rows, views.hidden.cols);
+            self.check_view(&views.lse, spec("lse", DType::F32, rows, 1))?;
+            if let Some(g) = &views.grad_hidden {
+                self.check_view(g, spec("grad_hidden", DType::F32, rows, d))?;
+            }
+            if let Some(g) = &views.grad_classifier {
+                self.check_view(g, spec("grad_classifier", DType::F32, shard.len(), d))?;
+            }
+            if let Some(g) = &views.grad_bias {
+                if views.bias.is_none() {
+                    return Err(Error::InvalidView {
+                        name: "grad_bias",
+                        problem: "given without a bias".into(),
+                    });
+                }
+                self.check_view(g, spec("grad_bias", DType::F32, shard.len(), 1))?;
+            }
+            self.reject_lce_sharing(
+                &[
+                    views.grad_hidden.map(|v| ("grad_hidden", v)),
+                    views.grad_classifier.map(|v| ("grad_classifier", v)),
+                    views.grad_bias.map(|v| ("grad_bias", v)),
+                ],
+                &inputs,
+            )?;
+            let mut scratch = ScratchUse::default();
+            let problem = self.lce_problem(encoder, &inputs, &options.loss, &mut scratch)?;
+            let grads = Grads {
+                hidden: views.grad_hidden,
+                classifier: views.grad_classifier,
+                bias: views.grad_bias,
+            };
+            self.encode_lce_pass(
+                encoder,
+                &inputs,
+                &Work::Backward {
+                    lse: views.lse,
+                    grads,
+                },
+                Some(&problem),
+                &mut scratch,
+            )?;
+            Ok(scratch)
+        })
+    }
+
+    /// The fused linear + cross-entropy on host slices: `hidden` `[N, D]`,
+    /// `classifier` `[V, D]`, optional `bias` `[V]`, `N` targets; the
+    /// gradients `grads` names. See [`crate::loss::linear_cross_entropy`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// use wgpu_loss::{block_on, reference, GpuContext, LinearCrossEntropyOptions, LinearGrads, LinearShape};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let shape = LinearShape { rows: 2, hidden: 3, classes: 4 };
+    /// let hidden = [0.5f32, -1.0, 2.0, 1.5, 0.25, -0.5];
+    /// let classifier: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+    /// let options = LinearCrossEntropyOptions::default();
+    /// let out = block_on(ctx.linear_cross_entropy(&hidden, &classifier, None, &[1i64, 3], shape, &options, LinearGrads::ALL))?;
+    /// let expected = reference::linear_cross_entropy(&hidden, &classifier, None, &[1i64, 3], shape, &options.loss)?;
+    /// assert!((f64::from(out.loss[0]) - expected.loss[0]).abs() < 1e-5);
+    /// assert_eq!(out.grad_classifier.map(|g| g.len()), Some(12));
+    /// # Ok(()) }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub async fn linear_cross_entropy<T: ClassIndex>(
+        &self,
+        hidden: &[f32],
+        classifier: &[f32],
+        bias: Option<&[f32]>,
+        targets: &[T],
+        shape: LinearShape,
+        options: &LinearCrossEntropyOptions<'_>,
+        grads: LinearGrads,
+    ) -> Result<LinearCrossEntropyOutput> {
+        self.check_errors().await?;
+        shape.check(hidden.len(), classifier.len(), bias.map(<[f32]>::len))?;
+        check_matrix("targets", targets.len(), shape.rows, 1)?;
+        options.loss.validate(shape.classes)?;
+        let targets = checked_targets(targets, shape.classes, options.loss.ignore_index)?;
+        let LinearShape {
+            rows,
+            hidden: d,
+            classes: v,
+        } = shape;
+        let reduced = options.loss.reduction != Reduction::None;
+        let loss_len = if reduced { 2 } else { rows };
+        let want_bias = grads.bias && bias.is_some();
+        let (stage_loss, stage_lse, stage_dh, stage_dw, stage_db) = self
+            .scoped("linear_cross_entropy", || {
+                let h = self.upload("hidden", hidden);
+                let w = self.upload("classifier", classifier);
+                let b = bias.map(|b| self.upload("bias", b));
+                let t = self.upload("targets", &targets);
+                let cw = options.loss.weight.map(|cw| self.upload("weight", cw));
+                let loss = self.output("loss", loss_len);
+                let lse = self.output("lse", rows);
+                let dh = grads.hidden.then(|| self.output("grad_hidden", rows * d));
+                let dw = grads
+                    .classifier
+                    .then(|| self.output("grad_classifier", v * d));
+                let db = want_bias.then(|| self.output("grad_bias", v));
+                let views = LinearCrossEntropyViews {
+                    hidden: GpuTensor::f32_matrix(&h, 0, rows, d),
+                    classifier: GpuTensor::f32_matrix(&w, 0, v, d),
+                    bias: b.as_ref().map(|b| GpuTensor::f32_vector(b, 0, v)),
+                    targets: GpuTensor::i32_vector(&t, 0, rows),
+                    loss: GpuTensor::f32_vector(&loss, 0, loss_len),
+                    lse: Some(GpuTensor::f32_vector(&lse, 0, rows)),
+                    grad_hidden: dh.as_ref().map(|g| GpuTensor::f32_matrix(g, 0, rows, d)),
+                    grad_classifier: dw.as_ref().map(|g| GpuTensor::f32_matrix(g, 0, v, d)),
+                    grad_bias: db.as_ref().map(|g| GpuTensor::f32_vector(g, 0, v)),
+                };
+                let cw_view = cw.as_ref().map(|cw| GpuTensor::f32_vector(cw, 0, v));
+                let gpu_options = LinearCrossEntropyOptions {
+                    loss: options.loss.with_weight(cw_view.as_ref()),
+                    workspace_bytes: options.workspace_bytes,
+                };
+                let mut encoder = self.encoder("linear_cross_entropy");
+                self.encode_lce_checked(&mut encoder, &views, &gpu_options, IGNORED_ROW)?;
+                let s = |e: &mut wgpu::CommandEncoder, b: &wgpu::Buffer, n: usize| {
+                    self.stage(e, b, n as u64 * 4)
+                };
+                let staged = (
+                    s(&mut encoder, &loss, loss_len),
+                    s(&mut encoder, &lse, rows),
+                    dh.as_ref().map(|g| s(&mut encoder, g, rows * d)),
+                    dw.as_ref().map(|g| s(&mut encoder, g, v * d)),
+                    db.as_ref().map(|g| s(&mut encoder, g, v)),
+                );
+                self.queue.submit([encoder.finish()]);
+                Ok(staged)
+            })
+            .await?;
+        let loss: Vec<f32> = self.read_back(&stage_loss, loss_len).await?;
+        let lse = self.read_back(&stage_lse, rows).await?;
+        let grad_hidden = match stage_dh {
+            Some(s) => Some(self.read_back(&s, rows * d).await?),
+            None => None,
+        };
+        let grad_classifier = match stage_dw {
+            Some(s) => Some(self.read_back(&s, v * d).await?),
+            None => None,
+        };
+        let grad_bias = match stage_db {
+            Some(s) => Some(self.read_back(&s, v).await?),
+            None => None,
+        };
+        let (loss, z_loss) = if reduced {
+            (vec![loss[0]], vec![loss[1]])
+        } else {
+            // The export wrote l_i + z_i; the z part is z·lse² on kept rows.
+            let z = options.loss.z_loss;
+            let z_rows = targets
+                .iter()
+                .zip(&lse)
+                .map(|(&t, &l)| {
+                    if t == IGNORED_ROW || z == 0.0 {
+                        0.0
+                    } else {
+                        z * l * l
+                    }
+                })
+                .collect();
+            (loss, z_rows)
+        };
+        Ok(LinearCrossEntropyOutput {
+            loss,
+            z_loss,
+            lse,
+            grad_hidden,
+            grad_classifier,
+            grad_bias,
+        })
+    }
+
+    /// One vocabulary shard's records on host slices: `classifier` and
+    /// `bias` are the shard's rows; targets index the whole vocabulary of
+    /// `shard.classes`; class weights in `options` are the whole vocabulary's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn shard_records<T: ClassIndex>(
+        &self,
+        hidden: &[f32],
+        classifier: &[f32],
+        bias: Option<&[f32]>,
+        targets: &[T],
+        hidden_size: usize,
+        shard: Shard,
+        options: &LinearCrossEntropyOptions<'_>,
+    ) -> Result<Vec<ShardRecord>> {
+        self.check_errors().await?;
+        shard.check()?;
+        let shape = LinearShape {
+            rows: targets.len(),
+            hidden: hidden_size,
+            classes: shard.len(),
+        };
+        shape.check(hidden.len(), classifier.len(), bias.map(<[f32]>::len))?;
+        options.loss.validate(shard.classes)?;
+        let targets = checked_targets(targets, shard.classes, options.loss.ignore_index)?;
+        let rows = shape.rows;
+        let staging = self
+            .scoped("lce_records", || {
+                let h = self.upload("hidden", hidden);
+                let w = self.upload("classifier", classifier);
+                let b = bias.map(|b| self.upload("bias", b));
+                let t = self.upload("targets", &targets);
+                let cw = options.loss.weight.map(|cw| self.upload("weight", cw));
+                let records = self.output("records", rows * RECORD_FLOATS);
+                let views = ShardRecordViews {
+                    hidden: GpuTensor::f32_matrix(&h, 0, rows, hidden_size),
+                    classifier: GpuTensor::f32_matrix(&w, 0, shard.len(), hidden_size),
+                    bias: b.as_ref().map(|b| GpuTensor::f32_vector(b, 0, shard.len())),
+                    targets: GpuTensor::i32_vector(&t, 0, rows),
+                    records: GpuTensor::f32_matrix(&records, 0, rows, RECORD_FLOATS),
+                };
+                let cw_view = cw
+                    .as_ref()
+                    .map(|cw| GpuTensor::f32_vector(cw, 0, shard.classes));
+                let gpu_options = LinearCrossEntropyOptions {
+                    loss: options.loss.with_weight(cw_view.as_ref()),
+                    workspace_bytes: options.workspace_bytes,
+                };
+                let mut encoder = self.encoder("lce_records");
+                let inputs = self.lce_inputs(
+                    views.hidden,
+                    views.classifier,
+                    views.bias,
+                    views.targets,
+                    shard,
+                    &gpu_options,
+                    IGNORED_ROW,
+                )?;
+                self.encode_lce_pass(
+                    &mut encoder,
+                    &inputs,
+                    &Work::Records {
+                        records: views.records,
+                    },
+                    None,
+                    &mut ScratchUse::default(),
+                )?;
+                let staging = self.stage(&mut encoder, &records, (rows * RECORD_FLOATS) as u64 * 4);
+                self.queue.submit([encoder.finish()]);
+                Ok(staging)
+            })
+            .await?;
+        self.read_back(&staging, rows).await
+    }
+
+    /// Merges every shard's records (in shard order) into the loss and each
+    /// row's lse, on the host API: the output's `grad` is `None`.
+    pub async fn merge_records<T: ClassIndex>(
+        &self,
+        records: &[Vec<ShardRecord>],
+        targets: &[T],
+        classes: usize,
+        options: &CrossEntropyOptions<'_>,
+    ) -> Result<CrossEntropyOutput> {
+        self.check_errors().await?;
+        options.validate(classes)?;
+        let rows = targets.len();
+        for (k, r) in records.iter().enumerate() {
+            if r.len() != rows {
+                return Err(Error::LengthMismatch {
+                    what: if k == 0 {
+                        "records of shard 0"
+                    } else {
+                        "records of a later shard"
+                    },
+                    expected: rows,
+                    actual: r.len(),
+                });
+            }
+        }
+        let targets = checked_targets(targets, classes, options.ignore_index)?;
+        let flat: Vec<ShardRecord> = records.iter().flatten().copied().collect();
+        let reduced = options.reduction != Reduction::None;
+        let loss_len = if reduced { 2 } else { rows };
+        let (stage_loss, stage_lse) = self
+            .scoped("lce_merge", || {
+                let r = self.upload("records", &flat);
+                let t = self.upload("targets", &targets);
+                let cw = options.weight.map(|cw| self.upload("weight", cw));
+                let loss = self.output("loss", loss_len);
+                let lse = self.output("lse", rows);
+                let views = MergeViews {
+                    records: GpuTensor::f32_matrix(&r, 0, flat.len(), RECORD_FLOATS),
+                    targets: GpuTensor::i32_vector(&t, 0, rows),
+                    loss: GpuTensor::f32_vector(&loss, 0, loss_len),
+                    lse: GpuTensor::f32_vector(&lse, 0, rows),
+                };
+                let cw_view = cw.as_ref().map(|cw| GpuTensor::f32_vector(cw, 0, classes));
+                let mut gpu_options = options.with_weight(cw_view.as_ref());
+                gpu_options.ignore_index = i64::from(IGNORED_ROW);
+                let mut encoder = self.encoder("lce_merge");
+                self.encode_merge_records(&mut encoder, &views, classes, &gpu_options)?;
+                let staged = (
+                    self.stage(&mut encoder, &loss, loss_len as u64 * 4),
+                    self.stage(&mut encoder, &lse, rows as u64 * 4),
+                );
+                self.queue.submit([encoder.finish()]);
+                Ok(staged)
+            })
+            .await?;
+        let loss: Vec<f32> = self.read_back(&stage_loss, loss_len).await?;
+        let lse: Vec<f32> = self.read_back(&stage_lse, rows).await?;
+        let z = options.z_loss;
+        let (loss, z_loss) = if reduced {
+            (vec![loss[0]], vec![loss[1]])
+        } else {
+            let z_rows = targets
+                .iter()
+                .zip(&lse)
+                .map(|(&t, &l)| {
+                    if t == IGNORED_ROW || z == 0.0 {
+                        0.0
+                    } else {
+                        z * l * l
+                    }
+                })
+                .collect();
+            (loss, z_rows)
+        };
+        Ok(CrossEntropyOutput {
+            loss,
+            z_loss,
+            lse,
+            grad: None,
+        })
+    }
+
+    /// One shard's backward pass on host slices, from the merged `lse`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn shard_backward<T: ClassIndex>(
+        &self,
+        hidden: &[f32],
+        classifier: &[f32],
+        bias: Option<&[f32]>,
+        targets: &[T],
+        lse: &[f32],
+        hidden_size: usize,
+        shard: Shard,
+        options: &LinearCrossEntropyOptions<'_>,
+        grads: LinearGrads,
+    ) -> Result<ShardGradients> {
+        self.check_errors().await?;
+        shard.check()?;
+        let shape = LinearShape {
+            rows: targets.len(),
+            hidden: hidden_size,
+            classes: shard.len(),
+        };
+        shape.check(hidden.len(), classifier.len(), bias.map(<[f32]>::len))?;
+        check_matrix("lse", lse.len(), shape.rows, 1)?;
+        options.loss.validate(shard.classes)?;
+        let targets = checked_targets(targets, shard.classes, options.loss.ignore_index)?;
+        let (rows, d, vs) = (shape.rows, hidden_size, shard.len());
+        let want_bias = grads.bias && bias.is_some();
+        let (sh, sw, sb) = self
+            .scoped("lce_grad", || {
+                let h = self.upload("hidden", hidden);
+                let w = self.upload("classifier", classifier);
+                let b = bias.map(|b| self.upload("bias", b));
+                let t = self.upload("targets", &targets);
+                let l = self.upload("lse", lse);
+                let cw = options.loss.weight.map(|cw| self.upload("weight", cw));
+                let dh = grads.hidden.then(|| self.output("grad_hidden", rows * d));
+                let dw = grads
+                    .classifier
+                    .then(|| self.output("grad_classifier", vs * d));
+                let db = want_bias.then(|| self.output("grad_bias", vs));
+                let views = ShardBackwardViews {
+                    hidden: GpuTensor::f32_matrix(&h, 0, rows, d),
+                    classifier: GpuTensor::f32_matrix(&w, 0, vs, d),
+                    bias: b.as_ref().map(|b| GpuTensor::f32_vector(b, 0, vs)),
+                    targets: GpuTensor::i32_vector(&t, 0, rows),
+                    lse: GpuTensor::f32_vector(&l, 0, rows),
+                    grad_hidden: dh.as_ref().map(|g| GpuTensor::f32_matrix(g, 0, rows, d)),
+                    grad_classifier: dw.as_ref().map(|g| GpuTensor::f32_matrix(g, 0, vs, d)),
+                    grad_bias: db.as_ref().map(|g| GpuTensor::f32_vector(g, 0, vs)),
+                };
+                let cw_view = cw
+                    .as_ref()
+                    .map(|cw| GpuTensor::f32_vector(cw, 0, shard.classes));
+                let mut gpu_options = LinearCrossEntropyOptions {
+                    loss: options.loss.with_weight(cw_view.as_ref()),
+                    workspace_bytes: options.workspace_bytes,
+                };
+                gpu_options.loss.ignore_index = i64::from(IGNORED_ROW);
+                let mut encoder = self.encoder("lce_grad");
+                self.encode_shard_backward(&mut encoder, &views, shard, &gpu_options)?;
+                let s = |e: &mut wgpu::CommandEncoder, b: &wgpu::Buffer, n: usize| {
+                    self.stage(e, b, n as u64 * 4)
+                };
+                let staged = (
+                    dh.as_ref().map(|g| s(&mut encoder, g, rows * d)),
+                    dw.as_ref().map(|g| s(&mut encoder, g, vs * d)),
+                    db.as_ref().map(|g| s(&mut encoder, g, vs)),
+                );
+                self.queue.submit([encoder.finish()]);
+                Ok(staged)
+            })
+            .await?;
+        Ok(ShardGradients {
+            grad_hidden: match sh {
+                Some(s) => Some(self.read_back(&s, rows * d).await?),
+                None => None,
+            },
+            grad_classifier: match sw {
+                Some(s) => Some(self.read_back(&s, vs * d).await?),
+                None => None,
+            },
+            grad_bias: match sb {
+                Some(s) => Some(self.read_back(&s, vs).await?),
+                None => None,
+            },
+        })
+    }
+}

@@ -1,0 +1,793 @@
+//! `linear` and the fused linear + cross-entropy against the f64 reference:
+//! awkward shapes, every option, chunked and segmented plans, a 300001-class
+//! vocabulary, masked classes, NaN rows, vocabulary shards, determinism and
+//! bad input. Comparisons use the tolerance policy's product rule
+//! (`tolerance::product_scale`).
+
+mod common;
+
+use common::{gpu, gpu_with_binding_cap, Rng, POISON};
+use wgpu_loss::reference::{self, LinearCrossEntropyReference};
+use wgpu_loss::tolerance::product_scale;
+use wgpu_loss::{
+    block_on, CrossEntropyOptions, Error, GpuContext, LinearCrossEntropyOptions,
+    LinearCrossEntropyOutput, LinearGrads, LinearShape, Reduction, Shard, F32_TOLERANCE,
+};
+
+struct Problem {
+    shape: LinearShape,
+    hidden: Vec<f32>,
+    classifier: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    targets: Vec<i64>,
+}
+
+fn problem(seed: u64, rows: usize, d: usize, v: usize, with_bias: bool) -> Problem {
+    let mut rng = Rng::new(seed);
+    let hidden = rng.vec_normal(rows * d, 1.0);
+    // Logits of a few units, as a trained head gives.
+    let classifier = rng.vec_normal(v * d, 2.0 / (d as f32).sqrt());
+    let bias = with_bias.then(|| rng.vec_normal(v, 0.5));
+    let targets = (0..rows).map(|_| rng.below(v) as i64).collect();
+    Problem {
+        shape: LinearShape {
+            rows,
+            hidden: d,
+            classes: v,
+        },
+        hidden,
+        classifier,
+        bias,
+        targets,
+    }
+}
+
+/// Largest `Σ_d |h·w| + |b|` over every logit: the product's term magnitude.
+fn logit_terms(p: &Problem) -> f64 {
+    let LinearShape {
+        rows,
+        hidden: d,
+        classes: v,
+    } = p.shape;
+    let mut t = 0.0f64;
+    for n in 0..rows {
+        for c in 0..v {
+            let s: f64 = (0..d)
+                .map(|k| {
+                    f64::from(p.hidden[n * d + k]).abs() * f64::from(p.classifier[c * d + k]).abs()
+                })
+                .sum();
+            let b = p.bias.as_ref().map_or(0.0, |b| f64::from(b[c]).abs());
+            if (s + b).is_finite() {
+                t = t.max(s + b);
+            }
+        }
+    }
+    t
+}
+
+fn max_abs(x: &[f32]) -> f64 {
+    x.iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(f64::from(*v).abs()))
+}
+
+#[track_caller]
+fn check(what: &str, actual: &[f32], expected: &[f64], scale: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    if let Some(i) = actual.iter().position(|v| v.to_bits() == POISON.to_bits()) {
+        panic!("{what}: element {i} was never written (still holds the poison value)");
+    }
+    if let Some(m) = F32_TOLERANCE.first_mismatch_at_scale(actual, expected, scale) {
+        panic!("{what}: {m} (product scale {scale:e})");
+    }
+}
+
+/// Checks every output of the fused op against the reference, each at the
+/// product rule's scale: the logits' error (depth `D`) carried through the
+/// loss and the gradients, plus the gradient products' own (depth `V` for
+/// `dH`, `N` for `dW` and `db`).
+#[track_caller]
+fn check_fused(
+    what: &str,
+    p: &Problem,
+    options: &CrossEntropyOptions<'_>,
+    out: &LinearCrossEntropyOutput,
+    r: &LinearCrossEntropyReference,
+) {
+    let LinearShape {
+        rows,
+        hidden: d,
+        classes: v,
+    } = p.shape;
+    let tz = logit_terms(p);
+    let wmax = options
+        .weight
+        .map_or(1.0, |w| w.iter().fold(0.0f64, |m, x| m.max(f64::from(*x))));
+    let lse_max = r
+        .lse
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |m, x| m.max(x.abs()));
+    // A logit error δ moves lse and the row loss by at most 2δ (times the
+    // weight, and 2·z·|lse| more with z-loss); `sum` adds N rows of it.
+    let rows_in_sum = if options.reduction == Reduction::Sum {
+        rows as f64
+    } else {
+        1.0
+    };
+    let loss_sens = 2.0 * wmax * (1.0 + 2.0 * f64::from(options.z_loss) * lse_max) * rows_in_sum;
+    check(
+        &format!("{what} loss"),
+        &out.loss,
+        &r.loss,
+        product_scale(d, tz * loss_sens),
+    );
+    check(
+        &format!("{what} lse"),
+        &out.lse,
+        &r.lse,
+        product_scale(d, tz),
+    );
+    // |G| per row and per class, and the operands' magnitudes.
+    let g_row = (0..rows)
+        .map(|n| {
+            r.grad_logits[n * v..(n + 1) * v]
+                .iter()
+                .map(|x| x.abs())
+                .sum::<f64>()
+        })
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, f64::max);
+    let g_col = (0..v)
+        .map(|c| {
+            (0..rows)
+                .map(|n| r.grad_logits[n * v + c].abs())
+                .sum::<f64>()
+        })
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, f64::max);
+    let (wm, hm) = (max_abs(&p.classifier), max_abs(&p.hidden));
+    // G = s·(p - onehot ...) moves by about 2δ·|G| per element when a logit moves by δ.
+    let carried = |sum_g: f64, other: f64| product_scale(d, tz * 2.0 * sum_g * other);
+    if let Some(g) = &out.grad_hidden {
+        let s = carried(g_row, wm) + product_scale(v, g_row * wm);
+        check(&format!("{what} grad_hidden"), g, &r.grad_hidden, s);
+    }
+    if let Some(g) = &out.grad_classifier {
+        let s = carried(g_col, hm) + product_scale(rows, g_col * hm);
+        check(&format!("{what} grad_classifier"), g, &r.grad_classifier, s);
+    }
+    if let Some(g) = &out.grad_bias {
+        let s = carried(g_col, 1.0) + product_scale(rows, g_col);
+        check(&format!("{what} grad_bias"), g, &r.grad_bias, s);
+    }
+}
+
+fn run(
+    ctx: &GpuContext,
+    p: &Problem,
+    options: &LinearCrossEntropyOptions<'_>,
+    grads: LinearGrads,
+) -> LinearCrossEntropyOutput {
+    block_on(ctx.linear_cross_entropy(
+        &p.hidden,
+        &p.classifier,
+        p.bias.as_deref(),
+        &p.targets,
+        p.shape,
+        options,
+        grads,
+    ))
+    .expect("linear_cross_entropy")
+}
+
+fn reference_of(p: &Problem, options: &CrossEntropyOptions<'_>) -> LinearCrossEntropyReference {
+    reference::linear_cross_entropy(
+        &p.hidden,
+        &p.classifier,
+        p.bias.as_deref(),
+        &p.targets,
+        p.shape,
+        options,
+    )
+    .expect("reference")
+}
+
+#[test]
+fn linear_matches_the_reference_on_awkward_shapes() {
+    let Some(ctx) = gpu() else { return };
+    for (seed, (rows, d, v, bias)) in [
+        (1, 1, 1, false),
+        (3, 5, 7, true),
+        (65, 17, 129, true),
+        (130, 33, 70, false),
+        (2, 300, 3, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = problem(seed as u64, rows, d, v, bias);
+        let z = block_on(ctx.linear(&p.hidden, &p.classifier, p.bias.as_deref(), p.shape))
+            .expect("linear");
+        let expected = reference::linear(&p.hidden, &p.classifier, p.bias.as_deref(), p.shape)
+            .expect("reference");
+        check(
+            &format!("linear {rows}x{d}x{v}"),
+            &z,
+            &expected,
+            product_scale(d, logit_terms(&p)),
+        );
+    }
+}
+
+#[test]
+fn fused_matches_the_reference_for_every_option() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(7);
+    let v = 301;
+    let class_weights: Vec<f32> = (0..v).map(|_| rng.uniform(0.1, 2.0)).collect();
+    let cases: Vec<(&str, CrossEntropyOptions<'_>)> = vec![
+        ("mean", CrossEntropyOptions::default()),
+        (
+            "weights, ignore_index, smoothing",
+            CrossEntropyOptions {
+                weight: Some(class_weights.as_slice()),
+                ignore_index: 5,
+                label_smoothing: 0.1,
+                ..Default::default()
+            },
+        ),
+        (
+            "z-loss and softcap",
+            CrossEntropyOptions {
+                z_loss: 1e-3,
+                softcap: Some(3.0),
+                ..Default::default()
+            },
+        ),
+        (
+            "sum, smoothing, grad_scale",
+            CrossEntropyOptions {
+                reduction: Reduction::Sum,
+                label_smoothing: 0.3,
+                grad_scale: 0.25,
+                ..Default::default()
+            },
+        ),
+        (
+            "none, weights, softcap, z-loss",
+            CrossEntropyOptions {
+                reduction: Reduction::None,
+                weight: Some(class_weights.as_slice()),
+                softcap: Some(2.0),
+                z_loss: 1e-2,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (i, (what, loss)) in cases.into_iter().enumerate() {
+        let mut p = problem(100 + i as u64, 37, 19, v, true);
+        // Some rows at the ignored class.
+        p.targets[3] = 5;
+        p.targets[20] = 5;
+        let options = LinearCrossEntropyOptions {
+            loss,
+            ..Default::default()
+        };
+        let out = run(ctx, &p, &options, LinearGrads::ALL);
+        check_fused(what, &p, &loss, &out, &reference_of(&p, &loss));
+    }
+}
+
+/// A workspace of two rows and bindings of 16 KiB: many chunks, `W` in
+/// several segments, every window at an unaligned element offset.
+#[test]
+fn chunks_and_segments_match_the_reference() {
+    let Some(ctx) = gpu_with_binding_cap(16 << 10) else {
+        return;
+    };
+    let p = problem(11, 23, 13, 700, true);
+    assert!(
+        p.classifier.len() * 4 > 16 << 10,
+        "W must exceed one binding"
+    );
+    let loss = CrossEntropyOptions {
+        label_smoothing: 0.05,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        workspace_bytes: 2 * 700 * 4 + 100,
+    };
+    let out = run(&ctx, &p, &options, LinearGrads::ALL);
+    check_fused("chunked", &p, &loss, &out, &reference_of(&p, &loss));
+}
+
+#[test]
+fn one_row_one_class_one_hidden_unit() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(3, 1, 1, 1, true);
+    let loss = CrossEntropyOptions::default();
+    let out = run(
+        ctx,
+        &p,
+        &LinearCrossEntropyOptions::default(),
+        LinearGrads::ALL,
+    );
+    let r = reference_of(&p, &loss);
+    assert_eq!(out.loss, vec![0.0], "one class: the loss is exactly 0");
+    check_fused("1x1x1", &p, &loss, &out, &r);
+}
+
+#[test]
+fn a_300001_class_vocabulary() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(5, 3, 3, 300_001, true);
+    let loss = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let out = run(ctx, &p, &options, LinearGrads::ALL);
+    check_fused("V=300001", &p, &loss, &out, &reference_of(&p, &loss));
+}
+
+#[test]
+fn rows_past_the_dispatch_limit() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(6, 70_000, 2, 3, true);
+    let loss = CrossEntropyOptions::default();
+    let out = run(
+        ctx,
+        &p,
+        &LinearCrossEntropyOptions::default(),
+        LinearGrads::ALL,
+    );
+    check_fused("70000 rows", &p, &loss, &out, &reference_of(&p, &loss));
+}
+
+#[test]
+fn ignored_rows_and_every_row_ignored() {
+    let Some(ctx) = gpu() else { return };
+    let mut p = problem(8, 9, 4, 10, false);
+    for t in p.targets.iter_mut().step_by(2) {
+        *t = -100;
+    }
+    let loss = CrossEntropyOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let out = run(ctx, &p, &options, LinearGrads::ALL);
+    check_fused("some ignored", &p, &loss, &out, &reference_of(&p, &loss));
+    for n in (0..9).step_by(2) {
+        assert_eq!(out.loss[n], 0.0, "ignored row {n} has a loss");
+        let dh = &out.grad_hidden.as_ref().expect("dH")[n * 4..(n + 1) * 4];
+        assert!(
+            dh.iter().all(|&g| g == 0.0),
+            "ignored row {n} has dH {dh:?}"
+        );
+    }
+    // Every row ignored: the mean is NaN (PyTorch) and every gradient 0.
+    p.targets.iter_mut().for_each(|t| *t = -100);
+    let out = run(
+        ctx,
+        &p,
+        &LinearCrossEntropyOptions::default(),
+        LinearGrads::ALL,
+    );
+    assert!(
+        out.loss[0].is_nan(),
+        "mean over no rows must be NaN, got {}",
+        out.loss[0]
+    );
+    for (name, g) in [
+        ("dH", out.grad_hidden.expect("dH")),
+        ("dW", out.grad_classifier.expect("dW")),
+    ] {
+        assert!(
+            g.iter().all(|&x| x == 0.0),
+            "{name} not zero with every row ignored"
+        );
+    }
+}
+
+#[test]
+fn minus_infinity_bias_masks_classes() {
+    let Some(ctx) = gpu() else { return };
+    let mut p = problem(9, 6, 5, 40, true);
+    let bias = p.bias.as_mut().expect("bias");
+    for c in (0..40).step_by(3) {
+        bias[c] = f32::NEG_INFINITY;
+    }
+    // Targets avoid the masked classes.
+    for t in p.targets.iter_mut() {
+        if *t % 3 == 0 {
+            *t = if *t == 0 { 1 } else { *t - 1 };
+        }
+    }
+    let loss = CrossEntropyOptions::default();
+    let out = run(
+        ctx,
+        &p,
+        &LinearCrossEntropyOptions::default(),
+        LinearGrads::ALL,
+    );
+    let r = reference_of(&p, &loss);
+    check_fused("masked", &p, &loss, &out, &r);
+    let db = out.grad_bias.expect("db");
+    for c in (0..40).step_by(3) {
+        assert_eq!(db[c], 0.0, "masked class {c} has a bias gradient");
+    }
+}
+
+#[test]
+fn a_nan_hidden_row_makes_that_row_nan_and_no_other() {
+    let Some(ctx) = gpu() else { return };
+    let mut p = problem(10, 5, 4, 30, false);
+    p.hidden[2 * 4 + 1] = f32::NAN;
+    let loss = CrossEntropyOptions {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let out = run(ctx, &p, &options, LinearGrads::ALL);
+    for n in 0..5 {
+        let dh = &out.grad_hidden.as_ref().expect("dH")[n * 4..(n + 1) * 4];
+        if n == 2 {
+            assert!(
+                out.loss[n].is_nan() && out.lse[n].is_nan(),
+                "row 2 must be NaN"
+            );
+            assert!(dh.iter().all(|g| g.is_nan()), "row 2's dH must be NaN");
+        } else {
+            assert!(
+                out.loss[n].is_finite() && out.lse[n].is_finite(),
+                "row {n} went NaN"
+            );
+            assert!(dh.iter().all(|g| g.is_finite()), "row {n}'s dH went NaN");
+        }
+    }
+    check_fused("NaN row", &p, &loss, &out, &reference_of(&p, &loss));
+}
+
+#[test]
+fn loss_only_and_a_frozen_head() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(12, 17, 6, 50, true);
+    let loss = CrossEntropyOptions::default();
+    let r = reference_of(&p, &loss);
+    let out = run(
+        ctx,
+        &p,
+        &LinearCrossEntropyOptions::default(),
+        LinearGrads::NONE,
+    );
+    assert!(out.grad_hidden.is_none() && out.grad_classifier.is_none() && out.grad_bias.is_none());
+    check_fused("loss only", &p, &loss, &out, &r);
+    let frozen = LinearGrads {
+        hidden: true,
+        ..LinearGrads::NONE
+    };
+    let out = run(ctx, &p, &LinearCrossEntropyOptions::default(), frozen);
+    assert!(out.grad_classifier.is_none() && out.grad_bias.is_none());
+    check_fused("frozen head", &p, &loss, &out, &r);
+}
+
+#[test]
+fn same_input_same_bits() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(13, 40, 9, 333, true);
+    let options = LinearCrossEntropyOptions {
+        workspace_bytes: 7 * 333 * 4,
+        ..Default::default()
+    };
+    let a = run(ctx, &p, &options, LinearGrads::ALL);
+    let b = run(ctx, &p, &options, LinearGrads::ALL);
+    let bits = |o: &LinearCrossEntropyOutput| -> Vec<u32> {
+        o.loss
+            .iter()
+            .chain(&o.lse)
+            .chain(o.grad_hidden.iter().flatten())
+            .chain(o.grad_classifier.iter().flatten())
+            .chain(o.grad_bias.iter().flatten())
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&a), bits(&b), "two runs differ in their bits");
+}
+
+/// Megatron's vocabulary-parallel cross-entropy on one adapter: three
+/// uneven shards, records merged, each shard's backward pass, against the
+/// unsharded op and the reference.
+#[test]
+fn three_uneven_shards_match_the_unsharded_op() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, d, v) = (29, 7, 301);
+    let mut p = problem(14, rows, d, v, true);
+    p.targets[4] = -100;
+    let mut rng = Rng::new(15);
+    let class_weights: Vec<f32> = (0..v).map(|_| rng.uniform(0.5, 1.5)).collect();
+    let loss = CrossEntropyOptions {
+        weight: Some(class_weights.as_slice()),
+        label_smoothing: 0.1,
+        z_loss: 1e-3,
+        softcap: Some(5.0),
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let whole = run(ctx, &p, &options, LinearGrads::ALL);
+    let r = reference_of(&p, &loss);
+    check_fused("unsharded", &p, &loss, &whole, &r);
+
+    let bounds = [(0, 50), (50, 200), (200, 301)];
+    let shards: Vec<Shard> = bounds
+        .iter()
+        .map(|&(start, end)| Shard {
+            start,
+            end,
+            classes: v,
+        })
+        .collect();
+    let slice_w = |s: &Shard| p.classifier[s.start * d..s.end * d].to_vec();
+    let slice_b = |s: &Shard| p.bias.as_ref().expect("bias")[s.start..s.end].to_vec();
+    let records: Vec<_> = shards
+        .iter()
+        .map(|s| {
+            block_on(ctx.shard_records(
+                &p.hidden,
+                &slice_w(s),
+                Some(&slice_b(s)),
+                &p.targets,
+                d,
+                *s,
+                &options,
+            ))
+            .expect("shard records")
+        })
+        .collect();
+    let merged = block_on(ctx.merge_records(&records, &p.targets, v, &loss)).expect("merge");
+    let mut sharded = LinearCrossEntropyOutput {
+        loss: merged.loss.clone(),
+        z_loss: merged.z_loss.clone(),
+        lse: merged.lse.clone(),
+        grad_hidden: Some(vec![0.0; rows * d]),
+        grad_classifier: Some(Vec::new()),
+        grad_bias: Some(Vec::new()),
+    };
+    for s in &shards {
+        let g = block_on(ctx.shard_backward(
+            &p.hidden,
+            &slice_w(s),
+            Some(&slice_b(s)),
+            &p.targets,
+            &merged.lse,
+            d,
+            *s,
+            &options,
+            LinearGrads::ALL,
+        ))
+        .expect("shard backward");
+        let dh = sharded.grad_hidden.as_mut().expect("dH");
+        for (acc, x) in dh.iter_mut().zip(g.grad_hidden.expect("partial dH")) {
+            *acc += x;
+        }
+        sharded
+            .grad_classifier
+            .as_mut()
+            .expect("dW")
+            .extend(g.grad_classifier.expect("dW rows"));
+        sharded
+            .grad_bias
+            .as_mut()
+            .expect("db")
+            .extend(g.grad_bias.expect("db rows"));
+    }
+    check_fused("three shards", &p, &loss, &sharded, &r);
+    // The merged loss and lse agree with the unsharded op's to f32 rounding.
+    check(
+        "shards vs unsharded loss",
+        &sharded.loss,
+        &whole.loss.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+        product_scale(d, logit_terms(&p) * 4.0),
+    );
+}
+
+#[test]
+fn bad_input_is_named() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(16, 4, 3, 5, true);
+    let opts = LinearCrossEntropyOptions::default();
+    let lce =
+        |h: &[f32], w: &[f32], b: Option<&[f32]>, t: &[i64], o: &LinearCrossEntropyOptions<'_>| {
+            block_on(ctx.linear_cross_entropy(h, w, b, t, p.shape, o, LinearGrads::ALL))
+        };
+    // H one element short.
+    let e = lce(
+        &p.hidden[1..],
+        &p.classifier,
+        p.bias.as_deref(),
+        &p.targets,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::LengthMismatch { what: "hidden", .. }),
+        "{e}"
+    );
+    // W of the wrong length.
+    let e = lce(
+        &p.hidden,
+        &p.classifier[3..],
+        p.bias.as_deref(),
+        &p.targets,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LengthMismatch {
+                what: "classifier",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Bias of the wrong length.
+    let e = lce(&p.hidden, &p.classifier, Some(&[0.0; 4]), &p.targets, &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LengthMismatch {
+                expected: 5,
+                actual: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A target outside [0, V).
+    let e = lce(&p.hidden, &p.classifier, None, &[0, 1, 5, 2], &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TargetOutOfRange {
+                row: 2,
+                target: 5,
+                classes: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Targets of the wrong count.
+    let e = lce(&p.hidden, &p.classifier, None, &[0, 1, 2], &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LengthMismatch {
+                what: "targets",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A workspace too small for one row.
+    let tiny = LinearCrossEntropyOptions {
+        workspace_bytes: 8,
+        ..Default::default()
+    };
+    let e = lce(&p.hidden, &p.classifier, None, &p.targets, &tiny).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::WorkspaceTooSmall {
+                needed: 20,
+                classes: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("workspace_bytes"), "{e}");
+    // A shard outside [0, V).
+    let shard = Shard {
+        start: 3,
+        end: 7,
+        classes: 5,
+    };
+    let e = block_on(ctx.shard_records(
+        &p.hidden,
+        &p.classifier[..12],
+        None,
+        &p.targets,
+        3,
+        shard,
+        &opts,
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidShard {
+                start: 3,
+                end: 7,
+                classes: 5
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// The reference's gradients are the derivatives of its loss: central
+/// differences on `H`, `W` and `b` for every option.
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let p = problem(17, 3, 2, 4, true);
+    let weights = [0.5f32, 1.0, 2.0, 1.5];
+    for loss in [
+        CrossEntropyOptions::default(),
+        CrossEntropyOptions {
+            weight: Some(&weights[..]),
+            label_smoothing: 0.2,
+            z_loss: 0.1,
+            softcap: Some(1.5),
+            reduction: Reduction::Sum,
+            grad_scale: 2.0,
+            ..Default::default()
+        },
+    ] {
+        let r = reference_of(&p, &loss);
+        let total = |q: &Problem| -> f64 {
+            reference_of(q, &loss).loss.iter().sum::<f64>() * f64::from(loss.grad_scale)
+        };
+        let probe = |which: usize, i: usize| -> f64 {
+            let mut plus = Problem {
+                ..problem(17, 3, 2, 4, true)
+            };
+            let mut minus = Problem {
+                ..problem(17, 3, 2, 4, true)
+            };
+            let h = 1e-2f32;
+            let (xp, xm) = match which {
+                0 => (&mut plus.hidden[i], &mut minus.hidden[i]),
+                1 => (&mut plus.classifier[i], &mut minus.classifier[i]),
+                _ => (
+                    &mut plus.bias.as_mut().expect("bias")[i],
+                    &mut minus.bias.as_mut().expect("bias")[i],
+                ),
+            };
+            *xp += h;
+            *xm -= h;
+            let step = f64::from(*xp) - f64::from(*xm);
+            (total(&plus) - total(&minus)) / step
+        };
+        for (which, analytic) in [
+            (0, &r.grad_hidden),
+            (1, &r.grad_classifier),
+            (2, &r.grad_bias),
+        ] {
+            for (i, &g) in analytic.iter().enumerate() {
+                let numeric = probe(which, i);
+                assert!(
+                    (numeric - g).abs() <= 1e-3 * (1.0 + g.abs()),
+                    "operand {which} index {i}: analytic {g}, numeric {numeric}"
+                );
+            }
+        }
+    }
+}
