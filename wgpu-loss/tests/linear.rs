@@ -791,3 +791,124 @@ fn reference_gradients_match_finite_differences() {
         }
     }
 }
+
+/// The encode API over one arena buffer holding every tensor at its own
+/// aligned offset (so every kernel runs its shared-buffer variant), with f32
+/// and with f16 hidden states and classifier.
+#[test]
+fn encode_api_in_one_buffer_f32_and_f16() {
+    use common::{read, Arena};
+    use half::f16;
+    use wgpu_loss::{GpuTensor, LinearCrossEntropyViews};
+    let Some(ctx) = gpu() else { return };
+    for half_storage in [false, true] {
+        if half_storage && !ctx.features().contains(wgpu::Features::SHADER_F16) {
+            eprintln!("SKIPPED f16 linear + cross-entropy: adapter lacks SHADER_F16");
+            continue;
+        }
+        let (rows, d, v) = (21, 10, 203);
+        let mut p = problem(20 + half_storage as u64, rows, d, v, true);
+        if half_storage {
+            // The reference sees the f16-rounded inputs the GPU reads.
+            for x in p.hidden.iter_mut().chain(p.classifier.iter_mut()) {
+                *x = f16::from_f32(*x).to_f32();
+            }
+        }
+        let targets: Vec<i32> = p.targets.iter().map(|&t| t as i32).collect();
+        let mut a = Arena::new(ctx, ((rows * d + v * d) * 8 + v * 8 + rows * 16) as u64);
+        let (ho, wo) = if half_storage {
+            let h: Vec<f16> = p.hidden.iter().map(|&x| f16::from_f32(x)).collect();
+            let w: Vec<f16> = p.classifier.iter().map(|&x| f16::from_f32(x)).collect();
+            (a.put(ctx, &h), a.put(ctx, &w))
+        } else {
+            (a.put(ctx, &p.hidden), a.put(ctx, &p.classifier))
+        };
+        let bo = a.put(ctx, p.bias.as_deref().expect("bias"));
+        let to = a.put(ctx, &targets);
+        let (lo, lseo, dho, dwo, dbo) = (
+            a.reserve(2),
+            a.reserve(rows),
+            a.reserve(rows * d),
+            a.reserve(v * d),
+            a.reserve(v),
+        );
+        let matrix = |o, r, c| {
+            if half_storage {
+                GpuTensor::f16_matrix(&a.buffer, o, r, c)
+            } else {
+                GpuTensor::f32_matrix(&a.buffer, o, r, c)
+            }
+        };
+        let views = LinearCrossEntropyViews {
+            hidden: matrix(ho, rows, d),
+            classifier: matrix(wo, v, d),
+            bias: Some(GpuTensor::f32_vector(&a.buffer, bo, v)),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+            lse: Some(GpuTensor::f32_vector(&a.buffer, lseo, rows)),
+            grad_hidden: Some(GpuTensor::f32_matrix(&a.buffer, dho, rows, d)),
+            grad_classifier: Some(GpuTensor::f32_matrix(&a.buffer, dwo, v, d)),
+            grad_bias: Some(GpuTensor::f32_vector(&a.buffer, dbo, v)),
+        };
+        let loss = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let used = ctx
+            .encode_linear_cross_entropy(
+                &mut enc,
+                &views,
+                &LinearCrossEntropyOptions {
+                    loss: loss.with_weight(None),
+                    workspace_bytes: 5 * v as u64 * 4,
+                },
+            )
+            .expect("encode");
+        ctx.queue().submit([enc.finish()]);
+        assert_eq!(used.chunk_rows, 5, "a five-row workspace holds five rows");
+        let loss_pair = read(ctx, &a.buffer, lo, 2);
+        let out = LinearCrossEntropyOutput {
+            loss: vec![loss_pair[0]],
+            z_loss: vec![loss_pair[1]],
+            lse: read(ctx, &a.buffer, lseo, rows),
+            grad_hidden: Some(read(ctx, &a.buffer, dho, rows * d)),
+            grad_classifier: Some(read(ctx, &a.buffer, dwo, v * d)),
+            grad_bias: Some(read(ctx, &a.buffer, dbo, v)),
+        };
+        let what = if half_storage { "encode f16" } else { "encode f32" };
+        check_fused(what, &p, &loss, &out, &reference_of(&p, &loss));
+    }
+}
+
+/// An output view that shares bytes with an input is refused, naming both.
+#[test]
+fn encode_refuses_outputs_over_inputs() {
+    use common::Arena;
+    use wgpu_loss::{GpuTensor, LinearCrossEntropyViews};
+    let Some(ctx) = gpu() else { return };
+    let mut a = Arena::new(ctx, 4096);
+    let ho = a.put(ctx, &[1.0f32; 8]);
+    let wo = a.put(ctx, &[1.0f32; 12]);
+    let to = a.put(ctx, &[0i32; 4]);
+    let lo = a.reserve(2);
+    let views = LinearCrossEntropyViews {
+        hidden: GpuTensor::f32_matrix(&a.buffer, ho, 4, 2),
+        classifier: GpuTensor::f32_matrix(&a.buffer, wo, 6, 2),
+        bias: None,
+        targets: GpuTensor::i32_vector(&a.buffer, to, 4),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+        lse: None,
+        grad_hidden: Some(GpuTensor::f32_matrix(&a.buffer, ho, 4, 2)),
+        grad_classifier: None,
+        grad_bias: None,
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let e = ctx
+        .encode_linear_cross_entropy(&mut enc, &views, &LinearCrossEntropyOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidView { name: "grad_hidden", ref problem } if problem.contains("hidden")),
+        "{e}"
+    );
+}
