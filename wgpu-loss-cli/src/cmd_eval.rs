@@ -13,14 +13,14 @@ use wgpu_loss_cli::problem::{Op, Problem, Settings, Target};
 use wgpu_loss_cli::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum ReductionArg {
+pub(crate) enum ReductionArg {
     None,
     Mean,
     Sum,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum DeviceArg {
+pub(crate) enum DeviceArg {
     /// The chosen GPU adapter.
     Gpu,
     /// The fast f32 CPU path on every core.
@@ -32,66 +32,78 @@ enum DeviceArg {
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// softmax, log-softmax, logsumexp, cross-entropy, binary-cross-entropy, bce-with-logits,
-    /// sigmoid-focal or focal (cross-entropy-loss: the loss alone, no grad.npy).
+    /// sigmoid-focal, focal or linear-cross-entropy (cross-entropy-loss and
+    /// linear-cross-entropy-loss: the loss alone, no gradients).
     #[arg(value_name = "OP")]
-    op: String,
-    /// Logits (probabilities for binary-cross-entropy): .npy, or FILE.safetensors[:TENSOR].
+    pub(crate) op: String,
+    /// Logits (probabilities for binary-cross-entropy; hidden states [N, D] for
+    /// linear-cross-entropy): .npy, or FILE.safetensors[:TENSOR].
     #[arg(long, value_name = "X.npy")]
-    input: String,
+    pub(crate) input: String,
+    /// linear-cross-entropy: the classifier weight [V, D] (nn.Linear's layout), .npy or
+    /// FILE.safetensors:TENSOR (e.g. model.safetensors:lm_head.weight).
+    #[arg(long, value_name = "W.npy")]
+    pub(crate) classifier: Option<String>,
+    /// linear-cross-entropy: the classifier bias [V].
+    #[arg(long, value_name = "B.npy")]
+    pub(crate) bias: Option<String>,
+    /// linear-cross-entropy: bytes of logits held at once on the GPU [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) workspace_bytes: Option<u64>,
     /// Targets: class indices [N] (int) or probabilities [N, C] (float) for cross-entropy;
     /// class indices for focal; float labels of the input's shape for the binary losses.
     #[arg(long, value_name = "T.npy")]
-    target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Class weights [C] (cross-entropy), per-class alpha [C] (focal), or binary weights
     /// ([C], per column, or the input's shape).
     #[arg(long, value_name = "W.npy")]
-    weight: Option<String>,
+    pub(crate) weight: Option<String>,
     /// Positive-class weights [C] (bce-with-logits).
     #[arg(long, value_name = "P.npy")]
-    pos_weight: Option<String>,
+    pub(crate) pos_weight: Option<String>,
     /// Upstream gradient: the output's shape for the softmax family (writes grad.npy, the
     /// vector-Jacobian product); one value scaling the gradient for a mean or sum loss.
     #[arg(long, value_name = "G.npy")]
-    grad_output: Option<String>,
+    pub(crate) grad_output: Option<String>,
     /// Reduction of the loss [default: mean].
     #[arg(long, value_enum)]
-    reduction: Option<ReductionArg>,
+    pub(crate) reduction: Option<ReductionArg>,
     /// Target value ignored by cross-entropy and focal [default: -100].
     #[arg(long, allow_negative_numbers = true)]
-    ignore_index: Option<i64>,
+    pub(crate) ignore_index: Option<i64>,
     /// Label smoothing in [0, 1] (cross-entropy) [default: 0].
     #[arg(long, allow_negative_numbers = true)]
-    label_smoothing: Option<f32>,
+    pub(crate) label_smoothing: Option<f32>,
     /// z-loss weight (cross-entropy) [default: 0].
     #[arg(long, allow_negative_numbers = true)]
-    z_loss: Option<f32>,
+    pub(crate) z_loss: Option<f32>,
     /// Logit softcap c > 0 (cross-entropy) [default: none].
     #[arg(long, allow_negative_numbers = true)]
-    softcap: Option<f32>,
+    pub(crate) softcap: Option<f32>,
     /// Alpha: sigmoid-focal's class balance (-1 disables) [default: 0.25]; for focal, one
     /// alpha for every class [default: none].
     #[arg(long, allow_negative_numbers = true)]
-    alpha: Option<f32>,
+    pub(crate) alpha: Option<f32>,
     /// Focusing parameter gamma >= 0 (focal losses) [default: 2].
     #[arg(long, allow_negative_numbers = true)]
-    gamma: Option<f32>,
+    pub(crate) gamma: Option<f32>,
     /// Where to compute.
     #[arg(long, value_enum, default_value = "gpu")]
-    device: DeviceArg,
+    pub(crate) device: DeviceArg,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 /// A file argument and what was read from it.
-struct Input {
-    flag: &'static str,
-    arg: String,
-    array: Array,
+pub(crate) struct Input {
+    pub(crate) flag: &'static str,
+    pub(crate) arg: String,
+    pub(crate) array: Array,
 }
 
 impl Input {
-    fn read(flag: &'static str, arg: &str) -> Result<Input, String> {
+    pub(crate) fn read(flag: &'static str, arg: &str) -> Result<Input, String> {
         let array = read_array(arg).map_err(|e| format!("--{flag} {e}"))?;
         Ok(Input {
             flag,
@@ -100,12 +112,12 @@ impl Input {
         })
     }
 
-    fn problem(&self, text: impl std::fmt::Display) -> String {
+    pub(crate) fn problem(&self, text: impl std::fmt::Display) -> String {
         format!("--{} {}: {text}", self.flag, self.arg)
     }
 
     /// Takes the values out (they move into the problem; the shape stays for messages).
-    fn floats(&mut self) -> Result<Vec<f32>, String> {
+    pub(crate) fn floats(&mut self) -> Result<Vec<f32>, String> {
         match &mut self.array.data {
             ArrayData::F32(v) => Ok(std::mem::take(v)),
             ArrayData::I64(_) => Err(self.problem(format!(
@@ -115,11 +127,11 @@ impl Input {
         }
     }
 
-    fn shape(&self) -> &[usize] {
+    pub(crate) fn shape(&self) -> &[usize] {
         &self.array.shape
     }
 
-    fn expect_shape(&self, expected: &[usize], why: &str) -> Result<(), String> {
+    pub(crate) fn expect_shape(&self, expected: &[usize], why: &str) -> Result<(), String> {
         if self.shape() != expected {
             return Err(self.problem(format!(
                 "has shape {:?}, expected {expected:?} ({why})",
@@ -130,11 +142,23 @@ impl Input {
     }
 }
 
-fn read_optional(flag: &'static str, arg: &Option<String>) -> Result<Option<Input>, String> {
+pub(crate) fn read_optional(flag: &'static str, arg: &Option<String>) -> Result<Option<Input>, String> {
     arg.as_deref().map(|a| Input::read(flag, a)).transpose()
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
+    if let Some(request) = super::cmd_eval_linear::request_of(&args.op) {
+        return super::cmd_eval_linear::run(args, request);
+    }
+    for (flag, given) in [
+        ("classifier", args.classifier.is_some()),
+        ("bias", args.bias.is_some()),
+        ("workspace-bytes", args.workspace_bytes.is_some()),
+    ] {
+        if given {
+            return Err(format!("--{flag} applies to linear-cross-entropy only, not {}", args.op));
+        }
+    }
     let op = Op::from_name(&args.op)
         .ok_or_else(|| format!("unknown op {:?}; expected one of {}", args.op, Op::names()))?;
     let settings = settings(args);
@@ -260,7 +284,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn settings(args: &EvalArgs) -> Settings {
+pub(crate) fn settings(args: &EvalArgs) -> Settings {
     let d = Settings::default();
     Settings {
         reduction: match args.reduction {
@@ -394,13 +418,19 @@ fn blame(e: &Error, inputs: &[&Input], problem: Option<&Problem>) -> String {
 }
 
 /// Every file `eval` writes into `--out`.
-const OUTPUT_NAMES: [&str; 3] = ["output.npy", "loss.npy", "grad.npy"];
+const OUTPUT_NAMES: [&str; 5] = [
+    "output.npy",
+    "loss.npy",
+    "grad.npy",
+    "grad_classifier.npy",
+    "grad_bias.npy",
+];
 
 /// Writes every output under a temporary name, then renames them all into
 /// place. A failure while writing removes the temporaries and leaves nothing;
 /// the renames themselves are best effort (a rename failing after another
 /// succeeded, e.g. the folder vanishing, leaves the files renamed so far).
-fn write_outputs(dir: &Path, files: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
+pub(crate) fn write_outputs(dir: &Path, files: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
     let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |written: &[(PathBuf, PathBuf)]| {

@@ -4,6 +4,7 @@
 mod cmd_bench;
 mod cmd_check;
 mod cmd_eval;
+mod cmd_eval_linear;
 mod cmd_info;
 
 use std::process::ExitCode;
