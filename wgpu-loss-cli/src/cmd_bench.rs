@@ -27,6 +27,12 @@ pub struct BenchArgs {
     /// Columns / classes.
     #[arg(long)]
     cols: Option<usize>,
+    /// Hidden size D of `--op linear-cross-entropy` (with --rows N and --cols V).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// linear-cross-entropy: bytes of logits the fused op holds at once [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    workspace_bytes: Option<u64>,
     /// Timed GPU kernel runs per measurement, after one warm-up (median reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -146,6 +152,12 @@ fn parse_ops(names: &[String]) -> Result<Vec<Op>, String> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
+    if args.ops.iter().any(|o| o == "linear-cross-entropy") {
+        return run_linear(args);
+    }
+    if args.hidden.is_some() || args.workspace_bytes.is_some() {
+        return Err("--hidden and --workspace-bytes apply to --op linear-cross-entropy".into());
+    }
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "f16" => DType::F16,
@@ -321,6 +333,109 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         draw_plot(plot, &all_rows, &adapter)?;
         if !args.json {
             println!("plot: {}", plot.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--op linear-cross-entropy --rows N --cols V --hidden D`: the fused op
+/// against the crate's matrix product at the same shape, in the same run.
+fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
+    if args.ops.len() != 1 {
+        return Err("--op linear-cross-entropy runs alone (give no other --op)".into());
+    }
+    let (Some(rows), Some(classes), Some(hidden)) = (args.rows, args.cols, args.hidden) else {
+        return Err("--op linear-cross-entropy needs --rows N, --cols V and --hidden D".into());
+    };
+    if rows == 0 || classes == 0 || hidden == 0 {
+        return Err("--rows, --cols and --hidden must be at least 1".into());
+    }
+    if args.dtype != "f32" {
+        return Err(
+            "--op linear-cross-entropy benches f32 (f16 runs through the encode API)".into(),
+        );
+    }
+    let ctx = wgpu_loss::block_on(GpuContext::new()).map_err(|e| {
+        format!("{e}; linear-cross-entropy has no CPU path in bench (install mesa-vulkan-drivers for lavapipe)")
+    })?;
+    let shape = wgpu_loss::LinearShape {
+        rows,
+        hidden,
+        classes,
+    };
+    let check_rows = match (args.no_reference, args.check_rows) {
+        (true, _) => 0,
+        (false, Some(k)) => k,
+        (false, None) => 4,
+    };
+    let report = wgpu_loss_cli::bench_linear::bench_linear_cross_entropy(
+        &ctx,
+        shape,
+        args.iters.max(1),
+        check_rows,
+        args.workspace_bytes,
+    )
+    .map_err(|e| e.to_string())?;
+    let matmul = report.timings[0].median.as_secs_f64();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    if !args.json {
+        println!(
+            "adapter: {}; linear-cross-entropy N={rows} D={hidden} V={classes} f32; wall time, median of {} after a warm-up",
+            ctx.adapter_name(),
+            args.iters.max(1)
+        );
+        println!(
+            "{:<18} {:>11} {:>10} {:>10}",
+            "path", "median ms", "GFLOP/s", "x matmul"
+        );
+    }
+    for t in &report.timings {
+        let ratio = t.median.as_secs_f64() / matmul;
+        if args.json {
+            println!(
+                "{{\"op\":\"linear-cross-entropy\",\"rows\":{rows},\"hidden\":{hidden},\"classes\":{classes},\"path\":\"{}\",\"median_ms\":{:.3},\"gflops\":{:.3},\"vs_matmul\":{:.3},\"adapter\":{:?}}}",
+                t.path,
+                t.median.as_secs_f64() * 1e3,
+                t.gflops(),
+                ratio,
+                ctx.adapter_name()
+            );
+        } else {
+            println!(
+                "{:<18} {:>11.1} {:>10.2} {:>10.2}",
+                t.path,
+                t.median.as_secs_f64() * 1e3,
+                t.gflops(),
+                ratio
+            );
+        }
+    }
+    let s = report.scratch;
+    let unfused = report.logits_bytes;
+    let line = format!(
+        "memory: fused op allocated {:.1} MiB (workspace {:.1} MiB, {} rows per chunk); materialised logits {:.1} MiB and their gradient {:.1} MiB more: {:.1}x the fused op's",
+        mib(s.bytes),
+        mib(s.workspace_bytes),
+        s.chunk_rows,
+        mib(unfused),
+        mib(unfused),
+        2.0 * unfused as f64 / s.bytes.max(1) as f64
+    );
+    if args.json {
+        println!(
+            "{{\"op\":\"linear-cross-entropy\",\"scratch_bytes\":{},\"workspace_bytes\":{},\"chunk_rows\":{},\"logits_bytes\":{unfused}}}",
+            s.bytes, s.workspace_bytes, s.chunk_rows
+        );
+    } else {
+        println!("{line}");
+    }
+    if let Some((k, err, allowed)) = report.check {
+        let verdict = if err <= allowed { "ok" } else { "MISMATCH" };
+        if !args.json {
+            println!("check: lse of the first {k} rows against the f64 reference: max err {err:.3e} (allowed {allowed:.3e}) {verdict}");
+        }
+        if err > allowed {
+            return Ok(ExitCode::FAILURE);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -142,7 +142,10 @@ impl Input {
     }
 }
 
-pub(crate) fn read_optional(flag: &'static str, arg: &Option<String>) -> Result<Option<Input>, String> {
+pub(crate) fn read_optional(
+    flag: &'static str,
+    arg: &Option<String>,
+) -> Result<Option<Input>, String> {
     arg.as_deref().map(|a| Input::read(flag, a)).transpose()
 }
 
@@ -156,7 +159,10 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         ("workspace-bytes", args.workspace_bytes.is_some()),
     ] {
         if given {
-            return Err(format!("--{flag} applies to linear-cross-entropy only, not {}", args.op));
+            return Err(format!(
+                "--{flag} applies to linear-cross-entropy only, not {}",
+                args.op
+            ));
         }
     }
     let op = Op::from_name(&args.op)
@@ -430,7 +436,10 @@ const OUTPUT_NAMES: [&str; 5] = [
 /// place. A failure while writing removes the temporaries and leaves nothing;
 /// the renames themselves are best effort (a rename failing after another
 /// succeeded, e.g. the folder vanishing, leaves the files renamed so far).
-pub(crate) fn write_outputs(dir: &Path, files: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<(), String> {
+pub(crate) fn write_outputs(
+    dir: &Path,
+    files: &[(&str, Vec<usize>, Vec<f32>)],
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
     let mut written: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |written: &[(PathBuf, PathBuf)]| {

@@ -6,8 +6,7 @@
 use std::process::ExitCode;
 
 use wgpu_loss::{
-    reference, CrossEntropyOptions, LinearCrossEntropyOptions, LinearGrads, LinearShape,
-    Reduction,
+    reference, CrossEntropyOptions, LinearCrossEntropyOptions, LinearGrads, LinearShape, Reduction,
 };
 use wgpu_loss_cli::io::ArrayData;
 
@@ -33,7 +32,10 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
         }
     }
     let Some(classifier_arg) = &args.classifier else {
-        return Err(format!("{} needs --classifier (the [V, D] weight)", args.op));
+        return Err(format!(
+            "{} needs --classifier (the [V, D] weight)",
+            args.op
+        ));
     };
     let Some(target_arg) = &args.target else {
         return Err(format!("{} needs --target (class indices [N])", args.op));
@@ -58,12 +60,12 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
         )));
     };
     if dw != d {
-        return Err(classifier.problem(format!(
-            "has {dw} columns; the hidden states have D = {d}"
-        )));
+        return Err(classifier.problem(format!("has {dw} columns; the hidden states have D = {d}")));
     }
     if n == 0 || d == 0 || v == 0 {
-        return Err(hidden.problem(format!("N = {n}, D = {d}, V = {v}: each must be at least 1")));
+        return Err(hidden.problem(format!(
+            "N = {n}, D = {d}, V = {v}: each must be at least 1"
+        )));
     }
     let h = hidden.floats()?;
     let w = classifier.floats()?;

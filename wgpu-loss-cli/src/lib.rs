@@ -6,11 +6,13 @@
 //! - [`cpu_fast`]: the multi-threaded f32 CPU path, `bench`'s opponent and
 //!   `eval --device cpu`;
 //! - [`mod@bench`]: resident-buffer timing, timestamps, the copy yardstick;
+//! - [`bench_linear`]: the fused linear + cross-entropy against the crate's matrix product;
 //! - [`io`]: `.npy` and `.safetensors` files;
 //! - [`gpu`]: the command's blocking helpers around a `GpuContext`.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_linear;
 pub mod cpu_fast;
 pub mod error;
 pub mod gpu;

@@ -918,10 +918,26 @@ fn eval_linear_cross_entropy_matches_the_library() {
     write_npy(&p.join("b.npy"), &[v], &b).expect("b");
     write_i64(&p.join("t.npy"), &t);
     let common_args = [
-        "--input", "h.npy", "--classifier", "w.npy", "--bias", "b.npy", "--target", "t.npy",
-        "--label-smoothing", "0.1",
+        "--input",
+        "h.npy",
+        "--classifier",
+        "w.npy",
+        "--bias",
+        "b.npy",
+        "--target",
+        "t.npy",
+        "--label-smoothing",
+        "0.1",
     ];
-    let (ok, err) = eval(p, &[&["linear-cross-entropy"][..], &common_args, &["--out", "gpu"]].concat());
+    let (ok, err) = eval(
+        p,
+        &[
+            &["linear-cross-entropy"][..],
+            &common_args,
+            &["--out", "gpu"],
+        ]
+        .concat(),
+    );
     assert!(ok, "{err}");
     let options = LinearCrossEntropyOptions {
         loss: CrossEntropyOptions {
@@ -930,39 +946,98 @@ fn eval_linear_cross_entropy_matches_the_library() {
         },
         ..Default::default()
     };
-    let shape = LinearShape { rows: n, hidden: d, classes: v };
-    let lib = wgpu_loss::block_on(ctx.linear_cross_entropy(&h, &w, Some(&b), &t, shape, &options, LinearGrads::ALL))
-        .expect("library");
+    let shape = LinearShape {
+        rows: n,
+        hidden: d,
+        classes: v,
+    };
+    let lib = wgpu_loss::block_on(ctx.linear_cross_entropy(
+        &h,
+        &w,
+        Some(&b),
+        &t,
+        shape,
+        &options,
+        LinearGrads::ALL,
+    ))
+    .expect("library");
     for (file, expected) in [
         ("loss.npy", lib.loss.clone()),
         ("grad.npy", lib.grad_hidden.clone().expect("dH")),
-        ("grad_classifier.npy", lib.grad_classifier.clone().expect("dW")),
+        (
+            "grad_classifier.npy",
+            lib.grad_classifier.clone().expect("dW"),
+        ),
         ("grad_bias.npy", lib.grad_bias.clone().expect("db")),
     ] {
         same_bits(file, &floats(&p.join("gpu").join(file)).1, &expected);
     }
     let (ok, err) = eval(
         p,
-        &[&["linear-cross-entropy"][..], &common_args, &["--device", "reference", "--out", "ref"]].concat(),
+        &[
+            &["linear-cross-entropy"][..],
+            &common_args,
+            &["--device", "reference", "--out", "ref"],
+        ]
+        .concat(),
     );
     assert!(ok, "{err}");
     let (_, loss_ref) = floats(&p.join("ref").join("loss.npy"));
-    assert!((loss_ref[0] - lib.loss[0]).abs() < 1e-4, "reference {loss_ref:?} vs gpu {:?}", lib.loss);
-    let (ok, err) = eval(p, &[&["linear-cross-entropy-loss"][..], &common_args, &["--out", "loss"]].concat());
+    assert!(
+        (loss_ref[0] - lib.loss[0]).abs() < 1e-4,
+        "reference {loss_ref:?} vs gpu {:?}",
+        lib.loss
+    );
+    let (ok, err) = eval(
+        p,
+        &[
+            &["linear-cross-entropy-loss"][..],
+            &common_args,
+            &["--out", "loss"],
+        ]
+        .concat(),
+    );
     assert!(ok, "{err}");
-    assert!(!p.join("loss").join("grad.npy").exists(), "loss-only wrote a gradient");
+    assert!(
+        !p.join("loss").join("grad.npy").exists(),
+        "loss-only wrote a gradient"
+    );
     // The classifier with the wrong hidden size names its file.
     write_npy(&p.join("w4.npy"), &[v, d - 1], &w[..v * (d - 1)]).expect("w4");
     let (ok, err) = eval(
         p,
-        &["linear-cross-entropy", "--input", "h.npy", "--classifier", "w4.npy", "--target", "t.npy", "--out", "bad"],
+        &[
+            "linear-cross-entropy",
+            "--input",
+            "h.npy",
+            "--classifier",
+            "w4.npy",
+            "--target",
+            "t.npy",
+            "--out",
+            "bad",
+        ],
     );
-    assert!(!ok && err.contains("--classifier w4.npy") && err.contains("D = 5"), "{err}");
-    assert!(!p.join("bad").join("loss.npy").exists(), "a failed run wrote output");
+    assert!(
+        !ok && err.contains("--classifier w4.npy") && err.contains("D = 5"),
+        "{err}"
+    );
+    assert!(
+        !p.join("bad").join("loss.npy").exists(),
+        "a failed run wrote output"
+    );
     // A workspace too small for one row names the option.
     let (ok, err) = eval(
         p,
-        &[&["linear-cross-entropy"][..], &common_args, &["--workspace-bytes", "16", "--out", "bad"]].concat(),
+        &[
+            &["linear-cross-entropy"][..],
+            &common_args,
+            &["--workspace-bytes", "16", "--out", "bad"],
+        ]
+        .concat(),
     );
-    assert!(!ok && err.contains("--workspace-bytes") && err.contains("148 bytes"), "{err}");
+    assert!(
+        !ok && err.contains("--workspace-bytes") && err.contains("148 bytes"),
+        "{err}"
+    );
 }

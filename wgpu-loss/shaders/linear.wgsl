@@ -24,9 +24,10 @@ const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 
-// [TILE_K][TILE_M] and [TILE_K][TILE_N]: a k-slice of 64 values is contiguous.
-var<workgroup> tile_a: array<f32, 1024>;
-var<workgroup> tile_b: array<f32, 1024>;
+// [TILE_K][TILE_M / 4] and [TILE_K][TILE_N / 4] vectors: a k-slice of 64
+// values is 16 contiguous vec4s, read whole by the multiply-add.
+var<workgroup> tile_a: array<vec4<f32>, 256>;
+var<workgroup> tile_b: array<vec4<f32>, 256>;
 
 fn load_a(m: u32, k: u32) -> f32 {
     if (m >= params.rows || k >= params.inner) { return 0.0; }
@@ -40,26 +41,22 @@ fn load_b(k: u32, n: u32) -> f32 {
     return f32(rhs[params.base_b + k * params.rhs_row + n * params.rhs_col]);
 }
 
-// Stages element `e` (of 1024) of the k-slice at `k0` of both tiles.
-// Consecutive invocations load consecutive addresses: along k when k is the
-// contiguous index of the operand, along m (n) otherwise.
-fn stage(e: u32, m0: u32, n0: u32, k0: u32) {
-    var kk = e / TILE_M;
-    var mm = e % TILE_M;
-    if (params.lhs_col == 1u) { kk = e % TILE_K; mm = e / TILE_K; }
-    tile_a[kk * TILE_M + mm] = load_a(m0 + mm, k0 + kk);
-    var kb = e / TILE_N;
-    var nn = e % TILE_N;
-    if (params.rhs_row == 1u) { kb = e % TILE_K; nn = e / TILE_K; }
-    tile_b[kb * TILE_N + nn] = load_b(k0 + kb, n0 + nn);
+// Invocation `tid` stages one vec4 of each tile: k `tid / 16`, rows (columns)
+// 4·(tid % 16) .. +3 of the k-slice at `k0`.
+fn stage(tid: u32, m0: u32, n0: u32, k0: u32) {
+    let kk = tid / 16u;
+    let q = (tid % 16u) * 4u;
+    let k = k0 + kk;
+    tile_a[tid] = vec4<f32>(
+        load_a(m0 + q, k), load_a(m0 + q + 1u, k), load_a(m0 + q + 2u, k), load_a(m0 + q + 3u, k));
+    tile_b[tid] = vec4<f32>(
+        load_b(k, n0 + q), load_b(k, n0 + q + 1u), load_b(k, n0 + q + 2u), load_b(k, n0 + q + 3u));
 }
 
 // One k of the tile: a 4x4 outer product into `acc`.
 fn mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
-    let ia = kk * TILE_M + ty * 4u;
-    let ib = kk * TILE_N + tx * 4u;
-    let a = vec4<f32>(tile_a[ia], tile_a[ia + 1u], tile_a[ia + 2u], tile_a[ia + 3u]);
-    let b = vec4<f32>(tile_b[ib], tile_b[ib + 1u], tile_b[ib + 2u], tile_b[ib + 3u]);
+    let a = tile_a[kk * 16u + ty];
+    let b = tile_b[kk * 16u + tx];
     (*acc)[0] = fma(vec4<f32>(a.x), b, (*acc)[0]);
     (*acc)[1] = fma(vec4<f32>(a.y), b, (*acc)[1]);
     (*acc)[2] = fma(vec4<f32>(a.z), b, (*acc)[2]);
@@ -85,9 +82,6 @@ fn matmul(
     acc[3] = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < params.inner; k0 = k0 + TILE_K) {
         stage(tid, m0, n0, k0);
-        stage(tid + 256u, m0, n0, k0);
-        stage(tid + 512u, m0, n0, k0);
-        stage(tid + 768u, m0, n0, k0);
         workgroupBarrier();
         mac(0u, tx, ty, &acc); mac(1u, tx, ty, &acc); mac(2u, tx, ty, &acc); mac(3u, tx, ty, &acc);
         mac(4u, tx, ty, &acc); mac(5u, tx, ty, &acc); mac(6u, tx, ty, &acc); mac(7u, tx, ty, &acc);

@@ -876,7 +876,11 @@ fn encode_api_in_one_buffer_f32_and_f16() {
             grad_classifier: Some(read(ctx, &a.buffer, dwo, v * d)),
             grad_bias: Some(read(ctx, &a.buffer, dbo, v)),
         };
-        let what = if half_storage { "encode f16" } else { "encode f32" };
+        let what = if half_storage {
+            "encode f16"
+        } else {
+            "encode f32"
+        };
         check_fused(what, &p, &loss, &out, &reference_of(&p, &loss));
     }
 }
