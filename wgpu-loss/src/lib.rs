@@ -77,8 +77,8 @@ pub use loss::linear_cross_entropy::{
 pub use loss::softmax::SoftmaxOp;
 pub use loss::{ClassIndex, Reduction, Request};
 pub use ops::linear::{
-    LinearCrossEntropyViews, LinearViews, MergeViews, ScratchUse, ShardBackwardViews,
-    ShardGradients, ShardRecordViews,
+    Accumulate, Layout, LinearCrossEntropyViews, LinearViews, MatmulOptions, MatmulViews,
+    MergeViews, ScratchUse, ShardBackwardViews, ShardGradients, ShardRecordViews,
 };
 pub use pool::PoolStats;
 pub use tensor::{

@@ -916,3 +916,93 @@ fn encode_refuses_outputs_over_inputs() {
         "{e}"
     );
 }
+
+/// `encode_matmul` in every layout, overwrite then accumulate, with
+/// bindings capped at 4 KiB so every operand is cut into blocks.
+#[test]
+fn matmul_every_layout_in_blocks() {
+    use common::{read, Arena};
+    use wgpu_loss::{Accumulate, GpuTensor, Layout, MatmulOptions, MatmulViews};
+    let Some(ctx) = gpu_with_binding_cap(4 << 10) else {
+        return;
+    };
+    let (m, k, n) = (37, 70, 45);
+    let mut rng = Rng::new(30);
+    let a = rng.vec_normal(m * k, 1.0);
+    let b = rng.vec_normal(k * n, 1.0);
+    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        (0..cols * rows)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect()
+    };
+    let mut expected = vec![0.0f64; m * n];
+    let mut terms = 0.0f64;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut t) = (0.0, 0.0);
+            for l in 0..k {
+                let p = f64::from(a[i * k + l]) * f64::from(b[l * n + j]);
+                s += p;
+                t += p.abs();
+            }
+            expected[i * n + j] = s;
+            terms = terms.max(t);
+        }
+    }
+    for (la, lb) in [
+        (Layout::RowMajor, Layout::RowMajor),
+        (Layout::Transposed, Layout::RowMajor),
+        (Layout::RowMajor, Layout::Transposed),
+        (Layout::Transposed, Layout::Transposed),
+    ] {
+        let (a_stored, a_shape) = match la {
+            Layout::RowMajor => (a.clone(), (m, k)),
+            Layout::Transposed => (transpose(&a, m, k), (k, m)),
+        };
+        let (b_stored, b_shape) = match lb {
+            Layout::RowMajor => (b.clone(), (k, n)),
+            Layout::Transposed => (transpose(&b, k, n), (n, k)),
+        };
+        let mut arena = Arena::new(&ctx, ((m * k + k * n + m * n) * 4) as u64);
+        let (ao, bo, oo) = (
+            arena.put(&ctx, &a_stored),
+            arena.put(&ctx, &b_stored),
+            arena.reserve(m * n),
+        );
+        // Separate buffers for the operands would be the common case; one
+        // arena also runs the shared-buffer variant.
+        let views = MatmulViews {
+            a: GpuTensor::f32_matrix(&arena.buffer, ao, a_shape.0, a_shape.1),
+            b: GpuTensor::f32_matrix(&arena.buffer, bo, b_shape.0, b_shape.1),
+            out: GpuTensor::f32_matrix(&arena.buffer, oo, m, n),
+        };
+        let mut options = MatmulOptions {
+            a: la,
+            b: lb,
+            accumulate: Accumulate::Overwrite,
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_matmul(&mut enc, &views, &options)
+            .expect("matmul");
+        ctx.queue().submit([enc.finish()]);
+        let what = format!("matmul {la:?} x {lb:?}");
+        check(
+            &what,
+            &read(&ctx, &arena.buffer, oo, m * n),
+            &expected,
+            product_scale(k, terms),
+        );
+        options.accumulate = Accumulate::Add;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_matmul(&mut enc, &views, &options)
+            .expect("matmul add");
+        ctx.queue().submit([enc.finish()]);
+        let doubled: Vec<f64> = expected.iter().map(|x| 2.0 * x).collect();
+        check(
+            &format!("{what}, accumulated"),
+            &read(&ctx, &arena.buffer, oo, m * n),
+            &doubled,
+            product_scale(k, 2.0 * terms),
+        );
+    }
+}

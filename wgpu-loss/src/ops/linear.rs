@@ -68,6 +68,50 @@ pub struct LinearViews<'a> {
     pub output: GpuTensor<'a>,
 }
 
+/// How a matrix operand of [`GpuContext::encode_matmul`] is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// As the operand: `A` `[M, K]`, `B` `[K, N]`.
+    #[default]
+    RowMajor,
+    /// As its transpose: `A` stored `[K, M]`, `B` stored `[N, K]` (the
+    /// layout of `nn.Linear`'s weight as the `B` of `x·Wᵀ`).
+    Transposed,
+}
+
+/// Whether [`GpuContext::encode_matmul`] overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Accumulate {
+    /// `out = A·B`.
+    #[default]
+    Overwrite,
+    /// `out += A·B` (gradient accumulation).
+    Add,
+}
+
+/// Options of [`GpuContext::encode_matmul`]: plain data, `Default` is
+/// `out = A·B` with both operands row-major.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MatmulOptions {
+    /// How `A` is stored.
+    pub a: Layout,
+    /// How `B` is stored.
+    pub b: Layout,
+    /// Overwrite or add to `out`.
+    pub accumulate: Accumulate,
+}
+
+/// The tensors of [`GpuContext::encode_matmul`], `out = A·B`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulViews<'a> {
+    /// `A`, f32 or f16, stored as [`MatmulOptions::a`] says.
+    pub a: GpuTensor<'a>,
+    /// `B`, f32 or f16 (f16 when `A` is), stored as [`MatmulOptions::b`] says.
+    pub b: GpuTensor<'a>,
+    /// f32 `[M, N]`.
+    pub out: GpuTensor<'a>,
+}
+
 /// The tensors of [`GpuContext::encode_linear_cross_entropy`]. Class weights,
 /// if any, are a view in the options. Outputs must not share bytes with any
 /// input or with each other.
@@ -404,44 +448,69 @@ impl GpuContext {
         Ok((gx as u32, gy as u32))
     }
 
+    /// Records a product of any size: blocks of `m`, `n` and `k` small
+    /// enough that each operand's window fits one binding (and `k` within
+    /// [`MAX_INNER`], the tile grid within the dispatch limit), `k` blocks
+    /// accumulated in ascending order. `Mat::first` of each operand is the
+    /// element at index (0, 0); `Mat::elems` is not used.
     fn encode_product(&self, encoder: &mut wgpu::CommandEncoder, p: &Product<'_>) -> Result<()> {
         if p.m == 0 || p.n == 0 {
             return Ok(());
         }
         let eb = p.storage.bytes();
-        let max_dim = self.limits().max_compute_workgroups_per_dimension as usize;
-        let (gx, gy) = (p.n.div_ceil(TILE), p.m.div_ceil(TILE));
-        if gx > max_dim || gy > max_dim {
-            return Err(Error::TooLarge {
-                what: "64x64 output tiles along one side of a product",
-                requested: gx.max(gy) as u64,
-                limit_name: "max_compute_workgroups_per_dimension",
-                limit: max_dim as u64,
-            });
-        }
-        let (lhs_res, lhs_base) = self.window(&p.lhs, if p.lhs_f32 { 4 } else { eb })?;
-        let (rhs_res, rhs_base) = self.window(&p.rhs, eb)?;
-        let (out_res, out_base) = self.window(&p.out, 4)?;
-        let (bias_res, bias_base) = match &p.bias {
-            Some(b) => {
-                let (r, base) = self.window(b, 4)?;
-                (r, base)
+        let lhs_bytes = if p.lhs_f32 { 4 } else { eb };
+        let limit = |bytes: u64| (self.usable_binding() / bytes).max(1) as usize;
+        let (la, lb, lo) = (limit(lhs_bytes), limit(eb), limit(4));
+        let max_tiles = self.limits().max_compute_workgroups_per_dimension as usize * TILE;
+        let span = |rows: usize, rs: usize, cols: usize, cs: usize| {
+            (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
+        };
+        let (mut mb, mut nb, mut kb) = (
+            p.m.min(max_tiles),
+            p.n.min(max_tiles),
+            p.k.clamp(1, MAX_INNER),
+        );
+        // Halve whichever dimension drives an operand past its binding.
+        loop {
+            if span(mb, p.lhs_row, kb, p.lhs_col) > la {
+                if (mb - 1) * p.lhs_row >= (kb - 1) * p.lhs_col {
+                    mb = mb.div_ceil(2)
+                } else {
+                    kb = kb.div_ceil(2)
+                }
+            } else if span(kb, p.rhs_row, nb, p.rhs_col) > lb {
+                if (kb - 1) * p.rhs_row >= (nb - 1) * p.rhs_col {
+                    kb = kb.div_ceil(2)
+                } else {
+                    nb = nb.div_ceil(2)
+                }
+            } else if span(mb, p.out_row, nb, 1) > lo {
+                if (mb - 1) * p.out_row >= nb - 1 {
+                    mb = mb.div_ceil(2)
+                } else {
+                    nb = nb.div_ceil(2)
+                }
+            } else {
+                break;
             }
-            None => (self.placeholder.as_entire_binding(), 0),
-        };
-        let lhs_buffer = if p.lhs_f32 {
-            p.rhs.buffer
-        } else {
-            p.lhs.buffer
-        };
-        let lhs_f32_buffer = if p.lhs_f32 {
-            p.lhs.buffer
-        } else {
-            &self.placeholder
-        };
+        }
         let bound = [
-            (mm::LHS, lhs_buffer),
-            (mm::LHS_F32, lhs_f32_buffer),
+            (
+                mm::LHS,
+                if p.lhs_f32 {
+                    p.rhs.buffer
+                } else {
+                    p.lhs.buffer
+                },
+            ),
+            (
+                mm::LHS_F32,
+                if p.lhs_f32 {
+                    p.lhs.buffer
+                } else {
+                    &self.placeholder
+                },
+            ),
             (mm::RHS, p.rhs.buffer),
             (
                 mm::BIAS,
@@ -450,65 +519,84 @@ impl GpuContext {
             (mm::OUT, p.out.buffer),
         ];
         let variant = self.variant(Kernel::Matmul, p.storage, &bound);
-        let mut k0 = 0;
-        loop {
-            let k = MAX_INNER.min(p.k - k0);
-            let mut flags = 0;
-            if p.lhs_f32 {
-                flags |= FLAG_LHS_F32;
-            }
-            if p.bias.is_some() && k0 == 0 {
-                flags |= FLAG_BIAS;
-            }
-            if p.accumulate || k0 > 0 {
-                flags |= FLAG_ACCUMULATE;
-            }
-            let params = Params {
-                rows: u32_of(p.m, "product rows")?,
-                cols: u32_of(p.n, "product columns")?,
-                inner: u32_of(k, "product depth")?,
-                base_a: u32_of(lhs_base as usize + k0 * p.lhs_col, "product offset")?,
-                base_b: u32_of(rhs_base as usize + k0 * p.rhs_row, "product offset")?,
-                base_c: bias_base,
-                base_out: out_base,
-                lhs_row: u32_of(p.lhs_row, "product stride")?,
-                lhs_col: u32_of(p.lhs_col, "product stride")?,
-                rhs_row: u32_of(p.rhs_row, "product stride")?,
-                rhs_col: u32_of(p.rhs_col, "product stride")?,
-                out_row: u32_of(p.out_row, "product stride")?,
-                flags,
-                ..Params::default()
-            };
-            // With A in f32, the mat_t binding is never read: it holds B's window.
-            let lhs_binding = if p.lhs_f32 {
-                rhs_res.clone()
-            } else {
-                lhs_res.clone()
-            };
-            let lhs_f32_binding = if p.lhs_f32 {
-                lhs_res.clone()
-            } else {
-                self.placeholder.as_entire_binding()
-            };
-            self.dispatch(
-                encoder,
-                Kernel::Matmul,
-                variant,
-                &params,
-                vec![
-                    (mm::LHS, lhs_binding),
-                    (mm::LHS_F32, lhs_f32_binding),
-                    (mm::RHS, rhs_res.clone()),
-                    (mm::BIAS, bias_res.clone()),
-                    (mm::OUT, out_res.clone()),
-                ],
-                (gx as u32, gy as u32),
-            )?;
-            k0 += k;
-            if k0 >= p.k {
-                return Ok(());
+        for m0 in (0..p.m).step_by(mb) {
+            let m = mb.min(p.m - m0);
+            for n0 in (0..p.n).step_by(nb) {
+                let n = nb.min(p.n - n0);
+                let out = Mat {
+                    buffer: p.out.buffer,
+                    first: p.out.first + (m0 * p.out_row + n0) as u64,
+                    elems: span(m, p.out_row, n, 1) as u64,
+                };
+                let (out_res, out_base) = self.window(&out, 4)?;
+                let (bias_res, bias_base) = match &p.bias {
+                    Some(b) => self.window(&b.sub(n0 as u64, n as u64), 4)?,
+                    None => (self.placeholder.as_entire_binding(), 0),
+                };
+                for k0 in (0..p.k.max(1)).step_by(kb) {
+                    let k = kb.min(p.k - k0.min(p.k));
+                    let lhs = Mat {
+                        buffer: p.lhs.buffer,
+                        first: p.lhs.first + (m0 * p.lhs_row + k0 * p.lhs_col) as u64,
+                        elems: span(m, p.lhs_row, k, p.lhs_col) as u64,
+                    };
+                    let rhs = Mat {
+                        buffer: p.rhs.buffer,
+                        first: p.rhs.first + (k0 * p.rhs_row + n0 * p.rhs_col) as u64,
+                        elems: span(k, p.rhs_row, n, p.rhs_col) as u64,
+                    };
+                    let (lhs_res, lhs_base) = self.window(&lhs, lhs_bytes)?;
+                    let (rhs_res, rhs_base) = self.window(&rhs, eb)?;
+                    let mut flags = 0;
+                    if p.lhs_f32 {
+                        flags |= FLAG_LHS_F32;
+                    }
+                    if p.bias.is_some() && k0 == 0 {
+                        flags |= FLAG_BIAS;
+                    }
+                    if p.accumulate || k0 > 0 {
+                        flags |= FLAG_ACCUMULATE;
+                    }
+                    let params = Params {
+                        rows: u32_of(m, "product rows")?,
+                        cols: u32_of(n, "product columns")?,
+                        inner: u32_of(k, "product depth")?,
+                        base_a: lhs_base,
+                        base_b: rhs_base,
+                        base_c: bias_base,
+                        base_out: out_base,
+                        lhs_row: u32_of(p.lhs_row, "product stride")?,
+                        lhs_col: u32_of(p.lhs_col, "product stride")?,
+                        rhs_row: u32_of(p.rhs_row, "product stride")?,
+                        rhs_col: u32_of(p.rhs_col, "product stride")?,
+                        out_row: u32_of(p.out_row, "product stride")?,
+                        flags,
+                        ..Params::default()
+                    };
+                    // With A in f32 the mat_t binding is never read: it holds B's window.
+                    let (lhs_binding, lhs_f32_binding) = if p.lhs_f32 {
+                        (rhs_res.clone(), lhs_res)
+                    } else {
+                        (lhs_res, self.placeholder.as_entire_binding())
+                    };
+                    self.dispatch(
+                        encoder,
+                        Kernel::Matmul,
+                        variant,
+                        &params,
+                        vec![
+                            (mm::LHS, lhs_binding),
+                            (mm::LHS_F32, lhs_f32_binding),
+                            (mm::RHS, rhs_res),
+                            (mm::BIAS, bias_res.clone()),
+                            (mm::OUT, out_res.clone()),
+                        ],
+                        (n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32),
+                    )?;
+                }
             }
         }
+        Ok(())
     }
 
     /// Checks the views of a product `[N, D]·[V, D]ᵀ (+ [V])`: dtypes and
@@ -589,52 +677,115 @@ impl GpuContext {
         if rows == 0 {
             return Ok(());
         }
-        let usable = self.usable_binding();
-        let eb = storage.bytes();
-        let row_rows = (usable / (d as u64 * eb))
-            .min(usable / (v as u64 * 4))
-            .min((self.limits().max_compute_workgroups_per_dimension as u64) * TILE as u64);
-        let seg_rows = (usable / (d as u64 * eb)).min(usable / 4);
-        if row_rows == 0 || seg_rows == 0 {
-            return Err(Error::RowTooLarge {
-                cols: d.max(v),
-                row_bytes: (d as u64 * eb).max(v as u64 * 4),
-                limit: self.max_binding_bytes(),
-            });
-        }
-        let (h, w, out) = (
-            view_mat(&views.input),
-            view_mat(&views.weight),
-            view_mat(&views.output),
-        );
-        let b = views.bias.as_ref().map(view_mat);
-        for r0 in (0..rows).step_by(row_rows as usize) {
-            let n = (row_rows as usize).min(rows - r0);
-            for s0 in (0..v).step_by(seg_rows as usize) {
-                let seg = (seg_rows as usize).min(v - s0);
-                self.encode_product(
-                    encoder,
-                    &Product {
-                        lhs: h.sub((r0 * d) as u64, (n * d) as u64),
-                        lhs_f32: false,
-                        rhs: w.sub((s0 * d) as u64, (seg * d) as u64),
-                        bias: b.map(|b| b.sub(s0 as u64, seg as u64)),
-                        out: out.sub((r0 * v + s0) as u64, ((n - 1) * v + seg) as u64),
-                        storage,
-                        m: n,
-                        n: seg,
-                        k: d,
-                        lhs_row: d,
-                        lhs_col: 1,
-                        rhs_row: 1,
-                        rhs_col: d,
-                        out_row: v,
-                        accumulate: false,
-                    },
-                )?;
+        self.encode_product(
+            encoder,
+            &Product {
+                lhs: view_mat(&views.input),
+                lhs_f32: false,
+                rhs: view_mat(&views.weight),
+                bias: views.bias.as_ref().map(view_mat),
+                out: view_mat(&views.output),
+                storage,
+                m: rows,
+                n: v,
+                k: d,
+                lhs_row: d,
+                lhs_col: 1,
+                rhs_row: 1,
+                rhs_col: d,
+                out_row: v,
+                accumulate: false,
+            },
+        )
+    }
+
+    /// Records `out = A·B` (or `out += A·B`) into `encoder`: the tiled
+    /// product behind `linear` and the fused loss, with either operand
+    /// stored transposed, f32 accumulation, any sizes (operands larger than
+    /// one binding in blocks). `A` may be f32 with `B` f16; otherwise both
+    /// share a dtype. Nothing is submitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use wgpu::util::DeviceExt;
+    /// use wgpu_loss::{block_on, GpuContext, GpuTensor, Layout, MatmulOptions, MatmulViews};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    /// let init = |b: &[u8]| ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: b, usage });
+    /// let g = init(bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])); // [2, 3]
+    /// let h = init(bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0])); // [2, 2]
+    /// let out = init(&[0u8; 24]); // Gᵀ·H: [3, 2]
+    /// let views = MatmulViews {
+    ///     a: GpuTensor::f32_matrix(&g, 0, 2, 3),
+    ///     b: GpuTensor::f32_matrix(&h, 0, 2, 2),
+    ///     out: GpuTensor::f32_matrix(&out, 0, 3, 2),
+    /// };
+    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    /// ctx.encode_matmul(&mut encoder, &views, &MatmulOptions { a: Layout::Transposed, ..Default::default() })?;
+    /// ctx.queue().submit([encoder.finish()]);
+    /// block_on(ctx.check_errors())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn encode_matmul(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &MatmulViews<'_>,
+        options: &MatmulOptions,
+    ) -> Result<()> {
+        self.scoped_now("matmul", || {
+            let (a, b) = (&views.a, &views.b);
+            let (m, k, lhs_row, lhs_col) = match options.a {
+                Layout::RowMajor => (a.rows, a.cols, a.cols, 1),
+                Layout::Transposed => (a.cols, a.rows, 1, a.cols),
+            };
+            let (kb, n, rhs_row, rhs_col) = match options.b {
+                Layout::RowMajor => (b.rows, b.cols, b.cols, 1),
+                Layout::Transposed => (b.cols, b.rows, 1, b.cols),
+            };
+            if kb != k {
+                return Err(Error::InvalidView {
+                    name: "b",
+                    problem: format!("has inner size {kb}, expected A's {k}"),
+                });
             }
-        }
-        Ok(())
+            let (storage, lhs_f32) = match (a.dtype, b.dtype) {
+                (DType::F32, DType::F32) => (Storage::F32, false),
+                (DType::F16, DType::F16) => (Storage::F16, false),
+                (DType::F32, DType::F16) => (Storage::F16, true),
+                (da, db) => {
+                    return Err(Error::InvalidView {
+                        name: "a",
+                        problem: format!(
+                            "has dtype {da:?} with B {db:?}; supported: both F32, both F16, or F32 A with F16 B"
+                        ),
+                    })
+                }
+            };
+            self.check_view(a, spec("a", a.dtype, a.rows, a.cols))?;
+            self.check_view(b, spec("b", b.dtype, b.rows, b.cols))?;
+            self.check_view(&views.out, spec("out", DType::F32, m, n))?;
+            reject_shared(&[("out", views.out)], &[("a", *a), ("b", *b)])?;
+            self.encode_product(
+                encoder,
+                &Product {
+                    lhs: view_mat(a),
+                    lhs_f32,
+                    rhs: view_mat(b),
+                    bias: None,
+                    out: view_mat(&views.out),
+                    storage,
+                    m,
+                    n,
+                    k,
+                    lhs_row,
+                    lhs_col,
+                    rhs_row,
+                    rhs_col,
+                    out_row: n,
+                    accumulate: options.accumulate == Accumulate::Add,
+                },
+            )
+        })
     }
 
     /// Bytes one window may span after the offset alignment's slack.
