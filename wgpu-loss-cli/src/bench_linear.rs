@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use wgpu_loss::tolerance::product_scale;
 use wgpu_loss::{
-    GpuContext, GpuTensor, LinearCrossEntropyOptions, LinearCrossEntropyViews, LinearShape,
-    LinearViews, ScratchUse, F32_TOLERANCE,
+    CrossEntropyOptions, CrossEntropyViews, GpuContext, GpuTensor, GradOutput, Layout,
+    LinearCrossEntropyOptions, LinearCrossEntropyViews, LinearShape, LinearViews, MatmulOptions,
+    MatmulViews, ScratchUse, F32_TOLERANCE,
 };
 
 use crate::gpu::{buffer, buffer_with, encoder, read, submit_and_wait};
@@ -46,6 +47,12 @@ pub struct LinearReport {
     pub logits_bytes: u64,
     /// Rows whose lse was checked, the largest error, and the error allowed.
     pub check: Option<(usize, f64, f64)>,
+    /// The unfused path's bytes beyond inputs and outputs (the `[N, V]`
+    /// logits, overwritten by their gradient, and a column of ones for
+    /// `db`), or why it did not run.
+    pub unfused_bytes: std::result::Result<u64, String>,
+    /// The CPU's loss value, to compare with the GPU's.
+    pub cpu_loss: Option<f32>,
 }
 
 fn median(mut t: Vec<Duration>) -> Duration {
@@ -96,15 +103,33 @@ fn time(
     Ok(median(times))
 }
 
-/// Runs the bench at one shape: `iters` timed runs after a warm-up per
-/// path; `check_rows` rows' lse against the f64 reference (0: none).
+/// What to run besides the fused op and the matrix product.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinearBenchPlan {
+    /// Timed runs after a warm-up per path.
+    pub iters: usize,
+    /// Rows whose lse is checked against the f64 reference (0: none).
+    pub check_rows: usize,
+    /// The fused op's workspace (`None`: its default).
+    pub workspace_bytes: Option<u64>,
+    /// Also time the unfused GPU path (logits in memory).
+    pub unfused: bool,
+    /// Also time the CPU (sgemm + the fast cross-entropy, chunked).
+    pub cpu: bool,
+}
+
+/// Runs the bench at one shape (see [`LinearBenchPlan`]).
 pub fn bench_linear_cross_entropy(
     ctx: &GpuContext,
     shape: LinearShape,
-    iters: usize,
-    check_rows: usize,
-    workspace_bytes: Option<u64>,
+    plan: LinearBenchPlan,
 ) -> Result<LinearReport> {
+    let LinearBenchPlan {
+        iters,
+        check_rows,
+        workspace_bytes,
+        ..
+    } = plan;
     let LinearShape {
         rows,
         hidden: d,
@@ -204,27 +229,146 @@ pub fn bench_linear_cross_entropy(
         scratch = ctx.encode_linear_cross_entropy(enc, &grad_views, &options)?;
         Ok(())
     })?;
+    drop((dh, dw, db));
+    let mut timings = vec![];
+    // The unfused path: logits in memory, cross-entropy's gradient over
+    // them, two products for dH and dW and one against ones for db.
+    let logits_bytes = (rows * v) as u64 * 4;
+    let unfused_bytes = if !plan.unfused {
+        Err("not asked for".to_string())
+    } else if logits_bytes > ctx.limits().max_buffer_size {
+        Err(format!(
+            "the logits ({:.1} MiB) exceed the adapter's max_buffer_size ({:.1} MiB)",
+            logits_bytes as f64 / 1048576.0,
+            ctx.limits().max_buffer_size as f64 / 1048576.0
+        ))
+    } else {
+        let zb = buffer(ctx, "unfused logits", logits_bytes);
+        let ones = buffer_with(ctx, "ones", &vec![1.0f32; rows]);
+        let dh = buffer(ctx, "dH", (rows * d) as u64 * 4);
+        let dw = buffer(ctx, "dW", (v * d) as u64 * 4);
+        let db = buffer(ctx, "db", v as u64 * 4);
+        let z = GpuTensor::f32_matrix(&zb, 0, rows, v);
+        let ce = |grad| CrossEntropyViews {
+            logits: z,
+            targets: GpuTensor::i32_vector(&tb, 0, rows),
+            loss: GpuTensor::f32_vector(&loss, 0, 2),
+            grad,
+            lse: None,
+        };
+        let forward = |enc: &mut wgpu::CommandEncoder| {
+            ctx.encode_linear(
+                enc,
+                &LinearViews {
+                    input: GpuTensor::f32_matrix(&hb, 0, rows, d),
+                    weight: GpuTensor::f32_matrix(&wb, 0, v, d),
+                    bias: Some(GpuTensor::f32_vector(&bb, 0, v)),
+                    output: z,
+                },
+            )
+        };
+        let ce_options = CrossEntropyOptions::default();
+        let unfused_loss = time(ctx, iters, |enc| {
+            forward(enc)?;
+            ctx.encode_cross_entropy(enc, &ce(GradOutput::None), &ce_options)?;
+            Ok(())
+        })?;
+        let unfused_grads = time(ctx, iters, |enc| {
+            forward(enc)?;
+            ctx.encode_cross_entropy(enc, &ce(GradOutput::InPlace), &ce_options)?;
+            ctx.encode_matmul(
+                enc,
+                &MatmulViews {
+                    a: z,
+                    b: GpuTensor::f32_matrix(&wb, 0, v, d),
+                    out: GpuTensor::f32_matrix(&dh, 0, rows, d),
+                },
+                &MatmulOptions::default(),
+            )?;
+            let transposed = MatmulOptions {
+                a: Layout::Transposed,
+                ..Default::default()
+            };
+            ctx.encode_matmul(
+                enc,
+                &MatmulViews {
+                    a: z,
+                    b: GpuTensor::f32_matrix(&hb, 0, rows, d),
+                    out: GpuTensor::f32_matrix(&dw, 0, v, d),
+                },
+                &transposed,
+            )?;
+            ctx.encode_matmul(
+                enc,
+                &MatmulViews {
+                    a: z,
+                    b: GpuTensor::f32_matrix(&ones, 0, rows, 1),
+                    out: GpuTensor::f32_matrix(&db, 0, v, 1),
+                },
+                &transposed,
+            )?;
+            Ok(())
+        })?;
+        timings.push(LinearTiming {
+            path: "unfused-loss",
+            median: unfused_loss,
+            flops: product,
+        });
+        timings.push(LinearTiming {
+            path: "unfused-loss-grads",
+            median: unfused_grads,
+            flops: 3.0 * product,
+        });
+        Ok(zb.size() + ones.size())
+    };
+    let mut cpu_loss = None;
+    if plan.cpu {
+        let chunk = scratch.chunk_rows.max(1);
+        let mut run = |grads: bool| -> Result<Duration> {
+            let start = Instant::now();
+            let (l, _) =
+                crate::cpu_linear::linear_cross_entropy_cpu(&h, &w, &b, &t, shape, chunk, grads)?;
+            cpu_loss = Some(l);
+            Ok(start.elapsed())
+        };
+        let loss_time = run(false)?;
+        let grads_time = run(true)?;
+        timings.push(LinearTiming {
+            path: "cpu-loss",
+            median: loss_time,
+            flops: product,
+        });
+        timings.push(LinearTiming {
+            path: "cpu-loss-grads",
+            median: grads_time,
+            flops: 3.0 * product,
+        });
+    }
+    let mut all = vec![
+        LinearTiming {
+            path: "matmul",
+            median: matmul,
+            flops: product,
+        },
+        LinearTiming {
+            path: "fused-loss",
+            median: fused_loss,
+            flops: product,
+        },
+        LinearTiming {
+            path: "fused-loss-grads",
+            median: fused_grads,
+            flops: 3.0 * product,
+        },
+    ];
+    all.append(&mut timings);
     Ok(LinearReport {
         shape,
-        timings: vec![
-            LinearTiming {
-                path: "matmul",
-                median: matmul,
-                flops: product,
-            },
-            LinearTiming {
-                path: "fused-loss",
-                median: fused_loss,
-                flops: product,
-            },
-            LinearTiming {
-                path: "fused-loss-grads",
-                median: fused_grads,
-                flops: 3.0 * product,
-            },
-        ],
+        timings: all,
         scratch,
-        logits_bytes: (rows * v) as u64 * 4,
+        logits_bytes,
         check,
+        unfused_bytes,
+        cpu_loss,
     })
 }

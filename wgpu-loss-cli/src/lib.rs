@@ -3,6 +3,7 @@
 //!
 //! - [`problem`]: any op or loss by name, on the GPU, the fast CPU path or
 //!   the f64 reference (what `eval`, `check` and `bench` run);
+//! - [`cpu_linear`]: the fused linear + cross-entropy on the CPU (sgemm + [`cpu_fast`]);
 //! - [`cpu_fast`]: the multi-threaded f32 CPU path, `bench`'s opponent and
 //!   `eval --device cpu`;
 //! - [`mod@bench`]: resident-buffer timing, timestamps, the copy yardstick;
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod bench_linear;
 pub mod cpu_fast;
+pub mod cpu_linear;
 pub mod error;
 pub mod gpu;
 pub mod io;
