@@ -103,3 +103,18 @@ fn matmul(
         }
     }
 }
+
+// f32 results (accumulated in f32 across chunks) into an f16 tensor:
+// out_mat[base_out + i] = lhs_f32[base_a + i] for i < cols.
+@group(0) @binding(6) var<storage, read_write> out_mat: array<mat_t>;
+
+@compute @workgroup_size(WG)
+fn narrow(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = row_of(wid, nwg) * WG + tid;
+    if (i >= params.cols) { return; }
+    out_mat[params.base_out + i] = mat_t(lhs_f32[params.base_a + i]);
+}

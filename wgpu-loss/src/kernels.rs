@@ -429,6 +429,7 @@ pub(crate) mod slot {
         pub const RHS: Slot = slot_at(3, "rhs");
         pub const BIAS: Slot = slot_at(4, "bias");
         pub const OUT: Slot = slot_at(5, "out");
+        pub const OUT_MAT: Slot = slot_at(6, "out_mat");
     }
 
     /// `linear_cross_entropy.wgsl`.
@@ -664,6 +665,8 @@ pub enum Kernel {
     Copy,
     /// `matmul`: the tiled matrix product.
     Matmul,
+    /// `narrow`: f32 results into an f16 tensor.
+    Narrow,
     /// `lce_records`: per-row records of a shard's logits chunk.
     LinearCrossEntropyRecords,
     /// `lce_merge`: per-row records of every shard into row losses and lse.
@@ -683,7 +686,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -708,6 +711,7 @@ impl Kernel {
         Kernel::SoftmaxPartial,
         Kernel::CrossEntropyPartial,
         Kernel::Matmul,
+        Kernel::Narrow,
         Kernel::LinearCrossEntropyRecords,
         Kernel::LinearCrossEntropyMerge,
         Kernel::LinearCrossEntropyGrad,
@@ -735,7 +739,7 @@ impl Kernel {
                 Family::Binary
             }
             Copy => Family::Copy,
-            Matmul => Family::Linear,
+            Matmul | Narrow => Family::Linear,
             LinearCrossEntropyRecords
             | LinearCrossEntropyMerge
             | LinearCrossEntropyGrad
@@ -771,6 +775,7 @@ impl Kernel {
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
             Matmul => "matmul",
+            Narrow => "narrow",
             LinearCrossEntropyRecords => "lce_records",
             LinearCrossEntropyMerge => "lce_merge",
             LinearCrossEntropyGrad => "lce_grad",
@@ -932,6 +937,11 @@ impl Kernel {
                 (mm::RHS, Read),
                 (mm::BIAS, Read),
                 (mm::OUT, ReadWrite),
+            ],
+            Narrow => &[
+                (PARAMS, Uniform),
+                (mm::LHS_F32, Read),
+                (mm::OUT_MAT, ReadWrite),
             ],
             LinearCrossEntropyRecords => &[
                 (PARAMS, Uniform),

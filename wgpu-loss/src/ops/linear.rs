@@ -130,11 +130,12 @@ pub struct LinearCrossEntropyViews<'a> {
     pub loss: GpuTensor<'a>,
     /// Optional f32 `[N, 1]`: each row's logsumexp.
     pub lse: Option<GpuTensor<'a>>,
-    /// Optional f32 `[N, D]`: `dH`.
+    /// Optional `[N, D]`: `dH`. f32, or f16 (accumulated in an f32 shadow
+    /// the call allocates, then rounded once).
     pub grad_hidden: Option<GpuTensor<'a>>,
-    /// Optional f32 `[V, D]`: `dW`.
+    /// Optional `[V, D]`: `dW`, f32 or f16 like `grad_hidden`.
     pub grad_classifier: Option<GpuTensor<'a>>,
-    /// Optional f32 `[V, 1]`: `db` (needs `bias`).
+    /// Optional `[V, 1]`: `db` (needs `bias`), f32 or f16 like `grad_hidden`.
     pub grad_bias: Option<GpuTensor<'a>>,
 }
 
@@ -305,6 +306,25 @@ fn lce_params<W: ?Sized>(
         shards: 1,
         ..Params::default()
     })
+}
+
+/// Gradients come back in f32 or f16 (from an f32 shadow).
+fn grad_dtype(name: &'static str, v: &GpuTensor<'_>) -> Result<DType> {
+    match v.dtype {
+        DType::F32 | DType::F16 => Ok(v.dtype),
+        DType::I32 => Err(Error::InvalidView {
+            name,
+            problem: "has dtype I32; gradients are F32 or F16".into(),
+        }),
+    }
+}
+
+/// The view itself, or an f32 view of its shadow buffer where it has one.
+fn in_f32<'a>(v: Option<GpuTensor<'a>>, shadow: &'a Option<wgpu::Buffer>) -> Option<GpuTensor<'a>> {
+    match (v, shadow) {
+        (Some(v), Some(b)) => Some(GpuTensor::f32_matrix(b, 0, v.rows, v.cols)),
+        (v, _) => v,
+    }
 }
 
 fn view_mat<'a>(v: &GpuTensor<'a>) -> Mat<'a> {
@@ -875,8 +895,103 @@ impl GpuContext {
         Ok((chunk, segment))
     }
 
-    /// Records the chunks of one pass (see the module docs).
+    /// Records one pass (see the module docs). f16 gradient views get an
+    /// f32 shadow that the chunks accumulate into, narrowed at the end.
     fn encode_lce_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &Inputs<'_>,
+        work: &Work<'_>,
+        lse_rows: Option<&crate::ops::cross_entropy::CrossEntropyProblem<'_>>,
+        scratch: &mut ScratchUse,
+    ) -> Result<()> {
+        let grads = match work {
+            Work::Fused { grads, .. } | Work::Backward { grads, .. } => *grads,
+            Work::Records { .. } => Grads::default(),
+        };
+        let shadow = |v: Option<GpuTensor<'_>>| {
+            v.filter(|v| v.dtype == DType::F16)
+                .map(|v| self.scratch("f32 shadow of an f16 gradient", v.len() as u64 * 4))
+        };
+        let (sh, sw, sb) = (
+            shadow(grads.hidden),
+            shadow(grads.classifier),
+            shadow(grads.bias),
+        );
+        for b in [&sh, &sw, &sb].into_iter().flatten() {
+            scratch.bytes += b.size();
+        }
+        let f32_grads = Grads {
+            hidden: in_f32(grads.hidden, &sh),
+            classifier: in_f32(grads.classifier, &sw),
+            bias: in_f32(grads.bias, &sb),
+        };
+        let work = match work {
+            Work::Records { records } => Work::Records { records: *records },
+            Work::Fused { lse, .. } => Work::Fused {
+                lse: *lse,
+                grads: f32_grads,
+            },
+            Work::Backward { lse, .. } => Work::Backward {
+                lse: *lse,
+                grads: f32_grads,
+            },
+        };
+        self.encode_lce_chunks(encoder, inputs, &work, lse_rows, scratch)?;
+        for (s, v) in [
+            (&sh, grads.hidden),
+            (&sw, grads.classifier),
+            (&sb, grads.bias),
+        ] {
+            if let (Some(s), Some(v)) = (s, v) {
+                self.encode_narrow(encoder, s, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `dst = src` from an f32 buffer into an f16 view, in windows.
+    fn encode_narrow(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        dst: &GpuTensor<'_>,
+    ) -> Result<()> {
+        let total = dst.len();
+        let per = ((self.usable_binding() / 4) as usize).max(1);
+        let bound = [(mm::LHS_F32, src), (mm::OUT_MAT, dst.buffer)];
+        let variant = self.variant(Kernel::Narrow, Storage::F16, &bound);
+        for e0 in (0..total).step_by(per) {
+            let n = per.min(total - e0);
+            let (src_res, base_a) = self.window(
+                &Mat {
+                    buffer: src,
+                    first: e0 as u64,
+                    elems: n as u64,
+                },
+                4,
+            )?;
+            let (dst_res, base_out) = self.window(&view_mat(dst).sub(e0 as u64, n as u64), 2)?;
+            let params = Params {
+                cols: u32_of(n, "elements")?,
+                base_a,
+                base_out,
+                ..Params::default()
+            };
+            self.dispatch(
+                encoder,
+                Kernel::Narrow,
+                variant,
+                &params,
+                vec![(mm::LHS_F32, src_res), (mm::OUT_MAT, dst_res)],
+                self.grid(n.div_ceil(WORKGROUP_SIZE as usize))?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records the chunks of one pass (see the module docs).
+    fn encode_lce_chunks(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &Inputs<'_>,
@@ -1287,10 +1402,14 @@ impl GpuContext {
         self.check_whole_binding("lse (4 bytes per row)", rows as u64 * 4)?;
         self.check_whole_binding("records (32 bytes per row)", rows as u64 * 32)?;
         if let Some(g) = &views.grad_hidden {
-            self.check_view(g, spec("grad_hidden", DType::F32, rows, d))?;
+            self.check_view(
+                g,
+                spec("grad_hidden", grad_dtype("grad_hidden", g)?, rows, d),
+            )?;
         }
         if let Some(g) = &views.grad_classifier {
-            self.check_view(g, spec("grad_classifier", DType::F32, classes, d))?;
+            let dtype = grad_dtype("grad_classifier", g)?;
+            self.check_view(g, spec("grad_classifier", dtype, classes, d))?;
         }
         if let Some(g) = &views.grad_bias {
             if views.bias.is_none() {
@@ -1299,7 +1418,10 @@ impl GpuContext {
                     problem: "given without a bias".into(),
                 });
             }
-            self.check_view(g, spec("grad_bias", DType::F32, classes, 1))?;
+            self.check_view(
+                g,
+                spec("grad_bias", grad_dtype("grad_bias", g)?, classes, 1),
+            )?;
         }
         self.reject_lce_sharing(
             &[
@@ -1571,10 +1693,14 @@ impl GpuContext {
             let (rows, d) = (views.hidden.rows, views.hidden.cols);
             self.check_view(&views.lse, spec("lse", DType::F32, rows, 1))?;
             if let Some(g) = &views.grad_hidden {
-                self.check_view(g, spec("grad_hidden", DType::F32, rows, d))?;
+                self.check_view(
+                    g,
+                    spec("grad_hidden", grad_dtype("grad_hidden", g)?, rows, d),
+                )?;
             }
             if let Some(g) = &views.grad_classifier {
-                self.check_view(g, spec("grad_classifier", DType::F32, shard.len(), d))?;
+                let dtype = grad_dtype("grad_classifier", g)?;
+                self.check_view(g, spec("grad_classifier", dtype, shard.len(), d))?;
             }
             if let Some(g) = &views.grad_bias {
                 if views.bias.is_none() {
@@ -1583,7 +1709,8 @@ impl GpuContext {
                         problem: "given without a bias".into(),
                     });
                 }
-                self.check_view(g, spec("grad_bias", DType::F32, shard.len(), 1))?;
+                let dtype = grad_dtype("grad_bias", g)?;
+                self.check_view(g, spec("grad_bias", dtype, shard.len(), 1))?;
             }
             self.reject_lce_sharing(
                 &[
