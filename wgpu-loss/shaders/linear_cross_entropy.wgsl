@@ -20,7 +20,8 @@
 @group(0) @binding(2) var<storage, read> targets: array<i32>;         // [N], global rows
 @group(0) @binding(3) var<storage, read> weights: array<f32>;         // [C] class weights, global classes
 @group(0) @binding(4) var<storage, read> scalars: array<f32>;         // [D, kept rows, W, 0] (ce_denominator)
-@group(0) @binding(5) var<storage, read_write> records: array<vec4<f32>>; // [shards][N][2]
+// [shards][rows][2] from vec4 `base_b`, its first row being row `base_d`
+@group(0) @binding(5) var<storage, read_write> records: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> row_out: array<vec4<f32>>; // per row (ce, z, lse, 0)
 @group(0) @binding(7) var<storage, read_write> lse_out: array<f32>;   // per row lse
 @group(0) @binding(8) var<storage, read> lse_in: array<f32>;          // per row lse (merged)
@@ -91,8 +92,9 @@ fn lce_records(ids: Ids) {
             tv = capped(logits[src + (u32(t) - params.shard_start)]);
             found = 1.0;
         }
-        records[2u * g] = vec4<f32>(st.m, st.s, tv, qs);
-        records[2u * g + 1u] = vec4<f32>(ws, r, found, 0.0);
+        let at = params.base_b + 2u * (g - params.base_d);
+        records[at] = vec4<f32>(st.m, st.s, tv, qs);
+        records[at + 1u] = vec4<f32>(ws, r, found, 0.0);
     }
 }
 
@@ -106,8 +108,9 @@ fn lce_merge(ids: Ids) {
     var xy = 0.0;
     var found = 0.0;
     for (var k = 0u; k < params.shards; k = k + 1u) {
-        let a = records[2u * (k * n + g)];
-        let b = records[2u * (k * n + g) + 1u];
+        let at = params.base_b + 2u * (k * n + g - params.base_d);
+        let a = records[at];
+        let b = records[at + 1u];
         st = stat_merge(st, RowStat(a.x, a.y));
         if (b.z != 0.0) { xy = a.z; }
         found = found + b.z;
@@ -126,8 +129,9 @@ fn lce_merge(ids: Ids) {
             if (eps > 0.0) {
                 var smoothing_sum = 0.0;
                 for (var k = 0u; k < params.shards; k = k + 1u) {
-                    let a = records[2u * (k * n + g)];
-                    let b = records[2u * (k * n + g) + 1u];
+                    let at = params.base_b + 2u * (k * n + g - params.base_d);
+                    let a = records[at];
+                    let b = records[at + 1u];
                     smoothing_sum = smoothing_sum + (b.x * ((st.m - b.y) + ls) - a.w);
                 }
                 ce = ce + (eps / f32(params.classes)) * smoothing_sum;

@@ -304,6 +304,26 @@ fn chunks_and_segments_match_the_reference() {
     check_fused("chunked", &p, &loss, &out, &reference_of(&p, &loss));
 }
 
+/// Bindings of 4 KiB: `H`, `W`, `dH` and `dW` each larger than one binding.
+#[test]
+fn hidden_and_classifier_larger_than_a_binding() {
+    let Some(ctx) = gpu_with_binding_cap(4 << 10) else {
+        return;
+    };
+    let p = problem(18, 150, 13, 90, true);
+    assert!(p.hidden.len() * 4 > 4 << 10 && p.classifier.len() * 4 > 4 << 10);
+    let loss = CrossEntropyOptions {
+        z_loss: 1e-3,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let out = run(&ctx, &p, &options, LinearGrads::ALL);
+    check_fused("4 KiB bindings", &p, &loss, &out, &reference_of(&p, &loss));
+}
+
 #[test]
 fn one_row_one_class_one_hidden_unit() {
     let Some(ctx) = gpu() else { return };
@@ -1004,5 +1024,60 @@ fn matmul_every_layout_in_blocks() {
             &doubled,
             product_scale(k, 2.0 * terms),
         );
+    }
+}
+
+proptest::proptest! {
+    // 32 cases (a few seconds on lavapipe); PROPTEST_CASES=500 for a longer
+    // hunt. Under CI=true the seed is fixed so a landing never hinges on luck.
+    #![proptest_config(proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        rng_seed: if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            proptest::test_runner::RngSeed::Fixed(0x11CE_5EED)
+        } else {
+            proptest::test_runner::RngSeed::Random
+        },
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// Random shapes, options and workspace sizes against the reference.
+    #[test]
+    fn fused_equals_the_reference(
+        rows in 1usize..60,
+        d in 1usize..48,
+        v in 1usize..500,
+        seed in proptest::prelude::any::<u64>(),
+        reduction in proptest::sample::select(vec![Reduction::None, Reduction::Mean, Reduction::Sum]),
+        weighted in proptest::prelude::any::<bool>(),
+        ignore_some in proptest::prelude::any::<bool>(),
+        smoothing in proptest::sample::select(vec![0.0f32, 0.1, 1.0]),
+        z_loss in proptest::sample::select(vec![0.0f32, 1e-3]),
+        softcap in proptest::option::of(proptest::sample::select(vec![2.0f32, 30.0])),
+        chunk_rows in proptest::option::of(1usize..9),
+        bias in proptest::prelude::any::<bool>(),
+    ) {
+        let Some(ctx) = gpu() else { return Ok(()) };
+        let mut p = problem(seed, rows, d, v, bias);
+        let mut rng = Rng::new(seed ^ 0xA5A5);
+        let weights: Vec<f32> = (0..v).map(|_| rng.uniform(0.1, 3.0)).collect();
+        if ignore_some {
+            for t in p.targets.iter_mut().step_by(3) {
+                *t = -100;
+            }
+        }
+        let loss = CrossEntropyOptions {
+            weight: weighted.then_some(weights.as_slice()),
+            label_smoothing: smoothing,
+            reduction,
+            z_loss,
+            softcap,
+            ..Default::default()
+        };
+        let options = LinearCrossEntropyOptions {
+            loss,
+            workspace_bytes: chunk_rows.map_or(64 << 20, |r| (r * v * 4) as u64),
+        };
+        let out = run(ctx, &p, &options, LinearGrads::ALL);
+        check_fused("property", &p, &loss, &out, &reference_of(&p, &loss));
     }
 }

@@ -23,7 +23,9 @@
 //! [`LinearCrossEntropyOptions::workspace_bytes`], reduces each chunk to
 //! per-row records, and (for gradients) turns the chunk into `G` in place
 //! and multiplies it out. What it allocates beyond its inputs and outputs is
-//! the workspace plus [`BYTES_PER_ROW`] bytes per row: never `N·V`.
+//! the workspace, a 32-byte record per row of one chunk, and
+//! [`BYTES_PER_ROW`] bytes per row (plus an f32 shadow of any f16
+//! gradient): never `N·V`.
 //!
 //! # Vocabulary shards
 //!
@@ -43,9 +45,9 @@ use crate::error::{Error, Result};
 /// the device's binding size).
 pub const DEFAULT_WORKSPACE_BYTES: u64 = 64 << 20;
 
-/// Scratch bytes per row the fused op allocates besides the workspace: an
-/// 8-float record, the row's `(ce, z, lse, 0)` and its lse.
-pub const BYTES_PER_ROW: u64 = 32 + 16 + 4;
+/// Scratch bytes per row the fused op allocates besides the workspace and
+/// one chunk's records: the row's `(ce, z, lse, 0)` and its lse.
+pub const BYTES_PER_ROW: u64 = 16 + 4;
 
 /// f32 values in one [`ShardRecord`].
 pub const RECORD_FLOATS: usize = 8;

@@ -1013,7 +1013,8 @@ impl GpuContext {
         };
         let fused_records = match work {
             Work::Fused { .. } => {
-                let b = self.scratch("lce records", rows as u64 * 32);
+                // Records of one chunk: merged before the next chunk.
+                let b = self.scratch("lce records", chunk as u64 * 32);
                 scratch.bytes += b.size();
                 Some(b)
             }
@@ -1064,17 +1065,29 @@ impl GpuContext {
             };
             let rows_grid = self.grid(n)?;
             let logits = (lce::LOGITS, workspace.as_entire_binding());
+            // The records of this chunk's rows: a window of the caller's
+            // view, or the chunk-sized scratch (base_d: the window's first row).
+            params.base_d = params.row_base;
             let records_arg = match (work, &fused_records) {
-                (Work::Records { records }, _) => Some(WholeArg::view(lce::RECORDS, records)),
-                (Work::Fused { .. }, Some(buffer)) => Some(WholeArg::new(lce::RECORDS, buffer)),
+                (Work::Records { records }, _) => {
+                    let rows_view = view_mat(records)
+                        .sub((r0 * RECORD_FLOATS) as u64, (n * RECORD_FLOATS) as u64);
+                    let (res, base) = self.window(&rows_view, 4)?;
+                    params.base_b = base / 4;
+                    Some((records.buffer, res))
+                }
+                (Work::Fused { .. }, Some(buffer)) => {
+                    params.base_b = 0;
+                    Some((buffer, buffer.as_entire_binding()))
+                }
                 _ => None,
             };
-            if let Some(records) = &records_arg {
+            if let Some((records_buffer, records_res)) = &records_arg {
                 let bound = [
                     (lce::LOGITS, &workspace),
                     (lce::TARGETS, targets.buffer),
                     (lce::WEIGHTS, weights.buffer),
-                    (lce::RECORDS, records.buffer),
+                    (lce::RECORDS, *records_buffer),
                 ];
                 let variant = self.variant(Kernel::LinearCrossEntropyRecords, Storage::F32, &bound);
                 self.dispatch(
@@ -1086,7 +1099,7 @@ impl GpuContext {
                         logits.clone(),
                         (lce::TARGETS, targets.resource(limit)),
                         (lce::WEIGHTS, weights.resource(limit)),
-                        (lce::RECORDS, records.resource(limit)),
+                        (lce::RECORDS, records_res.clone()),
                     ],
                     rows_grid,
                 )?;
@@ -1094,7 +1107,9 @@ impl GpuContext {
             let (lse, grads) = match work {
                 Work::Records { .. } => continue,
                 Work::Fused { lse, grads } => {
-                    let (Some(records), Some(problem)) = (&records_arg, lse_rows) else {
+                    let (Some((records_buffer, records_res)), Some(problem)) =
+                        (&records_arg, lse_rows)
+                    else {
                         continue;
                     };
                     let lse_arg = WholeArg::view(lce::LSE_OUT, lse);
@@ -1102,7 +1117,7 @@ impl GpuContext {
                     let bound = [
                         (lce::TARGETS, targets.buffer),
                         (lce::WEIGHTS, weights.buffer),
-                        (lce::RECORDS, records.buffer),
+                        (lce::RECORDS, *records_buffer),
                         (lce::ROW_OUT, row_out.buffer),
                         (lce::LSE_OUT, lse_arg.buffer),
                     ];
@@ -1116,7 +1131,7 @@ impl GpuContext {
                         vec![
                             (lce::TARGETS, targets.resource(limit)),
                             (lce::WEIGHTS, weights.resource(limit)),
-                            (lce::RECORDS, records.resource(limit)),
+                            (lce::RECORDS, records_res.clone()),
                             (lce::ROW_OUT, row_out.resource(limit)),
                             (lce::LSE_OUT, lse_arg.resource(limit)),
                         ],
@@ -1400,7 +1415,6 @@ impl GpuContext {
             self.check_view(l, spec("lse", DType::F32, rows, 1))?;
         }
         self.check_whole_binding("lse (4 bytes per row)", rows as u64 * 4)?;
-        self.check_whole_binding("records (32 bytes per row)", rows as u64 * 32)?;
         if let Some(g) = &views.grad_hidden {
             self.check_view(
                 g,
@@ -1542,7 +1556,6 @@ impl GpuContext {
                 &views.records,
                 spec("records", DType::F32, rows, RECORD_FLOATS),
             )?;
-            self.check_whole_binding("records", views.records.bytes())?;
             self.reject_lce_sharing(&[Some(("records", views.records))], &inputs)?;
             let mut scratch = ScratchUse::default();
             self.encode_lce_pass(
