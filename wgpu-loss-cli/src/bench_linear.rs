@@ -116,6 +116,8 @@ pub struct LinearBenchPlan {
     pub unfused: bool,
     /// Also time the CPU (sgemm + the fast cross-entropy, chunked).
     pub cpu: bool,
+    /// Time the loss alone (no gradient paths).
+    pub loss_only: bool,
 }
 
 /// Runs the bench at one shape (see [`LinearBenchPlan`]).
@@ -185,8 +187,9 @@ pub fn bench_linear_cross_entropy(
         grad_classifier: None,
         grad_bias: None,
     };
+    let mut loss_scratch = ScratchUse::default();
     let fused_loss = time(ctx, iters, |enc| {
-        ctx.encode_linear_cross_entropy(enc, &views, &options)?;
+        loss_scratch = ctx.encode_linear_cross_entropy(enc, &views, &options)?;
         Ok(())
     })?;
     let check = if check_rows > 0 {
@@ -215,22 +218,39 @@ pub fn bench_linear_cross_entropy(
     } else {
         None
     };
-    let dh = buffer(ctx, "dH", (rows * d) as u64 * 4);
-    let dw = buffer(ctx, "dW", (v * d) as u64 * 4);
-    let db = buffer(ctx, "db", v as u64 * 4);
-    let grad_views = LinearCrossEntropyViews {
-        grad_hidden: Some(GpuTensor::f32_matrix(&dh, 0, rows, d)),
-        grad_classifier: Some(GpuTensor::f32_matrix(&dw, 0, v, d)),
-        grad_bias: Some(GpuTensor::f32_vector(&db, 0, v)),
-        ..views
-    };
-    let mut scratch = ScratchUse::default();
-    let fused_grads = time(ctx, iters, |enc| {
-        scratch = ctx.encode_linear_cross_entropy(enc, &grad_views, &options)?;
-        Ok(())
-    })?;
-    drop((dh, dw, db));
-    let mut timings = vec![];
+    let mut timings = vec![
+        LinearTiming {
+            path: "matmul",
+            median: matmul,
+            flops: product,
+        },
+        LinearTiming {
+            path: "fused-loss",
+            median: fused_loss,
+            flops: product,
+        },
+    ];
+    let mut scratch = loss_scratch;
+    if !plan.loss_only {
+        let dh = buffer(ctx, "dH", (rows * d) as u64 * 4);
+        let dw = buffer(ctx, "dW", (v * d) as u64 * 4);
+        let db = buffer(ctx, "db", v as u64 * 4);
+        let grad_views = LinearCrossEntropyViews {
+            grad_hidden: Some(GpuTensor::f32_matrix(&dh, 0, rows, d)),
+            grad_classifier: Some(GpuTensor::f32_matrix(&dw, 0, v, d)),
+            grad_bias: Some(GpuTensor::f32_vector(&db, 0, v)),
+            ..views
+        };
+        let fused_grads = time(ctx, iters, |enc| {
+            scratch = ctx.encode_linear_cross_entropy(enc, &grad_views, &options)?;
+            Ok(())
+        })?;
+        timings.push(LinearTiming {
+            path: "fused-loss-grads",
+            median: fused_grads,
+            flops: 3.0 * product,
+        });
+    }
     // The unfused path: logits in memory, cross-entropy's gradient over
     // them, two products for dH and dW and one against ones for db.
     let logits_bytes = (rows * v) as u64 * 4;
@@ -273,52 +293,54 @@ pub fn bench_linear_cross_entropy(
             ctx.encode_cross_entropy(enc, &ce(GradOutput::None), &ce_options)?;
             Ok(())
         })?;
-        let unfused_grads = time(ctx, iters, |enc| {
-            forward(enc)?;
-            ctx.encode_cross_entropy(enc, &ce(GradOutput::InPlace), &ce_options)?;
-            ctx.encode_matmul(
-                enc,
-                &MatmulViews {
-                    a: z,
-                    b: GpuTensor::f32_matrix(&wb, 0, v, d),
-                    out: GpuTensor::f32_matrix(&dh, 0, rows, d),
-                },
-                &MatmulOptions::default(),
-            )?;
-            let transposed = MatmulOptions {
-                a: Layout::Transposed,
-                ..Default::default()
-            };
-            ctx.encode_matmul(
-                enc,
-                &MatmulViews {
-                    a: z,
-                    b: GpuTensor::f32_matrix(&hb, 0, rows, d),
-                    out: GpuTensor::f32_matrix(&dw, 0, v, d),
-                },
-                &transposed,
-            )?;
-            ctx.encode_matmul(
-                enc,
-                &MatmulViews {
-                    a: z,
-                    b: GpuTensor::f32_matrix(&ones, 0, rows, 1),
-                    out: GpuTensor::f32_matrix(&db, 0, v, 1),
-                },
-                &transposed,
-            )?;
-            Ok(())
-        })?;
         timings.push(LinearTiming {
             path: "unfused-loss",
             median: unfused_loss,
             flops: product,
         });
-        timings.push(LinearTiming {
-            path: "unfused-loss-grads",
-            median: unfused_grads,
-            flops: 3.0 * product,
-        });
+        if !plan.loss_only {
+            let unfused_grads = time(ctx, iters, |enc| {
+                forward(enc)?;
+                ctx.encode_cross_entropy(enc, &ce(GradOutput::InPlace), &ce_options)?;
+                ctx.encode_matmul(
+                    enc,
+                    &MatmulViews {
+                        a: z,
+                        b: GpuTensor::f32_matrix(&wb, 0, v, d),
+                        out: GpuTensor::f32_matrix(&dh, 0, rows, d),
+                    },
+                    &MatmulOptions::default(),
+                )?;
+                let transposed = MatmulOptions {
+                    a: Layout::Transposed,
+                    ..Default::default()
+                };
+                ctx.encode_matmul(
+                    enc,
+                    &MatmulViews {
+                        a: z,
+                        b: GpuTensor::f32_matrix(&hb, 0, rows, d),
+                        out: GpuTensor::f32_matrix(&dw, 0, v, d),
+                    },
+                    &transposed,
+                )?;
+                ctx.encode_matmul(
+                    enc,
+                    &MatmulViews {
+                        a: z,
+                        b: GpuTensor::f32_matrix(&ones, 0, rows, 1),
+                        out: GpuTensor::f32_matrix(&db, 0, v, 1),
+                    },
+                    &transposed,
+                )?;
+                Ok(())
+            })?;
+            timings.push(LinearTiming {
+                path: "unfused-loss-grads",
+                median: unfused_grads,
+                flops: 3.0 * product,
+            });
+        }
         Ok(zb.size() + ones.size())
     };
     let mut cpu_loss = None;
@@ -332,39 +354,23 @@ pub fn bench_linear_cross_entropy(
             Ok(start.elapsed())
         };
         let loss_time = run(false)?;
-        let grads_time = run(true)?;
         timings.push(LinearTiming {
             path: "cpu-loss",
             median: loss_time,
             flops: product,
         });
-        timings.push(LinearTiming {
-            path: "cpu-loss-grads",
-            median: grads_time,
-            flops: 3.0 * product,
-        });
+        if !plan.loss_only {
+            let grads_time = run(true)?;
+            timings.push(LinearTiming {
+                path: "cpu-loss-grads",
+                median: grads_time,
+                flops: 3.0 * product,
+            });
+        }
     }
-    let mut all = vec![
-        LinearTiming {
-            path: "matmul",
-            median: matmul,
-            flops: product,
-        },
-        LinearTiming {
-            path: "fused-loss",
-            median: fused_loss,
-            flops: product,
-        },
-        LinearTiming {
-            path: "fused-loss-grads",
-            median: fused_grads,
-            flops: 3.0 * product,
-        },
-    ];
-    all.append(&mut timings);
     Ok(LinearReport {
         shape,
-        timings: all,
+        timings,
         scratch,
         logits_bytes,
         check,

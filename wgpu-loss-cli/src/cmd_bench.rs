@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// linear-cross-entropy: skip the CPU (sgemm and the fast cross-entropy).
     #[arg(long)]
     no_cpu: bool,
+    /// linear-cross-entropy: time the loss alone, no gradient paths.
+    #[arg(long)]
+    loss_only: bool,
     /// Timed GPU kernel runs per measurement, after one warm-up (median reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -161,9 +164,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     if args.ops.iter().any(|o| o == "linear-cross-entropy") {
         return run_linear(args);
     }
-    if args.hidden.is_some() || args.workspace_bytes.is_some() || args.no_unfused || args.no_cpu {
+    if args.hidden.is_some()
+        || args.workspace_bytes.is_some()
+        || args.no_unfused
+        || args.no_cpu
+        || args.loss_only
+    {
         return Err(
-            "--hidden, --workspace-bytes, --no-unfused and --no-cpu apply to --op linear-cross-entropy"
+            "--hidden, --workspace-bytes, --no-unfused, --no-cpu and --loss-only apply to --op linear-cross-entropy"
                 .into(),
         );
     }
@@ -383,6 +391,7 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
         workspace_bytes: args.workspace_bytes,
         unfused: !args.no_unfused,
         cpu: !args.no_cpu,
+        loss_only: args.loss_only,
     };
     let report = wgpu_loss_cli::bench_linear::bench_linear_cross_entropy(&ctx, shape, plan)
         .map_err(|e| e.to_string())?;

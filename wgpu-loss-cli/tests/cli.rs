@@ -1041,3 +1041,86 @@ fn eval_linear_cross_entropy_matches_the_library() {
         "{err}"
     );
 }
+
+/// `bench --op linear-cross-entropy` on a tiny shape: every path as JSON,
+/// the memory line, and `--loss-only` leaving out the gradient paths.
+#[test]
+fn bench_linear_cross_entropy_reports_every_path() {
+    if gpu().is_none() {
+        return;
+    }
+    let run = |extra: &[&str]| {
+        let out = wgpu_loss()
+            .args([
+                "bench",
+                "--op",
+                "linear-cross-entropy",
+                "--rows",
+                "9",
+                "--cols",
+                "70",
+                "--hidden",
+                "5",
+                "--iters",
+                "1",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON"))
+            .collect::<Vec<_>>()
+    };
+    let paths = |lines: &[serde_json::Value]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|v| v["path"].as_str().map(str::to_string))
+            .collect()
+    };
+    let all = run(&[]);
+    assert_eq!(
+        paths(&all),
+        [
+            "matmul",
+            "fused-loss",
+            "fused-loss-grads",
+            "unfused-loss",
+            "unfused-loss-grads",
+            "cpu-loss",
+            "cpu-loss-grads"
+        ],
+        "{all:?}"
+    );
+    for v in all.iter().filter(|v| v.get("path").is_some()) {
+        assert!(v["gflops"].as_f64().is_some_and(|g| g > 0.0), "{v}");
+    }
+    let memory = all
+        .iter()
+        .find(|v| v.get("scratch_bytes").is_some())
+        .expect("memory line");
+    assert!(
+        memory["workspace_bytes"]
+            .as_u64()
+            .is_some_and(|b| b >= 70 * 4),
+        "{memory}"
+    );
+    let loss_only = run(&["--loss-only", "--no-cpu", "--no-unfused"]);
+    assert_eq!(paths(&loss_only), ["matmul", "fused-loss"], "{loss_only:?}");
+    // The options of this op are refused elsewhere.
+    let out = wgpu_loss()
+        .args([
+            "bench", "--op", "softmax", "--rows", "2", "--cols", "3", "--hidden", "4",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hidden"));
+}
