@@ -223,6 +223,100 @@ fn variants(op: Op, rows: usize, cols: usize, rng: &mut Rng) -> Vec<(String, Pro
     }
 }
 
+/// The fused linear + cross-entropy on awkward shapes and option sets:
+/// `(label, Ok(max error) or Err(what failed))`.
+fn linear_checks(ctx: &wgpu_loss::GpuContext, rng: &mut Rng) -> Vec<(String, Result<f64, String>)> {
+    use wgpu_loss::tolerance::LinearScales;
+    use wgpu_loss::{CrossEntropyOptions, LinearCrossEntropyOptions, LinearGrads, LinearShape};
+    let mut out = Vec::new();
+    for (rows, d, v) in [(1, 1, 1), (7, 13, 301), (33, 5, 4099), (3, 3, 300_001)] {
+        let shape = LinearShape {
+            rows,
+            hidden: d,
+            classes: v,
+        };
+        let h = rng.vec(rows * d, -1.0, 1.0);
+        let w = rng.vec(v * d, -1.0, 1.0);
+        let b = rng.vec(v, -0.5, 0.5);
+        let weights = rng.vec(v, 0.1, 2.0);
+        let t: Vec<i64> = (0..rows).map(|_| rng.below(v) as i64).collect();
+        let option_sets = [
+            ("mean".to_string(), CrossEntropyOptions::default()),
+            (
+                "weights, smoothing 0.1, softcap 5, z-loss, sum".to_string(),
+                CrossEntropyOptions {
+                    weight: Some(&weights[..]),
+                    label_smoothing: 0.1,
+                    softcap: Some(5.0),
+                    z_loss: 1e-3,
+                    reduction: Reduction::Sum,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (label, loss) in option_sets {
+            let options = LinearCrossEntropyOptions {
+                loss,
+                ..Default::default()
+            };
+            let verdict = (|| -> Result<f64, String> {
+                let gpu = wgpu_loss::block_on(ctx.linear_cross_entropy(
+                    &h,
+                    &w,
+                    Some(&b),
+                    &t,
+                    shape,
+                    &options,
+                    LinearGrads::ALL,
+                ))
+                .map_err(|e| format!("GPU error: {e}"))?;
+                let r =
+                    wgpu_loss::reference::linear_cross_entropy(&h, &w, Some(&b), &t, shape, &loss)
+                        .map_err(|e| format!("reference error: {e}"))?;
+                let s = LinearScales::of(&h, &w, Some(&b), shape, &loss, &r);
+                let mut worst = 0.0f64;
+                for (name, a, e, scale) in [
+                    ("loss", Some(&gpu.loss), &r.loss, s.loss),
+                    (
+                        "grad_hidden",
+                        gpu.grad_hidden.as_ref(),
+                        &r.grad_hidden,
+                        s.grad_hidden,
+                    ),
+                    (
+                        "grad_classifier",
+                        gpu.grad_classifier.as_ref(),
+                        &r.grad_classifier,
+                        s.grad_classifier,
+                    ),
+                    (
+                        "grad_bias",
+                        gpu.grad_bias.as_ref(),
+                        &r.grad_bias,
+                        s.grad_bias,
+                    ),
+                ] {
+                    let a = a.ok_or_else(|| format!("{name} missing"))?;
+                    if let Some(m) = F32_TOLERANCE.first_mismatch_at_scale(a, e, scale) {
+                        return Err(format!("{name} {m}"));
+                    }
+                    worst = worst.max(max_abs_error(a, e));
+                }
+                Ok(worst)
+            })();
+            out.push((
+                format!(
+                    "{:<21} {:>10} {label}",
+                    "linear-cross-entropy",
+                    format!("{rows}x{d}x{v}")
+                ),
+                verdict,
+            ));
+        }
+    }
+    out
+}
+
 /// `Ok(max error)` or `Err(what failed)`.
 fn compare(gpu: &Outputs<f32>, reference: &Outputs<f64>) -> Result<f64, String> {
     let mut worst = 0.0f64;
@@ -303,8 +397,16 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, String> {
         });
         failures += usize::from(!ok);
     }
+    let linear = linear_checks(&ctx, &mut Rng(args.seed ^ 0x11CE));
+    for (label, verdict) in &linear {
+        progress.suspend(|| match verdict {
+            Ok(err) => println!("PASS  {label}  max err {err:.1e}"),
+            Err(why) => println!("FAIL  {label}  {why}"),
+        });
+        failures += usize::from(verdict.is_err());
+    }
     progress.finish_and_clear();
-    let total = cases.len() + 1;
+    let total = cases.len() + 1 + linear.len();
     if failures == 0 {
         println!("all {total} checks passed on {}", ctx.adapter_name());
         Ok(ExitCode::SUCCESS)

@@ -38,6 +38,79 @@ pub fn product_scale(depth: usize, terms: f64) -> f64 {
         / F32_TOLERANCE.atol
 }
 
+/// The comparison scale `S` of each output of the fused linear +
+/// cross-entropy, by the [`PRODUCT_ULPS`] rule: the logits' error (a
+/// product of depth `D`, term magnitude `T_z`) carried through the loss and
+/// the gradients, plus the gradient products' own (depth `V` for `dH`, `N`
+/// for `dW` and `db`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearScales {
+    /// For the loss (one value, or one per row).
+    pub loss: f64,
+    /// For each row's lse.
+    pub lse: f64,
+    /// For `dH`.
+    pub grad_hidden: f64,
+    /// For `dW`.
+    pub grad_classifier: f64,
+    /// For `db`.
+    pub grad_bias: f64,
+}
+
+impl LinearScales {
+    /// The scales for one problem, from its inputs and its f64 reference.
+    pub fn of(
+        hidden: &[f32],
+        classifier: &[f32],
+        bias: Option<&[f32]>,
+        shape: crate::loss::linear_cross_entropy::LinearShape,
+        options: &crate::CrossEntropyOptions<'_>,
+        reference: &crate::reference::LinearCrossEntropyReference,
+    ) -> LinearScales {
+        let (rows, d, v) = (shape.rows, shape.hidden, shape.classes);
+        let finite_max =
+            |it: &mut dyn Iterator<Item = f64>| it.filter(|x| x.is_finite()).fold(0.0f64, f64::max);
+        // T_z: the largest Σ_d |h·w| + |b| over every logit.
+        let tz = finite_max(&mut (0..rows * v).map(|i| {
+            let (n, c) = (i / v, i % v);
+            (0..d)
+                .map(|k| {
+                    f64::from(hidden[n * d + k]).abs() * f64::from(classifier[c * d + k]).abs()
+                })
+                .sum::<f64>()
+                + bias.map_or(0.0, |b| f64::from(b[c]).abs())
+        }));
+        let wmax = options
+            .weight
+            .map_or(1.0, |w| finite_max(&mut w.iter().map(|x| f64::from(*x))));
+        let lse_max = finite_max(&mut reference.lse.iter().map(|x| x.abs()));
+        // A logit error δ moves lse and a row loss by at most 2δ (times the
+        // weight, and 2·z·|lse| more with z-loss); `sum` adds N rows of it.
+        let rows_in_sum = if options.reduction == crate::Reduction::Sum {
+            rows as f64
+        } else {
+            1.0
+        };
+        let loss_sens =
+            2.0 * wmax * (1.0 + 2.0 * f64::from(options.z_loss) * lse_max) * rows_in_sum;
+        let g = &reference.grad_logits;
+        let g_row =
+            finite_max(&mut (0..rows).map(|n| g[n * v..(n + 1) * v].iter().map(|x| x.abs()).sum()));
+        let g_col = finite_max(&mut (0..v).map(|c| (0..rows).map(|n| g[n * v + c].abs()).sum()));
+        let max_abs = |x: &[f32]| finite_max(&mut x.iter().map(|v| f64::from(*v).abs()));
+        let (wm, hm) = (max_abs(classifier), max_abs(hidden));
+        // G moves by about 2δ·|G| per element when a logit moves by δ.
+        let carried = |sum_g: f64, other: f64| product_scale(d, tz * 2.0 * sum_g * other);
+        LinearScales {
+            loss: product_scale(d, tz * loss_sens),
+            lse: product_scale(d, tz),
+            grad_hidden: carried(g_row, wm) + product_scale(v, g_row * wm),
+            grad_classifier: carried(g_col, hm) + product_scale(rows, g_col * hm),
+            grad_bias: carried(g_col, 1.0) + product_scale(rows, g_col),
+        }
+    }
+}
+
 /// `f32::MIN_POSITIVE` (2^-126): the floor of every allowed difference.
 pub const SMALLEST_NORMAL_F32: f64 = 1.1754943508222875e-38;
 

@@ -8,7 +8,7 @@ mod common;
 
 use common::{gpu, gpu_with_binding_cap, Rng, POISON};
 use wgpu_loss::reference::{self, LinearCrossEntropyReference};
-use wgpu_loss::tolerance::product_scale;
+use wgpu_loss::tolerance::{product_scale, LinearScales};
 use wgpu_loss::{
     block_on, CrossEntropyOptions, Error, GpuContext, LinearCrossEntropyOptions,
     LinearCrossEntropyOutput, LinearGrads, LinearShape, Reduction, Shard, F32_TOLERANCE,
@@ -66,12 +66,6 @@ fn logit_terms(p: &Problem) -> f64 {
     t
 }
 
-fn max_abs(x: &[f32]) -> f64 {
-    x.iter()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, |m, v| m.max(f64::from(*v).abs()))
-}
-
 #[track_caller]
 fn check(what: &str, actual: &[f32], expected: &[f64], scale: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
@@ -84,9 +78,7 @@ fn check(what: &str, actual: &[f32], expected: &[f64], scale: f64) {
 }
 
 /// Checks every output of the fused op against the reference, each at the
-/// product rule's scale: the logits' error (depth `D`) carried through the
-/// loss and the gradients, plus the gradient products' own (depth `V` for
-/// `dH`, `N` for `dW` and `db`).
+/// product rule's scale (`tolerance::LinearScales`).
 #[track_caller]
 fn check_fused(
     what: &str,
@@ -95,72 +87,34 @@ fn check_fused(
     out: &LinearCrossEntropyOutput,
     r: &LinearCrossEntropyReference,
 ) {
-    let LinearShape {
-        rows,
-        hidden: d,
-        classes: v,
-    } = p.shape;
-    let tz = logit_terms(p);
-    let wmax = options
-        .weight
-        .map_or(1.0, |w| w.iter().fold(0.0f64, |m, x| m.max(f64::from(*x))));
-    let lse_max = r
-        .lse
-        .iter()
-        .filter(|x| x.is_finite())
-        .fold(0.0f64, |m, x| m.max(x.abs()));
-    // A logit error δ moves lse and the row loss by at most 2δ (times the
-    // weight, and 2·z·|lse| more with z-loss); `sum` adds N rows of it.
-    let rows_in_sum = if options.reduction == Reduction::Sum {
-        rows as f64
-    } else {
-        1.0
-    };
-    let loss_sens = 2.0 * wmax * (1.0 + 2.0 * f64::from(options.z_loss) * lse_max) * rows_in_sum;
-    check(
-        &format!("{what} loss"),
-        &out.loss,
-        &r.loss,
-        product_scale(d, tz * loss_sens),
+    let s = LinearScales::of(
+        &p.hidden,
+        &p.classifier,
+        p.bias.as_deref(),
+        p.shape,
+        options,
+        r,
     );
-    check(
-        &format!("{what} lse"),
-        &out.lse,
-        &r.lse,
-        product_scale(d, tz),
-    );
-    // |G| per row and per class, and the operands' magnitudes.
-    let g_row = (0..rows)
-        .map(|n| {
-            r.grad_logits[n * v..(n + 1) * v]
-                .iter()
-                .map(|x| x.abs())
-                .sum::<f64>()
-        })
-        .filter(|x| x.is_finite())
-        .fold(0.0f64, f64::max);
-    let g_col = (0..v)
-        .map(|c| {
-            (0..rows)
-                .map(|n| r.grad_logits[n * v + c].abs())
-                .sum::<f64>()
-        })
-        .filter(|x| x.is_finite())
-        .fold(0.0f64, f64::max);
-    let (wm, hm) = (max_abs(&p.classifier), max_abs(&p.hidden));
-    // G = s·(p - onehot ...) moves by about 2δ·|G| per element when a logit moves by δ.
-    let carried = |sum_g: f64, other: f64| product_scale(d, tz * 2.0 * sum_g * other);
+    check(&format!("{what} loss"), &out.loss, &r.loss, s.loss);
+    check(&format!("{what} lse"), &out.lse, &r.lse, s.lse);
     if let Some(g) = &out.grad_hidden {
-        let s = carried(g_row, wm) + product_scale(v, g_row * wm);
-        check(&format!("{what} grad_hidden"), g, &r.grad_hidden, s);
+        check(
+            &format!("{what} grad_hidden"),
+            g,
+            &r.grad_hidden,
+            s.grad_hidden,
+        );
     }
     if let Some(g) = &out.grad_classifier {
-        let s = carried(g_col, hm) + product_scale(rows, g_col * hm);
-        check(&format!("{what} grad_classifier"), g, &r.grad_classifier, s);
+        check(
+            &format!("{what} grad_classifier"),
+            g,
+            &r.grad_classifier,
+            s.grad_classifier,
+        );
     }
     if let Some(g) = &out.grad_bias {
-        let s = carried(g_col, 1.0) + product_scale(rows, g_col);
-        check(&format!("{what} grad_bias"), g, &r.grad_bias, s);
+        check(&format!("{what} grad_bias"), g, &r.grad_bias, s.grad_bias);
     }
 }
 
