@@ -29,6 +29,16 @@
 //! `ARCHITECTURE.md` in the repository maps each loss to its definition,
 //! WGSL, host code, reference and tests.
 //!
+//! # Language-model heads
+//!
+//! [`GpuContext::linear_cross_entropy`] (and `encode_linear_cross_entropy`)
+//! computes cross-entropy on `H·Wᵀ + b` from the hidden states and the
+//! classifier without the `[N, V]` logits in memory, with `dH`, `dW` and
+//! `db`; [`GpuContext::shard_records`], [`GpuContext::merge_records`] and
+//! [`GpuContext::shard_backward`] split it by vocabulary across devices.
+//! [`GpuContext::linear`] and `encode_matmul` expose the product itself. See
+//! [`loss::linear_cross_entropy`].
+//!
 //! # Requests
 //!
 //! Every loss takes the same three requests ([`Request`]): the loss only,
