@@ -41,9 +41,9 @@
 use super::cross_entropy::CrossEntropyOptions;
 use crate::error::{Error, Result};
 
-/// The default workspace: 64 MiB of f32 logits per chunk of rows (capped by
+/// The default workspace: 32 MiB of f32 logits per chunk of rows (capped by
 /// the device's binding size).
-pub const DEFAULT_WORKSPACE_BYTES: u64 = 64 << 20;
+pub const DEFAULT_WORKSPACE_BYTES: u64 = 32 << 20;
 
 /// Scratch bytes per row the fused op allocates besides the workspace and
 /// one chunk's records: the row's `(ce, z, lse, 0)` and its lse.
