@@ -170,8 +170,7 @@ pub fn bench_linear_cross_entropy(
     drop(zb);
 
     let options = LinearCrossEntropyOptions {
-        workspace_bytes: workspace_bytes
-            .unwrap_or(LinearCrossEntropyOptions::<[f32]>::default().workspace_bytes),
+        workspace_bytes,
         ..Default::default()
     };
     let loss = buffer(ctx, "loss", 8);

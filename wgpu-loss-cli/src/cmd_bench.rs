@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// Hidden size D of `--op linear-cross-entropy` (with --rows N and --cols V).
     #[arg(long)]
     hidden: Option<usize>,
-    /// linear-cross-entropy: bytes of logits the fused op holds at once [default: 32 MiB].
+    /// linear-cross-entropy: bytes of logits the fused op holds at once [default: 32 MiB, or 64 rows if more].
     #[arg(long, value_name = "BYTES")]
     workspace_bytes: Option<u64>,
     /// linear-cross-entropy: skip the unfused GPU path (logits in memory).

@@ -47,7 +47,7 @@ pub struct EvalArgs {
     /// linear-cross-entropy: the classifier bias [V].
     #[arg(long, value_name = "B.npy")]
     pub(crate) bias: Option<String>,
-    /// linear-cross-entropy: bytes of logits held at once on the GPU [default: 32 MiB].
+    /// linear-cross-entropy: bytes of logits held at once on the GPU [default: 32 MiB, or 64 rows if more].
     #[arg(long, value_name = "BYTES")]
     pub(crate) workspace_bytes: Option<u64>,
     /// Targets: class indices [N] (int) or probabilities [N, C] (float) for cross-entropy;

@@ -119,9 +119,7 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
     };
     let options = LinearCrossEntropyOptions {
         loss,
-        workspace_bytes: args
-            .workspace_bytes
-            .unwrap_or(LinearCrossEntropyOptions::<[f32]>::default().workspace_bytes),
+        workspace_bytes: args.workspace_bytes,
     };
     let blame = |e: wgpu_loss::Error| -> String {
         match e {

@@ -1002,6 +1002,46 @@ fn eval_linear_cross_entropy_matches_the_library() {
         !p.join("loss").join("grad.npy").exists(),
         "loss-only wrote a gradient"
     );
+    // The same classifier as a tensor of a safetensors file, as a model's
+    // lm_head.weight would be: the same bits.
+    let st = safetensors::serialize(
+        vec![(
+            "lm_head.weight".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![v, d],
+                bytemuck::cast_slice(&w),
+            )
+            .expect("view"),
+        )],
+        None,
+    )
+    .expect("serialize");
+    std::fs::write(p.join("model.safetensors"), st).expect("write");
+    let (ok, err) = eval(
+        p,
+        &[
+            "linear-cross-entropy",
+            "--input",
+            "h.npy",
+            "--classifier",
+            "model.safetensors:lm_head.weight",
+            "--bias",
+            "b.npy",
+            "--target",
+            "t.npy",
+            "--label-smoothing",
+            "0.1",
+            "--out",
+            "st",
+        ],
+    );
+    assert!(ok, "{err}");
+    same_bits(
+        "safetensors classifier",
+        &floats(&p.join("st").join("grad_classifier.npy")).1,
+        &lib.grad_classifier.clone().expect("dW"),
+    );
     // The classifier with the wrong hidden size names its file.
     write_npy(&p.join("w4.npy"), &[v, d - 1], &w[..v * (d - 1)]).expect("w4");
     let (ok, err) = eval(

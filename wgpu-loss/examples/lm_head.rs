@@ -142,7 +142,7 @@ pub fn train(
     };
     // A small workspace, so the op really walks the tokens in chunks.
     let options = LinearCrossEntropyOptions {
-        workspace_bytes: 64 * V as u64 * 4,
+        workspace_bytes: Some(64 * V as u64 * 4),
         ..Default::default()
     };
     let mut losses = Vec::new();

@@ -252,7 +252,7 @@ fn chunks_and_segments_match_the_reference() {
     };
     let options = LinearCrossEntropyOptions {
         loss,
-        workspace_bytes: 2 * 700 * 4 + 100,
+        workspace_bytes: Some(2 * 700 * 4 + 100),
     };
     let out = run(&ctx, &p, &options, LinearGrads::ALL);
     check_fused("chunked", &p, &loss, &out, &reference_of(&p, &loss));
@@ -463,7 +463,7 @@ fn same_input_same_bits() {
     let Some(ctx) = gpu() else { return };
     let p = problem(13, 40, 9, 333, true);
     let options = LinearCrossEntropyOptions {
-        workspace_bytes: 7 * 333 * 4,
+        workspace_bytes: Some(7 * 333 * 4),
         ..Default::default()
     };
     let a = run(ctx, &p, &options, LinearGrads::ALL);
@@ -662,7 +662,7 @@ fn bad_input_is_named() {
     );
     // A workspace too small for one row.
     let tiny = LinearCrossEntropyOptions {
-        workspace_bytes: 8,
+        workspace_bytes: Some(8),
         ..Default::default()
     };
     let e = lce(&p.hidden, &p.classifier, None, &p.targets, &tiny).unwrap_err();
@@ -835,7 +835,7 @@ fn encode_api_in_one_buffer_f32_and_f16() {
                 &views,
                 &LinearCrossEntropyOptions {
                     loss: loss.with_weight(None),
-                    workspace_bytes: 5 * v as u64 * 4,
+                    workspace_bytes: Some(5 * v as u64 * 4),
                 },
             )
             .expect("encode");
@@ -1029,9 +1029,71 @@ proptest::proptest! {
         };
         let options = LinearCrossEntropyOptions {
             loss,
-            workspace_bytes: chunk_rows.map_or(64 << 20, |r| (r * v * 4) as u64),
+            workspace_bytes: chunk_rows.map(|r| (r * v * 4) as u64),
         };
         let out = run(ctx, &p, &options, LinearGrads::ALL);
         check_fused("property", &p, &loss, &out, &reference_of(&p, &loss));
     }
+}
+
+/// Chunks are whole 64-row tiles where the workspace holds more than one
+/// tile (100 rows' worth gives 64), and the automatic workspace holds at
+/// least one tile even where 32 MiB is fewer rows.
+#[test]
+fn chunks_are_whole_tiles() {
+    use wgpu::util::DeviceExt;
+    use wgpu_loss::{GpuTensor, LinearCrossEntropyViews};
+    let Some(ctx) = gpu() else { return };
+    let used = |rows: usize, v: usize, workspace: Option<u64>| {
+        let d = 2;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let init = |bytes: &[u8]| {
+            ctx.device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: bytes,
+                    usage,
+                })
+        };
+        let h = init(bytemuck::cast_slice(&vec![0.5f32; rows * d]));
+        let w = init(bytemuck::cast_slice(&vec![0.25f32; v * d]));
+        let t = init(bytemuck::cast_slice(&vec![0i32; rows]));
+        let loss = init(&[0u8; 8]);
+        let views = LinearCrossEntropyViews {
+            hidden: GpuTensor::f32_matrix(&h, 0, rows, d),
+            classifier: GpuTensor::f32_matrix(&w, 0, v, d),
+            bias: None,
+            targets: GpuTensor::i32_vector(&t, 0, rows),
+            loss: GpuTensor::f32_vector(&loss, 0, 2),
+            lse: None,
+            grad_hidden: None,
+            grad_classifier: None,
+            grad_bias: None,
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let used = ctx
+            .encode_linear_cross_entropy(
+                &mut enc,
+                &views,
+                &LinearCrossEntropyOptions {
+                    workspace_bytes: workspace,
+                    ..Default::default()
+                },
+            )
+            .expect("encode");
+        ctx.queue().submit([enc.finish()]);
+        used
+    };
+    assert_eq!(used(200, 10, Some(100 * 10 * 4)).chunk_rows, 64);
+    assert_eq!(
+        used(200, 10, Some(40 * 10 * 4)).chunk_rows,
+        40,
+        "below a tile: as given"
+    );
+    // 32 MiB holds 8 rows of 1M classes; the automatic workspace takes 64
+    // (where the binding allows: 64 rows of 4 MiB need 256 MiB).
+    let big = 1 << 20;
+    let auto = used(100, big, None);
+    let by_binding = (ctx.max_binding_bytes() / (big as u64 * 4)) as usize;
+    assert_eq!(auto.chunk_rows, 64.min(by_binding).max(8), "{auto:?}");
 }

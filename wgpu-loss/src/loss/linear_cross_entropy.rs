@@ -41,9 +41,13 @@
 use super::cross_entropy::CrossEntropyOptions;
 use crate::error::{Error, Result};
 
-/// The default workspace: 32 MiB of f32 logits per chunk of rows (capped by
-/// the device's binding size).
+/// The automatic workspace: 32 MiB of f32 logits per chunk of rows, or
+/// [`TILE_ROWS`] rows if those take more, capped by the device's binding size.
 pub const DEFAULT_WORKSPACE_BYTES: u64 = 32 << 20;
+
+/// Rows of the product kernel's output tile: chunks are whole multiples of
+/// it where they can be (a chunk of fewer rows leaves part of every tile idle).
+pub const TILE_ROWS: usize = 64;
 
 /// Scratch bytes per row the fused op allocates besides the workspace and
 /// one chunk's records: the row's `(ce, z, lse, 0)` and its lse.
@@ -60,9 +64,10 @@ pub struct LinearCrossEntropyOptions<'a, W: ?Sized = [f32]> {
     /// The cross-entropy's options, with their meaning there.
     pub loss: CrossEntropyOptions<'a, W>,
     /// Bytes of f32 logits the op holds at once: a chunk of rows times the
-    /// shard's classes. Capped by the device's binding size; at least one
-    /// row's worth. Default [`DEFAULT_WORKSPACE_BYTES`].
-    pub workspace_bytes: u64,
+    /// shard's classes, capped by the device's binding size, at least one
+    /// row's worth. `None` (the default): [`DEFAULT_WORKSPACE_BYTES`] or
+    /// [`TILE_ROWS`] rows, whichever is more.
+    pub workspace_bytes: Option<u64>,
 }
 
 impl<W: ?Sized> Clone for LinearCrossEntropyOptions<'_, W> {
@@ -76,7 +81,7 @@ impl<W: ?Sized> Default for LinearCrossEntropyOptions<'_, W> {
     fn default() -> Self {
         Self {
             loss: CrossEntropyOptions::default(),
-            workspace_bytes: DEFAULT_WORKSPACE_BYTES,
+            workspace_bytes: None,
         }
     }
 }

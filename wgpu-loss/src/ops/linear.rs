@@ -266,7 +266,7 @@ struct Inputs<'b> {
     weights: Option<GpuTensor<'b>>,
     shard: Shard,
     params: Params,
-    workspace_bytes: u64,
+    workspace_bytes: Option<u64>,
 }
 
 fn u32_of(v: usize, what: &'static str) -> Result<u32> {
@@ -869,7 +869,11 @@ impl GpuContext {
         let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
         let eb = inputs.hidden.dtype.size();
         let per_row = vs as u64 * 4;
-        let cap = inputs.workspace_bytes.min(self.max_binding_bytes());
+        let wanted = inputs.workspace_bytes.unwrap_or_else(|| {
+            crate::loss::linear_cross_entropy::DEFAULT_WORKSPACE_BYTES
+                .max(per_row * crate::loss::linear_cross_entropy::TILE_ROWS as u64)
+        });
+        let cap = wanted.min(self.max_binding_bytes());
         if cap < per_row {
             return Err(Error::WorkspaceTooSmall {
                 bytes: cap,
@@ -887,10 +891,15 @@ impl GpuContext {
                 limit: self.max_binding_bytes(),
             });
         }
-        let chunk = (cap / per_row)
+        let mut chunk = (cap / per_row)
             .min(by_hidden)
             .min(MAX_CHUNK_ROWS as u64)
             .min(rows.max(1) as u64) as usize;
+        // Whole output tiles: 100 rows per chunk would run two tiles of 64
+        // per column block where 64 rows run one.
+        if chunk > TILE && chunk < rows {
+            chunk = chunk / TILE * TILE;
+        }
         let segment = (by_hidden as usize).min(vs);
         Ok((chunk, segment))
     }
