@@ -373,7 +373,7 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
         );
     }
     let ctx = wgpu_loss::block_on(GpuContext::new()).map_err(|e| {
-        format!("{e}; linear-cross-entropy has no CPU path in bench (install mesa-vulkan-drivers for lavapipe)")
+        format!("{e}; bench --op linear-cross-entropy needs a GPU adapter (its CPU column runs beside the GPU paths); install mesa-vulkan-drivers for lavapipe")
     })?;
     let shape = wgpu_loss::LinearShape {
         rows,

@@ -705,6 +705,15 @@ fn bad_input_is_named() {
         ),
         "{e}"
     );
+    // Gathered records that do not hold one per target name the shard.
+    let record = wgpu_loss::ShardRecord::default();
+    let short = vec![vec![record; 4], vec![record; 3]];
+    let e = block_on(ctx.merge_records(&short, &p.targets, 5, &CrossEntropyOptions::default()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("shard 1 has 3 records, expected 4"),
+        "{e}"
+    );
 }
 
 /// The reference's gradients are the derivatives of its loss: central

@@ -1981,14 +1981,12 @@ impl GpuContext {
         let rows = targets.len();
         for (k, r) in records.iter().enumerate() {
             if r.len() != rows {
-                return Err(Error::LengthMismatch {
-                    what: if k == 0 {
-                        "records of shard 0"
-                    } else {
-                        "records of a later shard"
-                    },
-                    expected: rows,
-                    actual: r.len(),
+                return Err(Error::InvalidView {
+                    name: "records",
+                    problem: format!(
+                        "shard {k} has {} records, expected {rows} (one per target)",
+                        r.len()
+                    ),
                 });
             }
         }
