@@ -253,6 +253,7 @@ fn chunks_and_segments_match_the_reference() {
     let options = LinearCrossEntropyOptions {
         loss,
         workspace_bytes: Some(2 * 700 * 4 + 100),
+        ..Default::default()
     };
     let out = run(&ctx, &p, &options, LinearGrads::ALL);
     check_fused("chunked", &p, &loss, &out, &reference_of(&p, &loss));
@@ -845,6 +846,7 @@ fn encode_api_in_one_buffer_f32_and_f16() {
                 &LinearCrossEntropyOptions {
                     loss: loss.with_weight(None),
                     workspace_bytes: Some(5 * v as u64 * 4),
+                    ..Default::default()
                 },
             )
             .expect("encode");
@@ -1039,6 +1041,7 @@ proptest::proptest! {
         let options = LinearCrossEntropyOptions {
             loss,
             workspace_bytes: chunk_rows.map(|r| (r * v * 4) as u64),
+            ..Default::default()
         };
         let out = run(ctx, &p, &options, LinearGrads::ALL);
         check_fused("property", &p, &loss, &out, &reference_of(&p, &loss));
@@ -1105,4 +1108,147 @@ fn chunks_are_whole_tiles() {
     let auto = used(100, big, None);
     let by_binding = (ctx.max_binding_bytes() / (big as u64 * 4)) as usize;
     assert_eq!(auto.chunk_rows, 64.min(by_binding).max(8), "{auto:?}");
+}
+
+/// Gradient accumulation over windows of rows: with `parameter_grads: Add`,
+/// calls over windows that are whole chunks give `dW` and `db` with the
+/// same bits as one call over every row (the additions happen in the same
+/// order), and `dH` and the row losses are the same rows. An f16 `dW` is
+/// refused with `Add`.
+#[test]
+fn parameter_grads_add_over_windows_matches_one_call() {
+    use common::{read, Arena};
+    use wgpu_loss::{Accumulate, GpuTensor, LinearCrossEntropyViews};
+    let Some(ctx) = gpu() else { return };
+    let (rows, d, v) = (150, 20, 333);
+    let p = problem(91, rows, d, v, true);
+    let workspace = Some(64 * v as u64 * 4);
+    let chunk = ctx
+        .linear_cross_entropy_chunk_rows(p.shape, workspace)
+        .expect("chunk rows");
+    assert_eq!(chunk, 64);
+    let targets: Vec<i32> = p.targets.iter().map(|&t| t as i32).collect();
+    let loss = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        reduction: Reduction::None,
+        z_loss: 1e-3,
+        ..Default::default()
+    };
+    let mut a = Arena::new(ctx, ((rows * d + v * d) * 40 + v * 64 + rows * 64) as u64);
+    let wo = a.put(ctx, &p.classifier);
+    let bo = a.put(ctx, p.bias.as_deref().expect("bias"));
+    // One call over every row, then windows [0, 128) and [128, 150).
+    let mut results = Vec::new();
+    for windows in [vec![(0, rows)], vec![(0, 2 * chunk), (2 * chunk, rows)]] {
+        let (dwo, dbo) = (a.reserve(v * d), a.reserve(v));
+        let (mut losses, mut lses, mut dh) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &(r0, r1)) in windows.iter().enumerate() {
+            let n = r1 - r0;
+            let ho = a.put(ctx, &p.hidden[r0 * d..r1 * d]);
+            let to = a.put(ctx, &targets[r0..r1]);
+            let (lo, lseo, dho) = (a.reserve(n), a.reserve(n), a.reserve(n * d));
+            let views = LinearCrossEntropyViews {
+                hidden: GpuTensor::f32_matrix(&a.buffer, ho, n, d),
+                classifier: GpuTensor::f32_matrix(&a.buffer, wo, v, d),
+                bias: Some(GpuTensor::f32_vector(&a.buffer, bo, v)),
+                targets: GpuTensor::i32_vector(&a.buffer, to, n),
+                loss: GpuTensor::f32_vector(&a.buffer, lo, n),
+                lse: Some(GpuTensor::f32_vector(&a.buffer, lseo, n)),
+                grad_hidden: Some(GpuTensor::f32_matrix(&a.buffer, dho, n, d)),
+                grad_classifier: Some(GpuTensor::f32_matrix(&a.buffer, dwo, v, d)),
+                grad_bias: Some(GpuTensor::f32_vector(&a.buffer, dbo, v)),
+            };
+            let options = LinearCrossEntropyOptions {
+                loss: loss.with_weight(None),
+                workspace_bytes: workspace,
+                parameter_grads: if i == 0 {
+                    Accumulate::Overwrite
+                } else {
+                    Accumulate::Add
+                },
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_linear_cross_entropy(&mut enc, &views, &options)
+                .expect("encode");
+            ctx.queue().submit([enc.finish()]);
+            losses.extend(read(ctx, &a.buffer, lo, n));
+            lses.extend(read(ctx, &a.buffer, lseo, n));
+            dh.extend(read(ctx, &a.buffer, dho, n * d));
+        }
+        let dw = read(ctx, &a.buffer, dwo, v * d);
+        let db = read(ctx, &a.buffer, dbo, v);
+        let out = LinearCrossEntropyOutput {
+            loss: losses,
+            z_loss: Vec::new(),
+            lse: lses,
+            grad_hidden: Some(dh),
+            grad_classifier: Some(dw),
+            grad_bias: Some(db),
+        };
+        check_fused(
+            &format!("{} windows", windows.len()),
+            &p,
+            &loss,
+            &out,
+            &reference_of(&p, &loss),
+        );
+        results.push(out);
+    }
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (name, k) in [("row losses", 0), ("dH", 1), ("dW", 2), ("db", 3)] {
+        let pick = |r: &LinearCrossEntropyOutput| match k {
+            0 => bits(&r.loss),
+            1 => bits(r.grad_hidden.as_deref().unwrap_or_default()),
+            2 => bits(r.grad_classifier.as_deref().unwrap_or_default()),
+            _ => bits(r.grad_bias.as_deref().unwrap_or_default()),
+        };
+        let (one, windowed) = (pick(&results[0]), pick(&results[1]));
+        if let Some(i) = (0..one.len()).find(|&i| one[i] != windowed[i]) {
+            panic!(
+                "{name}: element {i}: windows {} vs one call {}",
+                f32::from_bits(windowed[i]),
+                f32::from_bits(one[i])
+            );
+        }
+    }
+
+    // f16 parameter gradients do not accumulate.
+    let h16: Vec<half::f16> = p.hidden.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let w16: Vec<half::f16> = p
+        .classifier
+        .iter()
+        .map(|&x| half::f16::from_f32(x))
+        .collect();
+    let (ho, wo16, to) = (a.put(ctx, &h16), a.put(ctx, &w16), a.put(ctx, &targets));
+    let (lo, dwo) = (a.reserve(rows), a.reserve(v * d));
+    let views = LinearCrossEntropyViews {
+        hidden: GpuTensor::f16_matrix(&a.buffer, ho, rows, d),
+        classifier: GpuTensor::f16_matrix(&a.buffer, wo16, v, d),
+        bias: None,
+        targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, rows),
+        lse: None,
+        grad_hidden: None,
+        grad_classifier: Some(GpuTensor::f16_matrix(&a.buffer, dwo, v, d)),
+        grad_bias: None,
+    };
+    let options = LinearCrossEntropyOptions {
+        loss: loss.with_weight(None),
+        parameter_grads: Accumulate::Add,
+        ..Default::default()
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let err = ctx
+        .encode_linear_cross_entropy(&mut enc, &views, &options)
+        .expect_err("f16 dW with Add");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidView {
+                name: "grad_classifier",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -68,6 +68,25 @@ pub struct LinearCrossEntropyOptions<'a, W: ?Sized = [f32]> {
     /// row's worth. `None` (the default): [`DEFAULT_WORKSPACE_BYTES`] or
     /// [`TILE_ROWS`] rows, whichever is more.
     pub workspace_bytes: Option<u64>,
+    /// How the parameter gradients `dW` and `db` reach their views:
+    /// [`Accumulate::Overwrite`] (the default) writes them;
+    /// [`Accumulate::Add`] adds them to what the views hold, for gradient
+    /// accumulation over micro-batches (and `eval`'s windows), in the same
+    /// order of additions as one call over all the rows when every call but
+    /// the last covers whole chunks
+    /// ([`crate::GpuContext::linear_cross_entropy_chunk_rows`]). `dH` is
+    /// always written: its rows are the call's own.
+    pub parameter_grads: Accumulate,
+}
+
+/// Whether a product (or a parameter gradient) overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Accumulate {
+    /// `out = A·B`.
+    #[default]
+    Overwrite,
+    /// `out += A·B` (gradient accumulation).
+    Add,
 }
 
 impl<W: ?Sized> Clone for LinearCrossEntropyOptions<'_, W> {
@@ -82,6 +101,7 @@ impl<W: ?Sized> Default for LinearCrossEntropyOptions<'_, W> {
         Self {
             loss: CrossEntropyOptions::default(),
             workspace_bytes: None,
+            parameter_grads: Accumulate::Overwrite,
         }
     }
 }

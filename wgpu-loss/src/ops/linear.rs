@@ -79,15 +79,7 @@ pub enum Layout {
     Transposed,
 }
 
-/// Whether [`GpuContext::encode_matmul`] overwrites its output or adds to it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Accumulate {
-    /// `out = A·B`.
-    #[default]
-    Overwrite,
-    /// `out += A·B` (gradient accumulation).
-    Add,
-}
+pub use crate::loss::linear_cross_entropy::Accumulate;
 
 /// Options of [`GpuContext::encode_matmul`]: plain data, `Default` is
 /// `out = A·B` with both operands row-major.
@@ -267,6 +259,8 @@ struct Inputs<'b> {
     shard: Shard,
     params: Params,
     workspace_bytes: Option<u64>,
+    /// `dW` and `db` add to their views (every chunk accumulates).
+    add_parameter_grads: bool,
 }
 
 fn u32_of(v: usize, what: &'static str) -> Result<u32> {
@@ -867,9 +861,51 @@ impl GpuContext {
     /// Rows per chunk and `W` rows per segment for a pass over `inputs`.
     fn lce_plan(&self, inputs: &Inputs<'_>) -> Result<(usize, usize)> {
         let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
-        let eb = inputs.hidden.dtype.size();
+        self.lce_plan_of(
+            rows,
+            d,
+            vs,
+            inputs.hidden.dtype.size(),
+            inputs.workspace_bytes,
+        )
+    }
+
+    /// Rows per chunk of the fused linear + cross-entropy over `shape` with
+    /// f32 hidden states and `workspace_bytes` (`None`: the default), on
+    /// this device. Chunks of one call run in order and every chunk but the
+    /// last has this many rows, so windows of a multiple of it, each a call
+    /// with [`crate::Accumulate::Add`] parameter gradients, add `dW` and `db`
+    /// in the same order as one call over every row.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// use wgpu_loss::{block_on, GpuContext, LinearShape};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let shape = LinearShape { rows: 1000, hidden: 64, classes: 32000 };
+    /// let rows = ctx.linear_cross_entropy_chunk_rows(shape, Some(64 * 32000 * 4))?;
+    /// assert_eq!(rows, 64);
+    /// # Ok(()) }
+    /// ```
+    pub fn linear_cross_entropy_chunk_rows(
+        &self,
+        shape: LinearShape,
+        workspace_bytes: Option<u64>,
+    ) -> Result<usize> {
+        Ok(self
+            .lce_plan_of(shape.rows, shape.hidden, shape.classes, 4, workspace_bytes)?
+            .0)
+    }
+
+    fn lce_plan_of(
+        &self,
+        rows: usize,
+        d: usize,
+        vs: usize,
+        eb: u64,
+        workspace_bytes: Option<u64>,
+    ) -> Result<(usize, usize)> {
         let per_row = vs as u64 * 4;
-        let wanted = inputs.workspace_bytes.unwrap_or_else(|| {
+        let wanted = workspace_bytes.unwrap_or_else(|| {
             crate::loss::linear_cross_entropy::DEFAULT_WORKSPACE_BYTES
                 .max(per_row * crate::loss::linear_cross_entropy::TILE_ROWS as u64)
         });
@@ -918,6 +954,20 @@ impl GpuContext {
             Work::Fused { grads, .. } | Work::Backward { grads, .. } => *grads,
             Work::Records { .. } => Grads::default(),
         };
+        if inputs.add_parameter_grads {
+            for (name, g) in [
+                ("grad_classifier", grads.classifier),
+                ("grad_bias", grads.bias),
+            ] {
+                if g.is_some_and(|g| g.dtype == DType::F16) {
+                    return Err(Error::InvalidView {
+                        name,
+                        problem: "is f16; parameter_grads: Add accumulates into f32 gradients only"
+                            .into(),
+                    });
+                }
+            }
+        }
         let shadow = |v: Option<GpuTensor<'_>>| {
             v.filter(|v| v.dtype == DType::F16)
                 .map(|v| self.scratch("f32 shadow of an f16 gradient", v.len() as u64 * 4))
@@ -1226,13 +1276,13 @@ impl GpuContext {
                             rhs_row: d,
                             rhs_col: 1,
                             out_row: d,
-                            accumulate: r0 > 0,
+                            accumulate: r0 > 0 || inputs.add_parameter_grads,
                         },
                     )?;
                 }
             }
             if let Some(db) = &grads.bias {
-                params.flags = if r0 > 0 {
+                params.flags = if r0 > 0 || inputs.add_parameter_grads {
                     lce_flags::FLAG_ACCUMULATE
                 } else {
                     0
@@ -1320,6 +1370,7 @@ impl GpuContext {
             shard,
             params,
             workspace_bytes: options.workspace_bytes,
+            add_parameter_grads: options.parameter_grads == Accumulate::Add,
         })
     }
 
@@ -1834,6 +1885,7 @@ impl GpuContext {
                 let gpu_options = LinearCrossEntropyOptions {
                     loss: options.loss.with_weight(cw_view.as_ref()),
                     workspace_bytes: options.workspace_bytes,
+                    parameter_grads: options.parameter_grads,
                 };
                 let mut encoder = self.encoder("linear_cross_entropy");
                 self.encode_lce_checked(&mut encoder, &views, &gpu_options, IGNORED_ROW)?;
@@ -1939,6 +1991,7 @@ impl GpuContext {
                 let gpu_options = LinearCrossEntropyOptions {
                     loss: options.loss.with_weight(cw_view.as_ref()),
                     workspace_bytes: options.workspace_bytes,
+                    parameter_grads: options.parameter_grads,
                 };
                 let mut encoder = self.encoder("lce_records");
                 let inputs = self.lce_inputs(
@@ -2103,6 +2156,7 @@ impl GpuContext {
                 let mut gpu_options = LinearCrossEntropyOptions {
                     loss: options.loss.with_weight(cw_view.as_ref()),
                     workspace_bytes: options.workspace_bytes,
+                    parameter_grads: options.parameter_grads,
                 };
                 gpu_options.loss.ignore_index = i64::from(IGNORED_ROW);
                 let mut encoder = self.encoder("lce_grad");
