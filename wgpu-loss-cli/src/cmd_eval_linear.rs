@@ -2,15 +2,25 @@
 //! from hidden states and a classifier weight, without the logits in memory
 //! on the GPU. Writes `loss.npy`, and for the op with gradients `grad.npy`
 //! (`dH`), `grad_classifier.npy` and, with a bias, `grad_bias.npy`.
+//!
+//! The hidden states stream in windows of rows (a whole number of the
+//! op's chunks, so `dW` and `db`, accumulated on the device across windows,
+//! add in the same order as one call over every row); the classifier, its
+//! gradient and the bias stay resident on the device.
 
 use std::process::ExitCode;
 
 use wgpu_loss::{
-    reference, CrossEntropyOptions, LinearCrossEntropyOptions, LinearGrads, LinearShape, Reduction,
+    reference, Accumulate, CrossEntropyOptions, GpuTensor, LinearCrossEntropyOptions,
+    LinearCrossEntropyViews, LinearGrads, LinearShape, Reduction,
 };
-use wgpu_loss_cli::io::ArrayData;
+use wgpu_loss_cli::gpu;
+use wgpu_loss_cli::stream::{self, OutputFiles, RowFold, StreamIn, Window};
 
-use crate::cmd_eval::{read_optional, settings, write_outputs, DeviceArg, EvalArgs, Input};
+use crate::cmd_eval::{
+    bytes_per_row, create_outputs, finish_outputs, output_element, plan_windows, prepare_out,
+    remove_stale, report, settings, DeviceArg, EvalArgs, Input, Streamed, MAX_WINDOW_ROWS,
+};
 
 /// The gradients an op name asks for, if it is one of this op's names.
 pub(crate) fn request_of(op: &str) -> Option<LinearGrads> {
@@ -22,6 +32,11 @@ pub(crate) fn request_of(op: &str) -> Option<LinearGrads> {
 }
 
 pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, String> {
+    let grads = if args.no_grad {
+        LinearGrads::NONE
+    } else {
+        grads
+    };
     for (flag, given) in [
         ("pos-weight", args.pos_weight.is_some()),
         ("alpha", args.alpha.is_some()),
@@ -40,12 +55,19 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
     let Some(target_arg) = &args.target else {
         return Err(format!("{} needs --target (class indices [N])", args.op));
     };
-    let mut hidden = Input::read("input", &args.input)?;
+    if args.device == DeviceArg::Cpu {
+        return Err(format!(
+            "{} runs on --device gpu or --device reference (the f64 oracle); \
+             `bench --op linear-cross-entropy` has its CPU timing",
+            args.op
+        ));
+    }
+    let hidden = Streamed::open("input", &args.input)?;
     let mut classifier = Input::read("classifier", classifier_arg)?;
-    let mut bias = read_optional("bias", &args.bias)?;
-    let mut target = Input::read("target", target_arg)?;
-    let mut weight = read_optional("weight", &args.weight)?;
-    let mut grad_output = read_optional("grad-output", &args.grad_output)?;
+    let mut bias = crate::cmd_eval::read_optional("bias", &args.bias)?;
+    let mut target = Streamed::open("target", target_arg)?;
+    let mut weight = crate::cmd_eval::read_optional("weight", &args.weight)?;
+    let mut grad_output = crate::cmd_eval::read_optional("grad-output", &args.grad_output)?;
 
     let [n, d] = *hidden.shape() else {
         return Err(hidden.problem(format!(
@@ -67,7 +89,12 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
             "N = {n}, D = {d}, V = {v}: each must be at least 1"
         )));
     }
-    let h = hidden.floats()?;
+    if !hidden.file.element.is_float() {
+        return Err(hidden.problem(format!(
+            "has dtype {}; expected a float array",
+            hidden.file.element.name()
+        )));
+    }
     let w = classifier.floats()?;
     let b = match &mut bias {
         Some(b) => {
@@ -77,15 +104,14 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
         None => None,
     };
     target.expect_shape(&[n], "one class index per row of the hidden states")?;
-    let targets = match std::mem::replace(&mut target.array.data, ArrayData::F32(Vec::new())) {
-        ArrayData::I64(t) => t,
-        ArrayData::F32(_) => {
-            return Err(target.problem(format!(
-                "has dtype {}; {} takes integer class indices",
-                target.array.file_dtype, args.op
-            )))
-        }
-    };
+    if target.file.element.is_float() {
+        return Err(target.problem(format!(
+            "has dtype {}; {} takes integer class indices",
+            target.file.element.name(),
+            args.op
+        )));
+    }
+    let targets = target.all_ints()?;
     let class_weights = match &mut weight {
         Some(wt) => {
             wt.expect_shape(&[v], "one weight per class")?;
@@ -94,15 +120,7 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
         None => None,
     };
     let s = settings(args);
-    let mut loss = CrossEntropyOptions {
-        weight: class_weights.as_deref(),
-        ignore_index: s.ignore_index,
-        label_smoothing: s.label_smoothing,
-        reduction: s.reduction,
-        z_loss: s.z_loss,
-        softcap: s.softcap,
-        grad_scale: 1.0,
-    };
+    let mut upstream = 1.0f32;
     if let Some(g) = &mut grad_output {
         let values = g.floats()?;
         if values.len() != 1 || s.reduction == Reduction::None {
@@ -110,16 +128,16 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
                 "a loss takes one upstream gradient value (with --reduction mean or sum)",
             ));
         }
-        loss.grad_scale = values[0];
+        upstream = values[0];
     }
-    let shape = LinearShape {
-        rows: n,
-        hidden: d,
-        classes: v,
-    };
-    let options = LinearCrossEntropyOptions {
-        loss,
-        workspace_bytes: args.workspace_bytes,
+    let loss = CrossEntropyOptions {
+        weight: class_weights.as_deref(),
+        ignore_index: s.ignore_index,
+        label_smoothing: s.label_smoothing,
+        reduction: s.reduction,
+        z_loss: s.z_loss,
+        softcap: s.softcap,
+        grad_scale: upstream,
     };
     let blame = |e: wgpu_loss::Error| -> String {
         match e {
@@ -135,65 +153,303 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
             other => other.to_string(),
         }
     };
-    let out = match args.device {
-        DeviceArg::Gpu => {
-            let ctx = crate::gpu_context()
-                .map_err(|e| format!("{e} (or run on the CPU with --device reference)"))?;
-            wgpu_loss::block_on(ctx.linear_cross_entropy(
-                &h,
-                &w,
-                b.as_deref(),
-                &targets,
-                shape,
-                &options,
-                grads,
-            ))
-            .map_err(blame)?
+    // Options and targets of the whole problem, before anything runs.
+    loss.validate_scalars().map_err(blame)?;
+    if let Some(wt) = &class_weights {
+        if let Some((index, &value)) = wt
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || **x < 0.0)
+        {
+            return Err(blame(wgpu_loss::Error::InvalidWeight { index, value }));
         }
-        DeviceArg::Reference => {
-            let r = reference::linear_cross_entropy(&h, &w, b.as_deref(), &targets, shape, &loss)
-                .map_err(blame)?;
-            let narrow = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
-            let want = grads.any();
-            wgpu_loss::LinearCrossEntropyOutput {
-                loss: narrow(r.loss),
-                z_loss: narrow(r.z_loss),
-                lse: narrow(r.lse),
-                grad_hidden: want.then(|| narrow(r.grad_hidden)),
-                grad_classifier: want.then(|| narrow(r.grad_classifier)),
-                grad_bias: (want && b.is_some()).then(|| narrow(r.grad_bias)),
+    }
+    if let Some((row, &t)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t != s.ignore_index && !(0..v as i64).contains(&t))
+    {
+        return Err(blame(wgpu_loss::Error::TargetOutOfRange {
+            row,
+            target: t,
+            classes: v,
+            ignore_index: s.ignore_index,
+        }));
+    }
+    // The whole file's `mean` denominators (see cmd_eval): windows run with
+    // `none`, the gradient scaled by 1/D and the z-loss weight by D/K.
+    let kept = targets.iter().filter(|&&t| t != s.ignore_index);
+    let k = kept.clone().count() as f64;
+    let den = match &class_weights {
+        Some(wt) => kept.map(|&t| f64::from(wt[t as usize])).sum(),
+        None => k,
+    };
+    let reduced = s.reduction != Reduction::None;
+    let mut window_loss = loss;
+    window_loss.reduction = Reduction::None;
+    if s.reduction == Reduction::Mean {
+        window_loss.grad_scale = (f64::from(upstream) / den) as f32;
+        if k > 0.0 && s.z_loss != 0.0 {
+            window_loss.z_loss = (f64::from(s.z_loss) * den / k) as f32;
+        }
+    }
+    let shape = LinearShape {
+        rows: n,
+        hidden: d,
+        classes: v,
+    };
+
+    let ctx = match args.device {
+        DeviceArg::Gpu => Some(
+            crate::gpu_context()
+                .map_err(|e| format!("{e} (or run on the CPU with --device reference)"))?,
+        ),
+        _ => None,
+    };
+    // Windows of whole chunks (see the module docs).
+    let chunk = match &ctx {
+        Some(ctx) => ctx
+            .linear_cross_entropy_chunk_rows(shape, args.workspace_bytes)
+            .map_err(blame)?,
+        None => 1,
+    };
+    let want = grads.any();
+    let element = output_element(args, hidden.file.element);
+    let mut streamed_out: Vec<(&str, Vec<usize>, usize)> = Vec::new();
+    if !reduced {
+        streamed_out.push(("loss.npy", vec![n], 1));
+    }
+    if want {
+        streamed_out.push(("grad.npy", vec![n, d], d));
+    }
+    let mut all_out: Vec<(&str, Vec<usize>)> = streamed_out
+        .iter()
+        .map(|(name, s, _)| (*name, s.clone()))
+        .collect();
+    if reduced {
+        all_out.insert(0, ("loss.npy", Vec::new()));
+    }
+    if want {
+        all_out.push(("grad_classifier.npy", vec![v, d]));
+        if b.is_some() {
+            all_out.push(("grad_bias.npy", vec![v]));
+        }
+    }
+    let out_lens: Vec<usize> = streamed_out.iter().map(|o| o.2).collect();
+    let per_row = bytes_per_row(&[(d, hidden.file.element)], &out_lens) + 8;
+    let budget = args.memory_budget.unwrap_or(stream::DEFAULT_MEMORY_BUDGET);
+    let window = stream::window_rows(n, per_row, budget, n as u64 * 8, chunk)?
+        .min(MAX_WINDOW_ROWS / chunk * chunk);
+    let windows = plan_windows(n, window, 0);
+
+    prepare_out(&args.out, &all_out, element)?;
+    let mut files = OutputFiles::default();
+    let outputs = create_outputs(&args.out, &mut files, &streamed_out, element)?;
+    let mut progress = stream::Progress::new(
+        n,
+        (d * hidden.file.element.size()) as u64
+            + out_lens
+                .iter()
+                .map(|&l| (l * element.size()) as u64)
+                .sum::<u64>(),
+    );
+    let mut fold = RowFold::default();
+
+    // Resident on the device: the classifier, bias, class weights, dW, db.
+    let resident = ctx.as_ref().map(|ctx| {
+        let w_buf = gpu::buffer_with(ctx, "classifier", &w);
+        let b_buf = b.as_ref().map(|b| gpu::buffer_with(ctx, "bias", b));
+        let cw_buf = class_weights
+            .as_ref()
+            .map(|cw| gpu::buffer_with(ctx, "class weights", cw));
+        let dw_buf = want.then(|| gpu::buffer(ctx, "grad classifier", (v * d * 4) as u64));
+        let db_buf = (want && b.is_some()).then(|| gpu::buffer(ctx, "grad bias", (v * 4) as u64));
+        (w_buf, b_buf, cw_buf, dw_buf, db_buf)
+    });
+    // The reference's parameter gradients, summed over windows in f64.
+    let mut ref_dw = vec![0.0f64; if want && ctx.is_none() { v * d } else { 0 }];
+    let mut ref_db = vec![
+        0.0f64;
+        if want && ctx.is_none() && b.is_some() {
+            v
+        } else {
+            0
+        }
+    ];
+    // The GPU takes i32 targets: ignored rows carry an i32 ignore index.
+    let gpu_ignore = i32::try_from(s.ignore_index).unwrap_or(i32::MIN);
+    let inputs = vec![StreamIn {
+        file: hidden.file,
+        row_len: d,
+    }];
+    let outputs = stream::run_pipeline(
+        &windows,
+        inputs,
+        outputs,
+        &mut progress,
+        stream::interrupt_flag(),
+        |win: Window| {
+            let h = win.inputs.into_iter().next().unwrap_or_default();
+            let t = &targets[win.first..win.first + win.rows];
+            let rows = win.rows;
+            let (row_losses, dh) = match (&ctx, &resident) {
+                (Some(ctx), Some((w_buf, b_buf, cw_buf, dw_buf, db_buf))) => {
+                    let t32: Vec<i32> = t
+                        .iter()
+                        .map(|&x| {
+                            if x == s.ignore_index {
+                                gpu_ignore
+                            } else {
+                                x as i32
+                            }
+                        })
+                        .collect();
+                    let h_buf = gpu::buffer_with(ctx, "hidden window", &h);
+                    let t_buf = gpu::buffer_with(ctx, "targets window", &t32);
+                    let l_buf = gpu::buffer(ctx, "row losses", (rows * 4) as u64);
+                    let dh_buf =
+                        want.then(|| gpu::buffer(ctx, "grad hidden window", (rows * d * 4) as u64));
+                    let cw_view = cw_buf.as_ref().map(|c| GpuTensor::f32_vector(c, 0, v));
+                    let mut gpu_loss = window_loss.with_weight(cw_view.as_ref());
+                    gpu_loss.ignore_index = i64::from(gpu_ignore);
+                    let views = LinearCrossEntropyViews {
+                        hidden: GpuTensor::f32_matrix(&h_buf, 0, rows, d),
+                        classifier: GpuTensor::f32_matrix(w_buf, 0, v, d),
+                        bias: b_buf.as_ref().map(|b| GpuTensor::f32_vector(b, 0, v)),
+                        targets: GpuTensor::i32_vector(&t_buf, 0, rows),
+                        loss: GpuTensor::f32_vector(&l_buf, 0, rows),
+                        lse: None,
+                        grad_hidden: dh_buf
+                            .as_ref()
+                            .map(|g| GpuTensor::f32_matrix(g, 0, rows, d)),
+                        grad_classifier: dw_buf.as_ref().map(|g| GpuTensor::f32_matrix(g, 0, v, d)),
+                        grad_bias: db_buf.as_ref().map(|g| GpuTensor::f32_vector(g, 0, v)),
+                    };
+                    let options = LinearCrossEntropyOptions {
+                        loss: gpu_loss,
+                        workspace_bytes: args.workspace_bytes,
+                        parameter_grads: if win.first == 0 {
+                            Accumulate::Overwrite
+                        } else {
+                            Accumulate::Add
+                        },
+                    };
+                    let mut encoder = gpu::encoder(ctx, "linear_cross_entropy window");
+                    ctx.encode_linear_cross_entropy(&mut encoder, &views, &options)
+                        .map_err(blame)?;
+                    gpu::submit_and_wait(ctx, encoder).map_err(|e| e.to_string())?;
+                    let losses: Vec<f32> =
+                        gpu::read(ctx, &l_buf, rows).map_err(|e| e.to_string())?;
+                    let dh = match &dh_buf {
+                        Some(g) => {
+                            Some(gpu::read::<f32>(ctx, g, rows * d).map_err(|e| e.to_string())?)
+                        }
+                        None => None,
+                    };
+                    (
+                        losses.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>(),
+                        dh,
+                    )
+                }
+                _ => {
+                    let r = reference::linear_cross_entropy(
+                        &h,
+                        &w,
+                        b.as_deref(),
+                        t,
+                        LinearShape {
+                            rows,
+                            hidden: d,
+                            classes: v,
+                        },
+                        &window_loss,
+                    )
+                    .map_err(|e| {
+                        blame(match e {
+                            wgpu_loss::Error::TargetOutOfRange {
+                                row,
+                                target,
+                                classes,
+                                ignore_index,
+                            } => wgpu_loss::Error::TargetOutOfRange {
+                                row: row + win.first,
+                                target,
+                                classes,
+                                ignore_index,
+                            },
+                            other => other,
+                        })
+                    })?;
+                    if want {
+                        ref_dw
+                            .iter_mut()
+                            .zip(&r.grad_classifier)
+                            .for_each(|(a, x)| *a += x);
+                        ref_db
+                            .iter_mut()
+                            .zip(&r.grad_bias)
+                            .for_each(|(a, x)| *a += x);
+                    }
+                    // `none`: each row's loss holds its z-loss part.
+                    let losses = r.loss;
+                    let dh = want.then(|| r.grad_hidden.iter().map(|&x| x as f32).collect());
+                    (losses, dh)
+                }
+            };
+            let mut out = Vec::new();
+            if reduced {
+                fold.add(row_losses.iter().copied());
+            } else {
+                out.push(row_losses.iter().map(|&x| x as f32).collect());
             }
-        }
-        DeviceArg::Cpu => {
-            return Err(format!(
-                "{} runs on --device gpu or --device reference (the f64 oracle); \
-                 `bench --op linear-cross-entropy` has its CPU timing",
-                args.op
-            ))
-        }
-    };
-    let loss_shape = if s.reduction == Reduction::None {
-        vec![n]
+            if let Some(dh) = dh {
+                out.push(dh);
+            }
+            Ok(out)
+        },
+    )?;
+    let mut whole: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
+    let denominator = if s.reduction == Reduction::Mean {
+        den
     } else {
-        Vec::new()
+        1.0
     };
-    let mut files = vec![("loss.npy", loss_shape, out.loss)];
-    if let Some(g) = out.grad_hidden {
-        files.push(("grad.npy", vec![n, d], g));
+    let loss_value = fold.result(denominator) as f32;
+    if reduced {
+        whole.push(("loss.npy", Vec::new(), vec![loss_value]));
     }
-    if let Some(g) = out.grad_classifier {
-        files.push(("grad_classifier.npy", vec![v, d], g));
-    }
-    if let Some(g) = out.grad_bias {
-        files.push(("grad_bias.npy", vec![v], g));
-    }
-    write_outputs(&args.out, &files)?;
-    for (name, shape, data) in &files {
-        let path = args.out.join(name);
-        match data.as_slice() {
-            [x] if shape.is_empty() => println!("{}: {x}", path.display()),
-            _ => println!("{}: float32 {shape:?}", path.display()),
+    if want {
+        let (dw, db) = match (&ctx, &resident) {
+            (Some(ctx), Some((_, _, _, Some(dw_buf), db_buf))) => (
+                gpu::read::<f32>(ctx, dw_buf, v * d).map_err(|e| e.to_string())?,
+                match db_buf {
+                    Some(g) => Some(gpu::read::<f32>(ctx, g, v).map_err(|e| e.to_string())?),
+                    None => None,
+                },
+            ),
+            _ => (
+                ref_dw.iter().map(|&x| x as f32).collect(),
+                b.is_some()
+                    .then(|| ref_db.iter().map(|&x| x as f32).collect()),
+            ),
+        };
+        whole.push(("grad_classifier.npy", vec![v, d], dw));
+        if let Some(db) = db {
+            whole.push(("grad_bias.npy", vec![v], db));
         }
     }
+    finish_outputs(&args.out, &mut files, outputs, &whole, element)?;
+    files.commit()?;
+    let names: Vec<&str> = all_out.iter().map(|(name, _)| *name).collect();
+    remove_stale(&args.out, &names);
+    report(
+        args,
+        &all_out,
+        reduced.then_some(loss_value),
+        element,
+        &progress,
+        windows.len(),
+        window,
+    );
     Ok(ExitCode::SUCCESS)
 }

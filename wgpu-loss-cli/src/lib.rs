@@ -9,7 +9,8 @@
 //! - [`mod@bench`]: resident-buffer timing, timestamps, the copy yardstick;
 //! - [`bench_linear`]: the fused linear + cross-entropy against the crate's matrix product;
 //! - [`io`]: `.npy` and `.safetensors` files;
-//! - [`gpu`]: the command's blocking helpers around a `GpuContext`.
+//! - [`gpu`]: the command's blocking helpers around a `GpuContext`;
+//! - [`stream`]: windows of rows under a memory budget, read, computed and written in overlap.
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -20,5 +21,6 @@ pub mod error;
 pub mod gpu;
 pub mod io;
 pub mod problem;
+pub mod stream;
 
 pub use error::{Error, Result};

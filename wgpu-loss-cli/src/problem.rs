@@ -201,6 +201,37 @@ pub struct Problem {
     pub settings: Settings,
 }
 
+/// How a problem runs: whether the gradient is computed, and its scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Run {
+    /// The losses' `grad_scale`.
+    pub grad_scale: f32,
+    /// Compute the gradient (losses; the softmax family's backward runs
+    /// whenever a grad-output is given).
+    pub grad: bool,
+}
+
+/// How a problem runs in windows of rows (`eval`'s streaming), so that any
+/// window size gives the same bits: every window runs with reduction `none`
+/// and the whole problem's `mean` denominators, and `mean` / `sum` fold the
+/// per-row (per-element) losses in row order in f64.
+///
+/// For `mean`, with `D` the loss denominator and `K` the z-loss's (the
+/// loss definitions': kept rows, their class weights, or elements), each
+/// window's gradient is scaled by `grad_output / D` and its z-loss weight
+/// by `D / K`, since `Σl/D + z·Σlse²/K = (Σl + (z·D/K)·Σlse²)/D`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowPlan {
+    /// Settings each window runs with.
+    pub settings: Settings,
+    /// How each window runs.
+    pub run: Run,
+    /// Whether per-row losses fold into one value (`mean` or `sum`).
+    pub reduced: bool,
+    /// What the folded sum is divided by: `D` for `mean`, else 1.
+    pub denominator: f64,
+}
+
 /// What a problem produces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outputs<T> {
@@ -333,7 +364,7 @@ impl Problem {
         }
     }
 
-    fn ce_options(&self) -> CrossEntropyOptions<'_> {
+    fn ce_options(&self, grad_scale: f32) -> CrossEntropyOptions<'_> {
         let s = &self.settings;
         CrossEntropyOptions {
             weight: self.weight.as_deref(),
@@ -342,7 +373,7 @@ impl Problem {
             reduction: s.reduction,
             z_loss: s.z_loss,
             softcap: s.softcap,
-            grad_scale: self.grad_scale(),
+            grad_scale,
         }
     }
 
@@ -350,36 +381,188 @@ impl Problem {
         self.settings.alpha.map(|a| vec![a; self.cols])
     }
 
-    fn focal_options<'a>(&'a self, uniform: &'a Option<Vec<f32>>) -> FocalOptions<'a> {
+    fn focal_options<'a>(
+        &'a self,
+        uniform: &'a Option<Vec<f32>>,
+        grad_scale: f32,
+    ) -> FocalOptions<'a> {
         FocalOptions {
             alpha: self.weight.as_deref().or(uniform.as_deref()),
             gamma: self.settings.gamma,
             ignore_index: self.settings.ignore_index,
             reduction: self.settings.reduction,
-            grad_scale: self.grad_scale(),
+            grad_scale,
         }
     }
 
-    fn binary_options(&self) -> BinaryLossOptions<'_> {
+    fn binary_options(&self, grad_scale: f32) -> BinaryLossOptions<'_> {
         BinaryLossOptions {
             weight: self.weight.as_deref(),
             pos_weight: self.pos_weight.as_deref(),
             reduction: self.settings.reduction,
-            grad_scale: self.grad_scale(),
+            grad_scale,
         }
     }
 
-    fn sigmoid_focal_options(&self) -> SigmoidFocalOptions {
+    fn sigmoid_focal_options(&self, grad_scale: f32) -> SigmoidFocalOptions {
         SigmoidFocalOptions {
             alpha: self.settings.alpha.unwrap_or(0.25),
             gamma: self.settings.gamma,
             reduction: self.settings.reduction,
-            grad_scale: self.grad_scale(),
+            grad_scale,
         }
+    }
+
+    /// What [`Problem::run_gpu`] and the others run: the gradient unless the
+    /// op is loss-only, scaled by the one grad-output value.
+    pub fn default_run(&self) -> Run {
+        Run {
+            grad_scale: self.grad_scale(),
+            grad: self.request().wants_grad(),
+        }
+    }
+
+    /// The plan of [`WindowPlan`] for this problem, its gradient computed
+    /// when `grad` (and the op has one). Needs the class-index targets and
+    /// class weights, not the input values.
+    pub fn window_plan(&self, grad: bool) -> WindowPlan {
+        let s = self.settings;
+        let reduced = self.op.softmax_op().is_none() && s.reduction != Reduction::None;
+        let (d, k) = match (self.classes(), self.op) {
+            (Some(c), Op::CrossEntropy | Op::CrossEntropyLoss) => {
+                let kept = c.iter().filter(|&&t| t != s.ignore_index);
+                let k = kept.clone().count() as f64;
+                let d = match &self.weight {
+                    Some(w) => kept
+                        .map(|&t| {
+                            usize::try_from(t)
+                                .ok()
+                                .and_then(|t| w.get(t))
+                                .map_or(0.0, |&x| f64::from(x))
+                        })
+                        .sum(),
+                    None => k,
+                };
+                (d, k)
+            }
+            (Some(c), _) => {
+                let k = c.iter().filter(|&&t| t != s.ignore_index).count() as f64;
+                (k, k)
+            }
+            _ if self.op.is_elementwise() => (
+                (self.rows * self.cols) as f64,
+                (self.rows * self.cols) as f64,
+            ),
+            _ => (self.rows as f64, self.rows as f64),
+        };
+        let mut settings = s;
+        let mut grad_scale = self.grad_scale();
+        if reduced {
+            settings.reduction = Reduction::None;
+        }
+        let mean = reduced && s.reduction == Reduction::Mean;
+        if mean {
+            grad_scale = (f64::from(grad_scale) / d) as f32;
+            if k > 0.0 && s.z_loss != 0.0 {
+                settings.z_loss = (f64::from(s.z_loss) * d / k) as f32;
+            }
+        }
+        let grad = match self.op.softmax_op() {
+            Some(_) => self.grad_output.is_some(),
+            None => grad && self.request().wants_grad(),
+        };
+        WindowPlan {
+            settings,
+            run: Run { grad_scale, grad },
+            reduced,
+            denominator: if mean { d } else { 1.0 },
+        }
+    }
+
+    /// Rows `first .. first + rows` of this problem as a problem of their
+    /// own, with `settings` (a [`WindowPlan`]'s): the input, targets,
+    /// per-element weights and the softmax family's grad-output are sliced;
+    /// class weights and `pos_weight` are whole; a loss's grad-output is
+    /// dropped (the plan's `run` carries its scale).
+    pub fn window(&self, first: usize, rows: usize, settings: Settings) -> Problem {
+        let c = self.cols;
+        let elems = first * c..(first + rows) * c;
+        let per_element_weight = self.op.is_elementwise()
+            && self
+                .weight
+                .as_ref()
+                .is_some_and(|w| w.len() == self.rows * c && self.rows > 1);
+        Problem {
+            op: self.op,
+            rows,
+            cols: c,
+            input: self.input[elems.clone()].to_vec(),
+            target: self.target.as_ref().map(|t| match t {
+                Target::Classes(v) => Target::Classes(v[first..first + rows].to_vec()),
+                Target::Values(v) => Target::Values(v[elems.clone()].to_vec()),
+            }),
+            weight: self.weight.as_ref().map(|w| {
+                if per_element_weight {
+                    w[elems.clone()].to_vec()
+                } else {
+                    w.clone()
+                }
+            }),
+            pos_weight: self.pos_weight.clone(),
+            grad_output: match (&self.grad_output, self.op) {
+                (Some(g), Op::Logsumexp) => Some(g[first..first + rows].to_vec()),
+                (Some(g), Op::Softmax | Op::LogSoftmax) => Some(g[elems].to_vec()),
+                _ => None,
+            },
+            settings,
+        }
+    }
+
+    /// The problem in windows of `window_rows` rows, each run by `run`
+    /// (e.g. `|p, r| p.run_fast_with(r)`), as `eval` streams it
+    /// ([`WindowPlan`]): the same bits for any window size.
+    pub fn run_windows(
+        &self,
+        window_rows: usize,
+        mut run: impl FnMut(&Problem, Run) -> Result<Outputs<f32>>,
+    ) -> Result<Outputs<f32>> {
+        self.validate()?;
+        let plan = self.window_plan(true);
+        let mut sum = 0.0f64;
+        let mut output = Vec::new();
+        let mut grad: Option<Vec<f32>> = None;
+        for first in (0..self.rows).step_by(window_rows.max(1)) {
+            let n = window_rows.max(1).min(self.rows - first);
+            let o = run(&self.window(first, n, plan.settings), plan.run)?;
+            if plan.reduced {
+                o.output.iter().for_each(|&v| sum += f64::from(v));
+            } else {
+                output.extend(o.output);
+            }
+            if let Some(g) = o.grad {
+                grad.get_or_insert_with(Vec::new).extend(g);
+            }
+        }
+        if plan.reduced {
+            output = vec![(sum / plan.denominator) as f32];
+        }
+        Ok(Outputs { output, grad })
+    }
+
+    /// [`Problem::run_windows`] on the GPU.
+    pub fn run_gpu_windows(&self, ctx: &GpuContext, window_rows: usize) -> Result<Outputs<f32>> {
+        self.run_windows(window_rows, |p, r| p.run_gpu_sync_with(ctx, r))
     }
 
     /// Runs the problem on the GPU.
     pub async fn run_gpu(&self, ctx: &GpuContext) -> Result<Outputs<f32>> {
+        self.run_gpu_with(ctx, self.default_run()).await
+    }
+
+    /// Runs the problem on the GPU as `run` says (a window of a streamed
+    /// problem: reduction `none`, the gradient scaled by the whole problem's
+    /// `mean` denominator).
+    pub async fn run_gpu_with(&self, ctx: &GpuContext, run: Run) -> Result<Outputs<f32>> {
         self.validate()?;
         let (x, rows, cols) = (&self.input[..], self.rows, self.cols);
         if let Some(sop) = self.op.softmax_op() {
@@ -402,7 +585,12 @@ impl Problem {
             };
             return Ok(Outputs { output, grad });
         }
-        let request = self.request();
+        let request = if run.grad {
+            Request::LossAndGrad
+        } else {
+            Request::Loss
+        };
+        let scale = run.grad_scale;
         let ce = |o: wgpu_loss::CrossEntropyOutput| Outputs {
             output: o.loss,
             grad: o.grad,
@@ -413,7 +601,7 @@ impl Problem {
         };
         Ok(match self.op {
             Op::CrossEntropy | Op::CrossEntropyLoss => {
-                let opts = self.ce_options();
+                let opts = self.ce_options(scale);
                 ce(match self.classes() {
                     Some(t) => ctx.cross_entropy(x, t, cols, &opts, request).await?,
                     None => {
@@ -426,18 +614,24 @@ impl Problem {
                 let uniform = self.uniform_alpha();
                 let t = self.focal_targets()?;
                 ce(ctx
-                    .focal_loss(x, t, cols, &self.focal_options(&uniform), request)
+                    .focal_loss(x, t, cols, &self.focal_options(&uniform, scale), request)
                     .await?)
             }
             Op::BinaryCrossEntropy => el(ctx
-                .binary_cross_entropy(x, self.values()?, cols, &self.binary_options(), request)
+                .binary_cross_entropy(
+                    x,
+                    self.values()?,
+                    cols,
+                    &self.binary_options(scale),
+                    request,
+                )
                 .await?),
             Op::BceWithLogits => el(ctx
                 .binary_cross_entropy_with_logits(
                     x,
                     self.values()?,
                     cols,
-                    &self.binary_options(),
+                    &self.binary_options(scale),
                     request,
                 )
                 .await?),
@@ -446,7 +640,7 @@ impl Problem {
                     x,
                     self.values()?,
                     cols,
-                    &self.sigmoid_focal_options(),
+                    &self.sigmoid_focal_options(scale),
                     request,
                 )
                 .await?),
@@ -456,6 +650,11 @@ impl Problem {
     /// [`Problem::run_gpu`] on the calling thread (the command's form).
     pub fn run_gpu_sync(&self, ctx: &GpuContext) -> Result<Outputs<f32>> {
         wgpu_loss::block_on(self.run_gpu(ctx))
+    }
+
+    /// [`Problem::run_gpu_with`] on the calling thread.
+    pub fn run_gpu_sync_with(&self, ctx: &GpuContext, run: Run) -> Result<Outputs<f32>> {
+        wgpu_loss::block_on(self.run_gpu_with(ctx, run))
     }
 
     fn focal_targets(&self) -> Result<&[i64]> {
@@ -468,6 +667,11 @@ impl Problem {
     /// Runs the problem on the fast multi-threaded f32 CPU path
     /// ([`crate::cpu_fast`]), which covers every op.
     pub fn run_fast(&self) -> Result<Outputs<f32>> {
+        self.run_fast_with(self.default_run())
+    }
+
+    /// [`Problem::run_fast`] as `run` says (see [`Problem::run_gpu_with`]).
+    pub fn run_fast_with(&self, run: Run) -> Result<Outputs<f32>> {
         use crate::cpu_fast as fast;
         self.validate()?;
         let (x, rows, cols) = (&self.input[..], self.rows, self.cols);
@@ -487,7 +691,7 @@ impl Problem {
             };
             return Ok(Outputs { output, grad });
         }
-        let with_grad = self.request().wants_grad();
+        let (with_grad, scale) = (run.grad, run.grad_scale);
         let ce = |o: wgpu_loss::CrossEntropyOutput| Outputs {
             output: o.loss,
             grad: o.grad,
@@ -498,7 +702,7 @@ impl Problem {
         };
         Ok(match self.op {
             Op::CrossEntropy | Op::CrossEntropyLoss => {
-                let opts = self.ce_options();
+                let opts = self.ce_options(scale);
                 ce(match self.classes() {
                     Some(t) => fast::cross_entropy(x, t, cols, &opts, with_grad)?,
                     None => fast::cross_entropy_probs(x, self.values()?, cols, &opts, with_grad)?,
@@ -506,7 +710,7 @@ impl Problem {
             }
             Op::Focal => {
                 let uniform = self.uniform_alpha();
-                let opts = self.focal_options(&uniform);
+                let opts = self.focal_options(&uniform, scale);
                 ce(fast::focal_loss(
                     x,
                     self.focal_targets()?,
@@ -519,21 +723,21 @@ impl Problem {
                 x,
                 self.values()?,
                 cols,
-                &self.binary_options(),
+                &self.binary_options(scale),
                 with_grad,
             )?),
             Op::BceWithLogits => el(fast::binary_cross_entropy_with_logits(
                 x,
                 self.values()?,
                 cols,
-                &self.binary_options(),
+                &self.binary_options(scale),
                 with_grad,
             )?),
             _ => el(fast::sigmoid_focal_loss(
                 x,
                 self.values()?,
                 cols,
-                &self.sigmoid_focal_options(),
+                &self.sigmoid_focal_options(scale),
                 with_grad,
             )?),
         })
@@ -541,6 +745,11 @@ impl Problem {
 
     /// Runs the problem on the f64 CPU reference (the oracle).
     pub fn run_reference(&self) -> Result<Outputs<f64>> {
+        self.run_reference_with(self.default_run())
+    }
+
+    /// [`Problem::run_reference`] as `run` says (see [`Problem::run_gpu_with`]).
+    pub fn run_reference_with(&self, run: Run) -> Result<Outputs<f64>> {
         self.validate()?;
         let (x, rows, cols) = (&self.input[..], self.rows, self.cols);
         if let Some(sop) = self.op.softmax_op() {
@@ -567,18 +776,18 @@ impl Problem {
             };
             return Ok(Outputs { output, grad });
         }
-        let full = self.op != Op::CrossEntropyLoss;
+        let (full, scale) = (run.grad, run.grad_scale);
         let ce = |o: reference::CrossEntropyReference| Outputs {
             output: o.loss,
             grad: full.then_some(o.grad),
         };
         let el = |o: reference::LossReference| Outputs {
             output: o.loss,
-            grad: Some(o.grad),
+            grad: full.then_some(o.grad),
         };
         Ok(match self.op {
             Op::CrossEntropy | Op::CrossEntropyLoss => {
-                let opts = self.ce_options();
+                let opts = self.ce_options(scale);
                 ce(match self.classes() {
                     Some(t) => reference::cross_entropy(x, t, cols, &opts)?,
                     None => reference::cross_entropy_probs(x, self.values()?, cols, &opts)?,
@@ -590,26 +799,26 @@ impl Problem {
                     x,
                     self.focal_targets()?,
                     cols,
-                    &self.focal_options(&uniform),
+                    &self.focal_options(&uniform, scale),
                 )?)
             }
             Op::BinaryCrossEntropy => el(reference::binary_cross_entropy(
                 x,
                 self.values()?,
                 cols,
-                &self.binary_options(),
+                &self.binary_options(scale),
             )?),
             Op::BceWithLogits => el(reference::binary_cross_entropy_with_logits(
                 x,
                 self.values()?,
                 cols,
-                &self.binary_options(),
+                &self.binary_options(scale),
             )?),
             _ => el(reference::sigmoid_focal_loss(
                 x,
                 self.values()?,
                 cols,
-                &self.sigmoid_focal_options(),
+                &self.sigmoid_focal_options(scale),
             )?),
         })
     }

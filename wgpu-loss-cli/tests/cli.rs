@@ -99,19 +99,26 @@ fn eval_cross_entropy_matches_the_library() {
         z_loss: 1e-3,
         ..Default::default()
     };
-    let lib = wgpu_loss::block_on(ctx.cross_entropy(
-        &x,
-        &t,
-        cols,
-        &opts,
-        wgpu_loss::Request::LossAndGrad,
-    ))
+    // eval streams: windows with reduction none and the whole file's mean
+    // denominators, the row losses folded in row order (any window size
+    // gives the same bits; here two rows at a time).
+    let lib = Problem {
+        target: Some(Target::Classes(t.clone())),
+        weight: Some(w.clone()),
+        settings: wgpu_loss_cli::problem::Settings {
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            ..Default::default()
+        },
+        ..Problem::new(Op::CrossEntropy, rows, cols, x.clone())
+    }
+    .run_gpu_windows(ctx, 2)
     .expect("library");
     let (loss_shape, loss) = floats(&dir.path().join("out/loss.npy"));
     let (grad_shape, grad) = floats(&dir.path().join("out/grad.npy"));
     assert_eq!(loss_shape, Vec::<usize>::new(), "mean loss is 0-d");
     assert_eq!(grad_shape, vec![rows, cols]);
-    same_bits("loss", &loss, &lib.loss);
+    same_bits("loss", &loss, &lib.output);
     same_bits("grad", &grad, lib.grad.as_deref().unwrap_or_default());
 
     // The same through the CPU reference: within the tolerance.
@@ -284,7 +291,8 @@ fn eval_every_op_round_trips_through_files() {
         // Probability targets must sum to 1 per row for cross-entropy; the
         // library rejects anything else, and so must the command.
         let (ok, stderr) = eval(p, &args);
-        let lib = case.problem.run_gpu_sync(ctx);
+        // Two rows at a time: eval's one window gives the same bits.
+        let lib = case.problem.run_gpu_windows(ctx, 2);
         match lib {
             Err(e) => {
                 assert!(
@@ -313,7 +321,10 @@ fn eval_every_op_round_trips_through_files() {
                 cpu_args.extend(["--device=cpu", out_cpu.as_str()]);
                 let (ok, stderr) = eval(p, &cpu_args);
                 assert!(ok, "{cpu_args:?}: {stderr}");
-                let fast = case.problem.run_fast().expect("the fast path runs it");
+                let fast = case
+                    .problem
+                    .run_windows(3, |p, r| p.run_fast_with(r))
+                    .expect("the fast path runs it");
                 let dir = p.join(format!("cpu{i}"));
                 let (_, output) = floats(&dir.join(case.output.0));
                 same_bits(&format!("{cpu_args:?} output"), &output, &fast.output);
@@ -961,8 +972,28 @@ fn eval_linear_cross_entropy_matches_the_library() {
         LinearGrads::ALL,
     ))
     .expect("library");
+    // eval folds the row losses (reduction none) in row order, in f64.
+    let rows_only = LinearCrossEntropyOptions {
+        loss: CrossEntropyOptions {
+            label_smoothing: 0.1,
+            reduction: Reduction::None,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let row_losses = wgpu_loss::block_on(ctx.linear_cross_entropy(
+        &h,
+        &w,
+        Some(&b),
+        &t,
+        shape,
+        &rows_only,
+        LinearGrads::NONE,
+    ))
+    .expect("library, row losses");
+    let mean = row_losses.loss.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
     for (file, expected) in [
-        ("loss.npy", lib.loss.clone()),
+        ("loss.npy", vec![mean as f32]),
         ("grad.npy", lib.grad_hidden.clone().expect("dH")),
         (
             "grad_classifier.npy",

@@ -7,6 +7,7 @@
 
 mod npy;
 mod safetensors;
+mod window;
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 
 pub use npy::{read_npy, read_npy_bytes, write_npy, write_npy_bytes};
 pub use safetensors::{read_safetensors, read_safetensors_bytes};
+pub use window::{ArrayFile, Element, NpyWriter};
 
 /// Element values of an array read from a file, widened to what the ops take.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +85,7 @@ impl FileSpec {
         }
     }
 
-    fn is_safetensors(&self) -> bool {
+    pub(crate) fn is_safetensors(&self) -> bool {
         self.path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))

@@ -124,7 +124,7 @@ const MAX_HEADER_NESTING: usize = 8;
 
 /// npyz multiplies the declared dimensions without overflow checks; a hostile
 /// header could wrap or panic there. Scan the header's `shape` tuple first.
-fn check_declared_shape(bytes: &[u8]) -> std::result::Result<(), String> {
+pub(super) fn check_declared_shape(bytes: &[u8]) -> std::result::Result<(), String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("is not a .npy file (no \\x93NUMPY magic at the start)".into());
     }
