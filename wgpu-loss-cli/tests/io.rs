@@ -4,7 +4,7 @@
 //! a huge allocation).
 
 use wgpu_loss_cli::io::{
-    read_array, read_npy_bytes, read_safetensors_bytes, write_npy_bytes, ArrayData,
+    read_array, read_npy_bytes, read_safetensors_bytes, write_npy_bytes, ArrayData, ArrayFile,
 };
 
 /// A v1 `.npy` header for `dict`, padded as NumPy pads it.
@@ -180,6 +180,46 @@ fn the_malformed_file_corpus_gives_errors_naming_file_and_problem() {
                     "{file}: message does not name the file: {msg}"
                 );
                 assert!(msg.contains(words), "{file}: {words:?} missing from {msg}");
+            }
+        }
+    }
+    // The windowed reader (`eval`'s streaming) gives the same verdicts and
+    // names the same problems, and reads the same values.
+    for (file, words) in CORPUS {
+        let path = root.join(file);
+        let arg = path.to_str().expect("utf-8 path");
+        let arg = if file.starts_with("safetensors/ok-") {
+            format!("{arg}:x")
+        } else {
+            arg.to_string()
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let opened = ArrayFile::open(&arg).and_then(|mut f| {
+            let n = f.len();
+            let values = if f.element.is_float() {
+                ArrayData::F32(f.read_f32(0, n)?)
+            } else {
+                ArrayData::I64(f.read_i64(0, n)?)
+            };
+            Ok((f.shape.clone(), values))
+        });
+        match (name.starts_with("ok-"), opened) {
+            (true, Ok((shape, values))) => {
+                let whole = read_array(&arg).expect("whole read");
+                assert_eq!((shape, values), (whole.shape, whole.data), "{file}");
+            }
+            (true, Err(e)) => panic!("{file}: windowed reader refused a valid file: {e}"),
+            (false, Ok((shape, _))) => panic!("{file}: windowed reader read {shape:?}"),
+            (false, Err(e)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(name), "{file}: windowed: {msg}");
+                assert!(
+                    msg.contains(words),
+                    "{file}: windowed: {words:?} missing from {msg}"
+                );
             }
         }
     }

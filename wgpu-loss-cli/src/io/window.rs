@@ -88,6 +88,7 @@ pub struct ArrayFile {
     pub element: Element,
     path: PathBuf,
     data_start: u64,
+    big_endian: bool,
     file: File,
     raw: Vec<u8>,
 }
@@ -113,7 +114,7 @@ impl ArrayFile {
             return Err(file_error(&spec.path, "is not a regular file"));
         }
         let mut file = File::open(&spec.path).map_err(|e| file_error(&spec.path, e))?;
-        let (shape, element, data_start, source) = if spec.is_safetensors() {
+        let (shape, element, data_start, source, big_endian) = if spec.is_safetensors() {
             safetensors_layout(&mut file, &spec, meta.len())?
         } else {
             npy_layout(&mut file, &spec.path, meta.len())?
@@ -124,6 +125,7 @@ impl ArrayFile {
             element,
             path: spec.path,
             data_start,
+            big_endian,
             file,
             raw: Vec::new(),
         })
@@ -168,6 +170,9 @@ impl ArrayFile {
                     format!("could not read elements {first}..{}: {e}", first + count),
                 )
             })?;
+        if self.big_endian {
+            self.raw.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+        }
         Ok(&self.raw)
     }
 
@@ -271,11 +276,10 @@ fn read_at_most(file: &mut File, path: &Path, bytes: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn npy_layout(
-    file: &mut File,
-    path: &Path,
-    file_len: u64,
-) -> Result<(Vec<usize>, Element, u64, String)> {
+/// Shape, element, byte offset of the data, name for messages, big-endian data.
+type Layout = (Vec<usize>, Element, u64, String, bool);
+
+fn npy_layout(file: &mut File, path: &Path, file_len: u64) -> Result<Layout> {
     let fail = |problem: String| file_error(path, problem);
     let head = read_at_most(file, path, 12)?;
     if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
@@ -345,14 +349,17 @@ fn npy_layout(
         })?;
     let data_start = start + len;
     check_length(path, &shape, element, data_start, file_len)?;
-    Ok((shape, element, data_start, path.display().to_string()))
+    let big_endian = ts.endianness() == npyz::Endianness::Big;
+    Ok((
+        shape,
+        element,
+        data_start,
+        path.display().to_string(),
+        big_endian,
+    ))
 }
 
-fn safetensors_layout(
-    file: &mut File,
-    spec: &FileSpec,
-    file_len: u64,
-) -> Result<(Vec<usize>, Element, u64, String)> {
+fn safetensors_layout(file: &mut File, spec: &FileSpec, file_len: u64) -> Result<Layout> {
     let path = &spec.path;
     let fail = |problem: String| file_error(path, problem);
     let head = read_at_most(file, path, 8)?;
@@ -417,6 +424,7 @@ fn safetensors_layout(
         element,
         data_start + info.data_offsets.0 as u64,
         format!("{}:{name}", path.display()),
+        false,
     ))
 }
 
