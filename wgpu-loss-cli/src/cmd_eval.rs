@@ -357,7 +357,10 @@ pub(crate) fn bytes_per_row(inputs: &[(usize, Element)], outputs: &[usize]) -> u
         .iter()
         .map(|&(len, e)| len as u64 * (2 * 4 + e.size() as u64 + 2 * 4))
         .sum();
-    let o: u64 = outputs.iter().map(|&len| len as u64 * (2 * 4 + 2 * 4 + 2 * 4)).sum();
+    let o: u64 = outputs
+        .iter()
+        .map(|&len| len as u64 * (2 * 4 + 2 * 4 + 2 * 4))
+        .sum();
     i + o
 }
 

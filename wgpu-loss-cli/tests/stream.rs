@@ -111,8 +111,8 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// Many small windows and one window write the same bits, for every kind
 /// of streamed input: class-index targets with weights, smoothing and
 /// z-loss (mean and sum), probability targets, per-element binary weights,
-/// the softmax family's grad-output. Each is also within the tolerance of
-/// the reference.
+/// the softmax family's grad-output; on the GPU and (one case) the fast CPU
+/// path. Each is also within the tolerance of the reference.
 #[test]
 fn windows_give_the_same_bits_as_one_window() {
     let Some(_) = gpu() else { return };
@@ -225,6 +225,33 @@ fn windows_give_the_same_bits_as_one_window() {
             let small = floats(&p.join(format!("small{i}")).join(name));
             let one = floats(&p.join(format!("one{i}")).join(name));
             same_bits(&format!("{args:?} {name}"), &small, &one);
+        }
+        if i == 0 {
+            // The fast CPU path streams the same way.
+            let a = eval(
+                p,
+                &[
+                    &args[..],
+                    &[
+                        "--out=cpu_small",
+                        "--device=cpu",
+                        "--memory-budget=300000",
+                        "--json",
+                    ],
+                ]
+                .concat(),
+            );
+            assert!(a.ok, "{}", a.stderr);
+            let b = eval(p, &[&args[..], &["--out=cpu_one", "--device=cpu"]].concat());
+            assert!(b.ok, "{}", b.stderr);
+            assert!(windows_of(&a) > 10, "{}", a.stdout);
+            for name in [output, "grad.npy"] {
+                same_bits(
+                    &format!("cpu {name}"),
+                    &floats(&p.join("cpu_small").join(name)),
+                    &floats(&p.join("cpu_one").join(name)),
+                );
+            }
         }
         let reference = problem.run_reference().expect("reference");
         let out = floats(&p.join(format!("one{i}")).join(output));

@@ -331,11 +331,6 @@ fn npy_layout(file: &mut File, path: &Path, file_len: u64) -> Result<Layout> {
             )))
         }
     };
-    if ts.endianness() == npyz::Endianness::Big && element.size() > 1 {
-        return Err(fail(format!(
-            "has big-endian dtype {ts}; expected little-endian"
-        )));
-    }
     let shape = header
         .shape()
         .iter()
