@@ -67,7 +67,7 @@ impl Element {
         }
     }
 
-    /// The element an output of this input type is written as (see [`Element::npy_descr`]).
+    /// The element an output of this input type is written as: f16 and f64 stay, the rest become f32 (`.npy` has no bfloat16).
     pub fn output(self) -> Element {
         match self {
             Element::F16 | Element::F64 => self,
