@@ -368,23 +368,34 @@ pub(crate) fn bytes_per_row(inputs: &[(usize, Element)], outputs: &[usize]) -> u
 /// single-workgroup passes walk a window's rows (lavapipe bounds their loops).
 pub(crate) const MAX_WINDOW_ROWS: usize = 1 << 22;
 
-/// Windows `[first, first + rows)` of `rows` rows, `window` each, the last
-/// merged into the one before when shorter than `min_last` (so that every
-/// window of a GPU whose launch depends on the row count, under
-/// `split_rows_below`, launches as the single window would).
-pub(crate) fn plan_windows(rows: usize, window: usize, min_last: usize) -> Vec<(usize, usize)> {
+/// Windows `[first, first + rows)` of `rows` rows, `window` each.
+pub(crate) fn plan_windows(rows: usize, window: usize) -> Vec<(usize, usize)> {
     let window = window.max(1);
-    let mut out: Vec<(usize, usize)> = (0..rows)
+    (0..rows)
         .step_by(window)
         .map(|first| (first, window.min(rows - first)))
-        .collect();
-    if out.len() > 1 && out.last().is_some_and(|&(_, n)| n < min_last) {
-        let (_, n) = out.pop().unwrap_or_default();
-        if let Some(last) = out.last_mut() {
-            last.1 += n;
-        }
+        .collect()
+}
+
+/// The GPU context for a streamed run of `rows` rows. The library splits
+/// long rows across workgroups when a call has fewer than
+/// `split_rows_below` rows; a window is a call, so the whole file decides:
+/// with at least that many rows no window splits, as one window would not.
+pub(crate) fn stream_context(rows: usize) -> Result<wgpu_loss::GpuContext, String> {
+    let ctx = super::gpu_context()?;
+    let tuning = ctx.row_tuning();
+    if tuning.split_rows_below == 0 || rows < tuning.split_rows_below as usize {
+        return Ok(ctx);
     }
-    out
+    drop(ctx);
+    let options = wgpu_loss::ContextOptions {
+        row_tuning: Some(wgpu_loss::RowTuning {
+            split_rows_below: 0,
+            ..tuning
+        }),
+        ..Default::default()
+    };
+    wgpu_loss::block_on(wgpu_loss::GpuContext::with_options(options)).map_err(|e| e.to_string())
 }
 
 /// Where a window's library error happened in the whole file: rows and
@@ -617,6 +628,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     // Every window runs as the plan says, with the whole file's `mean`
     // denominators; `mean` and `sum` fold the row losses in row order.
     let plan = whole.window_plan(!args.no_grad);
+    drop(whole);
     let (reduced, wants_grad, run) = (plan.reduced, plan.run.grad, plan.run);
 
     // Outputs: (name, shape, values per row) streamed; a reduced loss whole at the end.
@@ -646,14 +658,11 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     // Windows under the budget.
     let ctx = match args.device {
         DeviceArg::Gpu => Some(
-            super::gpu_context()
+            stream_context(rows)
                 .map_err(|e| format!("{e} (or run on the CPU with --device cpu)"))?,
         ),
         _ => None,
     };
-    let split_below = ctx
-        .as_ref()
-        .map_or(0, |c| c.row_tuning().split_rows_below as usize);
     let elements: Vec<(usize, Element)> = streamed_in
         .iter()
         .map(|&(flag, _, len)| {
@@ -674,7 +683,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         + (cols as u64 * 4) * (u64::from(class_weight.is_some()) + u64::from(pos.is_some()));
     let budget = args.memory_budget.unwrap_or(stream::DEFAULT_MEMORY_BUDGET);
     let window = stream::window_rows(rows, per_row, budget, resident, 1)?.min(MAX_WINDOW_ROWS);
-    let windows = plan_windows(rows, window, split_below.min(rows));
+    let windows = plan_windows(rows, window);
 
     prepare_out(&args.out, &all_out, element)?;
     let mut files = OutputFiles::default();

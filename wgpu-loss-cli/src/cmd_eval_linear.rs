@@ -15,6 +15,7 @@ use wgpu_loss::{
     LinearCrossEntropyViews, LinearGrads, LinearShape, Reduction,
 };
 use wgpu_loss_cli::gpu;
+use wgpu_loss_cli::problem::{Op, Problem, Target};
 use wgpu_loss_cli::stream::{self, OutputFiles, RowFold, StreamIn, Window};
 
 use crate::cmd_eval::{
@@ -176,23 +177,21 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
             ignore_index: s.ignore_index,
         }));
     }
-    // The whole file's `mean` denominators (see cmd_eval): windows run with
-    // `none`, the gradient scaled by 1/D and the z-loss weight by D/K.
-    let kept = targets.iter().filter(|&&t| t != s.ignore_index);
-    let k = kept.clone().count() as f64;
-    let den = match &class_weights {
-        Some(wt) => kept.map(|&t| f64::from(wt[t as usize])).sum(),
-        None => k,
-    };
-    let reduced = s.reduction != Reduction::None;
-    let mut window_loss = loss;
-    window_loss.reduction = Reduction::None;
-    if s.reduction == Reduction::Mean {
-        window_loss.grad_scale = (f64::from(upstream) / den) as f32;
-        if k > 0.0 && s.z_loss != 0.0 {
-            window_loss.z_loss = (f64::from(s.z_loss) * den / k) as f32;
-        }
+    // Windows run as `eval`'s others do (`Problem::window_plan`): the
+    // cross-entropy of the [N, V] logits, which are never formed.
+    let plan = Problem {
+        target: Some(Target::Classes(targets.clone())),
+        weight: class_weights.clone(),
+        grad_output: grad_output.is_some().then(|| vec![upstream]),
+        settings: s,
+        ..Problem::new(Op::CrossEntropy, n, v, Vec::new())
     }
+    .window_plan(true);
+    let reduced = plan.reduced;
+    let mut window_loss = loss;
+    window_loss.reduction = plan.settings.reduction;
+    window_loss.z_loss = plan.settings.z_loss;
+    window_loss.grad_scale = plan.run.grad_scale;
     let shape = LinearShape {
         rows: n,
         hidden: d,
@@ -240,7 +239,7 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
     let budget = args.memory_budget.unwrap_or(stream::DEFAULT_MEMORY_BUDGET);
     let window = stream::window_rows(n, per_row, budget, n as u64 * 8, chunk)?
         .min(MAX_WINDOW_ROWS / chunk * chunk);
-    let windows = plan_windows(n, window, 0);
+    let windows = plan_windows(n, window);
 
     prepare_out(&args.out, &all_out, element)?;
     let mut files = OutputFiles::default();
@@ -409,12 +408,7 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
         },
     )?;
     let mut whole: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
-    let denominator = if s.reduction == Reduction::Mean {
-        den
-    } else {
-        1.0
-    };
-    let loss_value = fold.result(denominator) as f32;
+    let loss_value = fold.result(plan.denominator) as f32;
     if reduced {
         whole.push(("loss.npy", Vec::new(), vec![loss_value]));
     }

@@ -745,3 +745,59 @@ fn windowed_reads_and_writes_match_the_whole_file_ones() {
     let a = read_npy(&p.join("0d.npy")).expect("0-d");
     assert_eq!(a.shape, Vec::<usize>::new());
 }
+
+/// On a GPU tuning that splits long rows of few-row calls across
+/// workgroups (`split_rows_below`), windows of fewer rows than that still
+/// give one window's bits: the whole file decides. Forced on lavapipe with
+/// `WGPU_LOSS_ROW_TUNING`.
+#[test]
+fn windows_under_a_splitting_tuning_give_the_same_bits() {
+    let Some(_) = gpu() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path();
+    let (rows, cols) = (1500, 301);
+    let mut rng = Rng::new(2007);
+    let x = rng.vec_normal(rows * cols, 3.0);
+    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    write_npy(&p.join("x.npy"), &[rows, cols], &x).expect("x");
+    write_i64(&p.join("t.npy"), &t);
+    let run = |out: &str, budget: Option<&str>| {
+        let mut cmd = wgpu_loss();
+        cmd.current_dir(p)
+            .env(
+                "WGPU_LOSS_ROW_TUNING",
+                "split_vectors=16,split_rows_below=1024",
+            )
+            .args([
+                "eval",
+                "cross-entropy",
+                "--input=x.npy",
+                "--target=t.npy",
+                "--json",
+            ])
+            .arg(format!("--out={out}"));
+        if let Some(b) = budget {
+            cmd.arg(format!("--memory-budget={b}"));
+        }
+        let o = cmd.output().expect("runs");
+        let r = Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        assert!(r.ok, "{}", r.stderr);
+        r
+    };
+    // About 13 KB per row in the model: 1.5 MB holds about 110 rows.
+    let small = run("small", Some("1500000"));
+    let one = run("one", None);
+    assert!(windows_of(&small) > 10, "{}", small.stdout);
+    assert_eq!(windows_of(&one), 1);
+    for name in ["loss.npy", "grad.npy"] {
+        same_bits(
+            name,
+            &floats(&p.join("small").join(name)),
+            &floats(&p.join("one").join(name)),
+        );
+    }
+}
