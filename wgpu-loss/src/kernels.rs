@@ -663,8 +663,10 @@ pub enum Kernel {
     CrossEntropyExport,
     /// `copy`: the bandwidth yardstick.
     Copy,
-    /// `matmul`: the tiled matrix product.
+    /// `matmul`: the tiled matrix product (GPUs: 64x64 tiles, 8x8 per invocation).
     Matmul,
+    /// `matmul_wide`: the same product for CPU adapters (128x128 tiles, 16x16 per invocation).
+    MatmulWide,
     /// `narrow`: f32 results into an f16 tensor.
     Narrow,
     /// `lce_records`: per-row records of a shard's logits chunk.
@@ -686,7 +688,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -711,6 +713,7 @@ impl Kernel {
         Kernel::SoftmaxPartial,
         Kernel::CrossEntropyPartial,
         Kernel::Matmul,
+        Kernel::MatmulWide,
         Kernel::Narrow,
         Kernel::LinearCrossEntropyRecords,
         Kernel::LinearCrossEntropyMerge,
@@ -739,7 +742,7 @@ impl Kernel {
                 Family::Binary
             }
             Copy => Family::Copy,
-            Matmul | Narrow => Family::Linear,
+            Matmul | MatmulWide | Narrow => Family::Linear,
             LinearCrossEntropyRecords
             | LinearCrossEntropyMerge
             | LinearCrossEntropyGrad
@@ -775,6 +778,7 @@ impl Kernel {
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
             Matmul => "matmul",
+            MatmulWide => "matmul_wide",
             Narrow => "narrow",
             LinearCrossEntropyRecords => "lce_records",
             LinearCrossEntropyMerge => "lce_merge",
@@ -930,7 +934,7 @@ impl Kernel {
                 (ce::RESULT, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
-            Matmul => &[
+            Matmul | MatmulWide => &[
                 (PARAMS, Uniform),
                 (mm::LHS, Read),
                 (mm::LHS_F32, Read),

@@ -41,6 +41,9 @@ const MAX_CHUNK_ROWS: usize = 32_768;
 
 /// Output tile of the product kernel (`TILE_M`, `TILE_N` in `linear.wgsl`).
 const TILE: usize = 64;
+/// Output rows and columns per workgroup of `matmul_wide` (linear.wgsl);
+/// `matmul`'s tile is [`TILE`] square.
+const WIDE_TILE: usize = 128;
 
 /// Scratch memory a fused call allocated on the device, beyond its inputs and
 /// outputs: counted from the sizes of the buffers it created.
@@ -467,6 +470,29 @@ impl GpuContext {
     /// [`MAX_INNER`], the tile grid within the dispatch limit), `k` blocks
     /// accumulated in ascending order. `Mat::first` of each operand is the
     /// element at index (0, 0); `Mat::elems` is not used.
+    /// The product kernel for an `m x n` output on this adapter:
+    /// `matmul_wide` on CPU adapters when both fill its 128-wide tile (SIMD
+    /// lanes keep big per-invocation blocks in registers and on the stack;
+    /// BENCHMARKS.md: at burn's speed on lavapipe, about 1.4x `matmul`);
+    /// `matmul` otherwise, and on GPUs, where 256 accumulators per
+    /// invocation would spill. `WGPU_LOSS_MATMUL=tiled|wide` picks one
+    /// whatever the shape (benchmarks, tests).
+    pub(crate) fn matmul_kernel(&self, m: usize, n: usize) -> Kernel {
+        match std::env::var("WGPU_LOSS_MATMUL").as_deref() {
+            Ok("tiled") => return Kernel::Matmul,
+            Ok("wide") => return Kernel::MatmulWide,
+            _ => {}
+        }
+        let cpu = self
+            .adapter_info()
+            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
+        if cpu && m >= WIDE_TILE && n >= WIDE_TILE {
+            Kernel::MatmulWide
+        } else {
+            Kernel::Matmul
+        }
+    }
+
     fn encode_product(&self, encoder: &mut wgpu::CommandEncoder, p: &Product<'_>) -> Result<()> {
         if p.m == 0 || p.n == 0 {
             return Ok(());
@@ -475,7 +501,12 @@ impl GpuContext {
         let lhs_bytes = if p.lhs_f32 { 4 } else { eb };
         let limit = |bytes: u64| (self.usable_binding() / bytes).max(1) as usize;
         let (la, lb, lo) = (limit(lhs_bytes), limit(eb), limit(4));
-        let max_tiles = self.limits().max_compute_workgroups_per_dimension as usize * TILE;
+        let kernel = self.matmul_kernel(p.m, p.n);
+        let tile = match kernel {
+            Kernel::MatmulWide => WIDE_TILE,
+            _ => TILE,
+        };
+        let max_tiles = self.limits().max_compute_workgroups_per_dimension as usize * tile;
         let span = |rows: usize, rs: usize, cols: usize, cs: usize| {
             (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
         };
@@ -532,7 +563,7 @@ impl GpuContext {
             ),
             (mm::OUT, p.out.buffer),
         ];
-        let variant = self.variant(Kernel::Matmul, p.storage, &bound);
+        let variant = self.variant(kernel, p.storage, &bound);
         for m0 in (0..p.m).step_by(mb) {
             let m = mb.min(p.m - m0);
             for n0 in (0..p.n).step_by(nb) {
@@ -595,7 +626,7 @@ impl GpuContext {
                     };
                     self.dispatch(
                         encoder,
-                        Kernel::Matmul,
+                        kernel,
                         variant,
                         &params,
                         vec![
@@ -605,7 +636,7 @@ impl GpuContext {
                             (mm::BIAS, bias_res.clone()),
                             (mm::OUT, out_res.clone()),
                         ],
-                        (n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32),
+                        (n.div_ceil(tile) as u32, m.div_ceil(tile) as u32),
                     )?;
                 }
             }
