@@ -125,6 +125,29 @@ pub struct EvalArgs {
     pub(crate) json: bool,
 }
 
+/// `--FLAG ARG: text`: a problem with a file argument.
+fn named_problem(flag: &str, arg: &str, text: impl std::fmt::Display) -> String {
+    format!("--{flag} {arg}: {text}")
+}
+
+/// An error naming the file argument when `shape` is not `expected`.
+fn check_shape(
+    flag: &str,
+    arg: &str,
+    shape: &[usize],
+    expected: &[usize],
+    why: &str,
+) -> Result<(), String> {
+    if shape != expected {
+        return Err(named_problem(
+            flag,
+            arg,
+            format!("has shape {shape:?}, expected {expected:?} ({why})"),
+        ));
+    }
+    Ok(())
+}
+
 /// A file argument and what was read from it.
 pub(crate) struct Input {
     pub(crate) flag: &'static str,
@@ -143,7 +166,7 @@ impl Input {
     }
 
     pub(crate) fn problem(&self, text: impl std::fmt::Display) -> String {
-        format!("--{} {}: {text}", self.flag, self.arg)
+        named_problem(self.flag, &self.arg, text)
     }
 
     /// Takes the values out (they move into the problem; the shape stays for messages).
@@ -162,13 +185,7 @@ impl Input {
     }
 
     pub(crate) fn expect_shape(&self, expected: &[usize], why: &str) -> Result<(), String> {
-        if self.shape() != expected {
-            return Err(self.problem(format!(
-                "has shape {:?}, expected {expected:?} ({why})",
-                self.shape()
-            )));
-        }
-        Ok(())
+        check_shape(self.flag, &self.arg, self.shape(), expected, why)
     }
 }
 
@@ -205,7 +222,7 @@ impl Streamed {
     }
 
     pub(crate) fn problem(&self, text: impl std::fmt::Display) -> String {
-        format!("--{} {}: {text}", self.flag, self.arg)
+        named_problem(self.flag, &self.arg, text)
     }
 
     pub(crate) fn shape(&self) -> &[usize] {
@@ -229,13 +246,7 @@ impl Streamed {
     }
 
     pub(crate) fn expect_shape(&self, expected: &[usize], why: &str) -> Result<(), String> {
-        if self.shape() != expected {
-            return Err(self.problem(format!(
-                "has shape {:?}, expected {expected:?} ({why})",
-                self.shape()
-            )));
-        }
-        Ok(())
+        check_shape(self.flag, &self.arg, self.shape(), expected, why)
     }
 
     pub(crate) fn as_input(&self) -> Input {

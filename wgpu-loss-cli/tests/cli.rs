@@ -4,36 +4,16 @@
 
 #[path = "../../wgpu-loss/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use common::{assert_close, gpu, Rng};
 use npyz::WriterBuilder;
+use support::{same_bits, wgpu_loss, write_i64};
 use wgpu_loss::{CrossEntropyOptions, Reduction, F32_TOLERANCE};
 use wgpu_loss_cli::io::{read_npy, write_npy, ArrayData};
 use wgpu_loss_cli::problem::{Op, Problem, Target};
-
-fn wgpu_loss() -> Command {
-    let mut cmd = Command::cargo_bin("wgpu-loss").expect("binary is built");
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    }
-    cmd
-}
-
-fn write_i64(path: &Path, data: &[i64]) {
-    let mut bytes = Vec::new();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[data.len() as u64])
-        .writer(&mut bytes)
-        .begin_nd()
-        .expect("header");
-    w.extend(data.iter().copied()).expect("data");
-    w.finish().expect("finish");
-    std::fs::write(path, bytes).expect("write");
-}
 
 fn floats(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let a = read_npy(path).expect("output is a valid .npy");
@@ -55,17 +35,6 @@ fn eval(dir: &Path, args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn same_bits(what: &str, actual: &[f32], expected: &[f32]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            a.to_bits() == e.to_bits(),
-            "{what}[{i}]: actual {a:e}, expected {e:e}, diff {:e}",
-            (a - e).abs()
-        );
-    }
 }
 
 #[test]

@@ -7,29 +7,17 @@
 
 #[path = "../../wgpu-loss/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use common::{gpu, Rng};
+use support::{same_bits, wgpu_loss, write_i64};
 use wgpu_loss::F32_TOLERANCE;
 use wgpu_loss_cli::io::{
     read_array, read_npy, write_npy, ArrayData, ArrayFile, Element, NpyWriter,
 };
 use wgpu_loss_cli::problem::{Op, Problem, Settings, Target};
-
-fn wgpu_loss() -> Command {
-    let mut cmd = Command::cargo_bin("wgpu-loss").expect("binary is built");
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    }
-    cmd
-}
-
-fn write_i64(path: &Path, data: &[i64]) {
-    let bytes = npy_bytes("<i8", &[data.len()], bytemuck::cast_slice(data));
-    std::fs::write(path, bytes).expect("write");
-}
 
 /// A `.npy` file's bytes with any type string (f16 and f64 inputs).
 fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
@@ -84,18 +72,6 @@ fn windows_of(run: &Run) -> u64 {
         assert!(v.get(key).is_some(), "summary lacks {key}: {line}");
     }
     v["windows"].as_u64().expect("windows")
-}
-
-#[track_caller]
-fn same_bits(what: &str, actual: &[f32], expected: &[f32]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            a.to_bits() == e.to_bits(),
-            "{what}[{i}]: actual {a:e}, expected {e:e}, diff {:e}",
-            (a - e).abs()
-        );
-    }
 }
 
 /// Every file in `dir` (hidden temporaries included).

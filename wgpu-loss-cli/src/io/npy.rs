@@ -5,7 +5,7 @@ use std::path::Path;
 
 use npyz::{DType, NpyHeader, Order, TypeChar, WriterBuilder};
 
-use super::{element_count, file_error, read_file, write_atomically, Array, ArrayData};
+use super::{element_count, file_error, read_file, write_atomically, Array, ArrayData, Element};
 use crate::error::Result;
 
 /// Reads a `.npy` file: float16/32/64 (f64 is rounded to f32) or int32/64, C order.
@@ -27,24 +27,14 @@ pub fn read_npy_bytes(bytes: &[u8], source: &str) -> Result<Array> {
         ));
     }
     let kind = element_kind(&header.dtype()).map_err(fail)?;
-    let shape = header
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|_| {
-            fail(format!(
-                "declares shape {:?}, too large here",
-                header.shape()
-            ))
-        })?;
+    let shape = declared_shape(&header).map_err(fail)?;
     let count = element_count(&shape)
         .ok_or_else(|| fail(format!("declares shape {shape:?}, whose size overflows")))?;
-    let needed = count.checked_mul(kind.size);
+    let needed = count.checked_mul(kind.size());
     if needed != Some(data.len()) {
         return Err(fail(format!(
             "declares shape {shape:?} of {} ({} data bytes), but {} data bytes follow the header{}",
-            kind.name,
+            kind.name(),
             needed.map_or("more than addressable".to_string(), |n| n.to_string()),
             data.len(),
             if needed.is_some_and(|n| n > data.len()) {
@@ -55,8 +45,9 @@ pub fn read_npy_bytes(bytes: &[u8], source: &str) -> Result<Array> {
         )));
     }
     let file = npyz::NpyFile::with_header(header, data);
-    let read_err = |e: std::io::Error| fail(format!("could not read its {} data: {e}", kind.name));
-    let values = match kind.name {
+    let read_err =
+        |e: std::io::Error| fail(format!("could not read its {} data: {e}", kind.name()));
+    let values = match kind.name() {
         "float16" => ArrayData::F32(
             file.into_vec::<half::f16>()
                 .map_err(read_err)?
@@ -84,39 +75,39 @@ pub fn read_npy_bytes(bytes: &[u8], source: &str) -> Result<Array> {
     Ok(Array {
         shape,
         data: values,
-        file_dtype: kind.name,
+        file_dtype: kind.name(),
         source: source.to_string(),
     })
 }
 
-struct ElementKind {
-    name: &'static str,
-    size: usize,
-}
-
-fn element_kind(dtype: &DType) -> std::result::Result<ElementKind, String> {
+/// The element type of a `.npy` dtype this crate reads.
+pub(super) fn element_kind(dtype: &DType) -> std::result::Result<Element, String> {
     let DType::Plain(ts) = dtype else {
         return Err(format!(
             "has a structured dtype ({}); expected float16/32/64 or int32/64",
             dtype.descr()
         ));
     };
-    let name = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 2) => "float16",
-        (TypeChar::Float, 4) => "float32",
-        (TypeChar::Float, 8) => "float64",
-        (TypeChar::Int, 4) => "int32",
-        (TypeChar::Int, 8) => "int64",
-        _ => {
-            return Err(format!(
-                "has dtype {ts}, which is not supported; expected float16/32/64 or int32/64"
-            ))
-        }
-    };
-    Ok(ElementKind {
-        name,
-        size: ts.size_field() as usize,
-    })
+    match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 2) => Ok(Element::F16),
+        (TypeChar::Float, 4) => Ok(Element::F32),
+        (TypeChar::Float, 8) => Ok(Element::F64),
+        (TypeChar::Int, 4) => Ok(Element::I32),
+        (TypeChar::Int, 8) => Ok(Element::I64),
+        _ => Err(format!(
+            "has dtype {ts}, which is not supported; expected float16/32/64 or int32/64"
+        )),
+    }
+}
+
+/// The shape a `.npy` header declares, in `usize`.
+pub(super) fn declared_shape(header: &NpyHeader) -> std::result::Result<Vec<usize>, String> {
+    header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| format!("declares shape {:?}, too large here", header.shape()))
 }
 
 /// Brackets a header may nest; NumPy writes 2 (3 for a structured dtype).

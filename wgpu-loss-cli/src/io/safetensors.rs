@@ -20,25 +20,10 @@ pub fn read_safetensors_bytes(bytes: &[u8], name: Option<&str>, source: &str) ->
     let fail = |problem: String| file_error(Path::new(source), problem);
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| fail(format!("is not a valid .safetensors file: {e}")))?;
-    let mut names = file.names();
-    names.sort_unstable();
-    let name = match name {
-        Some(n) => n,
-        None if names.len() == 1 => names[0],
-        None => {
-            return Err(fail(format!(
-                "holds {} tensors; name one as FILE.safetensors:NAME (names: {})",
-                names.len(),
-                names.join(", ")
-            )))
-        }
-    };
-    let view = file.tensor(name).map_err(|_| {
-        fail(format!(
-            "has no tensor named {name:?} (names: {})",
-            names.join(", ")
-        ))
-    })?;
+    let name = pick_tensor(file.names(), name).map_err(fail)?;
+    let view = file
+        .tensor(name)
+        .map_err(|_| fail(format!("has no tensor named {name:?}")))?;
     let raw = view.data();
     let f32s = |size: usize, decode: fn(&[u8]) -> f32| raw.chunks_exact(size).map(decode).collect();
     let (data, file_dtype) = match view.dtype() {
@@ -88,4 +73,26 @@ pub fn read_safetensors_bytes(bytes: &[u8], name: Option<&str>, source: &str) ->
         file_dtype,
         source: format!("{source}:{name}"),
     })
+}
+
+/// The tensor to read: `wanted`, which must be one of `names`, or the only
+/// one when none is named. Errors list the names.
+pub(super) fn pick_tensor<'a>(
+    mut names: Vec<&'a str>,
+    wanted: Option<&'a str>,
+) -> std::result::Result<&'a str, String> {
+    names.sort_unstable();
+    match wanted {
+        Some(n) if names.contains(&n) => Ok(n),
+        Some(n) => Err(format!(
+            "has no tensor named {n:?} (names: {})",
+            names.join(", ")
+        )),
+        None if names.len() == 1 => Ok(names[0]),
+        None => Err(format!(
+            "holds {} tensors; name one as FILE.safetensors:NAME (names: {})",
+            names.len(),
+            names.join(", ")
+        )),
+    }
 }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use npyz::{NpyHeader, Order, TypeChar};
+use npyz::{NpyHeader, Order};
 
 use super::{element_count, file_error, FileSpec};
 use crate::error::Result;
@@ -313,38 +313,11 @@ fn npy_layout(file: &mut File, path: &Path, file_len: u64) -> Result<Layout> {
             "is stored in Fortran order; save it in C order (numpy.ascontiguousarray) first".into(),
         ));
     }
-    let npyz::DType::Plain(ts) = header.dtype() else {
-        return Err(fail(format!(
-            "has a structured dtype ({}); expected float16/32/64 or int32/64",
-            header.dtype().descr()
-        )));
-    };
-    let element = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 2) => Element::F16,
-        (TypeChar::Float, 4) => Element::F32,
-        (TypeChar::Float, 8) => Element::F64,
-        (TypeChar::Int, 4) => Element::I32,
-        (TypeChar::Int, 8) => Element::I64,
-        _ => {
-            return Err(fail(format!(
-                "has dtype {ts}, which is not supported; expected float16/32/64 or int32/64"
-            )))
-        }
-    };
-    let shape = header
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|_| {
-            fail(format!(
-                "declares shape {:?}, too large here",
-                header.shape()
-            ))
-        })?;
+    let element = super::npy::element_kind(&header.dtype()).map_err(fail)?;
+    let shape = super::npy::declared_shape(&header).map_err(fail)?;
     let data_start = start + len;
     check_length(path, &shape, element, data_start, file_len)?;
-    let big_endian = ts.endianness() == npyz::Endianness::Big;
+    let big_endian = matches!(header.dtype(), npyz::DType::Plain(ts) if ts.endianness() == npyz::Endianness::Big);
     Ok((
         shape,
         element,
@@ -381,24 +354,10 @@ fn safetensors_layout(file: &mut File, spec: &FileSpec, file_len: u64) -> Result
         )));
     }
     let tensors = metadata.tensors();
-    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    let name = match spec.tensor.as_deref() {
-        Some(n) => n,
-        None if names.len() == 1 => names[0],
-        None => {
-            return Err(fail(format!(
-                "holds {} tensors; name one as FILE.safetensors:NAME (names: {})",
-                names.len(),
-                names.join(", ")
-            )))
-        }
-    };
+    let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    let name = super::safetensors::pick_tensor(names, spec.tensor.as_deref()).map_err(fail)?;
     let Some(info) = tensors.get(name) else {
-        return Err(fail(format!(
-            "has no tensor named {name:?} (names: {})",
-            names.join(", ")
-        )));
+        return Err(fail(format!("has no tensor named {name:?}")));
     };
     use safetensors::Dtype;
     let element = match info.dtype {
