@@ -449,10 +449,9 @@ fn shift_error(e: Error, first: usize, cols: usize, weight_streamed: bool) -> Er
     })
 }
 
+/// `eval` of every op but the fused linear + cross-entropy
+/// (`cmd_eval_linear`, which `main` sends its names to).
 pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
-    if let Some(request) = super::cmd_eval_linear::request_of(&args.op) {
-        return super::cmd_eval_linear::run(args, request);
-    }
     for (flag, given) in [
         ("classifier", args.classifier.is_some()),
         ("bias", args.bias.is_some()),

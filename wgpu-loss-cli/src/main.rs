@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         Command::Info => cmd_info::run(),
         Command::Check(args) => cmd_check::run(&args),
         Command::Bench(args) => cmd_bench::run(&args),
-        Command::Eval(args) => cmd_eval::run(&args),
+        Command::Eval(args) => match cmd_eval_linear::request_of(&args.op) {
+            Some(grads) => cmd_eval_linear::run(&args, grads),
+            None => cmd_eval::run(&args),
+        },
     };
     match result {
         Ok(code) => code,
