@@ -497,7 +497,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         )));
     }
     // Small arrays are read whole; arrays of the input's shape stream with it.
-    let mut streamed_in = vec![(input.flag, rows, cols)];
+    let mut streamed_in = vec![(input.flag, cols)];
     let mut classes: Option<Vec<i64>> = None;
     let mut target_streamed = false;
     if let Some(t) = &mut target {
@@ -534,7 +534,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         }
     }
     if target_streamed {
-        streamed_in.push(("target", rows, cols));
+        streamed_in.push(("target", cols));
     }
     let mut class_weight: Option<Vec<f32>> = None;
     let mut weight_streamed = false;
@@ -556,7 +556,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         }
     }
     if weight_streamed {
-        streamed_in.push(("weight", rows, cols));
+        streamed_in.push(("weight", cols));
     }
     let pos = match &mut pos_weight {
         Some(p) => {
@@ -587,7 +587,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
         }
     }
     if let Some(len) = grad_streamed {
-        streamed_in.push(("grad-output", rows, len));
+        streamed_in.push(("grad-output", len));
     }
     let named: Vec<Input> = [
         Some(&input),
@@ -675,7 +675,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     };
     let elements: Vec<(usize, Element)> = streamed_in
         .iter()
-        .map(|&(flag, _, len)| {
+        .map(|&(flag, len)| {
             let e = match flag {
                 "input" => input.file.element,
                 "target" => target.as_ref().map_or(Element::F32, |t| t.file.element),

@@ -179,7 +179,7 @@ pub fn run_pipeline(
     let interrupt = || "interrupted (Ctrl-C); no outputs were written".to_string();
     let result = std::thread::scope(|scope| {
         let (read_tx, read_rx) = sync_channel::<Result<Window, String>>(0);
-        let (write_tx, write_rx) = sync_channel::<(usize, Vec<Vec<f32>>)>(0);
+        let (write_tx, write_rx) = sync_channel::<Vec<Vec<f32>>>(0);
         let inputs = &mut inputs;
         let outputs_ref = &mut outputs;
         let reader = scope.spawn(move || {
@@ -207,7 +207,7 @@ pub fn run_pipeline(
             }
         });
         let writer = scope.spawn(move || -> Result<(), String> {
-            for (_, values) in write_rx {
+            for values in write_rx {
                 for (out, v) in outputs_ref.iter_mut().zip(&values) {
                     out.writer.append(v).map_err(|e| e.to_string())?;
                 }
@@ -224,7 +224,7 @@ pub fn run_pipeline(
             let computed = window.and_then(&mut compute);
             match computed {
                 Ok(values) => {
-                    if write_tx.send((n, values)).is_err() {
+                    if write_tx.send(values).is_err() {
                         break; // The writer failed; its error is below.
                     }
                     progress.advance(n);
