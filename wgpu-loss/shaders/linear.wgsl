@@ -145,22 +145,25 @@ fn matmul(
     store_row(m0 + ty * 8u + 7u, n0 + tx * 8u + 4u, acc[15]);
 }
 
-// The product for CPU adapters (lavapipe, SwiftShader, WARP): a 128x128
-// output tile per workgroup of 64 invocations, 16x16 outputs each, A and B
-// staged 128x16 at a time in 16 KiB of workgroup memory. On a SIMD CPU
+// The product for CPU adapters (lavapipe, SwiftShader, WARP): a 64x128
+// output tile per workgroup of 32 invocations, 16x16 outputs each, A staged
+// 64x16 and B 128x16 at a time in 12 KiB of workgroup memory. On a SIMD CPU
 // the accumulators are vectors in registers and on the stack, so the
 // largest block per invocation wins: 16x16 reached burn's autotuned product
-// on lavapipe where 8x8 reached half of it (BENCHMARKS.md). A GPU would
-// spill 256 accumulators per invocation: `matmul` serves GPUs.
+// on lavapipe where 8x8 reached half of it (BENCHMARKS.md). The tile is 64
+// rows tall, not 128, so that the fused op's 64-row chunks (a 32 MiB
+// workspace at V = 131072) fill it. A GPU would spill 256 accumulators per
+// invocation: `matmul` serves GPUs.
 
-// [TILE_K][128 / 4] vectors each: a k-slice of A or B is 32 contiguous vec4s.
-var<workgroup> wide_a: array<vec4<f32>, 512>;
+// [TILE_K][64 / 4] and [TILE_K][128 / 4] vectors: a k-slice of A is 16
+// contiguous vec4s, of B 32.
+var<workgroup> wide_a: array<vec4<f32>, 256>;
 var<workgroup> wide_b: array<vec4<f32>, 512>;
 
-// Vector `v` of tile A: k `v / 32`, rows 4·(v % 32) .. +3.
+// Vector `v` of tile A: k `v / 16`, rows 4·(v % 16) .. +3.
 fn wide_stage_a(v: u32, m0: u32, k0: u32) {
-    let k = k0 + v / 32u;
-    let q = (v % 32u) * 4u;
+    let k = k0 + v / 16u;
+    let q = (v % 16u) * 4u;
     wide_a[v] = vec4<f32>(
         load_a(m0 + q, k), load_a(m0 + q + 1u, k), load_a(m0 + q + 2u, k), load_a(m0 + q + 3u, k));
 }
@@ -173,15 +176,15 @@ fn wide_stage_b(v: u32, n0: u32, k0: u32) {
         load_b(k, n0 + q), load_b(k, n0 + q + 1u), load_b(k, n0 + q + 2u), load_b(k, n0 + q + 3u));
 }
 
-// Invocation `tid` (of 64) stages A and B vectors tid + 64·s, s = 0..7
-// (written out: see the loop note below).
+// Invocation `tid` (of 32) stages A vectors tid + 32·s, s = 0..7, and B
+// vectors tid + 32·s, s = 0..15 (written out: see the loop note below).
 fn wide_stage(tid: u32, m0: u32, n0: u32, k0: u32) {
-    wide_stage_a(tid, m0, k0); wide_stage_a(tid + 64u, m0, k0); wide_stage_a(tid + 128u, m0, k0);
-    wide_stage_a(tid + 192u, m0, k0); wide_stage_a(tid + 256u, m0, k0); wide_stage_a(tid + 320u, m0, k0);
-    wide_stage_a(tid + 384u, m0, k0); wide_stage_a(tid + 448u, m0, k0);
-    wide_stage_b(tid, n0, k0); wide_stage_b(tid + 64u, n0, k0); wide_stage_b(tid + 128u, n0, k0);
-    wide_stage_b(tid + 192u, n0, k0); wide_stage_b(tid + 256u, n0, k0); wide_stage_b(tid + 320u, n0, k0);
-    wide_stage_b(tid + 384u, n0, k0); wide_stage_b(tid + 448u, n0, k0);
+    wide_stage_a(tid, m0, k0); wide_stage_a(tid + 32u, m0, k0); wide_stage_a(tid + 64u, m0, k0); wide_stage_a(tid + 96u, m0, k0);
+    wide_stage_a(tid + 128u, m0, k0); wide_stage_a(tid + 160u, m0, k0); wide_stage_a(tid + 192u, m0, k0); wide_stage_a(tid + 224u, m0, k0);
+    wide_stage_b(tid, n0, k0); wide_stage_b(tid + 32u, n0, k0); wide_stage_b(tid + 64u, n0, k0); wide_stage_b(tid + 96u, n0, k0);
+    wide_stage_b(tid + 128u, n0, k0); wide_stage_b(tid + 160u, n0, k0); wide_stage_b(tid + 192u, n0, k0); wide_stage_b(tid + 224u, n0, k0);
+    wide_stage_b(tid + 256u, n0, k0); wide_stage_b(tid + 288u, n0, k0); wide_stage_b(tid + 320u, n0, k0); wide_stage_b(tid + 352u, n0, k0);
+    wide_stage_b(tid + 384u, n0, k0); wide_stage_b(tid + 416u, n0, k0); wide_stage_b(tid + 448u, n0, k0); wide_stage_b(tid + 480u, n0, k0);
 }
 
 // Four rows `a` times the 16 columns `b` into acc from index `r0` (4 per row).
@@ -208,21 +211,21 @@ fn wide_mac4(acc: ptr<function, array<vec4<f32>, 64>>, r0: u32, a: vec4<f32>, b:
 fn wide_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>) {
     let o = kk * 32u + tx * 4u;
     let b = array<vec4<f32>, 4>(wide_b[o], wide_b[o + 1u], wide_b[o + 2u], wide_b[o + 3u]);
-    wide_mac4(acc, 0u, wide_a[kk * 32u + ty * 4u], b);
-    wide_mac4(acc, 16u, wide_a[kk * 32u + ty * 4u + 1u], b);
-    wide_mac4(acc, 32u, wide_a[kk * 32u + ty * 4u + 2u], b);
-    wide_mac4(acc, 48u, wide_a[kk * 32u + ty * 4u + 3u], b);
+    wide_mac4(acc, 0u, wide_a[kk * 16u + ty * 4u], b);
+    wide_mac4(acc, 16u, wide_a[kk * 16u + ty * 4u + 1u], b);
+    wide_mac4(acc, 32u, wide_a[kk * 16u + ty * 4u + 2u], b);
+    wide_mac4(acc, 48u, wide_a[kk * 16u + ty * 4u + 3u], b);
 }
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
 // loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn matmul_wide(
     @builtin(local_invocation_index) tid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    let m0 = wid.y * 128u;
+    let m0 = wid.y * 64u;
     let n0 = wid.x * 128u;
     let tx = tid % 8u;
     let ty = tid / 8u;

@@ -665,7 +665,7 @@ pub enum Kernel {
     Copy,
     /// `matmul`: the tiled matrix product (GPUs: 64x64 tiles, 8x8 per invocation).
     Matmul,
-    /// `matmul_wide`: the same product for CPU adapters (128x128 tiles, 16x16 per invocation).
+    /// `matmul_wide`: the same product for CPU adapters (64x128 tiles, 16x16 per invocation).
     MatmulWide,
     /// `narrow`: f32 results into an f16 tensor.
     Narrow,

@@ -1,6 +1,6 @@
 //! Both product kernels against the f64 reference, whatever the adapter
 //! would pick: `matmul` (GPUs: 64x64 tiles, 8x8 per invocation) and
-//! `matmul_wide` (CPU adapters: 128x128 tiles, 16x16 per invocation). On
+//! `matmul_wide` (CPU adapters: 64x128 tiles, 16x16 per invocation). On
 //! lavapipe the other tests run `matmul_wide`; this one holds `matmul` to
 //! the same results. One test in its own binary: the kernel is chosen by
 //! `WGPU_LOSS_MATMUL`, which is process-wide.

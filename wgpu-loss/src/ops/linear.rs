@@ -41,9 +41,14 @@ const MAX_CHUNK_ROWS: usize = 32_768;
 
 /// Output tile of the product kernel (`TILE_M`, `TILE_N` in `linear.wgsl`).
 const TILE: usize = 64;
-/// Output rows and columns per workgroup of `matmul_wide` (linear.wgsl);
-/// `matmul`'s tile is [`TILE`] square.
-const WIDE_TILE: usize = 128;
+/// Output columns per workgroup of `matmul_wide` (linear.wgsl); its rows
+/// are [`TILE`], and `matmul`'s tile is [`TILE`] square.
+const WIDE_COLS: usize = 128;
+/// Multiply-adds below which a product takes `matmul` even on a CPU
+/// adapter: llvmpipe compiles the written-out `matmul_wide` in about a
+/// second per device, more than small products take (the library's linear
+/// tests ran 42 s instead of 15 when every 64x128 output took it).
+const WIDE_MIN_MACS: u64 = 1 << 28;
 
 /// Scratch memory a fused call allocated on the device, beyond its inputs and
 /// outputs: counted from the sizes of the buffers it created.
@@ -465,19 +470,15 @@ impl GpuContext {
         Ok((gx as u32, gy as u32))
     }
 
-    /// Records a product of any size: blocks of `m`, `n` and `k` small
-    /// enough that each operand's window fits one binding (and `k` within
-    /// [`MAX_INNER`], the tile grid within the dispatch limit), `k` blocks
-    /// accumulated in ascending order. `Mat::first` of each operand is the
-    /// element at index (0, 0); `Mat::elems` is not used.
-    /// The product kernel for an `m x n` output on this adapter:
-    /// `matmul_wide` on CPU adapters when both fill its 128-wide tile (SIMD
-    /// lanes keep big per-invocation blocks in registers and on the stack;
-    /// BENCHMARKS.md: at burn's speed on lavapipe, about 1.4x `matmul`);
-    /// `matmul` otherwise, and on GPUs, where 256 accumulators per
-    /// invocation would spill. `WGPU_LOSS_MATMUL=tiled|wide` picks one
-    /// whatever the shape (benchmarks, tests).
-    pub(crate) fn matmul_kernel(&self, m: usize, n: usize) -> Kernel {
+    /// The product kernel for an `m x n` output over depth `k` on this
+    /// adapter: `matmul_wide` on CPU adapters when the output fills its
+    /// 64x128 tile and the product has at least [`WIDE_MIN_MACS`]
+    /// multiply-adds (SIMD lanes keep big per-invocation blocks in registers
+    /// and on the stack; BENCHMARKS.md: at burn's speed on lavapipe, about
+    /// 1.4x `matmul`); `matmul` otherwise, and on GPUs, where 256
+    /// accumulators per invocation would spill. `WGPU_LOSS_MATMUL=tiled|wide`
+    /// picks one whatever the shape (benchmarks, tests).
+    pub(crate) fn matmul_kernel(&self, m: usize, n: usize, k: usize) -> Kernel {
         match std::env::var("WGPU_LOSS_MATMUL").as_deref() {
             Ok("tiled") => return Kernel::Matmul,
             Ok("wide") => return Kernel::MatmulWide,
@@ -486,13 +487,19 @@ impl GpuContext {
         let cpu = self
             .adapter_info()
             .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
-        if cpu && m >= WIDE_TILE && n >= WIDE_TILE {
+        let macs = (m as u64) * (n as u64) * (k as u64);
+        if cpu && m >= TILE && n >= WIDE_COLS && macs >= WIDE_MIN_MACS {
             Kernel::MatmulWide
         } else {
             Kernel::Matmul
         }
     }
 
+    /// Records a product of any size: blocks of `m`, `n` and `k` small
+    /// enough that each operand's window fits one binding (and `k` within
+    /// [`MAX_INNER`], the tile grid within the dispatch limit), `k` blocks
+    /// accumulated in ascending order. `Mat::first` of each operand is the
+    /// element at index (0, 0); `Mat::elems` is not used.
     fn encode_product(&self, encoder: &mut wgpu::CommandEncoder, p: &Product<'_>) -> Result<()> {
         if p.m == 0 || p.n == 0 {
             return Ok(());
@@ -501,18 +508,18 @@ impl GpuContext {
         let lhs_bytes = if p.lhs_f32 { 4 } else { eb };
         let limit = |bytes: u64| (self.usable_binding() / bytes).max(1) as usize;
         let (la, lb, lo) = (limit(lhs_bytes), limit(eb), limit(4));
-        let kernel = self.matmul_kernel(p.m, p.n);
-        let tile = match kernel {
-            Kernel::MatmulWide => WIDE_TILE,
+        let kernel = self.matmul_kernel(p.m, p.n, p.k);
+        let tile_cols = match kernel {
+            Kernel::MatmulWide => WIDE_COLS,
             _ => TILE,
         };
-        let max_tiles = self.limits().max_compute_workgroups_per_dimension as usize * tile;
+        let groups = self.limits().max_compute_workgroups_per_dimension as usize;
         let span = |rows: usize, rs: usize, cols: usize, cs: usize| {
             (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
         };
         let (mut mb, mut nb, mut kb) = (
-            p.m.min(max_tiles),
-            p.n.min(max_tiles),
+            p.m.min(groups * TILE),
+            p.n.min(groups * tile_cols),
             p.k.clamp(1, MAX_INNER),
         );
         // Halve whichever dimension drives an operand past its binding.
@@ -636,7 +643,7 @@ impl GpuContext {
                             (mm::BIAS, bias_res.clone()),
                             (mm::OUT, out_res.clone()),
                         ],
-                        (n.div_ceil(tile) as u32, m.div_ceil(tile) as u32),
+                        (n.div_ceil(tile_cols) as u32, m.div_ceil(TILE) as u32),
                     )?;
                 }
             }
