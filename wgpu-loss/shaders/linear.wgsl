@@ -145,25 +145,23 @@ fn matmul(
     store_row(m0 + ty * 8u + 7u, n0 + tx * 8u + 4u, acc[15]);
 }
 
-// The product for CPU adapters (lavapipe, SwiftShader, WARP): a 64x128
-// output tile per workgroup of 32 invocations, 16x16 outputs each, A staged
-// 64x16 and B 128x16 at a time in 12 KiB of workgroup memory. On a SIMD CPU
+// The product for CPU adapters (lavapipe, SwiftShader, WARP): a 128x128
+// output tile per workgroup of 64 invocations, 16x16 outputs each, A and B
+// staged 128x16 at a time in 16 KiB of workgroup memory. On a SIMD CPU
 // the accumulators are vectors in registers and on the stack, so the
 // largest block per invocation wins: 16x16 reached burn's autotuned product
-// on lavapipe where 8x8 reached half of it (BENCHMARKS.md). The tile is 64
-// rows tall, not 128, so that the fused op's 64-row chunks (a 32 MiB
-// workspace at V = 131072) fill it. A GPU would spill 256 accumulators per
-// invocation: `matmul` serves GPUs.
+// on lavapipe where 8x8 reached half of it (BENCHMARKS.md). A GPU would
+// spill 256 accumulators per invocation: `matmul` serves GPUs.
+// `matmul_wide_short` below covers outputs of 64 to 127 rows.
 
-// [TILE_K][64 / 4] and [TILE_K][128 / 4] vectors: a k-slice of A is 16
-// contiguous vec4s, of B 32.
-var<workgroup> wide_a: array<vec4<f32>, 256>;
+// [TILE_K][128 / 4] vectors each: a k-slice of A or B is 32 contiguous vec4s.
+var<workgroup> wide_a: array<vec4<f32>, 512>;
 var<workgroup> wide_b: array<vec4<f32>, 512>;
 
-// Vector `v` of tile A: k `v / 16`, rows 4·(v % 16) .. +3.
+// Vector `v` of tile A: k `v / 32`, rows 4·(v % 32) .. +3.
 fn wide_stage_a(v: u32, m0: u32, k0: u32) {
-    let k = k0 + v / 16u;
-    let q = (v % 16u) * 4u;
+    let k = k0 + v / 32u;
+    let q = (v % 32u) * 4u;
     wide_a[v] = vec4<f32>(
         load_a(m0 + q, k), load_a(m0 + q + 1u, k), load_a(m0 + q + 2u, k), load_a(m0 + q + 3u, k));
 }
@@ -176,15 +174,15 @@ fn wide_stage_b(v: u32, n0: u32, k0: u32) {
         load_b(k, n0 + q), load_b(k, n0 + q + 1u), load_b(k, n0 + q + 2u), load_b(k, n0 + q + 3u));
 }
 
-// Invocation `tid` (of 32) stages A vectors tid + 32·s, s = 0..7, and B
-// vectors tid + 32·s, s = 0..15 (written out: see the loop note below).
+// Invocation `tid` (of 64) stages A and B vectors tid + 64·s, s = 0..7
+// (written out: see the loop note below).
 fn wide_stage(tid: u32, m0: u32, n0: u32, k0: u32) {
-    wide_stage_a(tid, m0, k0); wide_stage_a(tid + 32u, m0, k0); wide_stage_a(tid + 64u, m0, k0); wide_stage_a(tid + 96u, m0, k0);
-    wide_stage_a(tid + 128u, m0, k0); wide_stage_a(tid + 160u, m0, k0); wide_stage_a(tid + 192u, m0, k0); wide_stage_a(tid + 224u, m0, k0);
-    wide_stage_b(tid, n0, k0); wide_stage_b(tid + 32u, n0, k0); wide_stage_b(tid + 64u, n0, k0); wide_stage_b(tid + 96u, n0, k0);
-    wide_stage_b(tid + 128u, n0, k0); wide_stage_b(tid + 160u, n0, k0); wide_stage_b(tid + 192u, n0, k0); wide_stage_b(tid + 224u, n0, k0);
-    wide_stage_b(tid + 256u, n0, k0); wide_stage_b(tid + 288u, n0, k0); wide_stage_b(tid + 320u, n0, k0); wide_stage_b(tid + 352u, n0, k0);
-    wide_stage_b(tid + 384u, n0, k0); wide_stage_b(tid + 416u, n0, k0); wide_stage_b(tid + 448u, n0, k0); wide_stage_b(tid + 480u, n0, k0);
+    wide_stage_a(tid, m0, k0); wide_stage_a(tid + 64u, m0, k0); wide_stage_a(tid + 128u, m0, k0);
+    wide_stage_a(tid + 192u, m0, k0); wide_stage_a(tid + 256u, m0, k0); wide_stage_a(tid + 320u, m0, k0);
+    wide_stage_a(tid + 384u, m0, k0); wide_stage_a(tid + 448u, m0, k0);
+    wide_stage_b(tid, n0, k0); wide_stage_b(tid + 64u, n0, k0); wide_stage_b(tid + 128u, n0, k0);
+    wide_stage_b(tid + 192u, n0, k0); wide_stage_b(tid + 256u, n0, k0); wide_stage_b(tid + 320u, n0, k0);
+    wide_stage_b(tid + 384u, n0, k0); wide_stage_b(tid + 448u, n0, k0);
 }
 
 // Four rows `a` times the 16 columns `b` into acc from index `r0` (4 per row).
@@ -211,21 +209,21 @@ fn wide_mac4(acc: ptr<function, array<vec4<f32>, 64>>, r0: u32, a: vec4<f32>, b:
 fn wide_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>) {
     let o = kk * 32u + tx * 4u;
     let b = array<vec4<f32>, 4>(wide_b[o], wide_b[o + 1u], wide_b[o + 2u], wide_b[o + 3u]);
-    wide_mac4(acc, 0u, wide_a[kk * 16u + ty * 4u], b);
-    wide_mac4(acc, 16u, wide_a[kk * 16u + ty * 4u + 1u], b);
-    wide_mac4(acc, 32u, wide_a[kk * 16u + ty * 4u + 2u], b);
-    wide_mac4(acc, 48u, wide_a[kk * 16u + ty * 4u + 3u], b);
+    wide_mac4(acc, 0u, wide_a[kk * 32u + ty * 4u], b);
+    wide_mac4(acc, 16u, wide_a[kk * 32u + ty * 4u + 1u], b);
+    wide_mac4(acc, 32u, wide_a[kk * 32u + ty * 4u + 2u], b);
+    wide_mac4(acc, 48u, wide_a[kk * 32u + ty * 4u + 3u], b);
 }
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
 // loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
-@compute @workgroup_size(32)
+@compute @workgroup_size(64)
 fn matmul_wide(
     @builtin(local_invocation_index) tid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    let m0 = wid.y * 64u;
+    let m0 = wid.y * 128u;
     let n0 = wid.x * 128u;
     let tx = tid % 8u;
     let ty = tid / 8u;
@@ -367,6 +365,221 @@ fn matmul_wide(
     store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 4u, acc[61]);
     store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 8u, acc[62]);
     store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 12u, acc[63]);
+}
+
+// `matmul_wide_short`: `matmul_wide` over 64x128 tiles, 32 invocations of
+// 16x16, for outputs of 64 to 127 rows (the fused op's 64-row chunks, a 32
+// MiB workspace at V = 131072, would leave half of a 128-row tile idle). Its
+// own staging and multiply-add functions, which take the workgroup size
+// `wg` (32) as an argument. llvmpipe's compile time and speed turned on
+// how this is written (BENCHMARKS.md): sharing these functions with
+// `matmul_wide` made it 10 to 20 % slower; writing 32 in as a literal, or
+// dropping the B guard below (never taken at wg = 32), took the compile
+// from 0.6 s to 24 s; so did leaving the accumulators to WGSL's implicit
+// zeroing (`wide_zero`), and passing `WG` as a pipeline constant.
+
+// Vector `v` of the (2·wg)-row tile A: k `v / (wg / 2)`, rows
+// 4·(v % (wg / 2)) .. +3.
+fn short_stage_a(v: u32, m0: u32, k0: u32, wg: u32) {
+    let k = k0 + v / (wg / 2u);
+    let q = (v % (wg / 2u)) * 4u;
+    wide_a[v] = vec4<f32>(
+        load_a(m0 + q, k), load_a(m0 + q + 1u, k), load_a(m0 + q + 2u, k), load_a(m0 + q + 3u, k));
+}
+
+// Vector `v` of tile B: k `v / 32`, columns 4·(v % 32) .. +3.
+fn short_stage_b(v: u32, n0: u32, k0: u32) {
+    if (v >= 512u) { return; }
+    let k = k0 + v / 32u;
+    let q = (v % 32u) * 4u;
+    wide_b[v] = vec4<f32>(
+        load_b(k, n0 + q), load_b(k, n0 + q + 1u), load_b(k, n0 + q + 2u), load_b(k, n0 + q + 3u));
+}
+
+// Invocation `tid` (of wg) stages A vectors tid + wg·s, s = 0..7 (8·wg in
+// all), and B vectors tid + wg·s below 512, s = 0..15 (written out, as in
+// `matmul_wide`).
+fn short_stage(tid: u32, m0: u32, n0: u32, k0: u32, wg: u32) {
+    short_stage_a(tid, m0, k0, wg); short_stage_a(tid + 1u * wg, m0, k0, wg); short_stage_a(tid + 2u * wg, m0, k0, wg); short_stage_a(tid + 3u * wg, m0, k0, wg);
+    short_stage_a(tid + 4u * wg, m0, k0, wg); short_stage_a(tid + 5u * wg, m0, k0, wg); short_stage_a(tid + 6u * wg, m0, k0, wg); short_stage_a(tid + 7u * wg, m0, k0, wg);
+    short_stage_b(tid, n0, k0); short_stage_b(tid + 1u * wg, n0, k0); short_stage_b(tid + 2u * wg, n0, k0); short_stage_b(tid + 3u * wg, n0, k0);
+    short_stage_b(tid + 4u * wg, n0, k0); short_stage_b(tid + 5u * wg, n0, k0); short_stage_b(tid + 6u * wg, n0, k0); short_stage_b(tid + 7u * wg, n0, k0);
+    short_stage_b(tid + 8u * wg, n0, k0); short_stage_b(tid + 9u * wg, n0, k0); short_stage_b(tid + 10u * wg, n0, k0); short_stage_b(tid + 11u * wg, n0, k0);
+    short_stage_b(tid + 12u * wg, n0, k0); short_stage_b(tid + 13u * wg, n0, k0); short_stage_b(tid + 14u * wg, n0, k0); short_stage_b(tid + 15u * wg, n0, k0);
+}
+
+// One k of the (2·wg)-row tile: a 16x16 outer product into `acc`.
+fn short_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>, wg: u32) {
+    let o = kk * 32u + tx * 4u;
+    let b = array<vec4<f32>, 4>(wide_b[o], wide_b[o + 1u], wide_b[o + 2u], wide_b[o + 3u]);
+    let a = kk * (wg / 2u) + ty * 4u;
+    wide_mac4(acc, 0u, wide_a[a], b);
+    wide_mac4(acc, 16u, wide_a[a + 1u], b);
+    wide_mac4(acc, 32u, wide_a[a + 2u], b);
+    wide_mac4(acc, 48u, wide_a[a + 3u], b);
+}
+
+// The staging and k loops are written out: lavapipe stops an invocation's
+// loops after 65535 iterations in all, so the only loop over k is the tile
+// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
+@compute @workgroup_size(32)
+fn matmul_wide_short(
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let m0 = wid.y * 64u;
+    let n0 = wid.x * 128u;
+    let tx = tid % 8u;
+    let ty = tid / 8u;
+    var acc: array<vec4<f32>, 64>;
+    wide_zero(&acc);
+    for (var k0 = 0u; k0 < params.inner; k0 = k0 + 16u) {
+        short_stage(tid, m0, n0, k0, 32u);
+        workgroupBarrier();
+        short_mac(0u, tx, ty, &acc, 32u); short_mac(1u, tx, ty, &acc, 32u); short_mac(2u, tx, ty, &acc, 32u); short_mac(3u, tx, ty, &acc, 32u);
+        short_mac(4u, tx, ty, &acc, 32u); short_mac(5u, tx, ty, &acc, 32u); short_mac(6u, tx, ty, &acc, 32u); short_mac(7u, tx, ty, &acc, 32u);
+        short_mac(8u, tx, ty, &acc, 32u); short_mac(9u, tx, ty, &acc, 32u); short_mac(10u, tx, ty, &acc, 32u); short_mac(11u, tx, ty, &acc, 32u);
+        short_mac(12u, tx, ty, &acc, 32u); short_mac(13u, tx, ty, &acc, 32u); short_mac(14u, tx, ty, &acc, 32u); short_mac(15u, tx, ty, &acc, 32u);
+        workgroupBarrier();
+    }
+    wide_store(&acc, m0, n0, tx, ty);
+}
+
+// Zeroes the accumulators one constant index at a time (see
+// `matmul_wide_short`).
+fn wide_zero(acc: ptr<function, array<vec4<f32>, 64>>) {
+    (*acc)[0] = vec4<f32>(0.0);
+    (*acc)[1] = vec4<f32>(0.0);
+    (*acc)[2] = vec4<f32>(0.0);
+    (*acc)[3] = vec4<f32>(0.0);
+    (*acc)[4] = vec4<f32>(0.0);
+    (*acc)[5] = vec4<f32>(0.0);
+    (*acc)[6] = vec4<f32>(0.0);
+    (*acc)[7] = vec4<f32>(0.0);
+    (*acc)[8] = vec4<f32>(0.0);
+    (*acc)[9] = vec4<f32>(0.0);
+    (*acc)[10] = vec4<f32>(0.0);
+    (*acc)[11] = vec4<f32>(0.0);
+    (*acc)[12] = vec4<f32>(0.0);
+    (*acc)[13] = vec4<f32>(0.0);
+    (*acc)[14] = vec4<f32>(0.0);
+    (*acc)[15] = vec4<f32>(0.0);
+    (*acc)[16] = vec4<f32>(0.0);
+    (*acc)[17] = vec4<f32>(0.0);
+    (*acc)[18] = vec4<f32>(0.0);
+    (*acc)[19] = vec4<f32>(0.0);
+    (*acc)[20] = vec4<f32>(0.0);
+    (*acc)[21] = vec4<f32>(0.0);
+    (*acc)[22] = vec4<f32>(0.0);
+    (*acc)[23] = vec4<f32>(0.0);
+    (*acc)[24] = vec4<f32>(0.0);
+    (*acc)[25] = vec4<f32>(0.0);
+    (*acc)[26] = vec4<f32>(0.0);
+    (*acc)[27] = vec4<f32>(0.0);
+    (*acc)[28] = vec4<f32>(0.0);
+    (*acc)[29] = vec4<f32>(0.0);
+    (*acc)[30] = vec4<f32>(0.0);
+    (*acc)[31] = vec4<f32>(0.0);
+    (*acc)[32] = vec4<f32>(0.0);
+    (*acc)[33] = vec4<f32>(0.0);
+    (*acc)[34] = vec4<f32>(0.0);
+    (*acc)[35] = vec4<f32>(0.0);
+    (*acc)[36] = vec4<f32>(0.0);
+    (*acc)[37] = vec4<f32>(0.0);
+    (*acc)[38] = vec4<f32>(0.0);
+    (*acc)[39] = vec4<f32>(0.0);
+    (*acc)[40] = vec4<f32>(0.0);
+    (*acc)[41] = vec4<f32>(0.0);
+    (*acc)[42] = vec4<f32>(0.0);
+    (*acc)[43] = vec4<f32>(0.0);
+    (*acc)[44] = vec4<f32>(0.0);
+    (*acc)[45] = vec4<f32>(0.0);
+    (*acc)[46] = vec4<f32>(0.0);
+    (*acc)[47] = vec4<f32>(0.0);
+    (*acc)[48] = vec4<f32>(0.0);
+    (*acc)[49] = vec4<f32>(0.0);
+    (*acc)[50] = vec4<f32>(0.0);
+    (*acc)[51] = vec4<f32>(0.0);
+    (*acc)[52] = vec4<f32>(0.0);
+    (*acc)[53] = vec4<f32>(0.0);
+    (*acc)[54] = vec4<f32>(0.0);
+    (*acc)[55] = vec4<f32>(0.0);
+    (*acc)[56] = vec4<f32>(0.0);
+    (*acc)[57] = vec4<f32>(0.0);
+    (*acc)[58] = vec4<f32>(0.0);
+    (*acc)[59] = vec4<f32>(0.0);
+    (*acc)[60] = vec4<f32>(0.0);
+    (*acc)[61] = vec4<f32>(0.0);
+    (*acc)[62] = vec4<f32>(0.0);
+    (*acc)[63] = vec4<f32>(0.0);
+}
+
+// Invocation (tx, ty)'s 16x16 block, row i in acc[4i .. 4i + 3].
+fn wide_store(acc: ptr<function, array<vec4<f32>, 64>>, m0: u32, n0: u32, tx: u32, ty: u32) {
+    store_row(m0 + ty * 16u + 0u, n0 + tx * 16u + 0u, (*acc)[0]);
+    store_row(m0 + ty * 16u + 0u, n0 + tx * 16u + 4u, (*acc)[1]);
+    store_row(m0 + ty * 16u + 0u, n0 + tx * 16u + 8u, (*acc)[2]);
+    store_row(m0 + ty * 16u + 0u, n0 + tx * 16u + 12u, (*acc)[3]);
+    store_row(m0 + ty * 16u + 1u, n0 + tx * 16u + 0u, (*acc)[4]);
+    store_row(m0 + ty * 16u + 1u, n0 + tx * 16u + 4u, (*acc)[5]);
+    store_row(m0 + ty * 16u + 1u, n0 + tx * 16u + 8u, (*acc)[6]);
+    store_row(m0 + ty * 16u + 1u, n0 + tx * 16u + 12u, (*acc)[7]);
+    store_row(m0 + ty * 16u + 2u, n0 + tx * 16u + 0u, (*acc)[8]);
+    store_row(m0 + ty * 16u + 2u, n0 + tx * 16u + 4u, (*acc)[9]);
+    store_row(m0 + ty * 16u + 2u, n0 + tx * 16u + 8u, (*acc)[10]);
+    store_row(m0 + ty * 16u + 2u, n0 + tx * 16u + 12u, (*acc)[11]);
+    store_row(m0 + ty * 16u + 3u, n0 + tx * 16u + 0u, (*acc)[12]);
+    store_row(m0 + ty * 16u + 3u, n0 + tx * 16u + 4u, (*acc)[13]);
+    store_row(m0 + ty * 16u + 3u, n0 + tx * 16u + 8u, (*acc)[14]);
+    store_row(m0 + ty * 16u + 3u, n0 + tx * 16u + 12u, (*acc)[15]);
+    store_row(m0 + ty * 16u + 4u, n0 + tx * 16u + 0u, (*acc)[16]);
+    store_row(m0 + ty * 16u + 4u, n0 + tx * 16u + 4u, (*acc)[17]);
+    store_row(m0 + ty * 16u + 4u, n0 + tx * 16u + 8u, (*acc)[18]);
+    store_row(m0 + ty * 16u + 4u, n0 + tx * 16u + 12u, (*acc)[19]);
+    store_row(m0 + ty * 16u + 5u, n0 + tx * 16u + 0u, (*acc)[20]);
+    store_row(m0 + ty * 16u + 5u, n0 + tx * 16u + 4u, (*acc)[21]);
+    store_row(m0 + ty * 16u + 5u, n0 + tx * 16u + 8u, (*acc)[22]);
+    store_row(m0 + ty * 16u + 5u, n0 + tx * 16u + 12u, (*acc)[23]);
+    store_row(m0 + ty * 16u + 6u, n0 + tx * 16u + 0u, (*acc)[24]);
+    store_row(m0 + ty * 16u + 6u, n0 + tx * 16u + 4u, (*acc)[25]);
+    store_row(m0 + ty * 16u + 6u, n0 + tx * 16u + 8u, (*acc)[26]);
+    store_row(m0 + ty * 16u + 6u, n0 + tx * 16u + 12u, (*acc)[27]);
+    store_row(m0 + ty * 16u + 7u, n0 + tx * 16u + 0u, (*acc)[28]);
+    store_row(m0 + ty * 16u + 7u, n0 + tx * 16u + 4u, (*acc)[29]);
+    store_row(m0 + ty * 16u + 7u, n0 + tx * 16u + 8u, (*acc)[30]);
+    store_row(m0 + ty * 16u + 7u, n0 + tx * 16u + 12u, (*acc)[31]);
+    store_row(m0 + ty * 16u + 8u, n0 + tx * 16u + 0u, (*acc)[32]);
+    store_row(m0 + ty * 16u + 8u, n0 + tx * 16u + 4u, (*acc)[33]);
+    store_row(m0 + ty * 16u + 8u, n0 + tx * 16u + 8u, (*acc)[34]);
+    store_row(m0 + ty * 16u + 8u, n0 + tx * 16u + 12u, (*acc)[35]);
+    store_row(m0 + ty * 16u + 9u, n0 + tx * 16u + 0u, (*acc)[36]);
+    store_row(m0 + ty * 16u + 9u, n0 + tx * 16u + 4u, (*acc)[37]);
+    store_row(m0 + ty * 16u + 9u, n0 + tx * 16u + 8u, (*acc)[38]);
+    store_row(m0 + ty * 16u + 9u, n0 + tx * 16u + 12u, (*acc)[39]);
+    store_row(m0 + ty * 16u + 10u, n0 + tx * 16u + 0u, (*acc)[40]);
+    store_row(m0 + ty * 16u + 10u, n0 + tx * 16u + 4u, (*acc)[41]);
+    store_row(m0 + ty * 16u + 10u, n0 + tx * 16u + 8u, (*acc)[42]);
+    store_row(m0 + ty * 16u + 10u, n0 + tx * 16u + 12u, (*acc)[43]);
+    store_row(m0 + ty * 16u + 11u, n0 + tx * 16u + 0u, (*acc)[44]);
+    store_row(m0 + ty * 16u + 11u, n0 + tx * 16u + 4u, (*acc)[45]);
+    store_row(m0 + ty * 16u + 11u, n0 + tx * 16u + 8u, (*acc)[46]);
+    store_row(m0 + ty * 16u + 11u, n0 + tx * 16u + 12u, (*acc)[47]);
+    store_row(m0 + ty * 16u + 12u, n0 + tx * 16u + 0u, (*acc)[48]);
+    store_row(m0 + ty * 16u + 12u, n0 + tx * 16u + 4u, (*acc)[49]);
+    store_row(m0 + ty * 16u + 12u, n0 + tx * 16u + 8u, (*acc)[50]);
+    store_row(m0 + ty * 16u + 12u, n0 + tx * 16u + 12u, (*acc)[51]);
+    store_row(m0 + ty * 16u + 13u, n0 + tx * 16u + 0u, (*acc)[52]);
+    store_row(m0 + ty * 16u + 13u, n0 + tx * 16u + 4u, (*acc)[53]);
+    store_row(m0 + ty * 16u + 13u, n0 + tx * 16u + 8u, (*acc)[54]);
+    store_row(m0 + ty * 16u + 13u, n0 + tx * 16u + 12u, (*acc)[55]);
+    store_row(m0 + ty * 16u + 14u, n0 + tx * 16u + 0u, (*acc)[56]);
+    store_row(m0 + ty * 16u + 14u, n0 + tx * 16u + 4u, (*acc)[57]);
+    store_row(m0 + ty * 16u + 14u, n0 + tx * 16u + 8u, (*acc)[58]);
+    store_row(m0 + ty * 16u + 14u, n0 + tx * 16u + 12u, (*acc)[59]);
+    store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 0u, (*acc)[60]);
+    store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 4u, (*acc)[61]);
+    store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 8u, (*acc)[62]);
+    store_row(m0 + ty * 16u + 15u, n0 + tx * 16u + 12u, (*acc)[63]);
 }
 
 fn store_one(m: u32, n: u32, value: f32) {

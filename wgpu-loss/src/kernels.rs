@@ -665,8 +665,10 @@ pub enum Kernel {
     Copy,
     /// `matmul`: the tiled matrix product (GPUs: 64x64 tiles, 8x8 per invocation).
     Matmul,
-    /// `matmul_wide`: the same product for CPU adapters (64x128 tiles, 16x16 per invocation).
+    /// `matmul_wide`: the same product for CPU adapters (128x128 tiles, 16x16 per invocation).
     MatmulWide,
+    /// `matmul_wide_short`: `matmul_wide` with 64x128 tiles, for outputs of 64 to 127 rows.
+    MatmulWideShort,
     /// `narrow`: f32 results into an f16 tensor.
     Narrow,
     /// `lce_records`: per-row records of a shard's logits chunk.
@@ -688,7 +690,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 30] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -714,6 +716,7 @@ impl Kernel {
         Kernel::CrossEntropyPartial,
         Kernel::Matmul,
         Kernel::MatmulWide,
+        Kernel::MatmulWideShort,
         Kernel::Narrow,
         Kernel::LinearCrossEntropyRecords,
         Kernel::LinearCrossEntropyMerge,
@@ -742,7 +745,7 @@ impl Kernel {
                 Family::Binary
             }
             Copy => Family::Copy,
-            Matmul | MatmulWide | Narrow => Family::Linear,
+            Matmul | MatmulWide | MatmulWideShort | Narrow => Family::Linear,
             LinearCrossEntropyRecords
             | LinearCrossEntropyMerge
             | LinearCrossEntropyGrad
@@ -779,6 +782,7 @@ impl Kernel {
             CrossEntropyPartial => "ce_partial",
             Matmul => "matmul",
             MatmulWide => "matmul_wide",
+            MatmulWideShort => "matmul_wide_short",
             Narrow => "narrow",
             LinearCrossEntropyRecords => "lce_records",
             LinearCrossEntropyMerge => "lce_merge",
@@ -934,7 +938,7 @@ impl Kernel {
                 (ce::RESULT, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
-            Matmul | MatmulWide => &[
+            Matmul | MatmulWide | MatmulWideShort => &[
                 (PARAMS, Uniform),
                 (mm::LHS, Read),
                 (mm::LHS_F32, Read),

@@ -1,8 +1,10 @@
 //! Both product kernels against the f64 reference, whatever the adapter
 //! would pick: `matmul` (GPUs: 64x64 tiles, 8x8 per invocation) and
-//! `matmul_wide` (CPU adapters: 64x128 tiles, 16x16 per invocation). On
-//! lavapipe the other tests run `matmul_wide`; this one holds `matmul` to
-//! the same results. One test in its own binary: the kernel is chosen by
+//! `matmul_wide` (CPU adapters: 128x128 tiles, 16x16 per invocation), with
+//! `matmul_wide_short` (64x128 tiles) for outputs of 64 to 127 rows. On
+//! lavapipe the big products elsewhere run the wide kernels and the small
+//! ones `matmul`; this test forces each on every shape: rows 1 and 65 take
+//! `matmul_wide_short` when wide is forced, 130 and 257 `matmul_wide`. One test in its own binary: the kernel is chosen by
 //! `WGPU_LOSS_MATMUL`, which is process-wide.
 
 mod common;

@@ -41,14 +41,25 @@ const MAX_CHUNK_ROWS: usize = 32_768;
 
 /// Output tile of the product kernel (`TILE_M`, `TILE_N` in `linear.wgsl`).
 const TILE: usize = 64;
-/// Output columns per workgroup of `matmul_wide` (linear.wgsl); its rows
-/// are [`TILE`], and `matmul`'s tile is [`TILE`] square.
+/// Output columns per workgroup of `matmul_wide` and `matmul_wide_short`
+/// (linear.wgsl); `matmul`'s tile is [`TILE`] square.
 const WIDE_COLS: usize = 128;
+/// Output rows per workgroup of `matmul_wide`, for outputs of at least as
+/// many rows; `matmul_wide_short` covers [`TILE`] rows.
+const WIDE_TALL: usize = 128;
 /// Multiply-adds below which a product takes `matmul` even on a CPU
 /// adapter: llvmpipe compiles the written-out `matmul_wide` in about a
 /// second per device, more than small products take (the library's linear
 /// tests ran 42 s instead of 15 when every 64x128 output took it).
 const WIDE_MIN_MACS: u64 = 1 << 28;
+
+/// A product kernel and its output tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProductKernel {
+    kernel: Kernel,
+    tile_rows: usize,
+    tile_cols: usize,
+}
 
 /// Scratch memory a fused call allocated on the device, beyond its inputs and
 /// outputs: counted from the sizes of the buffers it created.
@@ -471,17 +482,38 @@ impl GpuContext {
     }
 
     /// The product kernel for an `m x n` output over depth `k` on this
-    /// adapter: `matmul_wide` on CPU adapters when the output fills its
-    /// 64x128 tile and the product has at least [`WIDE_MIN_MACS`]
-    /// multiply-adds (SIMD lanes keep big per-invocation blocks in registers
-    /// and on the stack; BENCHMARKS.md: at burn's speed on lavapipe, about
-    /// 1.4x `matmul`); `matmul` otherwise, and on GPUs, where 256
+    /// adapter: on CPU adapters, when the output fills a 64x128 tile and the
+    /// product has at least [`WIDE_MIN_MACS`] multiply-adds, `matmul_wide`
+    /// (128x128 tiles) where `m` fills 128 rows and `matmul_wide_short`
+    /// (64x128) below, the fused op's 64-row chunks (SIMD lanes keep big
+    /// per-invocation blocks in registers and on the stack; BENCHMARKS.md:
+    /// at burn's speed on lavapipe); `matmul` otherwise, and on GPUs, where 256
     /// accumulators per invocation would spill. `WGPU_LOSS_MATMUL=tiled|wide`
-    /// picks one whatever the shape (benchmarks, tests).
-    pub(crate) fn matmul_kernel(&self, m: usize, n: usize, k: usize) -> Kernel {
+    /// picks the kernel whatever the shape (benchmarks, tests).
+    pub(crate) fn matmul_kernel(&self, m: usize, n: usize, k: usize) -> ProductKernel {
+        let tiled = ProductKernel {
+            kernel: Kernel::Matmul,
+            tile_rows: TILE,
+            tile_cols: TILE,
+        };
+        let wide = || {
+            if m >= WIDE_TALL {
+                ProductKernel {
+                    kernel: Kernel::MatmulWide,
+                    tile_rows: WIDE_TALL,
+                    tile_cols: WIDE_COLS,
+                }
+            } else {
+                ProductKernel {
+                    kernel: Kernel::MatmulWideShort,
+                    tile_rows: TILE,
+                    tile_cols: WIDE_COLS,
+                }
+            }
+        };
         match std::env::var("WGPU_LOSS_MATMUL").as_deref() {
-            Ok("tiled") => return Kernel::Matmul,
-            Ok("wide") => return Kernel::MatmulWide,
+            Ok("tiled") => return tiled,
+            Ok("wide") => return wide(),
             _ => {}
         }
         let cpu = self
@@ -489,9 +521,9 @@ impl GpuContext {
             .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
         let macs = (m as u64) * (n as u64) * (k as u64);
         if cpu && m >= TILE && n >= WIDE_COLS && macs >= WIDE_MIN_MACS {
-            Kernel::MatmulWide
+            wide()
         } else {
-            Kernel::Matmul
+            tiled
         }
     }
 
@@ -508,18 +540,15 @@ impl GpuContext {
         let lhs_bytes = if p.lhs_f32 { 4 } else { eb };
         let limit = |bytes: u64| (self.usable_binding() / bytes).max(1) as usize;
         let (la, lb, lo) = (limit(lhs_bytes), limit(eb), limit(4));
-        let kernel = self.matmul_kernel(p.m, p.n, p.k);
-        let tile_cols = match kernel {
-            Kernel::MatmulWide => WIDE_COLS,
-            _ => TILE,
-        };
+        let product = self.matmul_kernel(p.m, p.n, p.k);
+        let kernel = product.kernel;
         let groups = self.limits().max_compute_workgroups_per_dimension as usize;
         let span = |rows: usize, rs: usize, cols: usize, cs: usize| {
             (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
         };
         let (mut mb, mut nb, mut kb) = (
-            p.m.min(groups * TILE),
-            p.n.min(groups * tile_cols),
+            p.m.min(groups * product.tile_rows),
+            p.n.min(groups * product.tile_cols),
             p.k.clamp(1, MAX_INNER),
         );
         // Halve whichever dimension drives an operand past its binding.
@@ -643,7 +672,10 @@ impl GpuContext {
                             (mm::BIAS, bias_res.clone()),
                             (mm::OUT, out_res.clone()),
                         ],
-                        (n.div_ceil(tile_cols) as u32, m.div_ceil(TILE) as u32),
+                        (
+                            n.div_ceil(product.tile_cols) as u32,
+                            m.div_ceil(product.tile_rows) as u32,
+                        ),
                     )?;
                 }
             }
