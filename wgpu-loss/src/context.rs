@@ -195,6 +195,19 @@ impl GpuContext {
         Self::build(device, queue, None, &ContextOptions::default())
     }
 
+    /// [`GpuContext::from_device`] for a device whose adapter the caller
+    /// knows (another library's device, burn's for one): the adapter's info
+    /// picks the kernels' tuning as [`GpuContext::new`] would (CPU adapters
+    /// take different row launches and product tiles), where an adopted
+    /// device without it gets the generic GPU tuning.
+    pub fn from_device_with_adapter(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: wgpu::AdapterInfo,
+    ) -> Self {
+        Self::build(device, queue, Some(adapter), &ContextOptions::default())
+    }
+
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,

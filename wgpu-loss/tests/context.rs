@@ -21,6 +21,13 @@ fn adopts_a_callers_device_and_queue() {
         ..Default::default()
     }))
     .expect("device");
+    let with_info =
+        GpuContext::from_device_with_adapter(device.clone(), queue.clone(), adapter.get_info());
+    assert_eq!(
+        with_info.adapter_info().map(|i| i.name.clone()),
+        Some(adapter.get_info().name)
+    );
+    assert_eq!(with_info.row_tuning(), shared.row_tuning());
     let ctx = GpuContext::from_device(device, queue);
     assert!(ctx.adapter_info().is_none());
     assert_eq!(ctx.adapter_name(), "caller's device");
