@@ -443,16 +443,21 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
             unfused as f64 / s.bytes.max(1) as f64
         ),
     };
+    let parts = if s.vocabulary_parts > 1 {
+        format!(", the vocabulary in {} parts", s.vocabulary_parts)
+    } else {
+        String::new()
+    };
     let line = format!(
-        "memory: the fused op allocated {:.1} MiB (workspace {:.1} MiB, {} rows per chunk); {unfused_line}",
+        "memory: the fused op allocated {:.1} MiB (workspace {:.1} MiB, {} rows per chunk{parts}); {unfused_line}",
         mib(s.bytes),
         mib(s.workspace_bytes),
         s.chunk_rows,
     );
     if args.json {
         println!(
-            "{{\"op\":\"linear-cross-entropy\",\"scratch_bytes\":{},\"workspace_bytes\":{},\"chunk_rows\":{},\"logits_bytes\":{unfused}}}",
-            s.bytes, s.workspace_bytes, s.chunk_rows
+            "{{\"op\":\"linear-cross-entropy\",\"scratch_bytes\":{},\"workspace_bytes\":{},\"chunk_rows\":{},\"vocabulary_parts\":{},\"logits_bytes\":{unfused}}}",
+            s.bytes, s.workspace_bytes, s.chunk_rows, s.vocabulary_parts
         );
     } else {
         println!("{line}");

@@ -1252,3 +1252,136 @@ fn parameter_grads_add_over_windows_matches_one_call() {
         "{err}"
     );
 }
+
+/// A loss without gradients whose workspace holds fewer than 128 rows walks
+/// the vocabulary in parts on CPU adapters (so that each chunk fills
+/// `matmul_wide`'s 128-row tile) and merges the parts' records: the result
+/// is the reference's, with every option that reaches the merge. Sizes put
+/// the chunk products past the wide kernels' threshold, and the vocabulary
+/// leaves a short last part (8392 = 4096 + 4096 + 200).
+#[test]
+fn loss_only_in_vocabulary_parts_matches_the_reference() {
+    use wgpu::util::DeviceExt;
+    use wgpu_loss::{GpuTensor, LinearCrossEntropyViews, Reduction};
+    let Some(ctx) = gpu() else { return };
+    let (rows, d, v) = (200, 512, 8392);
+    let p = problem(41, rows, d, v, true);
+    let mut rng = Rng::new(42);
+    let weight: Vec<f32> = (0..v)
+        .map(|_| 0.5 + rng.below(100) as f32 / 100.0)
+        .collect();
+    let ignored = p.targets[3];
+    let loss_options = |reduction| CrossEntropyOptions {
+        weight: Some(&weight[..]),
+        ignore_index: ignored,
+        label_smoothing: 0.1,
+        z_loss: 1e-3,
+        softcap: Some(30.0),
+        reduction,
+        ..Default::default()
+    };
+    let workspace = Some((64 * v * 4) as u64);
+    let mut lse_all = Vec::new();
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let r = reference_of(&p, &loss_options(reduction));
+        let options = LinearCrossEntropyOptions {
+            loss: loss_options(reduction),
+            workspace_bytes: workspace,
+            ..Default::default()
+        };
+        let out = run(ctx, &p, &options, LinearGrads::NONE);
+        check_fused(
+            &format!("{reduction:?} in parts"),
+            &p,
+            &loss_options(reduction),
+            &out,
+            &r,
+        );
+        lse_all = out.lse;
+    }
+    // The choice of parts does not depend on the call's rows, so a window of
+    // the first 100 rows (its chunk a 100-row product, another kernel) gives
+    // those rows' lse bit for bit: `eval` streams in windows.
+    let first = Problem {
+        shape: LinearShape {
+            rows: 100,
+            ..p.shape
+        },
+        hidden: p.hidden[..100 * d].to_vec(),
+        classifier: p.classifier.clone(),
+        bias: p.bias.clone(),
+        targets: p.targets[..100].to_vec(),
+    };
+    let window = run(
+        ctx,
+        &first,
+        &LinearCrossEntropyOptions {
+            loss: loss_options(Reduction::None),
+            workspace_bytes: workspace,
+            ..Default::default()
+        },
+        LinearGrads::NONE,
+    );
+    for (i, (a, b)) in window.lse.iter().zip(&lse_all).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "row {i}: lse {a} in a 100-row window, {b} in 200 rows"
+        );
+    }
+    // Which path ran: the encode API reports it.
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let init = |bytes: &[u8]| {
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytes,
+                usage,
+            })
+    };
+    let h = init(bytemuck::cast_slice(&p.hidden));
+    let w = init(bytemuck::cast_slice(&p.classifier));
+    let targets: Vec<i32> = p.targets.iter().map(|&t| t as i32).collect();
+    let t = init(bytemuck::cast_slice(&targets));
+    let loss = init(&[0u8; 8]);
+    let views = LinearCrossEntropyViews {
+        hidden: GpuTensor::f32_matrix(&h, 0, rows, d),
+        classifier: GpuTensor::f32_matrix(&w, 0, v, d),
+        bias: None,
+        targets: GpuTensor::i32_vector(&t, 0, rows),
+        loss: GpuTensor::f32_vector(&loss, 0, 2),
+        lse: None,
+        grad_hidden: None,
+        grad_classifier: None,
+        grad_bias: None,
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let used = ctx
+        .encode_linear_cross_entropy(
+            &mut enc,
+            &views,
+            &LinearCrossEntropyOptions {
+                workspace_bytes: workspace,
+                ..Default::default()
+            },
+        )
+        .expect("encode");
+    ctx.queue().submit([enc.finish()]);
+    let cpu = ctx
+        .adapter_info()
+        .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
+    if cpu {
+        assert_eq!(
+            (used.vocabulary_parts, used.chunk_rows),
+            (3, 128),
+            "{used:?}"
+        );
+    } else {
+        assert_eq!(
+            (used.vocabulary_parts, used.chunk_rows),
+            (1, 64),
+            "{used:?}"
+        );
+    }
+    assert_eq!(used.workspace_bytes, (64 * v * 4) as u64, "{used:?}");
+}

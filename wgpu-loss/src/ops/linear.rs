@@ -13,6 +13,11 @@
 //! order, so results are bitwise reproducible for a given adapter, input and
 //! workspace size. The `mean` denominator comes from the targets alone
 //! (`ce_denominator`), before any chunk, so it is global.
+//!
+//! A loss without gradients on a CPU adapter may instead walk the
+//! vocabulary in parts through the same workspace, as shards, and merge
+//! their records, so that chunks are tall enough for `matmul_wide`
+//! (`lce_loss_part_classes`).
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -72,6 +77,11 @@ pub struct ScratchUse {
     pub workspace_bytes: u64,
     /// Rows per chunk the workspace held.
     pub chunk_rows: usize,
+    /// Parts the vocabulary was walked in, one after another through the
+    /// same workspace: 1, or more for a loss without gradients on a CPU
+    /// adapter, where more rows per chunk fill the faster product kernel
+    /// (see [`GpuContext::encode_linear_cross_entropy`]).
+    pub vocabulary_parts: usize,
 }
 
 /// The tensors of [`GpuContext::encode_linear`]: `output = input·weightᵀ + bias`.
@@ -1128,15 +1138,30 @@ impl GpuContext {
         lse_rows: Option<&crate::ops::cross_entropy::CrossEntropyProblem<'_>>,
         scratch: &mut ScratchUse,
     ) -> Result<()> {
-        let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
-        let (chunk, segment) = self.lce_plan(inputs)?;
-        let storage = inputs.hidden.dtype.storage();
-        let workspace = self.scratch("lce workspace", (chunk * vs) as u64 * 4);
+        let (chunk, _) = self.lce_plan(inputs)?;
+        let workspace = self.scratch("lce workspace", (chunk * inputs.shard.len()) as u64 * 4);
         scratch.bytes += workspace.size();
         scratch.workspace_bytes = workspace.size();
         scratch.chunk_rows = chunk;
+        self.encode_lce_pass_in(encoder, inputs, work, lse_rows, &workspace, scratch)
+    }
+
+    /// [`Self::encode_lce_pass`] in a workspace the caller holds (at least
+    /// the plan's chunk of rows by the shard's classes).
+    fn encode_lce_pass_in(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &Inputs<'_>,
+        work: &Work<'_>,
+        lse_rows: Option<&crate::ops::cross_entropy::CrossEntropyProblem<'_>>,
+        workspace: &wgpu::Buffer,
+        scratch: &mut ScratchUse,
+    ) -> Result<()> {
+        let (rows, d, vs) = (inputs.hidden.rows, inputs.hidden.cols, inputs.shard.len());
+        let (chunk, segment) = self.lce_plan(inputs)?;
+        let storage = inputs.hidden.dtype.storage();
         let ws = Mat {
-            buffer: &workspace,
+            buffer: workspace,
             first: 0,
             elems: (chunk * vs) as u64,
         };
@@ -1213,7 +1238,7 @@ impl GpuContext {
             };
             if let Some((records_buffer, records_res)) = &records_arg {
                 let bound = [
-                    (lce::LOGITS, &workspace),
+                    (lce::LOGITS, workspace),
                     (lce::TARGETS, targets.buffer),
                     (lce::WEIGHTS, weights.buffer),
                     (lce::RECORDS, *records_buffer),
@@ -1280,7 +1305,7 @@ impl GpuContext {
             let lse_arg = WholeArg::view(lce::LSE_IN, lse);
             let scalars = WholeArg::new(lce::SCALARS, &problem.scalars);
             let bound = [
-                (lce::LOGITS, &workspace),
+                (lce::LOGITS, workspace),
                 (lce::TARGETS, targets.buffer),
                 (lce::WEIGHTS, weights.buffer),
                 (lce::SCALARS, scalars.buffer),
@@ -1359,7 +1384,7 @@ impl GpuContext {
                 };
                 let (res, base) = self.window(&view_mat(db), 4)?;
                 params.base_out = base;
-                let bound = [(lce::LOGITS, &workspace), (lce::BIAS_GRAD, db.buffer)];
+                let bound = [(lce::LOGITS, workspace), (lce::BIAS_GRAD, db.buffer)];
                 let variant =
                     self.variant(Kernel::LinearCrossEntropyBiasGrad, Storage::F32, &bound);
                 self.dispatch(
@@ -1474,6 +1499,12 @@ impl GpuContext {
     /// ([`crate::loss::linear_cross_entropy`]). Returns what the call
     /// allocated. Nothing is submitted.
     ///
+    /// Without gradients, on a CPU adapter whose workspace holds fewer than
+    /// 128 rows, the vocabulary is walked in parts through the same
+    /// workspace and their records merged
+    /// ([`ScratchUse::vocabulary_parts`]): the result is the same within the
+    /// tolerance, not bit for bit the one-pass result.
+    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use wgpu::util::DeviceExt;
@@ -1577,7 +1608,18 @@ impl GpuContext {
             ],
             &inputs,
         )?;
-        let mut scratch = ScratchUse::default();
+        let no_grads = views.grad_hidden.is_none()
+            && views.grad_classifier.is_none()
+            && views.grad_bias.is_none();
+        if no_grads {
+            if let Some(part) = self.lce_loss_part_classes(&inputs)? {
+                return self.encode_lce_loss_in_parts(encoder, views, options, ignore_index, part);
+            }
+        }
+        let mut scratch = ScratchUse {
+            vocabulary_parts: 1,
+            ..ScratchUse::default()
+        };
         let problem = self.lce_problem(encoder, &inputs, &options.loss, &mut scratch)?;
         let lse_scratch;
         let lse = match views.lse {
@@ -1601,6 +1643,149 @@ impl GpuContext {
             &mut scratch,
         )?;
         self.encode_row_results(encoder, &problem, &views.loss, reduced)?;
+        Ok(scratch)
+    }
+
+    /// Classes per part when a loss without gradients should walk the
+    /// vocabulary in parts: on a CPU adapter whose workspace holds fewer
+    /// rows than `matmul_wide`'s 128-row tile (64 rows of a 131072-class
+    /// vocabulary in the default 32 MiB), the same workspace holds 128 rows
+    /// of part of the classes, and the chunk products take `matmul_wide`
+    /// instead of `matmul_wide_short`, 20 to 30 % faster on lavapipe
+    /// (BENCHMARKS.md). Each part's records are merged as vocabulary shards
+    /// are ([`GpuContext::encode_merge_records`]). With gradients the parts
+    /// would need the logits again after the merge (a fourth product), so
+    /// they never split. Parts are whole 128-class blocks, which keeps the
+    /// classifier and bias views aligned. `None`: one pass.
+    fn lce_loss_part_classes(&self, inputs: &Inputs<'_>) -> Result<Option<usize>> {
+        let (d, vs) = (inputs.hidden.cols, inputs.shard.len());
+        // What the workspace holds, whatever this call's rows: the choice
+        // must not depend on them, or `eval`'s windows of different sizes
+        // would give different bits for the same row.
+        let (chunk, _) = self.lce_plan_of(
+            usize::MAX,
+            d,
+            vs,
+            inputs.hidden.dtype.size(),
+            inputs.workspace_bytes,
+        )?;
+        if chunk >= WIDE_TALL || self.matmul_kernel(chunk, vs, d).kernel != Kernel::MatmulWideShort
+        {
+            return Ok(None);
+        }
+        let part = (chunk * vs / WIDE_TALL) / WIDE_COLS * WIDE_COLS;
+        let align = u64::from(self.limits().min_storage_buffer_offset_alignment).max(1);
+        let eb = inputs.classifier.dtype.size();
+        let aligned = (part as u64 * d as u64 * eb).is_multiple_of(align)
+            && (part as u64 * 4).is_multiple_of(align);
+        if part < WIDE_COLS
+            || part >= vs
+            || !aligned
+            || self.matmul_kernel(WIDE_TALL, part, d).kernel != Kernel::MatmulWide
+        {
+            return Ok(None);
+        }
+        Ok(Some(part))
+    }
+
+    /// The loss (and lse) of [`Self::encode_lce_checked`] without gradients,
+    /// the vocabulary walked in parts of `part` classes through one
+    /// workspace, then merged ([`Self::lce_loss_part_classes`]).
+    fn encode_lce_loss_in_parts(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &LinearCrossEntropyViews<'_>,
+        options: &LinearCrossEntropyOptions<'_, GpuTensor<'_>>,
+        ignore_index: i32,
+        part: usize,
+    ) -> Result<ScratchUse> {
+        let (rows, d, classes) = (views.hidden.rows, views.hidden.cols, views.classifier.rows);
+        let parts = classes.div_ceil(part);
+        let (chunk, _) = self.lce_plan_of(
+            usize::MAX,
+            d,
+            classes,
+            views.hidden.dtype.size(),
+            options.workspace_bytes,
+        )?;
+        // The workspace `lce_loss_part_classes` sized the parts by, or less
+        // where this call has fewer rows than it holds.
+        let bytes = (chunk * classes).min(rows * part) as u64 * 4;
+        let workspace = self.scratch("lce workspace", bytes);
+        let records = self.scratch("lce records", (parts * rows * RECORD_FLOATS) as u64 * 4);
+        let lse_scratch;
+        let lse = match views.lse {
+            Some(l) => l,
+            None => {
+                lse_scratch = self.scratch("lce lse", rows as u64 * 4);
+                GpuTensor::f32_vector(&lse_scratch, 0, rows)
+            }
+        };
+        let mut scratch = ScratchUse {
+            bytes: workspace.size() + records.size(),
+            workspace_bytes: workspace.size(),
+            chunk_rows: 0,
+            vocabulary_parts: parts,
+        };
+        if views.lse.is_none() {
+            scratch.bytes += rows as u64 * 4;
+        }
+        let eb = views.classifier.dtype.size();
+        for p in 0..parts {
+            let (v0, v1) = (p * part, ((p + 1) * part).min(classes));
+            let classifier = GpuTensor {
+                offset: views.classifier.offset + (v0 * d) as u64 * eb,
+                rows: v1 - v0,
+                ..views.classifier
+            };
+            let bias = views.bias.map(|b| GpuTensor {
+                offset: b.offset + v0 as u64 * 4,
+                rows: v1 - v0,
+                ..b
+            });
+            let shard = Shard {
+                start: v0,
+                end: v1,
+                classes,
+            };
+            let mut inputs = self.lce_inputs(
+                views.hidden,
+                classifier,
+                bias,
+                views.targets,
+                shard,
+                options,
+                ignore_index,
+            )?;
+            inputs.workspace_bytes = Some(workspace.size());
+            if p == 0 {
+                // The full parts' chunk (the short last part may take more rows).
+                scratch.chunk_rows = self.lce_plan(&inputs)?.0;
+            }
+            let records = GpuTensor {
+                buffer: &records,
+                offset: (p * rows * RECORD_FLOATS) as u64 * 4,
+                rows,
+                cols: RECORD_FLOATS,
+                dtype: DType::F32,
+            };
+            self.encode_lce_pass_in(
+                encoder,
+                &inputs,
+                &Work::Records { records },
+                None,
+                &workspace,
+                &mut scratch,
+            )?;
+        }
+        let merge = MergeViews {
+            records: GpuTensor::f32_matrix(&records, 0, parts * rows, RECORD_FLOATS),
+            targets: views.targets,
+            loss: views.loss,
+            lse,
+        };
+        scratch.bytes +=
+            self.encode_merge(encoder, &merge, classes, parts, &options.loss, ignore_index)?;
         Ok(scratch)
     }
 
@@ -1687,7 +1872,10 @@ impl GpuContext {
                 spec("records", DType::F32, rows, RECORD_FLOATS),
             )?;
             self.reject_lce_sharing(&[Some(("records", views.records))], &inputs)?;
-            let mut scratch = ScratchUse::default();
+            let mut scratch = ScratchUse {
+                vocabulary_parts: 1,
+                ..ScratchUse::default()
+            };
             self.encode_lce_pass(
                 encoder,
                 &inputs,
@@ -1760,56 +1948,74 @@ impl GpuContext {
                 &[("loss", views.loss), ("lse", views.lse)],
                 &[("records", views.records), ("targets", views.targets)],
             )?;
-            let shard = Shard::whole(classes);
-            let mut params = lce_params(options, ignore, shard, rows)?;
-            params.shards = u32_of(shards, "shards")?;
-            let mut ce_params = cross_entropy_params(options);
-            ce_params.ignore_index = ignore;
-            let problem = self.row_loss_problem(
-                RowLoss::IndexTargets,
-                Operand::View(views.targets),
-                rows,
-                classes,
-                options.weight.copied().map(Operand::View),
-                ce_params,
-            )?;
-            self.encode_cross_entropy_denominator(encoder, &problem)?;
-            let limit = self.limits().max_storage_buffer_binding_size;
-            let targets = WholeArg::view(lce::TARGETS, &views.targets);
-            let weights = options
-                .weight
-                .as_ref()
-                .map_or(WholeArg::new(lce::WEIGHTS, &self.placeholder), |v| {
-                    WholeArg::view(lce::WEIGHTS, v)
-                });
-            let records = WholeArg::view(lce::RECORDS, &views.records);
-            let row_out = WholeArg::new(lce::ROW_OUT, &problem.row_out);
-            let lse = WholeArg::view(lce::LSE_OUT, &views.lse);
-            let bound = [
-                (lce::TARGETS, targets.buffer),
-                (lce::WEIGHTS, weights.buffer),
-                (lce::RECORDS, records.buffer),
-                (lce::ROW_OUT, row_out.buffer),
-                (lce::LSE_OUT, lse.buffer),
-            ];
-            params.rows = u32_of(rows, "rows")?;
-            let variant = self.variant(Kernel::LinearCrossEntropyMerge, Storage::F32, &bound);
-            self.dispatch(
-                encoder,
-                Kernel::LinearCrossEntropyMerge,
-                variant,
-                &params,
-                vec![
-                    (lce::TARGETS, targets.resource(limit)),
-                    (lce::WEIGHTS, weights.resource(limit)),
-                    (lce::RECORDS, records.resource(limit)),
-                    (lce::ROW_OUT, row_out.resource(limit)),
-                    (lce::LSE_OUT, lse.resource(limit)),
-                ],
-                self.grid(rows.div_ceil(WORKGROUP_SIZE as usize))?,
-            )?;
-            self.encode_row_results(encoder, &problem, &views.loss, reduced)
+            self.encode_merge(encoder, views, classes, shards, options, ignore)
+                .map(|_| ())
         })
+    }
+
+    /// The merge of [`Self::encode_merge_records`] on checked views; returns
+    /// the bytes of scratch it allocated.
+    fn encode_merge(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        views: &MergeViews<'_>,
+        classes: usize,
+        shards: usize,
+        options: &CrossEntropyOptions<'_, GpuTensor<'_>>,
+        ignore: i32,
+    ) -> Result<u64> {
+        let rows = views.targets.rows;
+        let reduced = options.reduction != Reduction::None;
+        let shard = Shard::whole(classes);
+        let mut params = lce_params(options, ignore, shard, rows)?;
+        params.shards = u32_of(shards, "shards")?;
+        let mut ce_params = cross_entropy_params(options);
+        ce_params.ignore_index = ignore;
+        let problem = self.row_loss_problem(
+            RowLoss::IndexTargets,
+            Operand::View(views.targets),
+            rows,
+            classes,
+            options.weight.copied().map(Operand::View),
+            ce_params,
+        )?;
+        self.encode_cross_entropy_denominator(encoder, &problem)?;
+        let limit = self.limits().max_storage_buffer_binding_size;
+        let targets = WholeArg::view(lce::TARGETS, &views.targets);
+        let weights = options
+            .weight
+            .as_ref()
+            .map_or(WholeArg::new(lce::WEIGHTS, &self.placeholder), |v| {
+                WholeArg::view(lce::WEIGHTS, v)
+            });
+        let records = WholeArg::view(lce::RECORDS, &views.records);
+        let row_out = WholeArg::new(lce::ROW_OUT, &problem.row_out);
+        let lse = WholeArg::view(lce::LSE_OUT, &views.lse);
+        let bound = [
+            (lce::TARGETS, targets.buffer),
+            (lce::WEIGHTS, weights.buffer),
+            (lce::RECORDS, records.buffer),
+            (lce::ROW_OUT, row_out.buffer),
+            (lce::LSE_OUT, lse.buffer),
+        ];
+        params.rows = u32_of(rows, "rows")?;
+        let variant = self.variant(Kernel::LinearCrossEntropyMerge, Storage::F32, &bound);
+        self.dispatch(
+            encoder,
+            Kernel::LinearCrossEntropyMerge,
+            variant,
+            &params,
+            vec![
+                (lce::TARGETS, targets.resource(limit)),
+                (lce::WEIGHTS, weights.resource(limit)),
+                (lce::RECORDS, records.resource(limit)),
+                (lce::ROW_OUT, row_out.resource(limit)),
+                (lce::LSE_OUT, lse.resource(limit)),
+            ],
+            self.grid(rows.div_ceil(WORKGROUP_SIZE as usize))?,
+        )?;
+        self.encode_row_results(encoder, &problem, &views.loss, reduced)?;
+        Ok(problem.scalars.size() + problem.row_out.size() + problem.result.size())
     }
 
     /// Records one shard's backward pass from the merged lse: its `dW` rows,
@@ -1863,7 +2069,10 @@ impl GpuContext {
                 ],
                 &inputs,
             )?;
-            let mut scratch = ScratchUse::default();
+            let mut scratch = ScratchUse {
+                vocabulary_parts: 1,
+                ..ScratchUse::default()
+            };
             let problem = self.lce_problem(encoder, &inputs, &options.loss, &mut scratch)?;
             let grads = Grads {
                 hidden: views.grad_hidden,
