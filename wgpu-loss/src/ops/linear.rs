@@ -1728,7 +1728,8 @@ impl GpuContext {
             vocabulary_parts: parts,
         };
         if views.lse.is_none() {
-            scratch.bytes += rows as u64 * 4;
+            // What was allocated (rounded up), as the one-pass path counts it.
+            scratch.bytes += lse.buffer.size();
         }
         let eb = views.classifier.dtype.size();
         for p in 0..parts {
