@@ -1,7 +1,8 @@
 // Element-wise losses over [N, C]: binary cross-entropy on probabilities, binary
 // cross-entropy with logits, and torchvision's sigmoid focal loss. One vector of
 // elements per invocation; each workgroup writes the fixed-order sum of its
-// losses to `partials`, and `binary_reduce` sums the partials in a fixed order.
+// losses to `partials`, and `binary_reduce_partial` then `binary_reduce` sum
+// the partials in a fixed order (blocks, then a fold: `fold_records`).
 //   bce_prob:      l = -w (y max(log p, -100) + (1-y) max(log1p(-p), -100)),  g = w (p - y) / max(p (1-p), 1e-12)
 //   bce_logits:    l = w ((1-y) x + (1 + (pw-1) y) softplus(-x)),             g = w ((1 + (pw-1) y) sigmoid(x) - pw y)
 //   sigmoid_focal: l = a_t ce (1-p_t)^gamma, p = sigmoid(x), ce = bce_logits(x, y), p_t = p y + (1-p)(1-y),
@@ -190,19 +191,41 @@ fn sigmoid_focal_elements(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
     run_elements(OP_SIGMOID_FOCAL, lid, wid, nwg);
 }
 
-// Fixed-order (Kahan per thread, then tree) sum of `total_rows` partials.
+// Compensated sums of one block of the element kernels' `total_rows`
+// partials (see `fold_records`).
+@compute @workgroup_size(WG)
+fn binary_reduce_partial(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tid = lid.x;
+    let g = row_of(wid, nwg);
+    let first = g * WG * params.fold_span + tid;
+    var s = 0.0;
+    var c = 0.0;
+    for (var j = 0u; j < params.fold_span; j++) {
+        let i = first + j * WG;
+        if (i >= params.total_rows) { break; }
+        neumaier(&s, &c, partials[i]);
+    }
+    let total = wg_reduce_sum(tid, s + c);
+    if (tid == 0u) {
+        chunk_stats[g] = vec4<f32>(total, 0.0, 0.0, 0.0);
+    }
+}
+
+// Folds the blocks' sums into result = [loss, 0], mean or sum.
 @compute @workgroup_size(WG)
 fn binary_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = lid.x;
     var s = 0.0;
     var c = 0.0;
-    for (var i = tid; i < params.total_rows; i += WG) {
-        let y = partials[i] - c;
-        let t = s + y;
-        c = (t - s) - y;
-        s = t;
+    let n = fold_records(params.total_rows);
+    for (var g = tid; g < n; g += WG) {
+        neumaier(&s, &c, chunk_stats[g].x);
     }
-    let total = wg_reduce_sum(tid, s);
+    let total = wg_reduce_sum(tid, s + c);
     if (tid == 0u) {
         result[0] = select(total, total / params.denominator, params.reduction == REDUCTION_MEAN);
         result[1] = 0.0;

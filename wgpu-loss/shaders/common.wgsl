@@ -39,6 +39,7 @@ struct Params {
     shard_start: u32,   // fused linear + cross-entropy: the shard's first class
     classes: u32,       // ... the class count of the whole vocabulary
     shards: u32,        // ... shards a merge folds
+    fold_span: u32,     // blocked reductions: items each lane of a `*_partial` pass walks
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -82,6 +83,24 @@ fn softcap_slope(v: vec_t, c: f32) -> vec_t {
 
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
+
+// Blocked reductions over N items, so that no pass of one workgroup walks all
+// of them: workgroup g of a `*_partial` pass owns items [g S, (g + 1) S),
+// S = WG fold_span, lane t walks g S + t + j WG for j = 0 .. fold_span - 1,
+// and it writes one record, chunk_stats[g]; then one workgroup folds the
+// fold_records(N) records in order. The host keeps that count at most 32768
+// (`ops::fold_plan`). Both orders are fixed, so results are reproducible.
+fn fold_records(n: u32) -> u32 {
+    let span = WG * params.fold_span;
+    return max(n / span + select(0u, 1u, n % span != 0u), 1u);
+}
+
+// Neumaier's compensated step: adds v to the sum (*s, *c) (the true sum is *s + *c).
+fn neumaier(s: ptr<function, f32>, c: ptr<function, f32>, v: f32) {
+    let t = *s + v;
+    *c += select((v - t) + *s, (*s - t) + v, abs(*s) >= abs(v));
+    *s = t;
+}
 
 // Per-chunk statistics of split rows: (max, sum, extra sum, 0), one record
 // per (row, chunk), written by a `*_partial` pass and merged in chunk order.

@@ -1,8 +1,10 @@
 // Categorical cross-entropy with class-index targets, PyTorch semantics plus
 // z-loss and logit softcap. Kernels, in dispatch order:
-//   ce_denominator  (1 workgroup)  D = sum of w[y_i] over kept rows, kept-row count, W = sum of w
+//   ce_denominator_partial, ce_denominator  (blocks, then a fold: `fold_records`)
+//                   D = sum of w[y_i] over kept rows, kept-row count, W = sum of w;
+//                   only where `mean` or weighted smoothing reads them
 //   ce_loss / ce_loss_grad / ce_loss_grad_in_place  (TPR threads per row, `seg_of`)
-//   ce_reduce       (1 workgroup)  fixed-order sum of row losses -> mean / sum
+//   ce_reduce_partial, ce_reduce  (blocks, then a fold)  row losses -> mean / sum
 // Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
 //   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
 
@@ -53,40 +55,67 @@ fn cap_slope(v: vec_t) -> vec_t {
     return softcap_slope(v, params.softcap);
 }
 
+// D, the kept rows and W over one block of rows and classes (see `fold_records`).
 @compute @workgroup_size(WG)
-fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn ce_denominator_partial(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
     let tid = lid.x;
-    // D = Σ w[y_i] over kept rows, compensated (Neumaier): each lane walks
-    // N / WG rows, and a plain f32 sum of millions of weights drifts by 1e-4.
+    let g = row_of(wid, nwg);
+    let first = g * WG * params.fold_span + tid;
+    // D = Σ w[y_i] over kept rows, compensated (Neumaier): a plain f32 sum of
+    // millions of weights drifts by 1e-4.
     var d = 0.0;
     var d_carry = 0.0;
     var kept = 0u;
-    for (var i = tid; i < params.total_rows; i += WG) {
+    for (var j = 0u; j < params.fold_span; j++) {
+        let i = first + j * WG;
+        if (i >= params.total_rows) { break; }
         let t = targets[i];
         if (t != params.ignore_index) {
             kept += 1u;
-            let v = select(nan(), class_weight(u32(t)), target_valid(t));
-            let sum = d + v;
-            d_carry += select((v - sum) + d, (d - sum) + v, abs(d) >= abs(v));
-            d = sum;
+            neumaier(&d, &d_carry, select(nan(), class_weight(u32(t)), target_valid(t)));
         }
     }
     d += d_carry;
     var w = 0.0;
     if (has_weights()) {
-        for (var j = tid; j < params.cols / VW; j += WG) {
-            w += hsum(weights[j]);
+        for (var j = 0u; j < params.fold_span; j++) {
+            let c = first + j * WG;
+            if (c >= params.cols / VW) { break; }
+            w += hsum(weights[c]);
         }
     }
-    wg_count[tid] = kept;
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        workgroupBarrier();
-        if (tid < stride) { wg_count[tid] = wg_count[tid] + wg_count[tid + stride]; }
-    }
-    workgroupBarrier();
-    let kept_total = wg_count[0];
+    let kept_total = wg_reduce_count(tid, kept);
     let d_total = wg_reduce_sum(tid, d);
     let w_total = wg_reduce_sum(tid, w);
+    if (tid == 0u) {
+        // At most WG fold_span <= 2^17 rows: the count is exact in f32.
+        chunk_stats[g] = vec4<f32>(d_total, f32(kept_total), w_total, 0.0);
+    }
+}
+
+// Folds the blocks' records into scalars = [D, kept rows, W, 0].
+@compute @workgroup_size(WG)
+fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    var d = 0.0;
+    var d_carry = 0.0;
+    var kept = 0u;
+    var w = 0.0;
+    var w_carry = 0.0;
+    let n = fold_records(max(params.total_rows, params.cols / VW));
+    for (var g = tid; g < n; g += WG) {
+        let r = chunk_stats[g];
+        neumaier(&d, &d_carry, r.x);
+        kept += u32(r.y);
+        neumaier(&w, &w_carry, r.z);
+    }
+    let kept_total = wg_reduce_count(tid, kept);
+    let d_total = wg_reduce_sum(tid, d + d_carry);
+    let w_total = wg_reduce_sum(tid, w + w_carry);
     if (tid == 0u) {
         // Without weights (or for focal loss, whose mean is over kept rows) D is
         // the kept-row count, exact as an integer.
@@ -96,6 +125,19 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
         scalars[2] = select(f32(params.cols), w_total, has_weights());
         scalars[3] = 0.0;
     }
+}
+
+// Fixed-order tree sum of one u32 per invocation.
+fn wg_reduce_count(tid: u32, v: u32) -> u32 {
+    wg_count[tid] = v;
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        workgroupBarrier();
+        if (tid < stride) { wg_count[tid] = wg_count[tid] + wg_count[tid + stride]; }
+    }
+    workgroupBarrier();
+    let total = wg_count[0];
+    workgroupBarrier();
+    return total;
 }
 
 struct CeRow {
@@ -349,27 +391,50 @@ fn ce_loss_grad_in_place(ids: Ids) {
     }
 }
 
+// Kahan-compensated sums of one block of row losses (ce, z) (see `fold_records`).
 @compute @workgroup_size(WG)
-fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn ce_reduce_partial(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
     let tid = lid.x;
-    // Kahan-compensated per-thread sums, then the fixed-order tree.
+    let g = row_of(wid, nwg);
+    let first = g * WG * params.fold_span + tid;
     var ce = 0.0;
     var ce_c = 0.0;
     var z = 0.0;
     var z_c = 0.0;
-    for (var i = tid; i < params.total_rows; i += WG) {
+    for (var j = 0u; j < params.fold_span; j++) {
+        let i = first + j * WG;
+        if (i >= params.total_rows) { break; }
         let v = row_out[i];
-        let y1 = v.x - ce_c;
-        let t1 = ce + y1;
-        ce_c = (t1 - ce) - y1;
-        ce = t1;
-        let y2 = v.y - z_c;
-        let t2 = z + y2;
-        z_c = (t2 - z) - y2;
-        z = t2;
+        neumaier(&ce, &ce_c, v.x);
+        neumaier(&z, &z_c, v.y);
     }
-    let ce_total = wg_reduce_sum(tid, ce);
-    let z_total = wg_reduce_sum(tid, z);
+    let ce_total = wg_reduce_sum(tid, ce + ce_c);
+    let z_total = wg_reduce_sum(tid, z + z_c);
+    if (tid == 0u) {
+        chunk_stats[g] = vec4<f32>(ce_total, z_total, 0.0, 0.0);
+    }
+}
+
+// Folds the blocks' sums into result = [loss, z-loss part], mean or sum.
+@compute @workgroup_size(WG)
+fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = lid.x;
+    var ce = 0.0;
+    var ce_c = 0.0;
+    var z = 0.0;
+    var z_c = 0.0;
+    let n = fold_records(params.total_rows);
+    for (var g = tid; g < n; g += WG) {
+        let r = chunk_stats[g];
+        neumaier(&ce, &ce_c, r.x);
+        neumaier(&z, &z_c, r.y);
+    }
+    let ce_total = wg_reduce_sum(tid, ce + ce_c);
+    let z_total = wg_reduce_sum(tid, z + z_c);
     if (tid == 0u) {
         var ce_part = ce_total;
         var z_part = z_total;
@@ -558,12 +623,17 @@ fn focal_loss_grad(ids: Ids) {
 }
 
 // Copies per-row results out of the internal row buffer into the caller's
-// buffers (encode API): loss_rows[i] = ce_i + z_i, lse_rows[i] = lse_i.
+// buffers (encode API): loss_rows[i] = ce_i + z_i, lse_rows[i] = lse_i, one
+// row per invocation.
 @compute @workgroup_size(WG)
-fn ce_export(@builtin(local_invocation_id) lid: vec3<u32>) {
-    for (var i = lid.x; i < params.total_rows; i += WG) {
-        let v = row_out[i];
-        if ((params.flags & FLAG_EXPORT_LOSS) != 0u) { loss_rows[i] = v.x + v.y; }
-        if ((params.flags & FLAG_EXPORT_LSE) != 0u) { lse_rows[i] = v.z; }
-    }
+fn ce_export(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = row_of(wid, nwg) * WG + lid.x;
+    if (i >= params.total_rows) { return; }
+    let v = row_out[i];
+    if ((params.flags & FLAG_EXPORT_LOSS) != 0u) { loss_rows[i] = v.x + v.y; }
+    if ((params.flags & FLAG_EXPORT_LSE) != 0u) { lse_rows[i] = v.z; }
 }

@@ -71,18 +71,6 @@ pub enum Error {
         /// The bound.
         limit: u64,
     },
-    /// More rows than a CPU adapter's single-workgroup passes can walk.
-    #[error("{rows} rows of {classes} classes: adapter {adapter:?} handles at most {limit} rows of that width in one call (a CPU adapter stops an invocation's loops after 65535 iterations); split the batch")]
-    TooManyRows {
-        /// Rows requested.
-        rows: usize,
-        /// Classes per row.
-        classes: usize,
-        /// Most rows of that width.
-        limit: usize,
-        /// The adapter.
-        adapter: String,
-    },
     /// A whole-problem buffer exceeds an adapter limit.
     #[error(
         "{what} needs {requested} bytes, more than the adapter's {limit_name} of {limit} bytes"

@@ -605,6 +605,9 @@ uniform_struct! {
         shard_start: u32,
         classes: u32,
         shards: u32,
+        /// Blocked reductions: items each lane of a `*_partial` pass walks
+        /// (`ops::fold_plan`).
+        fold_span: u32,
     }
 }
 
@@ -633,7 +636,11 @@ pub enum Kernel {
     LogSoftmaxBackward,
     /// `logsumexp_backward`
     LogsumexpBackward,
-    /// `ce_denominator`: the `mean` denominator, kept-row count and weight total.
+    /// `ce_denominator_partial`: the denominator's sums over one block of rows
+    /// and classes.
+    CrossEntropyDenominatorPartial,
+    /// `ce_denominator`: the blocks folded into the `mean` denominator,
+    /// kept-row count and weight total.
     CrossEntropyDenominator,
     /// `ce_loss`: row losses only, logits read once.
     CrossEntropyLoss,
@@ -641,7 +648,9 @@ pub enum Kernel {
     CrossEntropyLossGrad,
     /// `ce_loss_grad_in_place`: row losses, gradient written over the logits.
     CrossEntropyLossGradInPlace,
-    /// `ce_reduce`: fixed-order sum of row losses into `mean` or `sum`.
+    /// `ce_reduce_partial`: compensated sums of one block of row losses.
+    CrossEntropyReducePartial,
+    /// `ce_reduce`: the blocks folded into `mean` or `sum`.
     CrossEntropyReduce,
     /// `ce_soft_loss`: row losses with probability targets.
     CrossEntropySoftLoss,
@@ -657,7 +666,10 @@ pub enum Kernel {
     BceLogitsElements,
     /// `sigmoid_focal_elements`: torchvision's sigmoid focal loss.
     SigmoidFocalElements,
-    /// `binary_reduce`: fixed-order sum of the element-wise kernels' partial sums.
+    /// `binary_reduce_partial`: compensated sums of one block of the
+    /// element-wise kernels' partial sums.
+    BinaryReducePartial,
+    /// `binary_reduce`: the blocks folded into `mean` or `sum`.
     BinaryReduce,
     /// `ce_export`: per-row losses and logsumexp into a caller's buffers.
     CrossEntropyExport,
@@ -690,17 +702,19 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 34] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
         Kernel::SoftmaxBackward,
         Kernel::LogSoftmaxBackward,
         Kernel::LogsumexpBackward,
+        Kernel::CrossEntropyDenominatorPartial,
         Kernel::CrossEntropyDenominator,
         Kernel::CrossEntropyLoss,
         Kernel::CrossEntropyLossGrad,
         Kernel::CrossEntropyLossGradInPlace,
+        Kernel::CrossEntropyReducePartial,
         Kernel::CrossEntropyReduce,
         Kernel::CrossEntropySoftLoss,
         Kernel::CrossEntropySoftLossGrad,
@@ -709,6 +723,7 @@ impl Kernel {
         Kernel::BceProbElements,
         Kernel::BceLogitsElements,
         Kernel::SigmoidFocalElements,
+        Kernel::BinaryReducePartial,
         Kernel::BinaryReduce,
         Kernel::CrossEntropyExport,
         Kernel::Copy,
@@ -730,10 +745,12 @@ impl Kernel {
         match self {
             SoftmaxForward | LogSoftmaxForward | LogsumexpForward | SoftmaxBackward
             | LogSoftmaxBackward | LogsumexpBackward | SoftmaxPartial => Family::Softmax,
-            CrossEntropyDenominator
+            CrossEntropyDenominatorPartial
+            | CrossEntropyDenominator
             | CrossEntropyLoss
             | CrossEntropyLossGrad
             | CrossEntropyLossGradInPlace
+            | CrossEntropyReducePartial
             | CrossEntropyReduce
             | CrossEntropySoftLoss
             | CrossEntropySoftLossGrad
@@ -741,9 +758,8 @@ impl Kernel {
             | FocalLossGrad
             | CrossEntropyExport
             | CrossEntropyPartial => Family::CrossEntropy,
-            BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReduce => {
-                Family::Binary
-            }
+            BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReducePartial
+            | BinaryReduce => Family::Binary,
             Copy => Family::Copy,
             Matmul | MatmulWide | MatmulWideShort | Narrow => Family::Linear,
             LinearCrossEntropyRecords
@@ -763,10 +779,12 @@ impl Kernel {
             SoftmaxBackward => "softmax_backward",
             LogSoftmaxBackward => "log_softmax_backward",
             LogsumexpBackward => "logsumexp_backward",
+            CrossEntropyDenominatorPartial => "ce_denominator_partial",
             CrossEntropyDenominator => "ce_denominator",
             CrossEntropyLoss => "ce_loss",
             CrossEntropyLossGrad => "ce_loss_grad",
             CrossEntropyLossGradInPlace => "ce_loss_grad_in_place",
+            CrossEntropyReducePartial => "ce_reduce_partial",
             CrossEntropyReduce => "ce_reduce",
             CrossEntropySoftLoss => "ce_soft_loss",
             CrossEntropySoftLossGrad => "ce_soft_loss_grad",
@@ -775,6 +793,7 @@ impl Kernel {
             BceProbElements => "bce_prob_elements",
             BceLogitsElements => "bce_logits_elements",
             SigmoidFocalElements => "sigmoid_focal_elements",
+            BinaryReducePartial => "binary_reduce_partial",
             BinaryReduce => "binary_reduce",
             CrossEntropyExport => "ce_export",
             Copy => "copy",
@@ -847,11 +866,16 @@ impl Kernel {
                 (sm::ROW_B, Read),
                 (sm::MAT_OUT, ReadWrite),
             ],
-            CrossEntropyDenominator => &[
+            CrossEntropyDenominatorPartial => &[
                 (PARAMS, Uniform),
                 (ce::TARGETS, Read),
                 (ce::WEIGHTS, Read),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            CrossEntropyDenominator => &[
+                (PARAMS, Uniform),
                 (ce::SCALARS, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropySoftLoss => &[
                 (PARAMS, Uniform),
@@ -879,10 +903,15 @@ impl Kernel {
                 (bin::GRAD, ReadWrite),
                 (bin::PARTIALS, ReadWrite),
             ],
-            BinaryReduce => &[
+            BinaryReducePartial => &[
                 (PARAMS, Uniform),
                 (bin::PARTIALS, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            BinaryReduce => &[
+                (PARAMS, Uniform),
                 (bin::RESULT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyExport => &[
                 (PARAMS, Uniform),
@@ -931,11 +960,16 @@ impl Kernel {
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
             ],
+            CrossEntropyReducePartial => &[
+                (PARAMS, Uniform),
+                (ce::ROW_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
             CrossEntropyReduce => &[
                 (PARAMS, Uniform),
                 (ce::SCALARS, ReadWrite),
-                (ce::ROW_OUT, ReadWrite),
                 (ce::RESULT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
             Matmul | MatmulWide | MatmulWideShort => &[

@@ -862,3 +862,80 @@ fn multiclass_focal_alpha_is_a_class_weight() {
     assert_close("focal loss", &got.loss, &want.loss);
     assert_close("focal grad", got.grad.as_deref().unwrap(), &want.grad);
 }
+
+/// Sums over N run as blocked reductions (blocks of 4096 rows or partial
+/// sums, then one fold): shapes with many blocks, a partial last block, and
+/// every reduction, for cross-entropy's denominator and final sum and the
+/// binary losses' sum.
+#[test]
+fn reductions_over_many_blocks_match_the_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(4097);
+    // 9 blocks of rows, the last of 1 row.
+    let (rows, classes) = (8 * 4096 + 1, 5);
+    let logits = rng.vec_normal(rows * classes, 2.0);
+    let targets: Vec<i64> = (0..rows)
+        .map(|i| {
+            if i % 7 == 3 {
+                -100
+            } else {
+                rng.below(classes) as i64
+            }
+        })
+        .collect();
+    let weight: Vec<f32> = (0..classes).map(|_| rng.uniform(0.1, 2.0)).collect();
+    for reduction in REDUCTIONS {
+        for smoothing in [0.0, 0.2] {
+            let opts = CrossEntropyOptions {
+                weight: Some(&weight[..]),
+                label_smoothing: smoothing,
+                reduction,
+                z_loss: 1e-3,
+                ..Default::default()
+            };
+            let tag =
+                format!("cross-entropy [{rows}, {classes}] {reduction:?} smoothing {smoothing}");
+            let want = reference::cross_entropy(&logits, &targets, classes, &opts).unwrap();
+            let got = wgpu_loss::block_on(ctx.cross_entropy(
+                &logits,
+                &targets,
+                classes,
+                &opts,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+            .unwrap();
+            assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+            assert_close(
+                &format!("{tag} grad"),
+                got.grad.as_deref().unwrap(),
+                &want.grad,
+            );
+        }
+    }
+    // 4.3M elements of 2049 columns (scalar loads, one partial sum per 256
+    // elements): 16,807 partial sums, 5 blocks.
+    let (rows, cols) = (2100, 2049);
+    let (x, y) = binary_case(&mut rng, rows * cols, true);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform(0.0, 2.0)).collect();
+    for reduction in [Reduction::Mean, Reduction::Sum] {
+        let opts = BinaryLossOptions {
+            weight: Some(&w[..]),
+            reduction,
+            ..Default::default()
+        };
+        let want = reference::binary_cross_entropy_with_logits(&x, &y, cols, &opts).unwrap();
+        let got = wgpu_loss::block_on(ctx.binary_cross_entropy_with_logits(
+            &x,
+            &y,
+            cols,
+            &opts,
+            wgpu_loss::Request::Loss,
+        ))
+        .unwrap();
+        assert_close(
+            &format!("bce_logits [{rows}, {cols}] {reduction:?} loss"),
+            &got.loss,
+            &want.loss,
+        );
+    }
+}

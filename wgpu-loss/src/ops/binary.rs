@@ -145,7 +145,8 @@ impl GpuContext {
         )
     }
 
-    /// Records the fixed-order sum of `groups` partials into `result` ([loss, 0]).
+    /// Records the fixed-order sum of `groups` partials into `result` ([loss,
+    /// 0]): a blocked reduction, so no workgroup walks all of them.
     fn encode_binary_reduce(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -154,11 +155,12 @@ impl GpuContext {
         groups: u64,
         params: Params,
     ) -> Result<()> {
-        self.encode_single(
+        self.encode_blocked_reduction(
             encoder,
-            Kernel::BinaryReduce,
+            (Kernel::BinaryReducePartial, Kernel::BinaryReduce),
             VecWidth::Scalar,
-            &[WholeArg::new(bin::PARTIALS, partials), result],
+            &[WholeArg::new(bin::PARTIALS, partials)],
+            &[result],
             Params {
                 total_rows: u32::try_from(groups).map_err(|_| Error::TooLarge {
                     what: "partial sums",
@@ -168,6 +170,7 @@ impl GpuContext {
                 })?,
                 ..params
             },
+            groups as usize,
         )
     }
 

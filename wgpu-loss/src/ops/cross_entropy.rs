@@ -2,12 +2,15 @@
 //! and the multiclass focal loss; the definitions and formulas are in
 //! [`crate::loss::cross_entropy`].
 //!
-//! Kernels: one workgroup-wide pass computes `D`, `K`, `W`; one workgroup per
-//! row computes `(max, sum)` online, the row loss, and then writes the gradient
-//! from a second read of the row (loss-only mode reads the logits once and
-//! writes nothing of size `N·C`); one workgroup sums the row losses in a fixed
-//! order. No float atomics and no readback in between: results are bitwise
-//! reproducible on a given adapter.
+//! Kernels: a blocked reduction (many workgroups over blocks of rows and
+//! classes, then one workgroup folding at most 32768 block records) computes
+//! `D`, `K`, `W` where `mean` or weighted smoothing reads them; one workgroup
+//! per row computes `(max, sum)` online, the row loss, and then writes the
+//! gradient from a second read of the row (loss-only mode reads the logits
+//! once and writes nothing of size `N·C`); a second blocked reduction sums
+//! the row losses. Every sum runs in a fixed order, with no float atomics and
+//! no readback in between: results are bitwise reproducible on a given
+//! adapter.
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
@@ -15,7 +18,7 @@ use crate::kernels::flags::cross_entropy::{
     FLAG_EXPORT_LOSS, FLAG_EXPORT_LSE, FLAG_MEAN_BY_COUNT, FLAG_SOFTCAP, FLAG_WEIGHTS,
 };
 use crate::kernels::slot::cross_entropy as ce;
-use crate::kernels::{Kernel, Storage, VecWidth};
+use crate::kernels::{Kernel, Storage, VecWidth, WORKGROUP_SIZE};
 use crate::loss::cross_entropy::{
     soft_rows, CrossEntropyOptions, CrossEntropyOutput, FocalOptions,
 };
@@ -147,7 +150,6 @@ impl GpuContext {
         weight: Option<Operand<'a>>,
         mut params: Params,
     ) -> Result<CrossEntropyProblem<'a>> {
-        self.check_single_workgroup_passes(rows, classes)?;
         self.check_whole_binding("per-row loss buffer (16 bytes per row)", rows as u64 * 16)?;
         self.check_whole_binding("targets (4 bytes per row)", rows as u64 * 4)?;
         self.check_whole_binding("class weights", classes as u64 * 4)?;
@@ -170,7 +172,9 @@ impl GpuContext {
             // Probability targets: `mean` divides by N; nothing to count on the GPU.
             self.scratch_with("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
         } else {
-            self.scratch("ce scalars", 16)
+            // What the denominator pass would write where it does not run
+            // (`needs_denominator`): W = C without weights.
+            self.scratch_with("ce scalars", &[0.0, 0.0, classes as f32, 0.0])
         };
         Ok(CrossEntropyProblem {
             kind,
@@ -213,19 +217,28 @@ impl GpuContext {
         )
     }
 
-    /// Records the `mean` denominator / kept-row count / weight total pass
-    /// (nothing for probability targets, whose denominator is `N`).
+    /// Records the `mean` denominator / kept-row count / weight total pass,
+    /// a blocked reduction over the rows and classes, where something reads
+    /// them: `mean` (the denominator and the kept rows) or label smoothing
+    /// with class weights (their total; without weights the host wrote `C`).
+    /// Nothing for probability targets, whose denominator is `N`.
     pub(crate) fn encode_cross_entropy_denominator(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         p: &CrossEntropyProblem<'_>,
     ) -> Result<()> {
-        if p.kind == RowLoss::ProbTargets {
+        let weighted_smoothing = p.weights.is_some() && p.params.smoothing > 0.0;
+        if p.kind == RowLoss::ProbTargets || !(p.reduction == Reduction::Mean || weighted_smoothing)
+        {
             return Ok(());
         }
-        self.encode_single(
+        let rows = p.params.total_rows as usize;
+        self.encode_blocked_reduction(
             encoder,
-            Kernel::CrossEntropyDenominator,
+            (
+                Kernel::CrossEntropyDenominatorPartial,
+                Kernel::CrossEntropyDenominator,
+            ),
             p.width,
             &[
                 p.targets.arg(ce::TARGETS),
@@ -234,9 +247,10 @@ impl GpuContext {
                     .map_or(WholeArg::new(ce::WEIGHTS, &self.placeholder), |w| {
                         w.arg(ce::WEIGHTS)
                     }),
-                WholeArg::new(ce::SCALARS, &p.scalars),
             ],
+            &[WholeArg::new(ce::SCALARS, &p.scalars)],
             p.params,
+            rows.max(p.classes / p.width.lanes()),
         )
     }
 
@@ -319,16 +333,37 @@ impl GpuContext {
         if p.reduction == Reduction::None {
             return Ok(());
         }
-        self.encode_single(
+        self.encode_blocked_reduction(
             encoder,
-            Kernel::CrossEntropyReduce,
+            (
+                Kernel::CrossEntropyReducePartial,
+                Kernel::CrossEntropyReduce,
+            ),
             p.width,
-            &[
-                WholeArg::new(ce::SCALARS, &p.scalars),
-                WholeArg::new(ce::ROW_OUT, &p.row_out),
-                result,
-            ],
+            &[WholeArg::new(ce::ROW_OUT, &p.row_out)],
+            &[WholeArg::new(ce::SCALARS, &p.scalars), result],
             p.params,
+            p.params.total_rows as usize,
+        )
+    }
+
+    /// Records `ce_export` (one row per invocation) with `args` (row results,
+    /// loss rows, lse rows) and `params`' export flags.
+    pub(crate) fn encode_cross_entropy_export(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        p: &CrossEntropyProblem<'_>,
+        args: &[WholeArg<'_>],
+        params: Params,
+    ) -> Result<()> {
+        let rows = p.params.total_rows as usize;
+        self.encode_grid(
+            encoder,
+            Kernel::CrossEntropyExport,
+            VecWidth::Scalar,
+            args,
+            params,
+            self.grid(rows.div_ceil(WORKGROUP_SIZE as usize))?,
         )
     }
 
@@ -665,10 +700,9 @@ impl GpuContext {
                 .map_or(WholeArg::new(ce::LSE_ROWS, &unused_lse), |l| {
                     WholeArg::view(ce::LSE_ROWS, l)
                 });
-            self.encode_single(
+            self.encode_cross_entropy_export(
                 encoder,
-                Kernel::CrossEntropyExport,
-                VecWidth::Scalar,
+                &problem,
                 &[WholeArg::new(ce::ROW_OUT, &problem.row_out), loss, lse],
                 problem.params,
             )?;

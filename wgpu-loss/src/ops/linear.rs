@@ -475,22 +475,6 @@ impl GpuContext {
         Ok(())
     }
 
-    /// `groups` workgroups as a 2-D grid within the per-dimension limit.
-    fn grid(&self, groups: usize) -> Result<(u32, u32)> {
-        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
-        let gx = groups.clamp(1, max_dim);
-        let gy = groups.div_ceil(gx).max(1);
-        if gy > max_dim {
-            return Err(Error::TooLarge {
-                what: "workgroups of one dispatch",
-                requested: groups as u64,
-                limit_name: "max_compute_workgroups_per_dimension squared",
-                limit: (max_dim * max_dim) as u64,
-            });
-        }
-        Ok((gx as u32, gy as u32))
-    }
-
     /// The product kernel for an `m x n` output over depth `k` on this
     /// adapter: on CPU adapters, when the output fills a 64x128 tile and the
     /// product has at least [`WIDE_MIN_MACS`] multiply-adds, `matmul_wide`
@@ -1831,10 +1815,9 @@ impl GpuContext {
         let unused = self.scratch("unused lse", 16);
         let mut params = problem.params;
         params.flags |= crate::kernels::flags::cross_entropy::FLAG_EXPORT_LOSS;
-        self.encode_single(
+        self.encode_cross_entropy_export(
             encoder,
-            Kernel::CrossEntropyExport,
-            VecWidth::Scalar,
+            problem,
             &[
                 WholeArg::new(ce::ROW_OUT, &problem.row_out),
                 WholeArg::view(ce::LOSS_ROWS, loss),

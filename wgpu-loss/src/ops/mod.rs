@@ -10,16 +10,35 @@ pub mod softmax;
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 pub(crate) use crate::kernels::Params;
-use crate::kernels::{slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth};
+use crate::kernels::{
+    slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
+};
 use crate::pool::PooledBuffer;
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Loop iterations an invocation gets on a CPU adapter (lavapipe) before its
-/// loops stop.
-const CPU_LOOP_LIMIT: usize = 65_535;
+/// Most records the fold of a blocked reduction walks (one workgroup, so
+/// 128 per invocation: far under the 65535 loop iterations lavapipe allows an
+/// invocation, and a pass of one workgroup that stays short on any GPU).
+pub(crate) const FOLD_RECORDS: usize = 32_768;
+
+/// Fewest items each lane of a blocked reduction's partial pass walks: a
+/// block of 4096 rows per workgroup, so that small problems make one record.
+const FOLD_MIN_SPAN: usize = 16;
+
+/// `(fold_span, records)` of a blocked reduction over `items`: each lane of
+/// the partial pass walks `fold_span` items (at least [`FOLD_MIN_SPAN`],
+/// more when there are more than [`FOLD_RECORDS`] blocks of that size) and
+/// each workgroup writes one of `records` records. Mirrors `fold_records` in
+/// `shaders/common.wgsl`.
+pub(crate) fn fold_plan(items: usize) -> (u32, usize) {
+    let lanes = WORKGROUP_SIZE as usize;
+    let span = items.div_ceil(FOLD_RECORDS * lanes).max(FOLD_MIN_SPAN);
+    let records = items.div_ceil(span * lanes).max(1);
+    (u32::try_from(span).unwrap_or(u32::MAX), records)
+}
 
 /// Which `Params` base field a matrix operand's window offset goes into.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +81,7 @@ pub(crate) struct RowLaunch<'a> {
 }
 
 /// An operand bound whole (per-row arrays, weights, scalars).
+#[derive(Clone, Copy)]
 pub(crate) struct WholeArg<'a> {
     pub binding: Slot,
     pub buffer: &'a wgpu::Buffer,
@@ -163,32 +183,6 @@ impl GpuContext {
             });
         }
         Ok(usize::try_from(rows).unwrap_or(usize::MAX))
-    }
-
-    /// The single-workgroup passes of the row losses (denominator, final sum,
-    /// export) walk every row, and the class weights, with one workgroup. A
-    /// CPU adapter (lavapipe) stops an invocation's loops after 65535
-    /// iterations in all and writes nothing more, silently; refuse, with the
-    /// numbers, a problem that would get near that there.
-    pub(crate) fn check_single_workgroup_passes(&self, rows: usize, classes: usize) -> Result<()> {
-        let cpu = self
-            .adapter_info()
-            .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu);
-        let lanes = crate::kernels::WORKGROUP_SIZE as usize;
-        // Both loops of the denominator pass, plus the reduction trees' few.
-        let iterations = rows.div_ceil(lanes) + classes.div_ceil(lanes) + 64;
-        if cpu && iterations > CPU_LOOP_LIMIT {
-            return Err(Error::TooManyRows {
-                rows,
-                classes,
-                // 0 when the classes alone are past the bound.
-                limit: CPU_LOOP_LIMIT
-                    .saturating_sub(64 + classes.div_ceil(lanes))
-                    .saturating_mul(lanes),
-                adapter: self.adapter_name().to_string(),
-            });
-        }
-        Ok(())
     }
 
     /// Checks that a buffer bound whole fits one binding.
@@ -422,7 +416,54 @@ impl GpuContext {
         Ok(groups_done)
     }
 
-    /// Records a single-workgroup kernel (denominators, final reductions).
+    /// Records a blocked reduction over `items` (see `fold_records` in
+    /// `shaders/common.wgsl`): `partial` over blocks of them, writing one
+    /// record per block into scratch, then `fold`, one workgroup, over those
+    /// records (at most [`FOLD_RECORDS`]). `partial_args` and `fold_args` are
+    /// each kernel's bindings besides the records.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_blocked_reduction(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        (partial, fold): (Kernel, Kernel),
+        width: VecWidth,
+        partial_args: &[WholeArg<'_>],
+        fold_args: &[WholeArg<'_>],
+        params: Params,
+        items: usize,
+    ) -> Result<()> {
+        let (fold_span, records) = fold_plan(items);
+        let stats = self.scratch("blocked reduction records", records as u64 * 16);
+        let params = Params {
+            fold_span,
+            ..params
+        };
+        let mut args = partial_args.to_vec();
+        args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
+        self.encode_grid(encoder, partial, width, &args, params, self.grid(records)?)?;
+        let mut args = fold_args.to_vec();
+        args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
+        self.encode_single(encoder, fold, width, &args, params)
+    }
+
+    /// Workgroups `(x, y)` for `groups` of them, `x` at most the dispatch
+    /// limit (kernels index them with `row_of`).
+    pub(crate) fn grid(&self, groups: usize) -> Result<(u32, u32)> {
+        let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as usize;
+        let gx = groups.clamp(1, max_dim);
+        let gy = groups.div_ceil(gx).max(1);
+        if gy > max_dim {
+            return Err(Error::TooLarge {
+                what: "workgroups of one dispatch",
+                requested: groups as u64,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+                limit: (max_dim * max_dim) as u64,
+            });
+        }
+        Ok((gx as u32, gy as u32))
+    }
+
+    /// Records a single-workgroup kernel (the folds of blocked reductions).
     pub(crate) fn encode_single(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -430,6 +471,20 @@ impl GpuContext {
         width: VecWidth,
         whole: &[WholeArg<'_>],
         params: Params,
+    ) -> Result<()> {
+        self.encode_grid(encoder, kernel, width, whole, params, (1, 1))
+    }
+
+    /// Records a kernel over `groups` workgroups of `WORKGROUP_SIZE` whose
+    /// buffers are bound whole.
+    pub(crate) fn encode_grid(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        width: VecWidth,
+        whole: &[WholeArg<'_>],
+        params: Params,
+        groups: (u32, u32),
     ) -> Result<()> {
         let bound: Vec<(Slot, &wgpu::Buffer)> =
             whole.iter().map(|w| (w.binding, w.buffer)).collect();
@@ -462,7 +517,7 @@ impl GpuContext {
         });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
         Ok(())
     }
 
@@ -784,11 +839,46 @@ pub(crate) fn row_windows(
 
 #[cfg(test)]
 mod tests {
-    use super::row_windows;
+    use super::{fold_plan, row_windows, FOLD_RECORDS};
+    use crate::kernels::WORKGROUP_SIZE;
 
     /// 2^33 f32 elements (32 GiB, more than any one buffer here can hold, so
     /// only the plan can be tested on this machine): every window's element
     /// count and byte span stay far inside u32, and the windows tile the rows.
+    #[test]
+    fn blocked_reductions_fold_at_most_32768_records_and_cover_every_item() {
+        let lanes = WORKGROUP_SIZE as usize;
+        for items in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            1 << 22,
+            FOLD_RECORDS * 4096,
+            FOLD_RECORDS * 4096 + 1,
+            (u32::MAX as usize) - 1,
+            u32::MAX as usize,
+        ] {
+            let (span, records) = fold_plan(items);
+            let block = span as usize * lanes;
+            assert!(records <= FOLD_RECORDS, "{items} items: {records} records");
+            assert!(
+                records * block >= items,
+                "{items} items: {records} x {block} miss some"
+            );
+            assert!(
+                records == 1 || (records - 1) * block < items,
+                "{items} items: record {records} would be empty"
+            );
+            // What the fold walks (`fold_records` in common.wgsl, in u32).
+            let n = items as u32;
+            let s = (block as u32).max(1);
+            let shader = (n / s + u32::from(!n.is_multiple_of(s))).max(1) as usize;
+            assert_eq!(shader, records, "{items} items");
+        }
+    }
+
     #[test]
     fn windows_keep_u32_indices_for_more_than_u32_elements() {
         let (rows, cols) = (1usize << 20, 1usize << 13);
