@@ -12,14 +12,40 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu;
-use crate::problem::{Problem, Target};
+use crate::problem::{Problem, Settings, Target};
 use wgpu_loss::GpuContext;
-use wgpu_loss::{
-    BinaryLossOptions, CrossEntropyOptions, FocalOptions, Reduction, SigmoidFocalOptions,
-};
 use wgpu_loss::{BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput};
+use wgpu_loss::{FocalOptions, Reduction};
 
 pub use crate::problem::Op;
+
+/// Where cross-entropy's gradient goes in a benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradPlacement {
+    /// A buffer of its own.
+    #[default]
+    Separate,
+    /// Over the logits (`GradOutput::InPlace`; cross-entropy with class
+    /// indices only, the one loss with an in-place kernel).
+    InPlace,
+}
+
+/// The options a benchmark runs its ops with: `eval`'s settings (each op
+/// takes those that apply to it, [`Settings::for_op`]), and seeded random
+/// values where `eval` would take a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BenchOptions {
+    /// Scalar options.
+    pub settings: Settings,
+    /// Random weights in [0.1, 2): class weights `[C]` (cross-entropy),
+    /// per-class alpha `[C]` (focal), per-column weights `[C]` (binary
+    /// cross-entropy and BCE with logits).
+    pub random_weight: bool,
+    /// Random `pos_weight` `[C]` in [0.5, 3) (BCE with logits).
+    pub random_pos_weight: bool,
+    /// Cross-entropy's gradient over its logits or apart.
+    pub grad: GradPlacement,
+}
 
 /// Seeded inputs for a benchmark: logits ~ N(0, 2) (from a fixed LCG), class
 /// targets, 0/1 labels, and the probabilities `sigmoid(logits)`.
@@ -34,6 +60,12 @@ pub struct BenchInput {
     pub classes: Vec<i64>,
     /// `[rows, cols]` binary labels (0 or 1).
     pub labels: Vec<f32>,
+    /// The options every op runs with ([`BenchInput::with_options`]).
+    pub options: BenchOptions,
+    /// `[C]` random weights, when the options ask for them.
+    weight: Option<Vec<f32>>,
+    /// `[C]` random `pos_weight`, when the options ask for it.
+    pos_weight: Option<Vec<f32>>,
 }
 
 impl BenchInput {
@@ -68,7 +100,67 @@ impl BenchInput {
             logits,
             classes,
             labels,
+            options: BenchOptions::default(),
+            weight: None,
+            pos_weight: None,
         })
+    }
+
+    /// These inputs under `options`, their random weights drawn from a
+    /// seeded generator of their own (the same for every run).
+    pub fn with_options(mut self, options: BenchOptions) -> Self {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut uniform = |lo: f32, hi: f32| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
+        };
+        let cols = self.cols;
+        self.weight = options
+            .random_weight
+            .then(|| (0..cols).map(|_| uniform(0.1, 2.0)).collect());
+        self.pos_weight = options
+            .random_pos_weight
+            .then(|| (0..cols).map(|_| uniform(0.5, 3.0)).collect());
+        self.options = options;
+        self
+    }
+
+    /// `op`'s problem on these inputs with no input values: the targets,
+    /// weights and settings, for [`Problem::window_plan`] and the options.
+    fn problem_meta(&self, op: Op, rows: usize) -> Problem {
+        let rows = rows.min(self.rows);
+        let target = if op.is_elementwise() {
+            Some(Target::Values(self.labels[..rows * self.cols].to_vec()))
+        } else if op.softmax_op().is_none() {
+            Some(Target::Classes(self.classes[..rows].to_vec()))
+        } else {
+            None
+        };
+        let weight = match op {
+            Op::CrossEntropy
+            | Op::CrossEntropyLoss
+            | Op::Focal
+            | Op::BinaryCrossEntropy
+            | Op::BceWithLogits => self.weight.clone(),
+            _ => None,
+        };
+        let settings = self.options.settings.for_op(op);
+        Problem {
+            target,
+            // Focal takes alpha one way or the other, not both.
+            weight: if op == Op::Focal && settings.alpha.is_some() {
+                None
+            } else {
+                weight
+            },
+            pos_weight: (op == Op::BceWithLogits)
+                .then(|| self.pos_weight.clone())
+                .flatten(),
+            settings,
+            ..Problem::new(op, rows, self.cols, Vec::new())
+        }
     }
 
     /// `sigmoid(logits)`: the input of binary cross-entropy on probabilities.
@@ -76,7 +168,28 @@ impl BenchInput {
         self.logits.iter().map(|&x| probability(x)).collect()
     }
 
-    /// `op` on these inputs with default options, as a [`Problem`].
+    /// Ideal bytes `op` moves on these inputs with their options
+    /// ([`Op::ideal_bytes`], plus weights `[C]` read and per-row or
+    /// per-element losses written under reduction `none`).
+    pub fn ideal_bytes(&self, op: Op, elem: u64) -> u64 {
+        let meta = self.problem_meta(op, 0);
+        let (n, c) = (self.rows as u64, self.cols as u64);
+        let weights = [
+            meta.weight.is_some() || (op == Op::Focal && meta.settings.alpha.is_some()),
+            meta.pos_weight.is_some(),
+        ]
+        .iter()
+        .filter(|&&w| w)
+        .count() as u64;
+        let losses = match meta.settings.reduction {
+            Reduction::None if op.is_elementwise() => n * c,
+            Reduction::None if op.softmax_op().is_none() => n,
+            _ => 0,
+        };
+        op.ideal_bytes(self.rows, self.cols, elem) + 4 * c * weights + 4 * losses
+    }
+
+    /// `op` on these inputs with their options, as a [`Problem`].
     pub fn problem(&self, op: Op) -> Problem {
         self.problem_rows(op, self.rows)
     }
@@ -84,23 +197,14 @@ impl BenchInput {
     /// [`BenchInput::problem`] on the first `rows` rows alone.
     pub fn problem_rows(&self, op: Op, rows: usize) -> Problem {
         let rows = rows.min(self.rows);
-        let elems = rows * self.cols;
-        let logits = &self.logits[..elems];
-        let input = if op == Op::BinaryCrossEntropy {
-            logits.iter().map(|&x| probability(x)).collect()
-        } else {
-            logits.to_vec()
-        };
-        let target = if op.is_elementwise() {
-            Some(Target::Values(self.labels[..elems].to_vec()))
-        } else if op.softmax_op().is_none() {
-            Some(Target::Classes(self.classes[..rows].to_vec()))
-        } else {
-            None
-        };
+        let logits = &self.logits[..rows * self.cols];
         Problem {
-            target,
-            ..Problem::new(op, rows, self.cols, input)
+            input: if op == Op::BinaryCrossEntropy {
+                logits.iter().map(|&x| probability(x)).collect()
+            } else {
+                logits.to_vec()
+            },
+            ..self.problem_meta(op, rows)
         }
     }
 }
@@ -213,7 +317,20 @@ pub struct ResidentOp<'a> {
     input: wgpu::Buffer,
     target: Option<wgpu::Buffer>,
     output: wgpu::Buffer,
+    /// Values in `output`: the loss and its z-loss part when `reduced`,
+    /// else one per row (row losses) or element (binary losses).
+    output_len: usize,
+    reduced: bool,
     grad: Option<wgpu::Buffer>,
+    /// The op's targets, weights and settings (no input values).
+    meta: Problem,
+    /// `meta`'s weights (class weights, per-class or uniform alpha, binary
+    /// weights) and `pos_weight`, on the device.
+    weight: Option<wgpu::Buffer>,
+    pos_weight: Option<wgpu::Buffer>,
+    /// The input as uploaded, to restore it before the checked run of an
+    /// in-place gradient.
+    input_values: Vec<f32>,
     timer: Option<GpuTimer>,
 }
 
@@ -261,13 +378,28 @@ impl<'a> ResidentOp<'a> {
                 }
                 Some(Target::Values(v)) => Some(gpu::buffer_with(ctx, "bench targets", v)),
             };
-            let out_bytes = match op {
-                Op::Softmax | Op::LogSoftmax => elems as u64 * dtype.size(),
-                Op::Logsumexp => rows as u64 * 4,
-                _ => 16, // The reduced loss (and its z-loss part).
+            let reduced = problem.settings.reduction != Reduction::None;
+            let (out_bytes, output_len) = match op {
+                Op::Softmax | Op::LogSoftmax => (elems as u64 * dtype.size(), elems),
+                Op::Logsumexp => (rows as u64 * 4, rows),
+                // The reduced loss (and its z-loss part).
+                _ if reduced => (16, 2),
+                _ if op.is_elementwise() => (elems as u64 * 4, elems),
+                _ => (rows as u64 * 4, rows),
             };
-            let grad = (op.softmax_op().is_none() && op != Op::CrossEntropyLoss)
+            let in_place = op == Op::CrossEntropy && input.options.grad == GradPlacement::InPlace;
+            let grad = (op.softmax_op().is_none() && op != Op::CrossEntropyLoss && !in_place)
                 .then(|| gpu::buffer(ctx, "bench grad", elems as u64 * dtype.size()));
+            let uniform_alpha = problem.uniform_alpha().filter(|_| op == Op::Focal);
+            let weight = problem
+                .weight
+                .as_deref()
+                .or(uniform_alpha.as_deref())
+                .map(|w| gpu::buffer_with(ctx, "bench weight", w));
+            let pos_weight = problem
+                .pos_weight
+                .as_deref()
+                .map(|w| gpu::buffer_with(ctx, "bench pos_weight", w));
             Ok(Self {
                 ctx,
                 op,
@@ -277,7 +409,20 @@ impl<'a> ResidentOp<'a> {
                 input: input_buffer,
                 target,
                 output: gpu::buffer(ctx, "bench output", out_bytes),
+                output_len,
+                reduced,
                 grad,
+                weight,
+                pos_weight,
+                input_values: if in_place {
+                    problem.input.clone()
+                } else {
+                    Vec::new()
+                },
+                meta: Problem {
+                    input: Vec::new(),
+                    ..problem
+                },
                 timer: GpuTimer::new(ctx),
             })
         })
@@ -314,23 +459,42 @@ impl<'a> ResidentOp<'a> {
             GpuTensor::i32_vector(target_buffer, 0, self.rows)
         };
         let grad = self.grad.as_ref().map(|g| GpuTensor { buffer: g, ..input });
-        let loss = GpuTensor::f32_vector(&self.output, 0, 2);
+        let loss = if self.op.is_elementwise() && !self.reduced {
+            GpuTensor::f32_matrix(&self.output, 0, self.rows, self.cols)
+        } else {
+            GpuTensor::f32_vector(&self.output, 0, self.output_len)
+        };
         let binary = BinaryViews {
             input,
             targets: target,
             loss,
             grad,
         };
+        let weight = self
+            .weight
+            .as_ref()
+            .map(|w| GpuTensor::f32_vector(w, 0, self.cols));
+        let pos_weight = self
+            .pos_weight
+            .as_ref()
+            .map(|w| GpuTensor::f32_vector(w, 0, self.cols));
+        let meta = &self.meta;
         let encoded = match self.op {
             Op::CrossEntropy | Op::CrossEntropyLoss => {
+                let grad = match (grad, self.op) {
+                    (Some(g), _) => GradOutput::Into(g),
+                    (None, Op::CrossEntropy) => GradOutput::InPlace,
+                    (None, _) => GradOutput::None,
+                };
                 let views = CrossEntropyViews {
                     logits: input,
                     targets: target,
                     loss,
-                    grad: grad.map_or(GradOutput::None, GradOutput::Into),
+                    grad,
                     lse: None,
                 };
-                ctx.encode_cross_entropy(encoder, &views, &CrossEntropyOptions::default())
+                let options = meta.ce_options(1.0).with_weight(weight.as_ref());
+                ctx.encode_cross_entropy(encoder, &views, &options)
             }
             Op::Focal => {
                 let views = FocalViews {
@@ -340,24 +504,27 @@ impl<'a> ResidentOp<'a> {
                     grad,
                     lse: None,
                 };
-                ctx.encode_focal_loss(encoder, &views, &FocalOptions::default())
+                let host = meta.focal_options(&None, 1.0);
+                let options = FocalOptions {
+                    alpha: weight.as_ref(),
+                    gamma: host.gamma,
+                    ignore_index: host.ignore_index,
+                    reduction: host.reduction,
+                    grad_scale: host.grad_scale,
+                };
+                ctx.encode_focal_loss(encoder, &views, &options)
             }
             Op::BinaryCrossEntropy => {
-                ctx.encode_binary_cross_entropy(encoder, &binary, &BinaryLossOptions::default())
+                let options = meta.binary_options(1.0).with_weights(weight.as_ref(), None);
+                ctx.encode_binary_cross_entropy(encoder, &binary, &options)
             }
-            Op::BceWithLogits => ctx.encode_binary_cross_entropy_with_logits(
-                encoder,
-                &binary,
-                &BinaryLossOptions::default(),
-            ),
-            _ => ctx.encode_sigmoid_focal_loss(
-                encoder,
-                &binary,
-                &SigmoidFocalOptions {
-                    reduction: Reduction::Mean,
-                    ..Default::default()
-                },
-            ),
+            Op::BceWithLogits => {
+                let options = meta
+                    .binary_options(1.0)
+                    .with_weights(weight.as_ref(), pos_weight.as_ref());
+                ctx.encode_binary_cross_entropy_with_logits(encoder, &binary, &options)
+            }
+            _ => ctx.encode_sigmoid_focal_loss(encoder, &binary, &meta.sigmoid_focal_options(1.0)),
         };
         Ok(encoded?)
     }
@@ -372,15 +539,36 @@ impl<'a> ResidentOp<'a> {
 
     /// Reads back the op's main result as f32: the gradient for losses that
     /// have one, else the output (a reduced loss is one value).
+    /// An in-place gradient has overwritten the logits by then: they are
+    /// uploaded again and the op runs once more before the read.
     pub fn read_main(&self) -> Result<Vec<f32>> {
         let ctx = self.ctx;
+        let in_place = self.grad.is_none() && self.op == Op::CrossEntropy;
+        if in_place {
+            match self.dtype {
+                DType::F16 => ctx.queue().write_buffer(
+                    &self.input,
+                    0,
+                    bytemuck::cast_slice(&f16_bits(&self.input_values)),
+                ),
+                _ => ctx.queue().write_buffer(
+                    &self.input,
+                    0,
+                    bytemuck::cast_slice(&self.input_values),
+                ),
+            }
+            self.run()?;
+        }
         let (buffer, len, dtype) = match (&self.grad, self.op) {
             (Some(g), _) => (g, self.rows * self.cols, self.dtype),
+            (None, Op::CrossEntropy) => (&self.input, self.rows * self.cols, self.dtype),
             (None, Op::Logsumexp) => (&self.output, self.rows, DType::F32),
             (None, Op::Softmax | Op::LogSoftmax) => {
                 (&self.output, self.rows * self.cols, self.dtype)
             }
-            (None, _) => (&self.output, 1, DType::F32),
+            // The reduced loss (not its z-loss part), or every row's.
+            (None, _) if self.reduced => (&self.output, 1, DType::F32),
+            (None, _) => (&self.output, self.output_len, DType::F32),
         };
         Ok(match dtype {
             DType::F16 => {
@@ -461,30 +649,25 @@ pub fn run_cpu(op: Op, input: &BenchInput) -> Result<Vec<f64>> {
 
 /// The reference's main result for the first `rows` rows alone, as those
 /// rows stand in the whole problem's result (for sizes where the whole
-/// reference takes longer than the kernels): a loss's gradient is the
-/// sample's `sum` gradient over the whole problem's `mean` denominator
-/// (bench's inputs ignore no row and carry no weights). `None` where a
-/// sample says nothing of the result: `cross-entropy-loss`'s one mean.
+/// reference takes longer than the kernels): the rows run as one of `eval`'s
+/// windows ([`Problem::window_plan`]), so a loss's gradient is scaled by the
+/// whole problem's `mean` denominator, whatever rows are ignored or
+/// weighted. `None` where a sample says nothing of the result:
+/// `cross-entropy-loss`'s one reduced loss.
 pub fn run_cpu_sample(op: Op, input: &BenchInput, rows: usize) -> Result<Option<Vec<f64>>> {
     if rows >= input.rows {
         return run_cpu(op, input).map(Some);
     }
-    if op == Op::CrossEntropyLoss {
+    let whole = input.problem_meta(op, input.rows);
+    let plan = whole.window_plan(true);
+    if op == Op::CrossEntropyLoss && plan.reduced {
         return Ok(None);
     }
-    let mut sample = input.problem_rows(op, rows);
-    let denominator = if op.softmax_op().is_some() {
-        1.0
-    } else {
-        sample.settings.reduction = Reduction::Sum;
-        if op.is_elementwise() {
-            (input.rows * input.cols) as f64
-        } else {
-            input.rows as f64
-        }
+    let sample = Problem {
+        settings: plan.settings,
+        ..input.problem_rows(op, rows)
     };
-    let main = main_result(sample.run_reference()?);
-    Ok(Some(main.into_iter().map(|v| v / denominator).collect()))
+    Ok(Some(main_result(sample.run_reference_with(plan.run)?)))
 }
 
 /// An op on the fast multi-threaded f32 CPU path ([`crate::cpu_fast`]) with
@@ -493,6 +676,9 @@ pub fn run_cpu_sample(op: Op, input: &BenchInput, rows: usize) -> Result<Option<
 pub struct CpuFastOp<'a> {
     op: Op,
     input: &'a BenchInput,
+    /// The op's targets, weights and settings (no input values).
+    meta: Problem,
+    uniform_alpha: Option<Vec<f32>>,
     out: Vec<f32>,
     /// `sigmoid(logits)`, the input of binary cross-entropy on probabilities.
     probs: Vec<f32>,
@@ -507,9 +693,12 @@ impl<'a> CpuFastOp<'a> {
             Op::Logsumexp | Op::CrossEntropyLoss => 0,
             Op::BinaryCrossEntropy | Op::BceWithLogits | Op::SigmoidFocal | Op::Focal => 0,
         };
+        let meta = input.problem_meta(op, input.rows);
         Some(Self {
             op,
             input,
+            uniform_alpha: meta.uniform_alpha(),
+            meta,
             // Touched once here, so later runs do not pay the page faults.
             out: vec![1.0f32; len],
             probs: if op == Op::BinaryCrossEntropy {
@@ -540,7 +729,8 @@ impl<'a> CpuFastOp<'a> {
         use crate::cpu_fast as fast;
         let input = self.input;
         let (x, rows, cols) = (&input.logits[..], input.rows, input.cols);
-        let opts = CrossEntropyOptions::default();
+        let meta = &self.meta;
+        let opts = meta.ce_options(1.0);
         let out = &mut self.out;
         Ok(match self.op {
             Op::Softmax => fast::softmax_into(x, rows, cols, out).map(|()| None)?,
@@ -559,7 +749,7 @@ impl<'a> CpuFastOp<'a> {
                     &self.probs,
                     &input.labels,
                     cols,
-                    &Default::default(),
+                    &meta.binary_options(1.0),
                     true,
                 )?
                 .grad
@@ -569,7 +759,7 @@ impl<'a> CpuFastOp<'a> {
                     x,
                     &input.labels,
                     cols,
-                    &Default::default(),
+                    &meta.binary_options(1.0),
                     true,
                 )?
                 .grad
@@ -579,16 +769,13 @@ impl<'a> CpuFastOp<'a> {
                     x,
                     &input.labels,
                     cols,
-                    &wgpu_loss::SigmoidFocalOptions {
-                        reduction: wgpu_loss::Reduction::Mean,
-                        ..Default::default()
-                    },
+                    &meta.sigmoid_focal_options(1.0),
                     true,
                 )?
                 .grad
             }
             Op::Focal => {
-                let opts = wgpu_loss::FocalOptions::default();
+                let opts = meta.focal_options(&self.uniform_alpha, 1.0);
                 fast::focal_loss(x, &input.classes, cols, &opts, true)?.grad
             }
         })

@@ -8,7 +8,11 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use wgpu_loss::tolerance::max_abs_error;
 use wgpu_loss::{DType, GpuContext};
-use wgpu_loss_cli::bench::{self, BenchInput, CopyKernel, CpuFastOp, Op, ResidentOp};
+use wgpu_loss_cli::bench::{
+    self, BenchInput, BenchOptions, CopyKernel, CpuFastOp, GradPlacement, Op, ResidentOp,
+};
+
+use crate::cmd_options::LossOptionArgs;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -66,6 +70,22 @@ pub struct BenchArgs {
     /// Also draw GB/s against problem size, GPU and CPU, into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Loss options, as `eval` takes them; each op runs with those that
+    /// apply to it.
+    #[command(flatten)]
+    options: LossOptionArgs,
+    /// Random weights in [0.1, 2), seeded: class weights [C] (cross-entropy),
+    /// per-class alpha [C] (focal), per-column weights [C] (binary-cross-entropy,
+    /// bce-with-logits). Where `eval` takes --weight W.npy.
+    #[arg(long)]
+    random_weight: bool,
+    /// Random pos_weight [C] in [0.5, 3), seeded (bce-with-logits).
+    #[arg(long)]
+    random_pos_weight: bool,
+    /// cross-entropy: write the gradient over the logits (GradOutput::InPlace);
+    /// other ops are unaffected.
+    #[arg(long)]
+    in_place: bool,
 }
 
 /// `--full`: issue 7's small / medium / large-vocabulary shapes, where the
@@ -181,6 +201,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         other => return Err(format!("--dtype {other}: expected f32 or f16")),
     };
     let ops = parse_ops(&args.ops)?;
+    let options = BenchOptions {
+        settings: args.options.settings(),
+        random_weight: args.random_weight,
+        random_pos_weight: args.random_pos_weight,
+        grad: if args.in_place {
+            GradPlacement::InPlace
+        } else {
+            GradPlacement::Separate
+        },
+    };
     let shapes = match (args.rows, args.cols) {
         (Some(r), Some(c)) if r > 0 && c > 0 => vec![(r, c)],
         (None, None) if args.full => FULL_SHAPES.to_vec(),
@@ -232,7 +262,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     );
     let mut all_rows = Vec::new();
     for &(rows, cols) in &shapes {
-        let input = BenchInput::new(rows, cols).map_err(|e| e.to_string())?;
+        let input = BenchInput::new(rows, cols)
+            .map_err(|e| e.to_string())?
+            .with_options(options);
         let elems = rows * cols;
         progress.set_message(format!("{rows}x{cols}: copy yardstick"));
         let cpu_copy = bench::cpu_copy_gbps(elems, 3);
@@ -243,7 +275,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         for &op in &ops {
             progress.set_message(format!("{rows}x{cols} {}", op.name()));
             let mut out = Vec::new();
-            let cpu_bytes = op.ideal_bytes(rows, cols, 4);
+            let cpu_bytes = input.ideal_bytes(op, 4);
             let ref_start = Instant::now();
             let expected = match (args.no_reference, args.check_rows) {
                 (true, _) => Ok(None),
@@ -296,7 +328,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                 let result = resident.read_main().map_err(|e| e.to_string())?;
                 drop(resident);
                 let err = error_of(&result);
-                let bytes = op.ideal_bytes(rows, cols, dtype.size());
+                let bytes = input.ideal_bytes(op, dtype.size());
                 out.push(row("gpu-kernel", kernel, bytes, copy, err, speedup(kernel)));
                 if dtype == DType::F32 && !args.no_end_to_end {
                     let mut e2e_times = Vec::new();
@@ -360,6 +392,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
 fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
     if args.ops.len() != 1 {
         return Err("--op linear-cross-entropy runs alone (give no other --op)".into());
+    }
+    if args.options.settings() != wgpu_loss_cli::problem::Settings::default()
+        || args.random_weight
+        || args.random_pos_weight
+        || args.in_place
+    {
+        return Err(
+            "--op linear-cross-entropy benches the default options; the loss options, --random-weight, --random-pos-weight and --in-place apply to the other ops"
+                .into(),
+        );
     }
     let (Some(rows), Some(classes), Some(hidden)) = (args.rows, args.cols, args.hidden) else {
         return Err("--op linear-cross-entropy needs --rows N, --cols V and --hidden D".into());

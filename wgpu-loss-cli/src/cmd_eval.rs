@@ -13,18 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use wgpu_loss::{Error as LossError, Reduction};
+use wgpu_loss::Error as LossError;
 use wgpu_loss_cli::io::{read_array, Array, ArrayData, ArrayFile, Element, NpyWriter};
 use wgpu_loss_cli::problem::{Op, Outputs, Problem, Settings, Target};
 use wgpu_loss_cli::stream::{self, OutputFiles, RowFold, StreamIn, StreamOut, Window};
 use wgpu_loss_cli::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum ReductionArg {
-    None,
-    Mean,
-    Sum,
-}
+use crate::cmd_options::LossOptionArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum DeviceArg {
@@ -80,28 +75,8 @@ pub struct EvalArgs {
     /// vector-Jacobian product); one value scaling the gradient for a mean or sum loss.
     #[arg(long, value_name = "G.npy")]
     pub(crate) grad_output: Option<String>,
-    /// Reduction of the loss [default: mean].
-    #[arg(long, value_enum)]
-    pub(crate) reduction: Option<ReductionArg>,
-    /// Target value ignored by cross-entropy and focal [default: -100].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) ignore_index: Option<i64>,
-    /// Label smoothing in [0, 1] (cross-entropy) [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) label_smoothing: Option<f32>,
-    /// z-loss weight (cross-entropy) [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) z_loss: Option<f32>,
-    /// Logit softcap c > 0 (cross-entropy) [default: none].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) softcap: Option<f32>,
-    /// Alpha: sigmoid-focal's class balance (-1 disables) [default: 0.25]; for focal, one
-    /// alpha for every class [default: none].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) alpha: Option<f32>,
-    /// Focusing parameter gamma >= 0 (focal losses) [default: 2].
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) gamma: Option<f32>,
+    #[command(flatten)]
+    pub(crate) options: LossOptionArgs,
     /// Where to compute.
     #[arg(long, value_enum, default_value = "gpu")]
     pub(crate) device: DeviceArg,
@@ -826,21 +801,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
 }
 
 pub(crate) fn settings(args: &EvalArgs) -> Settings {
-    let d = Settings::default();
-    Settings {
-        reduction: match args.reduction {
-            None => d.reduction,
-            Some(ReductionArg::None) => Reduction::None,
-            Some(ReductionArg::Mean) => Reduction::Mean,
-            Some(ReductionArg::Sum) => Reduction::Sum,
-        },
-        ignore_index: args.ignore_index.unwrap_or(d.ignore_index),
-        label_smoothing: args.label_smoothing.unwrap_or(d.label_smoothing),
-        z_loss: args.z_loss.unwrap_or(d.z_loss),
-        softcap: args.softcap,
-        alpha: args.alpha,
-        gamma: args.gamma.unwrap_or(d.gamma),
-    }
+    args.options.settings()
 }
 
 /// `[rows, cols]` the op sees: the last axis is the row (softmax family,

@@ -40,8 +40,8 @@ pub(crate) fn run(args: &EvalArgs, grads: LinearGrads) -> Result<ExitCode, Strin
     };
     for (flag, given) in [
         ("pos-weight", args.pos_weight.is_some()),
-        ("alpha", args.alpha.is_some()),
-        ("gamma", args.gamma.is_some()),
+        ("alpha", args.options.alpha.is_some()),
+        ("gamma", args.options.gamma.is_some()),
     ] {
         if given {
             return Err(format!("--{flag} does not apply to {}", args.op));

@@ -6,6 +6,7 @@ mod cmd_check;
 mod cmd_eval;
 mod cmd_eval_linear;
 mod cmd_info;
+mod cmd_options;
 
 use std::process::ExitCode;
 

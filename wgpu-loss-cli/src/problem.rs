@@ -161,6 +161,38 @@ pub struct Settings {
     pub gamma: f32,
 }
 
+impl Settings {
+    /// These settings with every field `op` does not take back at its
+    /// default (what `bench` runs each op of a sweep with; `eval` refuses
+    /// a field that differs, [`Problem::validate`]).
+    pub fn for_op(self, op: Op) -> Settings {
+        let d = Settings::default();
+        let ce = matches!(op, Op::CrossEntropy | Op::CrossEntropyLoss);
+        let focal = matches!(op, Op::Focal | Op::SigmoidFocal);
+        Settings {
+            reduction: if op.softmax_op().is_none() {
+                self.reduction
+            } else {
+                d.reduction
+            },
+            ignore_index: if op.is_row_loss() {
+                self.ignore_index
+            } else {
+                d.ignore_index
+            },
+            label_smoothing: if ce {
+                self.label_smoothing
+            } else {
+                d.label_smoothing
+            },
+            z_loss: if ce { self.z_loss } else { d.z_loss },
+            softcap: if ce { self.softcap } else { d.softcap },
+            alpha: if focal { self.alpha } else { d.alpha },
+            gamma: if focal { self.gamma } else { d.gamma },
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -265,7 +297,6 @@ impl Problem {
     pub fn validate(&self) -> Result<()> {
         let op = self.op.name();
         let s = &self.settings;
-        let defaults = Settings::default();
         let not_for = |what: &'static str| Error::NotApplicable { what, op };
         let needs_target = self.op.softmax_op().is_none();
         match (&self.target, needs_target) {
@@ -273,8 +304,6 @@ impl Problem {
             (None, true) => return Err(Error::Missing { what: "target", op }),
             _ => {}
         }
-        let ce = matches!(self.op, Op::CrossEntropy | Op::CrossEntropyLoss);
-        let focal = matches!(self.op, Op::Focal | Op::SigmoidFocal);
         if self.weight.is_some() && self.op.softmax_op().is_some() {
             return Err(not_for("weight"));
         }
@@ -284,26 +313,24 @@ impl Problem {
         if self.pos_weight.is_some() && self.op != Op::BceWithLogits {
             return Err(not_for("pos_weight"));
         }
-        if s.reduction != defaults.reduction && self.op.softmax_op().is_some() {
-            return Err(not_for("reduction"));
-        }
-        if s.ignore_index != defaults.ignore_index && !self.op.is_row_loss() {
-            return Err(not_for("ignore_index"));
-        }
-        if s.label_smoothing != defaults.label_smoothing && !ce {
-            return Err(not_for("label_smoothing"));
-        }
-        if s.z_loss != defaults.z_loss && !ce {
-            return Err(not_for("z_loss"));
-        }
-        if s.softcap.is_some() && !ce {
-            return Err(not_for("softcap"));
-        }
-        if s.alpha.is_some() && !focal {
-            return Err(not_for("alpha"));
-        }
-        if s.gamma != defaults.gamma && !focal {
-            return Err(not_for("gamma"));
+        let kept = s.for_op(self.op);
+        let bits = f32::to_bits;
+        for (name, differs) in [
+            ("reduction", kept.reduction != s.reduction),
+            ("ignore_index", kept.ignore_index != s.ignore_index),
+            // By the bits: a NaN the op takes is the option check's to name.
+            (
+                "label_smoothing",
+                bits(kept.label_smoothing) != bits(s.label_smoothing),
+            ),
+            ("z_loss", bits(kept.z_loss) != bits(s.z_loss)),
+            ("softcap", kept.softcap.map(bits) != s.softcap.map(bits)),
+            ("alpha", kept.alpha.map(bits) != s.alpha.map(bits)),
+            ("gamma", bits(kept.gamma) != bits(s.gamma)),
+        ] {
+            if differs {
+                return Err(not_for(name));
+            }
         }
         if self.op == Op::Focal && s.alpha.is_some() && self.weight.is_some() {
             return Err(wgpu_loss::Error::InvalidOption {
@@ -364,7 +391,7 @@ impl Problem {
         }
     }
 
-    fn ce_options(&self, grad_scale: f32) -> CrossEntropyOptions<'_> {
+    pub(crate) fn ce_options(&self, grad_scale: f32) -> CrossEntropyOptions<'_> {
         let s = &self.settings;
         CrossEntropyOptions {
             weight: self.weight.as_deref(),
@@ -377,11 +404,11 @@ impl Problem {
         }
     }
 
-    fn uniform_alpha(&self) -> Option<Vec<f32>> {
+    pub(crate) fn uniform_alpha(&self) -> Option<Vec<f32>> {
         self.settings.alpha.map(|a| vec![a; self.cols])
     }
 
-    fn focal_options<'a>(
+    pub(crate) fn focal_options<'a>(
         &'a self,
         uniform: &'a Option<Vec<f32>>,
         grad_scale: f32,
@@ -395,7 +422,7 @@ impl Problem {
         }
     }
 
-    fn binary_options(&self, grad_scale: f32) -> BinaryLossOptions<'_> {
+    pub(crate) fn binary_options(&self, grad_scale: f32) -> BinaryLossOptions<'_> {
         BinaryLossOptions {
             weight: self.weight.as_deref(),
             pos_weight: self.pos_weight.as_deref(),
@@ -404,7 +431,7 @@ impl Problem {
         }
     }
 
-    fn sigmoid_focal_options(&self, grad_scale: f32) -> SigmoidFocalOptions {
+    pub(crate) fn sigmoid_focal_options(&self, grad_scale: f32) -> SigmoidFocalOptions {
         SigmoidFocalOptions {
             alpha: self.settings.alpha.unwrap_or(0.25),
             gamma: self.settings.gamma,
