@@ -81,6 +81,16 @@ fn softcap_slope(v: vec_t, c: f32) -> vec_t {
     return vec_t(4.0) * e / (d * d);
 }
 
+// softcap(v) and its slope from one exp (the gradient pass needs both);
+// c > 0, so sign(v / c) = sign(v).
+struct Capped { value: vec_t, slope: vec_t }
+fn softcap_both(v: vec_t, c: f32) -> Capped {
+    let e = exp(vec_t(-2.0) * abs(v / vec_t(c)));
+    let d = vec_t(1.0) + e;
+    // The value as softcap_value computes it, to the bit.
+    return Capped(vec_t(c) * (sign(v) * (vec_t(1.0) - e) / d), vec_t(4.0) * e / (d * d));
+}
+
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
 

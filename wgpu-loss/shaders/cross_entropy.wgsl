@@ -275,13 +275,21 @@ fn grad_core(k: GradCoef, p: vec_t, onehot: vec_t) -> vec_t {
 }
 
 fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
-    let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
+    // With a softcap, its value and slope share one exp.
+    var cx = x;
+    var slope = vec_t(1.0);
+    if (has_softcap()) {
+        let both = softcap_both(x, params.softcap);
+        cx = both.value;
+        slope = both.slope;
+    }
+    let p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls));
     let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == vec_u(u32(max(rs.label, 0))));
     var g = grad_core(k, p, onehot);
     if (k.c != 0.0) {
         g -= vec_t(k.c) * class_weights(i);
     }
-    return select(g * cap_slope(x), vec_t(0.0), rs.ignored);
+    return select(g * slope, vec_t(0.0), rs.ignored);
 }
 
 // Lane 0 of each active row writes the row's results.
