@@ -39,8 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (h, w, g) = (filled(rows * d), filled(v * d), filled(rows * v));
     let (dh, dw) = (filled(rows * d), filled(v * d));
+    let backend = ctx.adapter_info().map(|i| i.backend);
     println!(
-        "adapter: {}; rows {rows}, V {v}, D {d}; median of 3",
+        "adapter: {} ({backend:?}); rows {rows}, V {v}, D {d}; median of 3",
         ctx.adapter_name()
     );
     let time = |name: &str, views: MatmulViews<'_>, options: MatmulOptions| {
