@@ -167,6 +167,13 @@ impl Row {
     }
 }
 
+/// The adapter's backend (Vulkan, Metal, Dx12, Gl), so that a reader can
+/// tell lavapipe on Vulkan from llvmpipe through GL: the same name.
+fn backend_of(ctx: Option<&GpuContext>) -> String {
+    ctx.and_then(|c| c.adapter_info())
+        .map_or("no GPU".into(), |i| format!("{:?}", i.backend))
+}
+
 fn parse_ops(names: &[String]) -> Result<Vec<Op>, String> {
     if names.is_empty() {
         return Ok(Op::ALL.to_vec());
@@ -246,8 +253,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let dtype_name = if dtype == DType::F16 { "f16" } else { "f32" };
     if !args.json {
         println!(
-            "adapter: {adapter}; kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads \
+            "adapter: {adapter} ({}); kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads \
              (median of {CPU_RUNS} after a warm-up); GPU: median of {iters} runs after a warm-up",
+            backend_of(ctx.as_ref()),
             rayon::current_num_threads()
         );
         println!(
@@ -441,8 +449,9 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     if !args.json {
         println!(
-            "adapter: {}; linear-cross-entropy N={rows} D={hidden} V={classes} f32; wall time, median of {} after a warm-up",
+            "adapter: {} ({}); linear-cross-entropy N={rows} D={hidden} V={classes} f32; wall time, median of {} after a warm-up",
             ctx.adapter_name(),
+            backend_of(Some(&ctx)),
             args.iters.max(1)
         );
         println!(
