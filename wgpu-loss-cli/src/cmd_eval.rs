@@ -367,16 +367,26 @@ pub(crate) fn plan_windows(rows: usize, window: usize) -> Vec<(usize, usize)> {
 /// long rows across workgroups when a call has fewer than
 /// `split_rows_below` rows; a window is a call, so the whole file decides:
 /// with at least that many rows no window splits, as one window would not.
+/// Splitting for occupancy (`occupancy_workgroups`) gives a call of fewer
+/// rows more chunks, so windows of different sizes would split differently
+/// (and round differently): streamed runs split by `split_vectors` alone.
 pub(crate) fn stream_context(rows: usize) -> Result<wgpu_loss::GpuContext, String> {
     let ctx = super::gpu_context()?;
     let tuning = ctx.row_tuning();
-    if tuning.split_rows_below == 0 || rows < tuning.split_rows_below as usize {
+    let whole_file_unsplit =
+        tuning.split_rows_below != 0 && rows >= tuning.split_rows_below as usize;
+    if tuning.occupancy_workgroups == 0 && !whole_file_unsplit {
         return Ok(ctx);
     }
     drop(ctx);
     let options = wgpu_loss::ContextOptions {
         row_tuning: Some(wgpu_loss::RowTuning {
-            split_rows_below: 0,
+            split_rows_below: if whole_file_unsplit {
+                0
+            } else {
+                tuning.split_rows_below
+            },
+            occupancy_workgroups: 0,
             ..tuning
         }),
         ..Default::default()

@@ -777,3 +777,59 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
         );
     }
 }
+
+/// Splitting for occupancy gives a call of fewer rows more chunks (issue
+/// 17), so windows of a file with fewer rows than `split_rows_below` would
+/// split differently from one window; streamed runs split by
+/// `split_vectors` alone and keep one window's bits.
+#[test]
+fn windows_under_an_occupancy_splitting_tuning_give_the_same_bits() {
+    let Some(_) = gpu() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path();
+    let (rows, cols) = (300, 301);
+    let mut rng = Rng::new(2017);
+    let x = rng.vec_normal(rows * cols, 3.0);
+    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    write_npy(&p.join("x.npy"), &[rows, cols], &x).expect("x");
+    write_i64(&p.join("t.npy"), &t);
+    let run = |out: &str, budget: Option<&str>| {
+        let mut cmd = wgpu_loss();
+        // 300 rows in one call: 2 chunks; 110-row windows: 5.
+        cmd.current_dir(p)
+            .env(
+                "WGPU_LOSS_ROW_TUNING",
+                "split_vectors=4096,split_rows_below=1024,occupancy_workgroups=512,min_split_vectors=16",
+            )
+            .args([
+                "eval",
+                "cross-entropy",
+                "--input=x.npy",
+                "--target=t.npy",
+                "--label-smoothing=0.1",
+                "--json",
+            ])
+            .arg(format!("--out={out}"));
+        if let Some(b) = budget {
+            cmd.arg(format!("--memory-budget={b}"));
+        }
+        let o = cmd.output().expect("runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Run {
+            ok: true,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::new(),
+        }
+    };
+    let small = run("small", Some("1500000"));
+    let one = run("one", None);
+    assert!(windows_of(&small) > 2, "{}", small.stdout);
+    assert_eq!(windows_of(&one), 1);
+    for name in ["loss.npy", "grad.npy"] {
+        same_bits(
+            name,
+            &floats(&p.join("small").join(name)),
+            &floats(&p.join("one").join(name)),
+        );
+    }
+}

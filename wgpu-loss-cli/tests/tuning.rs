@@ -66,10 +66,18 @@ fn subgroup_modes_where_the_adapter_has_subgroups() {
         sg.max
     ));
     assert!(out.contains("SubgroupThenWorkgroup reduction"), "{out}");
-    // The discrete-GPU row of the table, whatever this adapter is.
+    // The discrete-GPU row of the table, whatever this adapter is: one row
+    // of 300001 classes fills 512 workgroups (issue 17's occupancy), in
+    // chunks of 586 vectors instead of 74 of 4096.
     let out = check_with(
         "subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8,\
-         split_vectors=4096,split_rows_below=1024",
+         split_vectors=4096,split_rows_below=1024,occupancy_workgroups=512,min_split_vectors=256",
+    );
+    assert!(out.contains("1x300001: rows split in 512 chunks"), "{out}");
+    // Without the occupancy rule, chunks of split_vectors alone.
+    let out = check_with(
+        "subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8,\
+         split_vectors=4096,split_rows_below=1024,occupancy_workgroups=0",
     );
     assert!(out.contains("1x300001: rows split in 74 chunks"), "{out}");
 }

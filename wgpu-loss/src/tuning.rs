@@ -53,6 +53,17 @@ pub struct RowTuning {
     /// Problems with at least this many rows are never split: they fill the
     /// device with whole rows.
     pub split_rows_below: u32,
+    /// Workgroups a split aims for, so that few rows of a huge vocabulary
+    /// fill the device: rows are cut into more (and shorter) chunks than
+    /// `split_vectors` gives until rows x chunks reaches this, down to
+    /// chunks of `min_split_vectors`. About four per compute unit of a
+    /// large GPU (wgpu reports no compute-unit count; 132 on an H100 or
+    /// H200, 108 on an A100). 0: chunks from `split_vectors` alone.
+    pub occupancy_workgroups: u32,
+    /// Fewest vectors a chunk gets when splitting for occupancy: below
+    /// this a chunk's merge of the row's records costs more than its
+    /// parallelism gains.
+    pub min_split_vectors: u32,
 }
 
 /// Most chunks one row is split into.
@@ -68,6 +79,8 @@ impl Default for RowTuning {
             subgroups: true,
             split_vectors: 4096,
             split_rows_below: 1024,
+            occupancy_workgroups: 512,
+            min_split_vectors: 256,
         }
     }
 }
@@ -95,7 +108,9 @@ impl RowTuning {
     ///   vectors (32 columns) per invocation before a row gets more; fewer
     ///   than 1024 rows of more than 8192 vectors are split into chunks of
     ///   4096 vectors (16384 columns), so 64 rows of 262144 classes make
-    ///   1024 workgroups instead of 64.
+    ///   1024 workgroups instead of 64; and into more chunks, of at least 256
+    ///   vectors, until there are 512 workgroups (about four per compute
+    ///   unit): one row of a million classes makes 512, not 62.
     pub fn for_adapter(device_type: wgpu::DeviceType, subgroups: Option<SubgroupSizes>) -> Self {
         match device_type {
             wgpu::DeviceType::Cpu => {
@@ -108,6 +123,8 @@ impl RowTuning {
                     // Two cores are busy with a few whole rows; a split costs a pass.
                     split_vectors: 0,
                     split_rows_below: 0,
+                    occupancy_workgroups: 0,
+                    min_split_vectors: 256,
                 }
             }
             _ => RowTuning::default(),
@@ -146,6 +163,8 @@ impl RowTuning {
                 "vectors_per_thread" => self.vectors_per_thread = number()?,
                 "split_vectors" => self.split_vectors = number()?,
                 "split_rows_below" => self.split_rows_below = number()?,
+                "occupancy_workgroups" => self.occupancy_workgroups = number()?,
+                "min_split_vectors" => self.min_split_vectors = number()?,
                 "subgroups" => {
                     self.subgroups = match value.trim() {
                         "on" | "true" | "1" => true,
@@ -156,7 +175,8 @@ impl RowTuning {
                 k => {
                     return Err(bad(format!(
                         "unknown key `{k}` (known: workgroup_size, max_threads_per_row, \
-                         vectors_per_thread, subgroups, split_vectors, split_rows_below)"
+                         vectors_per_thread, subgroups, split_vectors, split_rows_below, \
+                         occupancy_workgroups, min_split_vectors)"
                     )))
                 }
             }
@@ -229,7 +249,12 @@ impl RowTuning {
         if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
             return 1;
         }
-        let chunks = vecs.div_ceil(u64::from(self.split_vectors));
+        let by_size = vecs.div_ceil(u64::from(self.split_vectors));
+        // Enough chunks to fill the device, none under min_split_vectors.
+        let by_occupancy = u64::from(self.occupancy_workgroups)
+            .div_ceil(rows.max(1))
+            .min(vecs / u64::from(self.min_split_vectors.max(1)));
+        let chunks = by_size.max(by_occupancy);
         // Worth a second pass only when it at least doubles the parallelism.
         if chunks < 2 {
             return 1;
@@ -367,8 +392,20 @@ mod tests {
         let gpu = RowTuning::default();
         assert_eq!(gpu.splits(64, 65_536), 16); // 64 x 262144 as vec4
         assert_eq!(gpu.splits(4096, 8192), 1); // many rows fill the device
-        assert_eq!(gpu.splits(64, 4096), 1); // one chunk anyway
         assert_eq!(gpu.splits(1, 1 << 30), MAX_SPLITS);
+        // Occupancy (issue 17): rows x chunks reach 512 workgroups where the
+        // rows are long enough for chunks of 256 vectors.
+        assert_eq!(gpu.splits(1, 262_144), 512); // one row of 1M classes: not 64
+        assert_eq!(gpu.splits(64, 4096), 8); // 64 rows of 16384: 512 workgroups
+        assert_eq!(gpu.splits(64, 1024), 4); // only 4 chunks of 256 vectors fit
+        assert_eq!(gpu.splits(8, 300), 1); // too short to split at all
+        assert_eq!(gpu.splits(600, 8192), 2); // near the bound: by size
+        let no_occupancy = RowTuning {
+            occupancy_workgroups: 0,
+            ..gpu
+        };
+        assert_eq!(no_occupancy.splits(1, 262_144), 64);
+        assert_eq!(no_occupancy.splits(64, 4096), 1);
         let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
         assert_eq!(cpu.splits(1, 1 << 20), 1);
     }
