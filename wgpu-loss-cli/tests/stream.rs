@@ -722,17 +722,18 @@ fn windowed_reads_and_writes_match_the_whole_file_ones() {
     assert_eq!(a.shape, Vec::<usize>::new());
 }
 
-/// On a GPU tuning that splits long rows of few-row calls across
-/// workgroups (`split_rows_below`), windows of fewer rows than that still
-/// give one window's bits: the whole file decides. Forced on lavapipe with
-/// `WGPU_LOSS_ROW_TUNING`.
-#[test]
-fn windows_under_a_splitting_tuning_give_the_same_bits() {
-    let Some(_) = gpu() else { return };
+/// Runs `eval cross-entropy` (with `extra` options) under the row tuning
+/// `spec` on a file of `rows x cols`, in windows of about 110 rows and in
+/// one window, and checks that both give the same bits.
+fn windows_give_one_windows_bits(
+    spec: &str,
+    (rows, cols): (usize, usize),
+    extra: &[&str],
+    seed: u64,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let p = dir.path();
-    let (rows, cols) = (1500, 301);
-    let mut rng = Rng::new(2007);
+    let mut rng = Rng::new(seed);
     let x = rng.vec_normal(rows * cols, 3.0);
     let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
     write_npy(&p.join("x.npy"), &[rows, cols], &x).expect("x");
@@ -740,10 +741,7 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
     let run = |out: &str, budget: Option<&str>| {
         let mut cmd = wgpu_loss();
         cmd.current_dir(p)
-            .env(
-                "WGPU_LOSS_ROW_TUNING",
-                "split_vectors=16,split_rows_below=1024",
-            )
+            .env("WGPU_LOSS_ROW_TUNING", spec)
             .args([
                 "eval",
                 "cross-entropy",
@@ -751,6 +749,7 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
                 "--target=t.npy",
                 "--json",
             ])
+            .args(extra)
             .arg(format!("--out={out}"));
         if let Some(b) = budget {
             cmd.arg(format!("--memory-budget={b}"));
@@ -767,7 +766,7 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
     // About 13 KB per row in the model: 1.5 MB holds about 110 rows.
     let small = run("small", Some("1500000"));
     let one = run("one", None);
-    assert!(windows_of(&small) > 10, "{}", small.stdout);
+    assert!(windows_of(&small) > (rows / 110) as u64, "{}", small.stdout);
     assert_eq!(windows_of(&one), 1);
     for name in ["loss.npy", "grad.npy"] {
         same_bits(
@@ -778,6 +777,21 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
     }
 }
 
+/// On a GPU tuning that splits long rows of few-row calls across
+/// workgroups (`split_rows_below`), windows of fewer rows than that still
+/// give one window's bits: the whole file decides. Forced on lavapipe with
+/// `WGPU_LOSS_ROW_TUNING`.
+#[test]
+fn windows_under_a_splitting_tuning_give_the_same_bits() {
+    let Some(_) = gpu() else { return };
+    windows_give_one_windows_bits(
+        "split_vectors=16,split_rows_below=1024",
+        (1500, 301),
+        &[],
+        2007,
+    );
+}
+
 /// Splitting for occupancy gives a call of fewer rows more chunks (issue
 /// 17), so windows of a file with fewer rows than `split_rows_below` would
 /// split differently from one window; streamed runs split by
@@ -785,51 +799,11 @@ fn windows_under_a_splitting_tuning_give_the_same_bits() {
 #[test]
 fn windows_under_an_occupancy_splitting_tuning_give_the_same_bits() {
     let Some(_) = gpu() else { return };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let p = dir.path();
-    let (rows, cols) = (300, 301);
-    let mut rng = Rng::new(2017);
-    let x = rng.vec_normal(rows * cols, 3.0);
-    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
-    write_npy(&p.join("x.npy"), &[rows, cols], &x).expect("x");
-    write_i64(&p.join("t.npy"), &t);
-    let run = |out: &str, budget: Option<&str>| {
-        let mut cmd = wgpu_loss();
-        // 300 rows in one call: 2 chunks; 110-row windows: 5.
-        cmd.current_dir(p)
-            .env(
-                "WGPU_LOSS_ROW_TUNING",
-                "split_vectors=4096,split_rows_below=1024,occupancy_workgroups=512,min_split_vectors=16",
-            )
-            .args([
-                "eval",
-                "cross-entropy",
-                "--input=x.npy",
-                "--target=t.npy",
-                "--label-smoothing=0.1",
-                "--json",
-            ])
-            .arg(format!("--out={out}"));
-        if let Some(b) = budget {
-            cmd.arg(format!("--memory-budget={b}"));
-        }
-        let o = cmd.output().expect("runs");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Run {
-            ok: true,
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::new(),
-        }
-    };
-    let small = run("small", Some("1500000"));
-    let one = run("one", None);
-    assert!(windows_of(&small) > 2, "{}", small.stdout);
-    assert_eq!(windows_of(&one), 1);
-    for name in ["loss.npy", "grad.npy"] {
-        same_bits(
-            name,
-            &floats(&p.join("small").join(name)),
-            &floats(&p.join("one").join(name)),
-        );
-    }
+    // 300 rows in one call: 2 chunks; 110-row windows: 5.
+    windows_give_one_windows_bits(
+        "split_vectors=4096,split_rows_below=1024,occupancy_workgroups=512,min_split_vectors=16",
+        (300, 301),
+        &["--label-smoothing=0.1"],
+        2017,
+    );
 }
