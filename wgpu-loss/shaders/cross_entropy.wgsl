@@ -215,6 +215,15 @@ fn ce_row(seg: Seg) -> CeRow {
     return ce_finish(seg, st, wsum, r);
 }
 
+// A split row's statistics from its chunks' records alone, without reading
+// the logits (no loss: `ce_loss` computed it).
+fn ce_row_merged(seg: Seg) -> CeRow {
+    let row = min(seg.row, params.rows - 1u);
+    let p = merged_partials(row);
+    let t = targets[params.row_base + row];
+    return CeRow(p.x, log(p.y), t, t == params.ignore_index, 0.0, 0.0);
+}
+
 // Row loss from the row's statistics (and smoothing sum relative to `r`).
 fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
     let row = min(seg.row, params.rows - 1u);
@@ -385,8 +394,16 @@ fn ce_loss_grad(ids: Ids) {
 @compute @workgroup_size(WG)
 fn ce_loss_grad_in_place(ids: Ids) {
     let seg = seg_of(ids);
-    let rs = ce_row(seg);
-    write_row(seg, rs);
+    var rs: CeRow;
+    if (split_rows()) {
+        // `ce_loss` wrote the row's results before this pass; reading the
+        // row's target or first logit here would race with the chunks of
+        // other workgroups overwriting them.
+        rs = ce_row_merged(seg);
+    } else {
+        rs = ce_row(seg);
+        write_row(seg, rs);
+    }
     let k = grad_coef(rs);
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;

@@ -810,14 +810,19 @@ impl Kernel {
         }
     }
 
-    /// The first pass of this kernel when rows are split across workgroups:
-    /// `None` for kernels that always take whole rows.
-    pub fn partial_pass(self) -> Option<Kernel> {
+    /// The passes before this kernel when rows are split across workgroups
+    /// (empty for kernels that always take whole rows): the partial pass of
+    /// each chunk's statistics, and for the in-place gradient `ce_loss`,
+    /// which writes each row's results while the logits are still whole
+    /// (the in-place kernel's chunks overwrite the logits that a row's loss
+    /// reads, its target's and first, from other workgroups).
+    pub fn split_passes(self) -> &'static [Kernel] {
         use Kernel::*;
         match self {
-            SoftmaxForward | LogSoftmaxForward | LogsumexpForward => Some(SoftmaxPartial),
-            CrossEntropyLoss | CrossEntropyLossGrad => Some(CrossEntropyPartial),
-            _ => None,
+            SoftmaxForward | LogSoftmaxForward | LogsumexpForward => &[SoftmaxPartial],
+            CrossEntropyLoss | CrossEntropyLossGrad => &[CrossEntropyPartial],
+            CrossEntropyLossGradInPlace => &[CrossEntropyPartial, CrossEntropyLoss],
+            _ => &[],
         }
     }
 

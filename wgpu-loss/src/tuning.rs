@@ -48,7 +48,8 @@ pub struct RowTuning {
     /// own threads (a partial pass, then the kernel over each chunk), when a
     /// problem has fewer than `split_rows_below` rows. 0 never splits.
     /// Applies to softmax, log-softmax and logsumexp forward and to
-    /// cross-entropy with class-index targets (loss, loss + gradient).
+    /// cross-entropy with class-index targets (loss, loss + gradient, in
+    /// place or not).
     pub split_vectors: u32,
     /// Problems with at least this many rows are never split: they fill the
     /// device with whole rows.

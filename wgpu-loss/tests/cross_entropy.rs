@@ -580,3 +580,72 @@ fn weighted_mean_over_millions_of_rows_keeps_its_denominator() {
         (g - w).abs() / w.abs()
     );
 }
+
+/// The in-place gradient splits rows too (issue 17, item 3): a partial pass,
+/// `ce_loss` writing each row's results while the logits are whole, then
+/// each chunk overwriting its own logits. The host API takes that kernel
+/// for class-index targets; forced here with a GPU-like tuning that splits
+/// every row of these shapes, every option on. (The race the `ce_loss` pass
+/// avoids, a chunk reading its row's target logit after another chunk's
+/// workgroup overwrote it, needs workgroups running at once; lavapipe runs
+/// a row's chunks in order, so it cannot show it.)
+#[test]
+fn in_place_gradients_of_split_rows_match_the_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    let tuning = wgpu_loss::RowTuning {
+        split_vectors: 64,
+        split_rows_below: 1_000_000,
+        occupancy_workgroups: 512,
+        min_split_vectors: 16,
+        ..wgpu_loss::RowTuning::default()
+    };
+    let options = wgpu_loss::ContextOptions {
+        row_tuning: Some(tuning),
+        ..Default::default()
+    };
+    let ctx = wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
+    let mut rng = Rng::new(4242);
+    for (rows, classes) in [(1, 1000), (3, 4099), (5, 300), (2, 20_000)] {
+        assert!(
+            ctx.describe_row_plan(rows, classes).contains("rows split"),
+            "{rows}x{classes}: {}",
+            ctx.describe_row_plan(rows, classes)
+        );
+        let logits = rng.vec_normal(rows * classes, 3.0);
+        let targets: Vec<i64> = (0..rows)
+            .map(|i| {
+                if i == 2 {
+                    -100
+                } else {
+                    rng.below(classes) as i64
+                }
+            })
+            .collect();
+        let weight: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let opts = CrossEntropyOptions {
+            weight: Some(&weight[..]),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(8.0),
+            ..Default::default()
+        };
+        let want = reference::cross_entropy(&logits, &targets, classes, &opts).unwrap();
+        let got = wgpu_loss::block_on(ctx.cross_entropy(
+            &logits,
+            &targets,
+            classes,
+            &opts,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        let tag = format!("split in-place {rows}x{classes}");
+        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+        assert_close(
+            &format!("{tag} grad"),
+            got.grad.as_deref().unwrap(),
+            &want.grad,
+        );
+    }
+}

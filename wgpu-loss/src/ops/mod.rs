@@ -274,8 +274,10 @@ impl GpuContext {
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = (cols / width.lanes()) as u64;
-        let splits = match (grid, kernel.partial_pass()) {
-            (Grid::PerRow, Some(_)) => self.row_tuning().splits(rows as u64, vecs),
+        let splits = match grid {
+            Grid::PerRow if !kernel.split_passes().is_empty() => {
+                self.row_tuning().splits(rows as u64, vecs)
+            }
             _ => 1,
         };
         let (launch, reduce) = match grid {
@@ -302,21 +304,24 @@ impl GpuContext {
             reduce,
         };
         let pipeline = self.pipeline(kernel, variant, launch)?;
-        let partial = match kernel.partial_pass() {
-            Some(first) if splits > 1 => Some(self.pipeline(first, variant, launch)?),
-            _ => None,
-        };
+        let mut passes = Vec::new();
+        if splits > 1 {
+            for &k in kernel.split_passes() {
+                passes.push((self.pipeline(k, variant, launch)?, k));
+            }
+        }
+        passes.push((pipeline, kernel));
         let windows = self.windows(rows, cols)?;
         // One record (max, sum, extra, 0) per chunk of the largest window.
-        let partials = match &partial {
-            Some(_) => {
+        let partials = match splits > 1 {
+            true => {
                 let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
                 Some(self.scratch(
                     "wgpu-loss split-row partials",
                     most * u64::from(splits) * 16,
                 ))
             }
-            None => None,
+            false => None,
         };
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
@@ -390,8 +395,7 @@ impl GpuContext {
             }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
             let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
-            let first_pass = partial.as_ref().zip(kernel.partial_pass());
-            for (pipe, k) in first_pass.into_iter().chain([(&pipeline, kernel)]) {
+            for (pipe, k) in passes.iter().map(|(p, k)| (p, *k)) {
                 // A pass binds what its layout names: the partial pass a subset.
                 let used: Vec<wgpu::BindGroupEntry> = entries
                     .iter()
