@@ -163,20 +163,27 @@ fn exp_from_max(v: vec_t, m: f32) -> vec_t {
 
 // A split row's statistics and extra sum, merged from its chunks in order.
 // Every segment of the row computes the same bits.
-fn merged_partials(row: u32) -> vec3<f32> {
+// A split row's statistics and its two extra sums, merged in chunk order.
+fn merged_partials(row: u32) -> vec4<f32> {
     var st = RowStat(neg_inf(), 0.0);
     var extra = 0.0;
+    var extra2 = 0.0;
     for (var c = 0u; c < params.splits; c = c + 1u) {
         let p = chunk_stats[row * params.splits + c];
         st = stat_merge(st, RowStat(p.x, p.y));
         extra = extra + p.z;
+        extra2 = extra2 + p.w;
     }
-    return vec3<f32>(st.m, st.s, extra);
+    return vec4<f32>(st.m, st.s, extra, extra2);
 }
 
 fn write_partial(seg: Seg, st: RowStat, extra: f32) {
+    write_partial2(seg, st, extra, 0.0);
+}
+
+fn write_partial2(seg: Seg, st: RowStat, extra: f32, extra2: f32) {
     if (seg.live && seg.lane == 0u) {
-        chunk_stats[seg.row * params.splits + seg.chunk] = vec4<f32>(st.m, st.s, extra, 0.0);
+        chunk_stats[seg.row * params.splits + seg.chunk] = vec4<f32>(st.m, st.s, extra, extra2);
     }
 }
 

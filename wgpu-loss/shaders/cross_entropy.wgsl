@@ -483,7 +483,12 @@ fn soft_q(i: u32, q: vec_t) -> vec_t {
     return vec_t(1.0 - eps) * q + vec_t(eps / f32(params.cols));
 }
 
-fn soft_row(seg: Seg) -> SoftRow {
+// This segment's statistics of x' and its sums A = sum w q' (x' - r) and
+// B = sum w q' (r: the row's first capped logit, so that a large common
+// offset cancels before summation).
+struct SoftChunk { st: RowStat, a: f32, b: f32, r: f32 }
+
+fn soft_chunk(seg: Seg) -> SoftChunk {
     let row = min(seg.row, params.rows - 1u);
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
@@ -503,6 +508,33 @@ fn soft_row(seg: Seg) -> SoftRow {
     let st = seg_stat(seg.tid, acc);
     let a = seg_sum(seg.tid, bsum_total(a_acc));
     let b = seg_sum(seg.tid, bsum_total(b_acc));
+    return SoftChunk(st, a, b, r);
+}
+
+// First pass over split rows with probability targets: each chunk's
+// statistics and its sums A and B.
+@compute @workgroup_size(WG)
+fn ce_soft_partial(ids: Ids) {
+    let seg = seg_of(ids);
+    let c = soft_chunk(seg);
+    write_partial2(seg, c.st, c.a, c.b);
+}
+
+fn soft_row(seg: Seg) -> SoftRow {
+    var c: SoftChunk;
+    if (split_rows()) {
+        // Every chunk took A relative to the same r, the row's first logit.
+        let row = min(seg.row, params.rows - 1u);
+        let r0 = lane(capped(vec_t(logits[params.base_a / VW + row * (params.cols / VW)])), 0u);
+        let p = merged_partials(row);
+        c = SoftChunk(RowStat(p.x, p.y), p.z, p.w, select(0.0, r0, is_finite(r0)));
+    } else {
+        c = soft_chunk(seg);
+    }
+    let st = c.st;
+    let a = c.a;
+    let b = c.b;
+    let r = c.r;
     let ls = log(st.s);
     let lse = st.m + ls;
     var z = 0.0;
@@ -581,11 +613,18 @@ fn focal_row(seg: Seg) -> FocalRow {
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let t = targets[params.row_base + row];
-    var acc = stat_empty();
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = stat_push(acc, vec_t(logits[src + i]));
+    var st: RowStat;
+    if (split_rows()) {
+        // The chunks' statistics from `ce_partial` (no smoothing, no softcap).
+        let p = merged_partials(row);
+        st = RowStat(p.x, p.y);
+    } else {
+        var acc = stat_empty();
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+            acc = stat_push(acc, vec_t(logits[src + i]));
+        }
+        st = seg_stat(seg.tid, acc);
     }
-    let st = seg_stat(seg.tid, acc);
     let ls = log(st.s);
     let ignored = t == params.ignore_index;
     var loss = 0.0;

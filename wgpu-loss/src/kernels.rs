@@ -695,14 +695,17 @@ pub enum Kernel {
     /// log-softmax and logsumexp forward).
     SoftmaxPartial,
     /// `ce_partial`: per-chunk statistics of split rows (cross-entropy with
-    /// class-index targets).
+    /// class-index targets, and focal loss).
     CrossEntropyPartial,
+    /// `ce_soft_partial`: per-chunk statistics of split rows with
+    /// probability targets.
+    CrossEntropySoftPartial,
 }
 
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 34] = [
+    pub const ALL: [Kernel; 35] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -729,6 +732,7 @@ impl Kernel {
         Kernel::Copy,
         Kernel::SoftmaxPartial,
         Kernel::CrossEntropyPartial,
+        Kernel::CrossEntropySoftPartial,
         Kernel::Matmul,
         Kernel::MatmulWide,
         Kernel::MatmulWideShort,
@@ -757,7 +761,8 @@ impl Kernel {
             | FocalLoss
             | FocalLossGrad
             | CrossEntropyExport
-            | CrossEntropyPartial => Family::CrossEntropy,
+            | CrossEntropyPartial
+            | CrossEntropySoftPartial => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReducePartial
             | BinaryReduce => Family::Binary,
             Copy => Family::Copy,
@@ -799,6 +804,7 @@ impl Kernel {
             Copy => "copy",
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
+            CrossEntropySoftPartial => "ce_soft_partial",
             Matmul => "matmul",
             MatmulWide => "matmul_wide",
             MatmulWideShort => "matmul_wide_short",
@@ -822,6 +828,8 @@ impl Kernel {
             SoftmaxForward | LogSoftmaxForward | LogsumexpForward => &[SoftmaxPartial],
             CrossEntropyLoss | CrossEntropyLossGrad => &[CrossEntropyPartial],
             CrossEntropyLossGradInPlace => &[CrossEntropyPartial, CrossEntropyLoss],
+            FocalLoss | FocalLossGrad => &[CrossEntropyPartial],
+            CrossEntropySoftLoss | CrossEntropySoftLossGrad => &[CrossEntropySoftPartial],
             _ => &[],
         }
     }
@@ -888,6 +896,14 @@ impl Kernel {
                 (ce::WEIGHTS, Read),
                 (ce::ROW_OUT, ReadWrite),
                 (ce::SOFT_TARGETS, Read),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            CrossEntropySoftPartial => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::WEIGHTS, Read),
+                (ce::SOFT_TARGETS, Read),
+                (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropySoftLossGrad => &[
                 (PARAMS, Uniform),
@@ -897,6 +913,7 @@ impl Kernel {
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
                 (ce::SOFT_TARGETS, Read),
+                (CHUNK_STATS, ReadWrite),
             ],
             BceProbElements | BceLogitsElements | SigmoidFocalElements => &[
                 (PARAMS, Uniform),
@@ -939,6 +956,7 @@ impl Kernel {
                 (ce::TARGETS, Read),
                 (ce::WEIGHTS, Read),
                 (ce::ROW_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyPartial => &[
                 (PARAMS, Uniform),
@@ -964,6 +982,7 @@ impl Kernel {
                 (ce::SCALARS, ReadWrite),
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyReducePartial => &[
                 (PARAMS, Uniform),

@@ -581,7 +581,7 @@ fn weighted_mean_over_millions_of_rows_keeps_its_denominator() {
     );
 }
 
-/// The in-place gradient splits rows too (issue 17, item 3): a partial pass,
+/// Every row loss splits rows (issue 17, item 3). The in-place gradient: a partial pass,
 /// `ce_loss` writing each row's results while the logits are whole, then
 /// each chunk overwriting its own logits. The host API takes that kernel
 /// for class-index targets; forced here with a GPU-like tuning that splits
@@ -590,7 +590,7 @@ fn weighted_mean_over_millions_of_rows_keeps_its_denominator() {
 /// workgroup overwrote it, needs workgroups running at once; lavapipe runs
 /// a row's chunks in order, so it cannot show it.)
 #[test]
-fn in_place_gradients_of_split_rows_match_the_reference() {
+fn split_rows_of_every_row_loss_match_the_reference() {
     if gpu().is_none() {
         return;
     }
@@ -641,6 +641,55 @@ fn in_place_gradients_of_split_rows_match_the_reference() {
         ))
         .unwrap();
         let tag = format!("split in-place {rows}x{classes}");
+        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+        assert_close(
+            &format!("{tag} grad"),
+            got.grad.as_deref().unwrap(),
+            &want.grad,
+        );
+        // Probability targets split too (`ce_soft_partial`: statistics and
+        // both target sums per chunk).
+        let probs: Vec<f32> = {
+            let raw: Vec<f32> = (0..rows * classes).map(|_| rng.uniform(0.0, 1.0)).collect();
+            raw.chunks(classes)
+                .flat_map(|r| {
+                    let total: f32 = r.iter().sum();
+                    r.iter().map(move |v| v / total)
+                })
+                .collect()
+        };
+        let want = reference::cross_entropy_probs(&logits, &probs, classes, &opts).unwrap();
+        let got = wgpu_loss::block_on(ctx.cross_entropy_probs(
+            &logits,
+            &probs,
+            classes,
+            &opts,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        let tag = format!("split probability targets {rows}x{classes}");
+        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+        assert_close(
+            &format!("{tag} grad"),
+            got.grad.as_deref().unwrap(),
+            &want.grad,
+        );
+        // And focal loss (`ce_partial`'s statistics).
+        let focal = wgpu_loss::FocalOptions {
+            alpha: Some(&weight[..]),
+            gamma: 1.5,
+            ..Default::default()
+        };
+        let want = reference::focal_loss(&logits, &targets, classes, &focal).unwrap();
+        let got = wgpu_loss::block_on(ctx.focal_loss(
+            &logits,
+            &targets,
+            classes,
+            &focal,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        let tag = format!("split focal {rows}x{classes}");
         assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
         assert_close(
             &format!("{tag} grad"),
