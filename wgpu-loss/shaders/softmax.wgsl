@@ -130,6 +130,25 @@ fn logsumexp_forward(ids: Ids) {
     }
 }
 
+// This segment's sum of y dy (softmax backward).
+fn dot_y_dy(seg: Seg) -> f32 {
+    let n = params.cols / VW;
+    let src_y = params.base_a / VW + seg.row * n;
+    let src_dy = params.base_b / VW + seg.row * n;
+    var acc = bsum_empty();
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+        acc = bsum_push(acc, hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i])));
+    }
+    return seg_sum(seg.tid, bsum_total(acc));
+}
+
+// First pass over split rows of softmax backward: each chunk's sum of y dy.
+@compute @workgroup_size(WG)
+fn softmax_backward_partial(ids: Ids) {
+    let seg = seg_of(ids);
+    write_partial(seg, RowStat(0.0, 0.0), dot_y_dy(seg));
+}
+
 // dx = y * (dy - sum(dy * y)), with y the softmax output.
 @compute @workgroup_size(WG)
 fn softmax_backward(ids: Ids) {
@@ -138,14 +157,32 @@ fn softmax_backward(ids: Ids) {
     let src_y = params.base_a / VW + seg.row * n;
     let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    var acc = bsum_empty();
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i])));
+    var dot: f32;
+    if (split_rows()) {
+        dot = merged_partials(min(seg.row, params.rows - 1u)).z;
+    } else {
+        dot = dot_y_dy(seg);
     }
-    let dot = seg_sum(seg.tid, bsum_total(acc));
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
     }
+}
+
+// This segment's sum of dy (log-softmax backward).
+fn sum_dy(seg: Seg) -> f32 {
+    let src_dy = params.base_b / VW + seg.row * (params.cols / VW);
+    var acc = bsum_empty();
+    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+        acc = bsum_push(acc, hsum(vec_t(mat_b[src_dy + i])));
+    }
+    return seg_sum(seg.tid, bsum_total(acc));
+}
+
+// First pass over split rows of log-softmax backward: each chunk's sum of dy.
+@compute @workgroup_size(WG)
+fn log_softmax_backward_partial(ids: Ids) {
+    let seg = seg_of(ids);
+    write_partial(seg, RowStat(0.0, 0.0), sum_dy(seg));
 }
 
 // dx = dy - exp(y) * sum(dy), with y the log-softmax output.
@@ -154,13 +191,14 @@ fn log_softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
     let n = params.cols / VW;
     let src_y = params.base_a / VW + seg.row * n;
-    let src_dy = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    var acc = bsum_empty();
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(vec_t(mat_b[src_dy + i])));
+    var total: f32;
+    if (split_rows()) {
+        total = merged_partials(min(seg.row, params.rows - 1u)).z;
+    } else {
+        total = sum_dy(seg);
     }
-    let total = seg_sum(seg.tid, bsum_total(acc));
+    let src_dy = params.base_b / VW + seg.row * n;
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
     }

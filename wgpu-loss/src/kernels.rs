@@ -700,12 +700,16 @@ pub enum Kernel {
     /// `ce_soft_partial`: per-chunk statistics of split rows with
     /// probability targets.
     CrossEntropySoftPartial,
+    /// `softmax_backward_partial`: per-chunk sums of `y·dy` of split rows.
+    SoftmaxBackwardPartial,
+    /// `log_softmax_backward_partial`: per-chunk sums of `dy` of split rows.
+    LogSoftmaxBackwardPartial,
 }
 
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 35] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -733,6 +737,8 @@ impl Kernel {
         Kernel::SoftmaxPartial,
         Kernel::CrossEntropyPartial,
         Kernel::CrossEntropySoftPartial,
+        Kernel::SoftmaxBackwardPartial,
+        Kernel::LogSoftmaxBackwardPartial,
         Kernel::Matmul,
         Kernel::MatmulWide,
         Kernel::MatmulWideShort,
@@ -747,8 +753,15 @@ impl Kernel {
     pub fn family(self) -> Family {
         use Kernel::*;
         match self {
-            SoftmaxForward | LogSoftmaxForward | LogsumexpForward | SoftmaxBackward
-            | LogSoftmaxBackward | LogsumexpBackward | SoftmaxPartial => Family::Softmax,
+            SoftmaxForward
+            | LogSoftmaxForward
+            | LogsumexpForward
+            | SoftmaxBackward
+            | LogSoftmaxBackward
+            | LogsumexpBackward
+            | SoftmaxPartial
+            | SoftmaxBackwardPartial
+            | LogSoftmaxBackwardPartial => Family::Softmax,
             CrossEntropyDenominatorPartial
             | CrossEntropyDenominator
             | CrossEntropyLoss
@@ -805,6 +818,8 @@ impl Kernel {
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
             CrossEntropySoftPartial => "ce_soft_partial",
+            SoftmaxBackwardPartial => "softmax_backward_partial",
+            LogSoftmaxBackwardPartial => "log_softmax_backward_partial",
             Matmul => "matmul",
             MatmulWide => "matmul_wide",
             MatmulWideShort => "matmul_wide_short",
@@ -830,8 +845,17 @@ impl Kernel {
             CrossEntropyLossGradInPlace => &[CrossEntropyPartial, CrossEntropyLoss],
             FocalLoss | FocalLossGrad => &[CrossEntropyPartial],
             CrossEntropySoftLoss | CrossEntropySoftLossGrad => &[CrossEntropySoftPartial],
+            SoftmaxBackward => &[SoftmaxBackwardPartial],
+            LogSoftmaxBackward => &[LogSoftmaxBackwardPartial],
             _ => &[],
         }
+    }
+
+    /// Whether rows of this kernel may be split into chunks over
+    /// workgroups: those with passes before them, and `logsumexp_backward`,
+    /// whose elements need nothing of the rest of their row.
+    pub fn splits_rows(self) -> bool {
+        !self.split_passes().is_empty() || self == Kernel::LogsumexpBackward
     }
 
     /// Whether `slot` is an input (bound read-only unless aliasing).
@@ -871,6 +895,18 @@ impl Kernel {
                 (sm::MAT_A, Read),
                 (sm::MAT_B, Read),
                 (sm::MAT_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            SoftmaxBackwardPartial => &[
+                (PARAMS, Uniform),
+                (sm::MAT_A, Read),
+                (sm::MAT_B, Read),
+                (CHUNK_STATS, ReadWrite),
+            ],
+            LogSoftmaxBackwardPartial => &[
+                (PARAMS, Uniform),
+                (sm::MAT_B, Read),
+                (CHUNK_STATS, ReadWrite),
             ],
             LogsumexpBackward => &[
                 (PARAMS, Uniform),

@@ -47,9 +47,9 @@ pub struct RowTuning {
     /// Split rows into chunks of about this many vectors, each chunk on its
     /// own threads (a partial pass, then the kernel over each chunk), when a
     /// problem has fewer than `split_rows_below` rows. 0 never splits.
-    /// Applies to softmax, log-softmax and logsumexp forward and to every
-    /// row loss (cross-entropy with class-index or probability targets, in
-    /// place or not, and focal loss).
+    /// Applies to every row kernel: softmax, log-softmax and logsumexp
+    /// forward and backward, and every row loss (cross-entropy with
+    /// class-index or probability targets, in place or not, and focal loss).
     pub split_vectors: u32,
     /// Problems with at least this many rows are never split: they fill the
     /// device with whole rows.

@@ -283,3 +283,62 @@ fn results_are_bitwise_reproducible() {
             .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
+
+/// The backward passes split rows too (issue 17, item 3): softmax and
+/// log-softmax backward take each chunk's sum (of `y·dy`, of `dy`) from a
+/// partial pass; logsumexp backward needs nothing of the rest of its row.
+/// Forced with a GPU-like tuning that splits every row of these shapes.
+#[test]
+fn backward_passes_of_split_rows_match_the_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    let tuning = wgpu_loss::RowTuning {
+        split_vectors: 64,
+        split_rows_below: 1_000_000,
+        occupancy_workgroups: 512,
+        min_split_vectors: 16,
+        ..wgpu_loss::RowTuning::default()
+    };
+    let options = wgpu_loss::ContextOptions {
+        row_tuning: Some(tuning),
+        ..Default::default()
+    };
+    let ctx = wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
+    let mut rng = Rng::new(977);
+    for (rows, cols) in [(1, 1000), (3, 4099), (2, 20_000)] {
+        assert!(
+            ctx.describe_row_plan(rows, cols).contains("rows split"),
+            "{}",
+            ctx.describe_row_plan(rows, cols)
+        );
+        let x = rng.vec_normal(rows * cols, 2.0);
+        let dy = rng.vec_normal(rows * cols, 1.0);
+        let tag = format!("split {rows}x{cols}");
+        let y: Vec<f32> = reference::softmax(&x, rows, cols)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let want = reference::softmax_backward(&y, &dy, rows, cols).unwrap();
+        let got = wgpu_loss::block_on(ctx.softmax_backward(&y, &dy, rows, cols)).unwrap();
+        assert_close(&format!("{tag} softmax backward"), &got, &want);
+        let ly: Vec<f32> = reference::log_softmax(&x, rows, cols)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let want = reference::log_softmax_backward(&ly, &dy, rows, cols).unwrap();
+        let got = wgpu_loss::block_on(ctx.log_softmax_backward(&ly, &dy, rows, cols)).unwrap();
+        assert_close(&format!("{tag} log-softmax backward"), &got, &want);
+        let lse: Vec<f32> = reference::logsumexp(&x, rows, cols)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let dlse = rng.vec_normal(rows, 1.0);
+        let want = reference::logsumexp_backward(&x, &lse, &dlse, rows, cols).unwrap();
+        let got = wgpu_loss::block_on(ctx.logsumexp_backward(&x, &lse, &dlse, rows, cols)).unwrap();
+        assert_close(&format!("{tag} logsumexp backward"), &got, &want);
+    }
+}

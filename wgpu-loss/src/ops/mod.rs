@@ -275,9 +275,7 @@ impl GpuContext {
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = (cols / width.lanes()) as u64;
         let splits = match grid {
-            Grid::PerRow if !kernel.split_passes().is_empty() => {
-                self.row_tuning().splits(rows as u64, vecs)
-            }
+            Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits(rows as u64, vecs),
             _ => 1,
         };
         let (launch, reduce) = match grid {
@@ -313,7 +311,7 @@ impl GpuContext {
         passes.push((pipeline, kernel));
         let windows = self.windows(rows, cols)?;
         // One record (max, sum, extra, 0) per chunk of the largest window.
-        let partials = match splits > 1 {
+        let partials = match splits > 1 && !kernel.split_passes().is_empty() {
             true => {
                 let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
                 Some(self.scratch(
