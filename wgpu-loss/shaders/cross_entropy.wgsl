@@ -293,6 +293,11 @@ fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
         slope = both.slope;
     }
     let p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls));
+    return grad_from_p(rs, k, i, p, slope);
+}
+
+// g = (a p - b [j = y] - c w) * slope, zero on ignored rows.
+fn grad_from_p(rs: CeRow, k: GradCoef, i: u32, p: vec_t, slope: vec_t) -> vec_t {
     let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == vec_u(u32(max(rs.label, 0))));
     var g = grad_core(k, p, onehot);
     if (k.c != 0.0) {
@@ -314,57 +319,79 @@ fn ce_loss(ids: Ids) {
     write_row(seg, ce_row(seg));
 }
 
-// Loss and gradient of a held row with the common options (no softcap, no
-// smoothing): the logits are read once, exp(x - m) is taken once and kept.
-fn ce_loss_grad_held(seg: Seg) {
+// A held row: every lane's vectors of it read once into registers (only
+// the raw logits: a GPU holding 1024 invocations per workgroup has 64
+// registers each), the capped values, max, smoothing sum and exp(x' - m)
+// recomputed from them; the row's results written. Serves every option.
+struct HeldRow { x: array<vec_t, HOLD>, total: f32, rs: CeRow, k: GradCoef }
+
+fn ce_held_row(seg: Seg) -> HeldRow {
     let n = params.cols / VW;
     let src = params.base_a / VW + min(seg.row, params.rows - 1u) * n;
-    let dst = params.base_out / VW + seg.row * n;
-    var h: array<vec_t, HOLD>;
+    let smoothing = params.smoothing > 0.0;
+    // The smoothing sum relative to the row's first logit, as `ce_chunk`.
+    var r = 0.0;
+    if (smoothing) { r = ce_reference(src); }
+    var hr: HeldRow;
     var mx = neg_inf();
+    var wacc = bsum_empty();
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            h[k] = vec_t(logits[src + i]);
-            mx = max(mx, hmax(h[k]));
+            hr.x[k] = vec_t(logits[src + i]);
+            let xc = capped(hr.x[k]);
+            mx = max(mx, hmax(xc));
+            if (smoothing) {
+                wacc = bsum_push(wacc, hsum(class_weights(i) * (xc - vec_t(r))));
+            }
         }
     }
     let m = seg_max(seg.tid, mx);
+    let wsum = seg_sum(seg.tid, bsum_total(wacc));
     var s = 0.0;
     for (var k = 0u; k < HOLD; k = k + 1u) {
         if (held_index(seg, k) < seg.end) {
-            h[k] = exp_from_max(h[k], m);
-            s += hsum(h[k]);
+            s += hsum(exp_from_max(capped(hr.x[k]), m));
         }
     }
-    let total = seg_sum(seg.tid, s);
-    let rs = ce_finish(seg, RowStat(m, total), 0.0, 0.0);
-    write_row(seg, rs);
-    let k = grad_coef(rs);
-    // g = a p - b [j = y], p = e / s; zero on ignored rows. A row with NaN or
-    // infinite logits takes p = exp((x - m) - log s) from memory, as the
-    // streaming path, so its NaNs land in the same places.
-    let finite = is_finite(rs.m + rs.ls);
-    let y = vec_u(u32(max(rs.label, 0)));
-    for (var j = 0u; j < HOLD; j = j + 1u) {
-        let i = held_index(seg, j);
-        if (i < seg.end) {
-            var p = h[j] / vec_t(total);
-            if (!finite) {
-                p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
-            }
-            let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-            let g = grad_core(k, p, onehot);
-            grad[dst + i] = mat_t(select(g, vec_t(0.0), rs.ignored));
-        }
+    hr.total = seg_sum(seg.tid, s);
+    hr.rs = ce_finish(seg, RowStat(m, hr.total), wsum, r);
+    write_row(seg, hr.rs);
+    hr.k = grad_coef(hr.rs);
+    return hr;
+}
+
+// The gradient of held vector `j` (row vector `i`): p = exp(x' - m) / s,
+// the softcap's value and slope from one exp. A row with NaN or infinite
+// logits takes p = exp((x' - m) - log s), as the streaming path does, so
+// its NaNs land in the same places.
+fn held_grad(hr: HeldRow, j: u32, i: u32) -> vec_t {
+    var cx = hr.x[j];
+    var slope = vec_t(1.0);
+    if (has_softcap()) {
+        let both = softcap_both(cx, params.softcap);
+        cx = both.value;
+        slope = both.slope;
     }
+    var p = exp_from_max(cx, hr.rs.m) / vec_t(hr.total);
+    if (!is_finite(hr.rs.m + hr.rs.ls)) {
+        p = exp((cx - vec_t(hr.rs.m)) - vec_t(hr.rs.ls));
+    }
+    return grad_from_p(hr.rs, hr.k, i, p, slope);
 }
 
 @compute @workgroup_size(WG)
 fn ce_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
-    if (holds_rows() && !has_softcap() && params.smoothing == 0.0) {
-        ce_loss_grad_held(seg);
+    if (holds_rows()) {
+        let hr = ce_held_row(seg);
+        let dst = params.base_out / VW + seg.row * (params.cols / VW);
+        for (var j = 0u; j < HOLD; j = j + 1u) {
+            let i = held_index(seg, j);
+            if (i < seg.end) {
+                grad[dst + i] = mat_t(held_grad(hr, j, i));
+            }
+        }
         return;
     }
     let rs = ce_row(seg);
@@ -394,6 +421,21 @@ fn ce_loss_grad(ids: Ids) {
 @compute @workgroup_size(WG)
 fn ce_loss_grad_in_place(ids: Ids) {
     let seg = seg_of(ids);
+    if (holds_rows()) {
+        let hr = ce_held_row(seg);
+        let src = params.base_a / VW + seg.row * (params.cols / VW);
+        // Every thread's reads of the row (its vectors, x[0], x[y]) precede
+        // this barrier; the row is written from the registers after it.
+        storageBarrier();
+        workgroupBarrier();
+        for (var j = 0u; j < HOLD; j = j + 1u) {
+            let i = held_index(seg, j);
+            if (i < seg.end) {
+                logits[src + i] = mat_t(held_grad(hr, j, i));
+            }
+        }
+        return;
+    }
     var rs: CeRow;
     if (split_rows()) {
         // `ce_loss` wrote the row's results before this pass; reading the

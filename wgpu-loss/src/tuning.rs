@@ -75,7 +75,7 @@ impl Default for RowTuning {
     fn default() -> Self {
         RowTuning {
             workgroup_size: 256,
-            max_threads_per_row: 256,
+            max_threads_per_row: 1024,
             vectors_per_thread: 8,
             subgroups: true,
             split_vectors: 4096,
@@ -105,8 +105,10 @@ impl RowTuning {
     ///   reductions need no barrier; small workgroups keep the scheduler busy
     ///   on every core. 8192 vectors per lane keeps a kernel's two row loops
     ///   well inside lavapipe's 65535-iteration limit.
-    /// - GPUs: 256-wide workgroups, up to 256 invocations per row, at least 8
-    ///   vectors (32 columns) per invocation before a row gets more; fewer
+    /// - GPUs: 256-wide workgroups, up to 1024 invocations per row (where the
+    ///   device allows: [`RowTuning::fitted_to`]), at least 8 vectors (32
+    ///   columns) per invocation before a row gets more, so rows of up to
+    ///   32768 columns (vec4) are held in registers and read once; fewer
     ///   than 1024 rows of more than 8192 vectors are split into chunks of
     ///   4096 vectors (16384 columns), so 64 rows of 262144 classes make
     ///   1024 workgroups instead of 64; and into more chunks, of at least 256
@@ -339,8 +341,19 @@ mod tests {
             (l.threads_per_row, l.rows_per_workgroup(), r),
             (32, 8, Reduce::Subgroup)
         );
-        let (l, r) = t.plan(8192, NVIDIA, 1024); // 32768 columns
-        assert_eq!((l.threads_per_row, r), (256, Reduce::SubgroupThenWorkgroup));
+        // 32768 columns: 1024 lanes of 8 vectors, held in registers (issue 17).
+        let (l, r) = t.plan(8192, NVIDIA, 1024);
+        assert_eq!(
+            (l.threads_per_row, r),
+            (1024, Reduce::SubgroupThenWorkgroup)
+        );
+        assert!(
+            l.vectors_per_thread(8192) <= 8,
+            "held: at most HOLD vectors a lane"
+        );
+        // Where the device allows 256 invocations, 256.
+        let (l, _) = t.plan(8192, NVIDIA, 256);
+        assert_eq!(l.threads_per_row, 256);
         let (l, r) = t.plan(1, NVIDIA, 1024);
         assert_eq!(
             (l.threads_per_row, l.rows_per_workgroup(), r),
@@ -460,6 +473,9 @@ mod tests {
             bad.validate(&limits).is_err(),
             "default limits allow 256 invocations"
         );
-        assert!(RowTuning::default().validate(&limits).is_ok());
+        assert!(RowTuning::default()
+            .fitted_to(&limits)
+            .validate(&limits)
+            .is_ok());
     }
 }

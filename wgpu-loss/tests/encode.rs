@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gpu, read, Arena, Rng, USAGE};
+use common::{assert_close, gpu, read, Arena, Rng, USAGE};
 use wgpu_loss::{
     BinaryLossOptions, BinaryViews, CrossEntropyOptions, CrossEntropyViews, Error, FocalOptions,
     FocalViews, GpuContext, GpuTensor, GradOutput, ProbTargetViews, Reduction, SigmoidFocalOptions,
@@ -734,4 +734,96 @@ fn partly_overlapping_outputs_are_refused_and_in_place_works() {
         &y,
         &wgpu_loss::reference::softmax(&x, rows, cols).expect("reference"),
     );
+}
+
+/// On the GPU table rows of up to 8192 columns are held in registers and
+/// read once (issue 17, item 2): with every option now (softcap, smoothing,
+/// z-loss, weights, an ignored row), into a gradient view of its own and in
+/// place. Forced on lavapipe with the GPU table's tuning.
+#[test]
+fn held_rows_serve_every_option_in_both_gradient_modes() {
+    if gpu().is_none() {
+        return;
+    }
+    let table = wgpu_loss::RowTuning::default();
+    let whole_rows = wgpu_loss::RowTuning {
+        split_vectors: 0,
+        ..table
+    };
+    let mut rng = Rng::new(8192);
+    // Held on these tunings: each lane holds at most 8 of its row's vectors
+    // (vec4, or scalar for 301), and no row is split; 32768 columns take
+    // 1024 lanes.
+    for (tuning, rows, classes) in [
+        (table, 64, 1000),
+        (table, 7, 301),
+        (table, 1030, 2000),
+        (table, 1100, 8192),
+        (whole_rows, 3, 32_768),
+        (whole_rows, 5, 20_000),
+    ] {
+        let options = wgpu_loss::ContextOptions {
+            row_tuning: Some(tuning),
+            ..Default::default()
+        };
+        let ctx = &wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
+        let x = rng.vec_normal(rows * classes, 4.0);
+        let t: Vec<i32> = (0..rows)
+            .map(|i| {
+                if i == 3 {
+                    -100
+                } else {
+                    rng.below(classes) as i32
+                }
+            })
+            .collect();
+        let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let host_options = CrossEntropyOptions {
+            weight: Some(&w[..]),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(6.0),
+            ..Default::default()
+        };
+        let want = wgpu_loss::reference::cross_entropy(&x, &t, classes, &host_options).unwrap();
+        let mut a = Arena::new(
+            ctx,
+            (rows * classes * 12 + classes * 4 + rows * 4) as u64 + 4096,
+        );
+        let (xo, to, wo, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.put(ctx, &w), a.reserve(2));
+        let go = a.reserve(rows * classes);
+        let weight = GpuTensor::f32_vector(&a.buffer, wo, classes);
+        let options = host_options.with_weight(Some(&weight));
+        for in_place in [false, true] {
+            let logits = GpuTensor::f32_matrix(&a.buffer, xo, rows, classes);
+            let grad_view = GpuTensor::f32_matrix(&a.buffer, go, rows, classes);
+            let views = CrossEntropyViews {
+                logits,
+                targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+                loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+                grad: if in_place {
+                    GradOutput::InPlace
+                } else {
+                    GradOutput::Into(grad_view)
+                },
+                lse: None,
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_cross_entropy(&mut enc, &views, &options)
+                .unwrap();
+            submit(ctx, enc);
+            let tag = format!("held {rows}x{classes} in place {in_place}");
+            assert_close(
+                &format!("{tag} loss"),
+                &read(ctx, &a.buffer, lo, 1),
+                &want.loss,
+            );
+            let at = if in_place { xo } else { go };
+            assert_close(
+                &format!("{tag} grad"),
+                &read(ctx, &a.buffer, at, rows * classes),
+                &want.grad,
+            );
+        }
+    }
 }
