@@ -24,7 +24,8 @@ pub struct ContextOptions {
     /// Launch policy for the row kernels; `None` takes the table's pick for
     /// the adapter ([`RowTuning::for_adapter`]) with any fields that the
     /// `WGPU_LOSS_ROW_TUNING` environment variable sets. Checked against the
-    /// device's limits when the context is created.
+    /// device's limits when the context is created, as given (not fitted:
+    /// see [`RowTuning::fitted_to`]).
     pub row_tuning: Option<RowTuning>,
 }
 

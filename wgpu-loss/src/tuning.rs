@@ -71,7 +71,10 @@ pub struct RowTuning {
 pub const MAX_SPLITS: u32 = 1024;
 
 impl Default for RowTuning {
-    /// The discrete-GPU row of the table.
+    /// The discrete-GPU row of the table. It asks for 1024 invocations per
+    /// row: on a device that allows fewer (WebGPU's default is 256), pass
+    /// it through [`RowTuning::fitted_to`] before giving it to
+    /// [`crate::ContextOptions::row_tuning`], which checks it as given.
     fn default() -> Self {
         RowTuning {
             workgroup_size: 256,
