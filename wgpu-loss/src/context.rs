@@ -47,6 +47,9 @@ pub struct GpuContext {
     subgroup_sizes: Option<SubgroupSizes>,
     pipelines: PipelineCache,
     pub(crate) pool: crate::pool::BufferPool,
+    /// Uniform buffers by content: written once at creation and never
+    /// again, so any dispatch with the same parameters may share one.
+    pub(crate) uniforms: crate::ops::UniformCache,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound as the split-row records of a kernel whose rows are whole: a
@@ -270,6 +273,7 @@ impl GpuContext {
             subgroup_sizes,
             pipelines: PipelineCache::default(),
             pool: Default::default(),
+            uniforms: Default::default(),
             placeholder,
             lost: Arc::default(),
         }
@@ -481,6 +485,15 @@ impl GpuContext {
     /// A loop of calls of one shape stops creating buffers after its first call.
     pub fn pool_stats(&self) -> crate::pool::PoolStats {
         self.pool.stats()
+    }
+
+    /// Buffers the recording of kernels has created so far (the host API's
+    /// pool aside, [`GpuContext::pool_stats`]): uniform buffers, shared by
+    /// every dispatch with the same parameters, so a loop of `encode_*`
+    /// calls of one shape stops creating them after its first call; and
+    /// per-call scratch.
+    pub fn encode_buffers_created(&self) -> crate::ops::EncodeBuffers {
+        self.uniforms.counts()
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

@@ -827,3 +827,53 @@ fn held_rows_serve_every_option_in_both_gradient_modes() {
         }
     }
 }
+
+/// Uniform buffers are shared by content (issue 17, item 6, in part): a loop
+/// of `encode_*` calls of one shape creates them on its first call only;
+/// scratch is still made per call.
+#[test]
+fn repeated_encode_calls_create_no_new_uniform_buffers() {
+    let Some(ctx) = gpu() else { return };
+    let (rows, classes) = (33, 1000);
+    let mut rng = Rng::new(606);
+    let x = rng.vec_normal(rows * classes, 2.0);
+    let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let mut a = Arena::new(ctx, (rows * classes * 8 + rows * 4) as u64 + 4096);
+    let (xo, to, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.reserve(2));
+    let go = a.reserve(rows * classes);
+    let views = CrossEntropyViews {
+        logits: GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+        targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+        grad: GradOutput::Into(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+        lse: None,
+    };
+    let step = || {
+        let before = ctx.encode_buffers_created();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_cross_entropy(&mut enc, &views, &Default::default())
+            .unwrap();
+        submit(ctx, enc);
+        let after = ctx.encode_buffers_created();
+        (
+            after.uniforms - before.uniforms,
+            after.scratch - before.scratch,
+        )
+    };
+    let first = step();
+    let (loss_1, grad_1) = (read(ctx, &a.buffer, lo, 1), read(ctx, &a.buffer, go, 8));
+    for i in 0..3 {
+        let (uniforms, scratch) = step();
+        assert_eq!(
+            uniforms,
+            0,
+            "call {}: new uniform buffers (first call: {first:?})",
+            i + 2
+        );
+        assert_eq!(scratch, first.1, "call {}: scratch per call", i + 2);
+    }
+    assert!(first.0 > 0, "the first call made its uniforms: {first:?}");
+    // Shared uniforms give the same results.
+    assert_eq!(bits(&read(ctx, &a.buffer, lo, 1)), bits(&loss_1));
+    assert_eq!(bits(&read(ctx, &a.buffer, go, 8)), bits(&grad_1));
+}

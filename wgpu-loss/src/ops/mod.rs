@@ -40,6 +40,60 @@ pub(crate) fn fold_plan(items: usize) -> (u32, usize) {
     (u32::try_from(span).unwrap_or(u32::MAX), records)
 }
 
+/// Most uniform buffers a context keeps: a training loop uses a few dozen
+/// parameter sets; past this the cache starts over (buffers in flight stay
+/// alive through wgpu's own references).
+const UNIFORM_CACHE_ENTRIES: usize = 4096;
+
+/// Buffers the recording of kernels created ([`GpuContext::encode_buffers_created`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncodeBuffers {
+    /// Uniform buffers (one per distinct parameter set seen).
+    pub uniforms: u64,
+    /// Per-call scratch (row results, records, workspaces).
+    pub scratch: u64,
+}
+
+/// Uniform buffers by their bytes, and the counts behind [`EncodeBuffers`].
+#[derive(Default)]
+pub(crate) struct UniformCache {
+    buffers: std::sync::Mutex<std::collections::HashMap<Vec<u8>, wgpu::Buffer>>,
+    uniforms: std::sync::atomic::AtomicU64,
+    scratch: std::sync::atomic::AtomicU64,
+}
+
+impl UniformCache {
+    fn get_or_make(&self, key: Vec<u8>, make: impl FnOnce(&[u8]) -> wgpu::Buffer) -> wgpu::Buffer {
+        let mut map = match self.buffers.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(buffer) = map.get(&key) {
+            return buffer.clone();
+        }
+        if map.len() >= UNIFORM_CACHE_ENTRIES {
+            map.clear();
+        }
+        let buffer = make(&key);
+        self.uniforms
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(key, buffer.clone());
+        buffer
+    }
+
+    fn count_scratch(&self) {
+        self.scratch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> EncodeBuffers {
+        EncodeBuffers {
+            uniforms: self.uniforms.load(std::sync::atomic::Ordering::Relaxed),
+            scratch: self.scratch.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Which `Params` base field a matrix operand's window offset goes into.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Base {
@@ -629,16 +683,19 @@ impl GpuContext {
     /// A uniform buffer holding `params`. Not `create_buffer_init`: that
     /// panics when the device is lost; a queue write just fails quietly and
     /// the error scope or the lost-device check reports it.
+    /// The uniform buffer holding `params`: made (with its contents, no
+    /// queue write) the first time these parameters are seen, then shared.
     pub(crate) fn params_buffer(&self, label: &str, params: &Params) -> wgpu::Buffer {
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: std::mem::size_of::<Params>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.queue
-            .write_buffer(&buffer, 0, bytemuck::bytes_of(params));
-        buffer
+        use wgpu::util::DeviceExt;
+        let key = bytemuck::bytes_of(params).to_vec();
+        self.uniforms.get_or_make(key, |bytes| {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+        })
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and awaits
@@ -728,6 +785,7 @@ impl GpuContext {
     /// A new storage buffer of at least `bytes` bytes, not pooled: for
     /// scratch that an `encode_*` call leaves to the caller's encoder.
     pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.uniforms.count_scratch();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).div_ceil(16) * 16,
@@ -799,8 +857,15 @@ impl GpuContext {
         self.poll_until_idle().await;
         match receiver.receive().await {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(readback_err(e.to_string())),
-            None => return Err(readback_err("map callback dropped (device lost?)".into())),
+            // A lost device fails the mapping: say so, where it is known.
+            Some(Err(e)) => {
+                self.check_not_lost()?;
+                return Err(readback_err(e.to_string()));
+            }
+            None => {
+                self.check_not_lost()?;
+                return Err(readback_err("map callback dropped (device lost?)".into()));
+            }
         }
         let out = match staging.get_mapped_range(..) {
             Err(e) => Err(readback_err(e.to_string())),
