@@ -49,7 +49,7 @@ pub struct GpuContext {
     pub(crate) pool: crate::pool::BufferPool,
     /// Uniform buffers by content: written once at creation and never
     /// again, so any dispatch with the same parameters may share one.
-    pub(crate) uniforms: crate::ops::UniformCache,
+    pub(crate) uniforms: crate::pool::UniformCache,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound as the split-row records of a kernel whose rows are whole: a
@@ -492,7 +492,7 @@ impl GpuContext {
     /// every dispatch with the same parameters, so a loop of `encode_*`
     /// calls of one shape stops creating them after its first call; and
     /// per-call scratch.
-    pub fn encode_buffers_created(&self) -> crate::ops::EncodeBuffers {
+    pub fn encode_buffers_created(&self) -> crate::pool::EncodeBuffers {
         self.uniforms.counts()
     }
 

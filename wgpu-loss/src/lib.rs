@@ -90,8 +90,7 @@ pub use ops::linear::{
     Accumulate, Layout, LinearCrossEntropyViews, LinearViews, MatmulOptions, MatmulViews,
     MergeViews, ScratchUse, ShardBackwardViews, ShardGradients, ShardRecordViews,
 };
-pub use ops::EncodeBuffers;
-pub use pool::PoolStats;
+pub use pool::{EncodeBuffers, PoolStats};
 pub use tensor::{
     BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, ProbTargetViews,
 };

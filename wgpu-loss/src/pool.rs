@@ -1,7 +1,8 @@
 //! A buffer pool for the host API: uploads, outputs, scratch and readback
 //! buffers are taken from per-(size class, usage) free lists and returned
 //! when a call is done, so a loop of calls of one shape allocates nothing
-//! after the first, and the crate can say how many buffers it holds.
+//! after the first, and the crate can say how many buffers it holds. Also
+//! the uniform buffers of the kernels, shared by content.
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -134,5 +135,62 @@ impl Drop for PooledBuffer<'_> {
     fn drop(&mut self) {
         // `wgpu::Buffer` is a shared handle: the pool keeps a clone of it.
         self.pool.give_back(self.buffer.clone());
+    }
+}
+
+/// Most uniform buffers a context keeps: a training loop uses a few dozen
+/// parameter sets; past this the cache starts over (buffers in flight stay
+/// alive through wgpu's own references).
+const UNIFORM_CACHE_ENTRIES: usize = 4096;
+
+/// Buffers the recording of kernels created
+/// ([`crate::GpuContext::encode_buffers_created`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncodeBuffers {
+    /// Uniform buffers (one per distinct parameter set seen).
+    pub uniforms: u64,
+    /// Per-call scratch (row results, records, workspaces).
+    pub scratch: u64,
+}
+
+/// Uniform buffers by their bytes, and the counts behind [`EncodeBuffers`].
+#[derive(Default)]
+pub(crate) struct UniformCache {
+    buffers: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    uniforms: AtomicU64,
+    scratch: AtomicU64,
+}
+
+impl UniformCache {
+    pub(crate) fn get_or_make(
+        &self,
+        key: Vec<u8>,
+        make: impl FnOnce(&[u8]) -> wgpu::Buffer,
+    ) -> wgpu::Buffer {
+        let mut map = match self.buffers.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(buffer) = map.get(&key) {
+            return buffer.clone();
+        }
+        if map.len() >= UNIFORM_CACHE_ENTRIES {
+            map.clear();
+        }
+        let buffer = make(&key);
+        self.uniforms.fetch_add(1, Ordering::Relaxed);
+        map.insert(key, buffer.clone());
+        buffer
+    }
+
+    pub(crate) fn count_scratch(&self) {
+        self.scratch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> EncodeBuffers {
+        EncodeBuffers {
+            uniforms: self.uniforms.load(Ordering::Relaxed),
+            scratch: self.scratch.load(Ordering::Relaxed),
+        }
     }
 }

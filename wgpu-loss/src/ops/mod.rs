@@ -40,60 +40,6 @@ pub(crate) fn fold_plan(items: usize) -> (u32, usize) {
     (u32::try_from(span).unwrap_or(u32::MAX), records)
 }
 
-/// Most uniform buffers a context keeps: a training loop uses a few dozen
-/// parameter sets; past this the cache starts over (buffers in flight stay
-/// alive through wgpu's own references).
-const UNIFORM_CACHE_ENTRIES: usize = 4096;
-
-/// Buffers the recording of kernels created ([`GpuContext::encode_buffers_created`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EncodeBuffers {
-    /// Uniform buffers (one per distinct parameter set seen).
-    pub uniforms: u64,
-    /// Per-call scratch (row results, records, workspaces).
-    pub scratch: u64,
-}
-
-/// Uniform buffers by their bytes, and the counts behind [`EncodeBuffers`].
-#[derive(Default)]
-pub(crate) struct UniformCache {
-    buffers: std::sync::Mutex<std::collections::HashMap<Vec<u8>, wgpu::Buffer>>,
-    uniforms: std::sync::atomic::AtomicU64,
-    scratch: std::sync::atomic::AtomicU64,
-}
-
-impl UniformCache {
-    fn get_or_make(&self, key: Vec<u8>, make: impl FnOnce(&[u8]) -> wgpu::Buffer) -> wgpu::Buffer {
-        let mut map = match self.buffers.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(buffer) = map.get(&key) {
-            return buffer.clone();
-        }
-        if map.len() >= UNIFORM_CACHE_ENTRIES {
-            map.clear();
-        }
-        let buffer = make(&key);
-        self.uniforms
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        map.insert(key, buffer.clone());
-        buffer
-    }
-
-    fn count_scratch(&self) {
-        self.scratch
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub(crate) fn counts(&self) -> EncodeBuffers {
-        EncodeBuffers {
-            uniforms: self.uniforms.load(std::sync::atomic::Ordering::Relaxed),
-            scratch: self.scratch.load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-}
-
 /// Which `Params` base field a matrix operand's window offset goes into.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Base {
