@@ -591,21 +591,9 @@ fn weighted_mean_over_millions_of_rows_keeps_its_denominator() {
 /// a row's chunks in order, so it cannot show it.)
 #[test]
 fn split_rows_of_every_row_loss_match_the_reference() {
-    if gpu().is_none() {
+    let Some(ctx) = common::gpu_with_tuning(common::splitting_tuning()) else {
         return;
-    }
-    let tuning = wgpu_loss::RowTuning {
-        split_vectors: 64,
-        split_rows_below: 1_000_000,
-        occupancy_workgroups: 512,
-        min_split_vectors: 16,
-        ..wgpu_loss::RowTuning::default()
     };
-    let options = wgpu_loss::ContextOptions {
-        row_tuning: Some(tuning),
-        ..Default::default()
-    };
-    let ctx = wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
     let mut rng = Rng::new(4242);
     for (rows, classes) in [(1, 1000), (3, 4099), (5, 300), (2, 20_000)] {
         assert!(
@@ -641,12 +629,7 @@ fn split_rows_of_every_row_loss_match_the_reference() {
         ))
         .unwrap();
         let tag = format!("split in-place {rows}x{classes}");
-        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
-        assert_close(
-            &format!("{tag} grad"),
-            got.grad.as_deref().unwrap(),
-            &want.grad,
-        );
+        assert_loss_and_grad(&tag, &got, &want);
         // Probability targets split too (`ce_soft_partial`: statistics and
         // both target sums per chunk).
         let probs: Vec<f32> = {
@@ -668,12 +651,7 @@ fn split_rows_of_every_row_loss_match_the_reference() {
         ))
         .unwrap();
         let tag = format!("split probability targets {rows}x{classes}");
-        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
-        assert_close(
-            &format!("{tag} grad"),
-            got.grad.as_deref().unwrap(),
-            &want.grad,
-        );
+        assert_loss_and_grad(&tag, &got, &want);
         // And focal loss (`ce_partial`'s statistics).
         let focal = wgpu_loss::FocalOptions {
             alpha: Some(&weight[..]),
@@ -690,11 +668,20 @@ fn split_rows_of_every_row_loss_match_the_reference() {
         ))
         .unwrap();
         let tag = format!("split focal {rows}x{classes}");
-        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
-        assert_close(
-            &format!("{tag} grad"),
-            got.grad.as_deref().unwrap(),
-            &want.grad,
-        );
+        assert_loss_and_grad(&tag, &got, &want);
     }
+}
+
+/// The loss and the gradient of `got` against the reference's, one tolerance.
+fn assert_loss_and_grad(
+    tag: &str,
+    got: &wgpu_loss::CrossEntropyOutput,
+    want: &reference::CrossEntropyReference,
+) {
+    assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+    assert_close(
+        &format!("{tag} grad"),
+        got.grad.as_deref().expect("a gradient"),
+        &want.grad,
+    );
 }

@@ -762,11 +762,9 @@ fn held_rows_serve_every_option_in_both_gradient_modes() {
         (whole_rows, 3, 32_768),
         (whole_rows, 5, 20_000),
     ] {
-        let options = wgpu_loss::ContextOptions {
-            row_tuning: Some(tuning),
-            ..Default::default()
+        let Some(ctx) = &common::gpu_with_tuning(tuning) else {
+            return;
         };
-        let ctx = &wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
         let x = rng.vec_normal(rows * classes, 4.0);
         let t: Vec<i32> = (0..rows)
             .map(|i| {

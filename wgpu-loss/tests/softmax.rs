@@ -290,21 +290,9 @@ fn results_are_bitwise_reproducible() {
 /// Forced with a GPU-like tuning that splits every row of these shapes.
 #[test]
 fn backward_passes_of_split_rows_match_the_reference() {
-    if gpu().is_none() {
+    let Some(ctx) = common::gpu_with_tuning(common::splitting_tuning()) else {
         return;
-    }
-    let tuning = wgpu_loss::RowTuning {
-        split_vectors: 64,
-        split_rows_below: 1_000_000,
-        occupancy_workgroups: 512,
-        min_split_vectors: 16,
-        ..wgpu_loss::RowTuning::default()
     };
-    let options = wgpu_loss::ContextOptions {
-        row_tuning: Some(tuning),
-        ..Default::default()
-    };
-    let ctx = wgpu_loss::block_on(GpuContext::with_options(options)).expect("context");
     let mut rng = Rng::new(977);
     for (rows, cols) in [(1, 1000), (3, 4099), (2, 20_000)] {
         assert!(

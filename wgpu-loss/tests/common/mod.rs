@@ -44,6 +44,27 @@ pub fn gpu_with_binding_cap(bytes: u64) -> Option<GpuContext> {
     })
 }
 
+/// A context with `tuning` as its row tuning (GPU-like tunings forced on
+/// lavapipe), outputs poisoned like every test context.
+pub fn gpu_with_tuning(tuning: wgpu_loss::RowTuning) -> Option<GpuContext> {
+    make(ContextOptions {
+        row_tuning: Some(tuning),
+        ..ContextOptions::default()
+    })
+}
+
+/// The GPU table with every row of more than 64 vectors split (chunks of 64,
+/// or more where the occupancy rule asks, down to 16): tests of split rows.
+pub fn splitting_tuning() -> wgpu_loss::RowTuning {
+    wgpu_loss::RowTuning {
+        split_vectors: 64,
+        split_rows_below: 1_000_000,
+        occupancy_workgroups: 512,
+        min_split_vectors: 16,
+        ..wgpu_loss::RowTuning::default()
+    }
+}
+
 /// SplitMix64: small, seeded, and the same on every platform.
 pub struct Rng(u64);
 
