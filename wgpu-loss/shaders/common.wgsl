@@ -112,8 +112,9 @@ fn neumaier(s: ptr<function, f32>, c: ptr<function, f32>, v: f32) {
     *s = t;
 }
 
-// Per-chunk statistics of split rows: (max, sum, extra sum, 0), one record
-// per (row, chunk), written by a `*_partial` pass and merged in chunk order.
+// Per-chunk statistics of split rows: (max, sum, extra sum, extra sum), one
+// record per (row, chunk), written by a `*_partial` pass and merged in chunk
+// order; also the blocks' records of blocked reductions (`fold_records`).
 @group(0) @binding(11) var<storage, read_write> chunk_stats: array<vec4<f32>>;
 
 // This thread's segment: TPR threads that own chunk `chunk` of row `row` (a
@@ -161,9 +162,8 @@ fn exp_from_max(v: vec_t, m: f32) -> vec_t {
     return select(exp(v - vec_t(m)), vec_t(1.0), v == vec_t(m));
 }
 
-// A split row's statistics and extra sum, merged from its chunks in order.
-// Every segment of the row computes the same bits.
-// A split row's statistics and its two extra sums, merged in chunk order.
+// A split row's statistics and its two extra sums, merged from its chunks in
+// order. Every segment of the row computes the same bits.
 fn merged_partials(row: u32) -> vec4<f32> {
     var st = RowStat(neg_inf(), 0.0);
     var extra = 0.0;

@@ -458,7 +458,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
     }
 }
 
-// Kahan-compensated sums of one block of row losses (ce, z) (see `fold_records`).
+// Compensated sums of one block of row losses (ce, z) (see `fold_records`).
 @compute @workgroup_size(WG)
 fn ce_reduce_partial(
     @builtin(local_invocation_id) lid: vec3<u32>,

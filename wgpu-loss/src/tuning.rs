@@ -55,9 +55,10 @@ pub struct RowTuning {
     /// device with whole rows.
     pub split_rows_below: u32,
     /// Workgroups a split aims for, so that few rows of a huge vocabulary
-    /// fill the device: rows are cut into more (and shorter) chunks than
-    /// `split_vectors` gives until rows x chunks reaches this, down to
-    /// chunks of `min_split_vectors`. About four per compute unit of a
+    /// fill the device: rows too long to be held whole ([`HELD_VECTORS`] a
+    /// lane) are cut into more (and shorter) chunks than `split_vectors`
+    /// gives until rows x chunks reaches this, down to chunks of
+    /// `min_split_vectors`. About four per compute unit of a
     /// large GPU (wgpu reports no compute-unit count; 132 on an H100 or
     /// H200, 108 on an A100). 0: chunks from `split_vectors` alone.
     pub occupancy_workgroups: u32,
@@ -66,6 +67,11 @@ pub struct RowTuning {
     /// parallelism gains.
     pub min_split_vectors: u32,
 }
+
+/// Vectors a lane holds of a row read once (`HOLD` in `shaders/common.wgsl`):
+/// a whole row whose lanes get at most this many is held in registers,
+/// which splitting would give up.
+pub const HELD_VECTORS: u64 = 8;
 
 /// Most chunks one row is split into.
 pub const MAX_SPLITS: u32 = 1024;
@@ -256,10 +262,22 @@ impl RowTuning {
             return 1;
         }
         let by_size = vecs.div_ceil(u64::from(self.split_vectors));
-        // Enough chunks to fill the device, none under min_split_vectors.
-        let by_occupancy = u64::from(self.occupancy_workgroups)
-            .div_ceil(rows.max(1))
-            .min(vecs / u64::from(self.min_split_vectors.max(1)));
+        // Enough chunks to fill the device, none under min_split_vectors; not
+        // for rows held whole (read once), which a split would read twice.
+        let lanes = vecs
+            .div_ceil(u64::from(self.vectors_per_thread.max(1)))
+            .max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .min(u64::from(self.max_threads_per_row.max(1)));
+        let held = vecs.div_ceil(lanes) <= HELD_VECTORS;
+        let by_occupancy = if held {
+            1
+        } else {
+            u64::from(self.occupancy_workgroups)
+                .div_ceil(rows.max(1))
+                .min(vecs / u64::from(self.min_split_vectors.max(1)))
+        };
         let chunks = by_size.max(by_occupancy);
         // Worth a second pass only when it at least doubles the parallelism.
         if chunks < 2 {
@@ -413,9 +431,12 @@ mod tests {
         // Occupancy (issue 17): rows x chunks reach 512 workgroups where the
         // rows are long enough for chunks of 256 vectors.
         assert_eq!(gpu.splits(1, 262_144), 512); // one row of 1M classes: not 64
-        assert_eq!(gpu.splits(64, 4096), 8); // 64 rows of 16384: 512 workgroups
-        assert_eq!(gpu.splits(64, 1024), 4); // only 4 chunks of 256 vectors fit
-        assert_eq!(gpu.splits(8, 300), 1); // too short to split at all
+        assert_eq!(gpu.splits(64, 12_289), 8); // 64 rows past the held length: 512 workgroups
+        assert_eq!(gpu.splits(4, 8193), 32); // only 32 chunks of 256 vectors fit
+                                             // Rows held whole (at most 8 vectors on each of 1024 lanes) are read
+                                             // once; occupancy does not split them.
+        assert_eq!(gpu.splits(64, 4096), 1);
+        assert_eq!(gpu.splits(64, 8192), 2); // by size alone
         assert_eq!(gpu.splits(600, 8192), 2); // near the bound: by size
         let no_occupancy = RowTuning {
             occupancy_workgroups: 0,
@@ -425,6 +446,15 @@ mod tests {
         assert_eq!(no_occupancy.splits(64, 4096), 1);
         let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
         assert_eq!(cpu.splits(1, 1 << 20), 1);
+    }
+
+    #[test]
+    fn held_vectors_is_the_shaders_hold() {
+        let common = include_str!("../shaders/common.wgsl");
+        assert!(
+            common.contains(&format!("const HOLD: u32 = {HELD_VECTORS}u;")),
+            "HELD_VECTORS ({HELD_VECTORS}) must equal HOLD in common.wgsl"
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl GpuContext {
             self.scratch_with("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
         } else {
             // What the denominator pass would write where it does not run
-            // (`needs_denominator`): W = C without weights.
+            // (`encode_cross_entropy_denominator`): W = C without weights.
             self.scratch_with("ce scalars", &[0.0, 0.0, classes as f32, 0.0])
         };
         Ok(CrossEntropyProblem {

@@ -626,21 +626,23 @@ impl GpuContext {
         Ok(())
     }
 
-    /// A uniform buffer holding `params`. Not `create_buffer_init`: that
-    /// panics when the device is lost; a queue write just fails quietly and
-    /// the error scope or the lost-device check reports it.
-    /// The uniform buffer holding `params`: made (with its contents, no
-    /// queue write) the first time these parameters are seen, then shared.
+    /// The uniform buffer holding `params`: made the first time these
+    /// parameters are seen, then shared, since nothing writes it again. Its
+    /// one queue write lands before any submission that can use it. Not
+    /// `create_buffer_init`: that panics when the device is lost; a queue
+    /// write just fails quietly and the error scope or the lost-device check
+    /// reports it.
     pub(crate) fn params_buffer(&self, label: &str, params: &Params) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
         let key = bytemuck::bytes_of(params).to_vec();
         self.uniforms.get_or_make(key, |bytes| {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: bytes,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.queue.write_buffer(&buffer, 0, bytes);
+            buffer
         })
     }
 
