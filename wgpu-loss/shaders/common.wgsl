@@ -272,3 +272,12 @@ fn wg_reduce_sum(tid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+// f32 bits to bf16 bits (in the low half), rounded to nearest even, as
+// `half::bf16::from_f32` does: NaN stays NaN with its quiet bit set, and a
+// value bf16 holds exactly keeps its bits.
+fn bf16_bits(b: vec4<u32>) -> vec4<u32> {
+    let nan = (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    let rounded = (b + vec4<u32>(0x7fffu) + ((b >> vec4<u32>(16u)) & vec4<u32>(1u))) >> vec4<u32>(16u);
+    return select(rounded, (b >> vec4<u32>(16u)) | vec4<u32>(0x40u), nan);
+}

@@ -160,11 +160,11 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
     if (!smoothing && !has_softcap()) {
         // The common case, without the per-vector option tests.
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            acc = stat_push(acc, vec_t(logits[src + i]));
+            acc = stat_push(acc, unpack_mat(logits[src + i]));
         }
     } else {
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let v = capped(vec_t(logits[src + i]));
+            let v = capped(unpack_mat(logits[src + i]));
             acc = stat_push(acc, v);
             if (smoothing) {
                 wacc = bsum_push(wacc, hsum(class_weights(i) * (v - vec_t(r))));
@@ -181,7 +181,7 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
 
 // The smoothing sum's reference logit: x'[0] of the row, or 0 if not finite.
 fn ce_reference(src: u32) -> f32 {
-    let r0 = lane(capped(vec_t(logits[src])), 0u);
+    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
     return select(0.0, r0, is_finite(r0));
 }
 
@@ -240,7 +240,7 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
         ce = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let xy = lane(capped(vec_t(logits[src + y / VW])), y % VW);
+        let xy = lane(capped(unpack_mat(logits[src + y / VW])), y % VW);
         ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
         if (smoothing) {
             ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
@@ -338,7 +338,7 @@ fn ce_held_row(seg: Seg) -> HeldRow {
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            hr.x[k] = vec_t(logits[src + i]);
+            hr.x[k] = unpack_mat(logits[src + i]);
             let xc = capped(hr.x[k]);
             mx = max(mx, hmax(xc));
             if (smoothing) {
@@ -389,7 +389,7 @@ fn ce_loss_grad(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                grad[dst + i] = mat_t(held_grad(hr, j, i));
+                grad[dst + i] = pack_mat(held_grad(hr, j, i));
             }
         }
         return;
@@ -404,16 +404,16 @@ fn ce_loss_grad(ids: Ids) {
         // The common case: g = a p everywhere, then the target's owner rewrites
         // its vector with the one-hot term (same invocation, so in order).
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let x = vec_t(logits[src + i]);
-            grad[dst + i] = mat_t(vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
+            let x = unpack_mat(logits[src + i]);
+            grad[dst + i] = pack_mat(vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
         }
         let yv = u32(max(rs.label, 0)) / VW;
         if (yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane) {
-            grad[dst + yv] = mat_t(grad_at(rs, k, yv, vec_t(logits[src + yv])));
+            grad[dst + yv] = pack_mat(grad_at(rs, k, yv, unpack_mat(logits[src + yv])));
         }
     } else {
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            grad[dst + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
+            grad[dst + i] = pack_mat(grad_at(rs, k, i, unpack_mat(logits[src + i])));
         }
     }
 }
@@ -431,7 +431,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                logits[src + i] = mat_t(held_grad(hr, j, i));
+                logits[src + i] = pack_mat(held_grad(hr, j, i));
             }
         }
         return;
@@ -454,7 +454,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
     storageBarrier();
     workgroupBarrier();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        logits[src + i] = mat_t(grad_at(rs, k, i, vec_t(logits[src + i])));
+        logits[src + i] = pack_mat(grad_at(rs, k, i, unpack_mat(logits[src + i])));
     }
 }
 
@@ -535,13 +535,13 @@ fn soft_chunk(seg: Seg) -> SoftChunk {
     let n = params.cols / VW;
     let src = params.base_a / VW + row * n;
     let qsrc = params.base_b / VW + row * n;
-    let r0 = lane(capped(vec_t(logits[src])), 0u);
+    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var acc = stat_empty();
     var a_acc = bsum_empty();
     var b_acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let v = capped(vec_t(logits[src + i]));
+        let v = capped(unpack_mat(logits[src + i]));
         acc = stat_push(acc, v);
         let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
         a_acc = bsum_push(a_acc, hsum(wq * (v - vec_t(r))));
@@ -567,7 +567,7 @@ fn soft_row(seg: Seg) -> SoftRow {
     if (split_rows()) {
         // Every chunk took A relative to the same r, the row's first logit.
         let row = min(seg.row, params.rows - 1u);
-        let r0 = lane(capped(vec_t(logits[params.base_a / VW + row * (params.cols / VW)])), 0u);
+        let r0 = lane(capped(unpack_mat(logits[params.base_a / VW + row * (params.cols / VW)])), 0u);
         let p = merged_partials(row);
         c = SoftChunk(RowStat(p.x, p.y), p.z, p.w, select(0.0, r0, is_finite(r0)));
     } else {
@@ -616,10 +616,10 @@ fn ce_soft_loss_grad(ids: Ids) {
     let qsrc = params.base_b / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let x = vec_t(logits[src + i]);
+        let x = unpack_mat(logits[src + i]);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
         let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, soft_targets[qsrc + i])) + vec_t(kz) * p;
-        grad[dst + i] = mat_t(g * cap_slope(x));
+        grad[dst + i] = pack_mat(g * cap_slope(x));
     }
 }
 
@@ -663,7 +663,7 @@ fn focal_row(seg: Seg) -> FocalRow {
     } else {
         var acc = stat_empty();
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            acc = stat_push(acc, vec_t(logits[src + i]));
+            acc = stat_push(acc, unpack_mat(logits[src + i]));
         }
         st = seg_stat(seg.tid, acc);
     }
@@ -676,7 +676,7 @@ fn focal_row(seg: Seg) -> FocalRow {
         f = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let lp = (lane(vec_t(logits[src + y / VW]), y % VW) - st.m) - ls;
+        let lp = (lane(unpack_mat(logits[src + y / VW]), y % VW) - st.m) - ls;
         let p = exp(lp);
         // max() would turn a NaN row (NaN or inf - inf in the logits) into q = 0 and
         // a loss of 0; keep the NaN so the row reports it.
@@ -722,9 +722,9 @@ fn focal_loss_grad(ids: Ids) {
     let dst = params.base_out / VW + seg.row * n;
     let y = vec_u(u32(max(rs.label, 0)));
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let p = exp((vec_t(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
+        let p = exp((unpack_mat(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-        grad[dst + i] = mat_t(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+        grad[dst + i] = pack_mat(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
     }
 }
 

@@ -13,7 +13,7 @@
 fn x_chunk_stat(seg: Seg, src: u32) -> RowStat {
     var acc = stat_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = stat_push(acc, vec_t(mat_a[src + i]));
+        acc = stat_push(acc, unpack_mat(mat_a[src + i]));
     }
     return seg_stat(seg.tid, acc);
 }
@@ -41,7 +41,7 @@ fn load_held(seg: Seg, src: u32, h: ptr<function, array<vec_t, HOLD>>) -> f32 {
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            (*h)[k] = vec_t(mat_a[src + i]);
+            (*h)[k] = unpack_mat(mat_a[src + i]);
             mx = max(mx, hmax((*h)[k]));
         }
     }
@@ -71,7 +71,7 @@ fn softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                mat_out[dst + i] = mat_t(select(vec_t(nan()), h[k] / vec_t(total), ok));
+                mat_out[dst + i] = pack_mat(select(vec_t(nan()), h[k] / vec_t(total), ok));
             }
         }
         return;
@@ -81,8 +81,8 @@ fn softmax_forward(ids: Ids) {
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
     let ok = is_finite(st.m + ls);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = exp((vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
-        mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
+        let y = exp((unpack_mat(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
+        mat_out[dst + i] = pack_mat(select(vec_t(nan()), y, ok));
     }
 }
 
@@ -106,7 +106,7 @@ fn log_softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                mat_out[dst + i] = mat_t(select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
+                mat_out[dst + i] = pack_mat(select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
             }
         }
         return;
@@ -115,8 +115,8 @@ fn log_softmax_forward(ids: Ids) {
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = (vec_t(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
-        mat_out[dst + i] = mat_t(select(vec_t(nan()), y, ok));
+        let y = (unpack_mat(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
+        mat_out[dst + i] = pack_mat(select(vec_t(nan()), y, ok));
     }
 }
 
@@ -137,7 +137,7 @@ fn dot_y_dy(seg: Seg) -> f32 {
     let src_dy = params.base_b / VW + seg.row * n;
     var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(vec_t(mat_a[src_y + i]) * vec_t(mat_b[src_dy + i])));
+        acc = bsum_push(acc, hsum(unpack_mat(mat_a[src_y + i]) * unpack_mat(mat_b[src_dy + i])));
     }
     return seg_sum(seg.tid, bsum_total(acc));
 }
@@ -164,7 +164,7 @@ fn softmax_backward(ids: Ids) {
         dot = dot_y_dy(seg);
     }
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = mat_t(vec_t(mat_a[src_y + i]) * (vec_t(mat_b[src_dy + i]) - vec_t(dot)));
+        mat_out[dst + i] = pack_mat(unpack_mat(mat_a[src_y + i]) * (unpack_mat(mat_b[src_dy + i]) - vec_t(dot)));
     }
 }
 
@@ -173,7 +173,7 @@ fn sum_dy(seg: Seg) -> f32 {
     let src_dy = params.base_b / VW + seg.row * (params.cols / VW);
     var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(vec_t(mat_b[src_dy + i])));
+        acc = bsum_push(acc, hsum(unpack_mat(mat_b[src_dy + i])));
     }
     return seg_sum(seg.tid, bsum_total(acc));
 }
@@ -200,7 +200,7 @@ fn log_softmax_backward(ids: Ids) {
     }
     let src_dy = params.base_b / VW + seg.row * n;
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = mat_t(vec_t(mat_b[src_dy + i]) - exp(vec_t(mat_a[src_y + i])) * vec_t(total));
+        mat_out[dst + i] = pack_mat(unpack_mat(mat_b[src_dy + i]) - exp(unpack_mat(mat_a[src_y + i])) * vec_t(total));
     }
 }
 
@@ -215,6 +215,6 @@ fn logsumexp_backward(ids: Ids) {
     let lse = row_a[at];
     let g = row_b[at];
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = mat_t(vec_t(g) * exp(vec_t(mat_a[src + i]) - vec_t(lse)));
+        mat_out[dst + i] = pack_mat(vec_t(g) * exp(unpack_mat(mat_a[src + i]) - vec_t(lse)));
     }
 }

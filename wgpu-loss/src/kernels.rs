@@ -92,6 +92,13 @@ impl Family {
     /// reduce through workgroup memory; the fused kernels' logits are always
     /// the crate's own f32 workspace.
     pub fn accepts(self, variant: Variant) -> bool {
+        // bf16 is for the softmax family and the row losses, whole vec4s only.
+        if variant.storage == Storage::Bf16
+            && (variant.width != VecWidth::Vec4
+                || matches!(self, Family::Linear | Family::LinearCrossEntropy))
+        {
+            return false;
+        }
         match self {
             Family::Linear => {
                 variant.width == VecWidth::Scalar && variant.reduce == Reduce::Workgroup
@@ -243,18 +250,22 @@ pub enum Storage {
     F32,
     /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
     F16,
+    /// bfloat16, packed two to a `u32` (needs no feature). Only the vec4
+    /// width compiles: other layouts are staged through f32
+    /// (`bf16_widen` / `bf16_narrow`).
+    Bf16,
 }
 
 impl Storage {
-    /// Both storage types.
+    /// Every storage type.
     #[cfg(test)]
-    pub const ALL: [Storage; 2] = [Storage::F32, Storage::F16];
+    pub const ALL: [Storage; 3] = [Storage::F32, Storage::F16, Storage::Bf16];
 
     /// Bytes per element.
     pub fn bytes(self) -> u64 {
         match self {
             Storage::F32 => 4,
-            Storage::F16 => 2,
+            Storage::F16 | Storage::Bf16 => 2,
         }
     }
 
@@ -269,6 +280,9 @@ impl Storage {
             (Storage::F16, VecWidth::Vec4) => {
                 include_str!("../shaders/prelude/storage_f16_vec4.wgsl")
             }
+            // No scalar bf16 variant exists (`Family::accepts`): two
+            // invocations would write the halves of one word.
+            (Storage::Bf16, _) => include_str!("../shaders/prelude/storage_bf16_vec4.wgsl"),
         }
     }
 }
@@ -294,6 +308,9 @@ impl Variant {
         for width in VecWidth::ALL {
             for aliasing in Aliasing::ALL {
                 for storage in Storage::ALL {
+                    if storage == Storage::Bf16 && width != VecWidth::Vec4 {
+                        continue;
+                    }
                     for reduce in Reduce::ALL {
                         out.push(Variant {
                             width,
@@ -419,6 +436,8 @@ pub(crate) mod slot {
         use super::{slot_at, Slot};
         pub const SRC: Slot = slot_at(1, "src");
         pub const DST: Slot = slot_at(2, "dst");
+        pub const PACKED: Slot = slot_at(3, "packed");
+        pub const WIDE: Slot = slot_at(4, "wide");
     }
 
     /// `linear.wgsl`.
@@ -704,12 +723,16 @@ pub enum Kernel {
     SoftmaxBackwardPartial,
     /// `log_softmax_backward_partial`: per-chunk sums of `dy` of split rows.
     LogSoftmaxBackwardPartial,
+    /// `bf16_widen`: a bf16 window into f32 scratch (bf16 rows that are not whole vec4s).
+    Bf16Widen,
+    /// `bf16_narrow`: f32 scratch back into a bf16 window, rounded to nearest even.
+    Bf16Narrow,
 }
 
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 39] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -747,6 +770,8 @@ impl Kernel {
         Kernel::LinearCrossEntropyMerge,
         Kernel::LinearCrossEntropyGrad,
         Kernel::LinearCrossEntropyBiasGrad,
+        Kernel::Bf16Widen,
+        Kernel::Bf16Narrow,
     ];
 
     /// The shader file this kernel lives in.
@@ -778,7 +803,7 @@ impl Kernel {
             | CrossEntropySoftPartial => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReducePartial
             | BinaryReduce => Family::Binary,
-            Copy => Family::Copy,
+            Copy | Bf16Widen | Bf16Narrow => Family::Copy,
             Matmul | MatmulWide | MatmulWideShort | Narrow => Family::Linear,
             LinearCrossEntropyRecords
             | LinearCrossEntropyMerge
@@ -815,6 +840,8 @@ impl Kernel {
             BinaryReduce => "binary_reduce",
             CrossEntropyExport => "ce_export",
             Copy => "copy",
+            Bf16Widen => "bf16_widen",
+            Bf16Narrow => "bf16_narrow",
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
             CrossEntropySoftPartial => "ce_soft_partial",
@@ -863,6 +890,21 @@ impl Kernel {
         self.bindings()
             .iter()
             .any(|&(b, access)| b == slot && access == Access::Read)
+    }
+
+    /// Whether this entry point stores into `slot`. Cross-entropy's logits
+    /// are declared read-write for the in-place kernel, but only it writes them.
+    pub(crate) fn writes(self, slot: Slot) -> bool {
+        self.bindings()
+            .iter()
+            .any(|&(b, access)| b == slot && access == Access::ReadWrite)
+            && (slot != slot::cross_entropy::LOGITS || self == Kernel::CrossEntropyLossGradInPlace)
+    }
+
+    /// Whether `slot` is a matrix this entry point (and its split passes)
+    /// only stores into, so that nothing in it needs loading first.
+    pub(crate) fn stores_only(self, slot: Slot) -> bool {
+        self.writes(slot) && (slot == slot::cross_entropy::GRAD || slot == slot::softmax::MAT_OUT)
     }
 
     /// The bindings of group 0 this entry point uses, as the shader declares them.
@@ -1032,6 +1074,11 @@ impl Kernel {
                 (CHUNK_STATS, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
+            Bf16Widen | Bf16Narrow => &[
+                (PARAMS, Uniform),
+                (copy::PACKED, ReadWrite),
+                (copy::WIDE, ReadWrite),
+            ],
             Matmul | MatmulWide | MatmulWideShort => &[
                 (PARAMS, Uniform),
                 (mm::LHS, Read),

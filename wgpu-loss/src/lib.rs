@@ -94,7 +94,7 @@ pub use pool::{EncodeBuffers, PoolStats};
 pub use tensor::{
     BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, ProbTargetViews,
 };
-pub use tolerance::{Tolerance, F16_TOLERANCE, F32_TOLERANCE};
+pub use tolerance::{Tolerance, BF16_TOLERANCE, F16_TOLERANCE, F32_TOLERANCE};
 pub use tuning::RowTuning;
 
 /// Runs a future to completion on the calling thread: the one blocking

@@ -13,6 +13,12 @@ pub enum DType {
     /// family and the row losses, on adapters with `SHADER_F16` (arithmetic
     /// stays f32).
     F16,
+    /// bfloat16 (the top half of an f32): logits, probabilities and
+    /// gradients of the softmax family and the row losses, on every adapter
+    /// (unpacked from `u32` words; arithmetic stays f32; stores round to
+    /// nearest even). Rows whose length or offset is not a multiple of 4 run
+    /// through f32 staging copies, which costs about three times the bytes.
+    BF16,
     /// 32-bit signed integer (class indices).
     I32,
 }
@@ -21,7 +27,7 @@ impl DType {
     /// Bytes per element.
     pub fn size(self) -> u64 {
         match self {
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             DType::F32 | DType::I32 => 4,
         }
     }
@@ -30,6 +36,7 @@ impl DType {
     pub(crate) fn storage(self) -> crate::kernels::Storage {
         match self {
             DType::F16 => crate::kernels::Storage::F16,
+            DType::BF16 => crate::kernels::Storage::Bf16,
             _ => crate::kernels::Storage::F32,
         }
     }
@@ -99,6 +106,16 @@ impl<'a> GpuTensor<'a> {
     pub fn f16_matrix(buffer: &'a wgpu::Buffer, offset: u64, rows: usize, cols: usize) -> Self {
         Self {
             dtype: DType::F16,
+            ..Self::f32_matrix(buffer, offset, rows, cols)
+        }
+    }
+
+    /// A bf16 matrix view: bf16 bit patterns, two per 4-byte word, element 0
+    /// in the low half (little-endian order, as `half::bf16` slices and
+    /// safetensors' BF16 lay them out).
+    pub fn bf16_matrix(buffer: &'a wgpu::Buffer, offset: u64, rows: usize, cols: usize) -> Self {
+        Self {
+            dtype: DType::BF16,
             ..Self::f32_matrix(buffer, offset, rows, cols)
         }
     }

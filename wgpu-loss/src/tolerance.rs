@@ -142,6 +142,15 @@ pub const F16_TOLERANCE: Tolerance = Tolerance {
     rtol: 2e-3,
 };
 
+/// The tolerance for bf16-stored outputs (f32 arithmetic, bf16 inputs and
+/// outputs) against the f64 reference on the same bf16-rounded inputs: bf16
+/// keeps 8 significant bits, so one rounding is a relative error of at most
+/// 2^-8 ≈ 3.9e-3; the bounds are [`F16_TOLERANCE`]'s multiples of it.
+pub const BF16_TOLERANCE: Tolerance = Tolerance {
+    atol: 8e-3,
+    rtol: 1.6e-2,
+};
+
 /// The first element that fails the tolerance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mismatch {

@@ -2,3 +2,5 @@
 // convert to f32 arithmetic, stores convert back. Needs `SHADER_F16`.
 enable f16;
 alias mat_t = vec4<f16>;
+fn unpack_mat(w: mat_t) -> vec_t { return vec_t(w); }
+fn pack_mat(v: vec_t) -> mat_t { return mat_t(v); }

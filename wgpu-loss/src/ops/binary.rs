@@ -315,10 +315,13 @@ impl GpuContext {
                 problem: "has no rows; there is nothing to encode".into(),
             });
         }
-        if views.input.dtype == DType::F16 {
+        if matches!(views.input.dtype, DType::F16 | DType::BF16) {
             return Err(Error::InvalidView {
                 name: "input",
-                problem: "is f16; the element-wise losses take f32 (f16 is for the softmax family and row losses)".into(),
+                problem: format!(
+                    "is {:?}; the element-wise losses take f32 (16-bit floats are for the softmax family and row losses)",
+                    views.input.dtype
+                ),
             });
         }
         self.check_view(&views.input, spec("input", DType::F32, rows, cols))?;

@@ -585,10 +585,9 @@ impl GpuContext {
                 problem: "has no rows; there is nothing to encode".into(),
             });
         }
-        let dtype = if views.input.dtype == DType::F16 {
-            DType::F16
-        } else {
-            DType::F32
+        let dtype = match views.input.dtype {
+            DType::F16 | DType::BF16 => views.input.dtype,
+            _ => DType::F32,
         };
         self.check_view(&views.input, spec("logits", dtype, rows, classes))?;
         match kind {

@@ -335,9 +335,9 @@ fn lce_params<W: ?Sized>(
 fn grad_dtype(name: &'static str, v: &GpuTensor<'_>) -> Result<DType> {
     match v.dtype {
         DType::F32 | DType::F16 => Ok(v.dtype),
-        DType::I32 => Err(Error::InvalidView {
+        DType::I32 | DType::BF16 => Err(Error::InvalidView {
             name,
-            problem: "has dtype I32; gradients are F32 or F16".into(),
+            problem: format!("has dtype {:?}; these gradients are F32 or F16", v.dtype),
         }),
     }
 }
@@ -687,10 +687,10 @@ impl GpuContext {
         names: (&'static str, &'static str, &'static str),
     ) -> Result<(LinearShape, Storage)> {
         let dtype = hidden.dtype;
-        if dtype == DType::I32 {
+        if matches!(dtype, DType::I32 | DType::BF16) {
             return Err(Error::InvalidView {
                 name: names.0,
-                problem: "has dtype I32, expected F32 or F16".into(),
+                problem: format!("has dtype {dtype:?}, expected F32 or F16"),
             });
         }
         let shape = LinearShape {

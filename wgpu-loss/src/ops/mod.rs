@@ -261,16 +261,35 @@ impl GpuContext {
         }
         let offsets: Vec<u64> = matrices.iter().map(|m| m.offset).collect();
         let width = VecWidth::for_layout(cols, &offsets);
+        let storage = matrices
+            .iter()
+            .map(|m| m.storage)
+            .find(|&s| s != Storage::F32)
+            .unwrap_or(Storage::F32);
+        // bf16 rows that are not whole vec4s run the f32 kernels on f32
+        // copies of each window: no invocation can store half of a u32.
+        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar;
+        let most_rows = self
+            .windows(rows, cols)?
+            .iter()
+            .map(|w| w.1)
+            .max()
+            .unwrap_or(1);
+        let stages: Vec<Option<wgpu::Buffer>> = matrices
+            .iter()
+            .map(|m| {
+                (staged && m.storage == Storage::Bf16).then(|| {
+                    self.scratch("wgpu-loss bf16 staging", most_rows as u64 * cols as u64 * 4)
+                })
+            })
+            .collect();
+        let storage = if staged { Storage::F32 } else { storage };
         let bound: Vec<(Slot, &wgpu::Buffer)> = matrices
             .iter()
-            .map(|m| (m.binding, m.buffer))
+            .zip(&stages)
+            .map(|(m, st)| (m.binding, st.as_ref().unwrap_or(m.buffer)))
             .chain(whole.iter().map(|w| (w.binding, w.buffer)))
             .collect();
-        let storage = if matrices.iter().any(|m| m.storage == Storage::F16) {
-            Storage::F16
-        } else {
-            Storage::F32
-        };
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = (cols / width.lanes()) as u64;
@@ -343,13 +362,19 @@ impl GpuContext {
             };
             p.row_base = to_u32(u64::from(params.row_base) + first, "row index", "u32 rows")?;
             let mut ranges = Vec::with_capacity(matrices.len());
-            for m in matrices {
+            // (matrix, its staging buffer, byte range, element base) of staged matrices.
+            let mut staged_windows = Vec::new();
+            for (m, stage) in matrices.iter().zip(&stages) {
                 let eb = m.storage.bytes();
                 let start = m.offset + r0 as u64 * cols64;
                 let start_bytes = start * eb / align * align;
                 // Bindings are whole 4-byte words; f16 views are checked to have room.
                 let end_bytes = ((start + n as u64 * cols64) * eb).div_ceil(4) * 4;
-                let base = (start - start_bytes / eb) as u32;
+                let mut base = (start - start_bytes / eb) as u32;
+                if let Some(stage) = stage {
+                    staged_windows.push((m, stage, (start_bytes, end_bytes - start_bytes), base));
+                    base = 0;
+                }
                 match m.base {
                     Base::A => p.base_a = base,
                     Base::B => p.base_b = base,
@@ -357,18 +382,35 @@ impl GpuContext {
                     Base::D => p.base_d = base,
                     Base::Out => p.base_out = base,
                 }
-                ranges.push((start_bytes, end_bytes - start_bytes));
+                ranges.push(match stage {
+                    Some(_) => (0, n as u64 * cols64 * 4),
+                    None => (start_bytes, end_bytes - start_bytes),
+                });
+            }
+            let window_elems = n as u64 * cols64;
+            for &(m, stage, range, base) in &staged_windows {
+                if !kernel.stores_only(m.binding) {
+                    self.encode_bf16_stage(
+                        encoder,
+                        Kernel::Bf16Widen,
+                        m.buffer,
+                        range,
+                        stage,
+                        base,
+                        window_elems,
+                    )?;
+                }
             }
             let uniform = self.params_buffer("wgpu-loss params", &p);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: slot::PARAMS.index,
                 resource: uniform.as_entire_binding(),
             }];
-            for (m, &(offset, size)) in matrices.iter().zip(&ranges) {
+            for ((m, stage), &(offset, size)) in matrices.iter().zip(&stages).zip(&ranges) {
                 entries.push(wgpu::BindGroupEntry {
                     binding: m.binding.index,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: m.buffer,
+                        buffer: stage.as_ref().unwrap_or(m.buffer),
                         offset,
                         size: wgpu::BufferSize::new(size),
                     }),
@@ -413,6 +455,19 @@ impl GpuContext {
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
             }
+            for &(m, stage, range, base) in &staged_windows {
+                if passes.iter().any(|&(_, k)| k.writes(m.binding)) {
+                    self.encode_bf16_stage(
+                        encoder,
+                        Kernel::Bf16Narrow,
+                        m.buffer,
+                        range,
+                        stage,
+                        base,
+                        window_elems,
+                    )?;
+                }
+            }
             groups_done += groups;
         }
         Ok(groups_done)
@@ -446,6 +501,46 @@ impl GpuContext {
         let mut args = fold_args.to_vec();
         args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
         self.encode_single(encoder, fold, width, &args, params)
+    }
+
+    /// Records `bf16_widen` or `bf16_narrow` (`shaders/copy.wgsl`) between
+    /// elements `[base, base + elems)` of the bf16 window `range` of
+    /// `packed` and f32 elements `[0, elems)` of `wide`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_bf16_stage(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        packed: &wgpu::Buffer,
+        (offset, size): (u64, u64),
+        wide: &wgpu::Buffer,
+        base: u32,
+        elems: u64,
+    ) -> Result<()> {
+        let words = (u64::from(base) + elems).div_ceil(2) - u64::from(base) / 2;
+        let groups =
+            usize::try_from(words.div_ceil(u64::from(WORKGROUP_SIZE))).unwrap_or(usize::MAX);
+        let params = Params {
+            base_a: base,
+            cols: to_u32(elems, "bf16 window elements", "u32 elements")?,
+            ..Params::default()
+        };
+        let args = [
+            WholeArg {
+                binding: slot::copy::PACKED,
+                buffer: packed,
+                range: Some((offset, size)),
+            },
+            WholeArg::new(slot::copy::WIDE, wide),
+        ];
+        self.encode_grid(
+            encoder,
+            kernel,
+            VecWidth::Scalar,
+            &args,
+            params,
+            self.grid(groups)?,
+        )
     }
 
     /// Workgroups `(x, y)` for `groups` of them, `x` at most the dispatch

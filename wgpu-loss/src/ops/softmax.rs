@@ -234,10 +234,9 @@ impl GpuContext {
             return Err(crate::Error::ZeroCols);
         }
         // Matrices are all f32 or all f16; per-row values are f32.
-        let dtype = if first.dtype == DType::F16 {
-            DType::F16
-        } else {
-            DType::F32
+        let dtype = match first.dtype {
+            DType::F16 | DType::BF16 => first.dtype,
+            _ => DType::F32,
         };
         for &(name, v) in matrices {
             self.check_view(v, spec(name, dtype, rows, cols))?;

@@ -1,0 +1,16 @@
+// bf16 matrices, four columns per 8-byte load (`Storage::Bf16`,
+// `VecWidth::Vec4`): two packed `u32` words, low half first (little-endian
+// order). A bf16 is the top half of an f32, so unpacking is a shift and needs
+// no feature; packing rounds to nearest even. Rows that are not whole vec4s
+// are staged through f32 by `bf16_widen` / `bf16_narrow` (`shaders/copy.wgsl`).
+alias mat_t = vec2<u32>;
+fn unpack_mat(w: mat_t) -> vec_t {
+    return vec4<f32>(
+        bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
+        bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u),
+    );
+}
+fn pack_mat(v: vec_t) -> mat_t {
+    let h = bf16_bits(bitcast<vec4<u32>>(v));
+    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
+}
