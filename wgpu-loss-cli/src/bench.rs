@@ -334,24 +334,31 @@ pub struct ResidentOp<'a> {
     timer: Option<GpuTimer>,
 }
 
-fn f16_bits(values: &[f32]) -> Vec<u16> {
-    values
-        .iter()
-        .map(|&v| half::f16::from_f32(v).to_bits())
-        .collect()
+/// `values` rounded to a 16-bit `dtype` (F16 or BF16), as bit patterns.
+fn half_bits(values: &[f32], dtype: DType) -> Vec<u16> {
+    match dtype {
+        DType::BF16 => values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect(),
+        _ => values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect(),
+    }
 }
 
 impl<'a> ResidentOp<'a> {
     /// Uploads `input` for `op` with logits (and gradient) stored as `dtype`
-    /// (`F32` or `F16`; f16 needs `SHADER_F16` and is offered for the softmax
-    /// family and the row losses).
+    /// (`F32`, `F16` or `BF16`; f16 needs `SHADER_F16`; both 16-bit types
+    /// are offered for the softmax family and the row losses).
     pub fn new(ctx: &'a GpuContext, op: Op, input: &BenchInput, dtype: DType) -> Result<Self> {
         let (rows, cols) = (input.rows, input.cols);
-        if dtype == DType::I32 || (dtype == DType::F16 && op.is_elementwise()) {
+        if dtype == DType::I32 || (dtype != DType::F32 && op.is_elementwise()) {
             return Err(wgpu_loss::Error::Unsupported {
                 what: "this dtype for this op",
                 adapter: ctx.adapter_name().to_string(),
-                missing: "an f16 path (binary losses take f32)",
+                missing: "a 16-bit path (binary losses take f32)",
             }
             .into());
         }
@@ -367,7 +374,9 @@ impl<'a> ResidentOp<'a> {
         let problem = input.problem(op);
         gpu::scoped(ctx, "bench upload", || {
             let input_buffer = match dtype {
-                DType::F16 => gpu::buffer_with(ctx, "bench input", &f16_bits(&problem.input)),
+                DType::F16 | DType::BF16 => {
+                    gpu::buffer_with(ctx, "bench input", &half_bits(&problem.input, dtype))
+                }
                 _ => gpu::buffer_with(ctx, "bench input", &problem.input),
             };
             let target = match &problem.target {
@@ -546,10 +555,10 @@ impl<'a> ResidentOp<'a> {
         let in_place = self.grad.is_none() && self.op == Op::CrossEntropy;
         if in_place {
             match self.dtype {
-                DType::F16 => ctx.queue().write_buffer(
+                DType::F16 | DType::BF16 => ctx.queue().write_buffer(
                     &self.input,
                     0,
-                    bytemuck::cast_slice(&f16_bits(&self.input_values)),
+                    bytemuck::cast_slice(&half_bits(&self.input_values, self.dtype)),
                 ),
                 _ => ctx.queue().write_buffer(
                     &self.input,
@@ -575,6 +584,12 @@ impl<'a> ResidentOp<'a> {
                 let bits: Vec<u16> = gpu::read(ctx, buffer, len)?;
                 bits.into_iter()
                     .map(|b| half::f16::from_bits(b).to_f32())
+                    .collect()
+            }
+            DType::BF16 => {
+                let bits: Vec<u16> = gpu::read(ctx, buffer, len)?;
+                bits.into_iter()
+                    .map(|b| half::bf16::from_bits(b).to_f32())
                     .collect()
             }
             _ => gpu::read(ctx, buffer, len)?,

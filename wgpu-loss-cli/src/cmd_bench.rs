@@ -49,8 +49,8 @@ pub struct BenchArgs {
     /// Timed GPU kernel runs per measurement, after one warm-up (median reported).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Storage type of logits and gradients on the GPU: f32 or f16 (f16 needs SHADER_F16;
-    /// arithmetic stays f32; the binary losses are f32 only).
+    /// Storage type of logits and gradients on the GPU: f32, f16 or bf16 (f16 needs
+    /// SHADER_F16; arithmetic stays f32; the binary losses are f32 only).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON object per line and measurement instead of a table.
@@ -205,7 +205,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "f16" => DType::F16,
-        other => return Err(format!("--dtype {other}: expected f32 or f16")),
+        "bf16" => DType::BF16,
+        other => return Err(format!("--dtype {other}: expected f32, f16 or bf16")),
     };
     let ops = parse_ops(&args.ops)?;
     let options = BenchOptions {
@@ -250,7 +251,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         .as_ref()
         .map_or("none".to_string(), |c| c.adapter_name().to_string());
     let timer = ctx.as_ref().map_or("wall", bench::timer_kind);
-    let dtype_name = if dtype == DType::F16 { "f16" } else { "f32" };
+    let dtype_name = match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    };
     if !args.json {
         println!(
             "adapter: {adapter} ({}); kernel timer: {timer}; dtype {dtype_name}; CPU: fast f32 path on {} threads \
@@ -321,8 +326,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                 speedup,
                 cpu_impl: None,
             };
-            let skip_f16 = dtype == DType::F16 && op.is_elementwise();
-            if let (Some(ctx), Some(copy), false) = (&ctx, gpu_copy, skip_f16) {
+            let skip_16bit = dtype != DType::F32 && op.is_elementwise();
+            if let (Some(ctx), Some(copy), false) = (&ctx, gpu_copy, skip_16bit) {
                 let speedup =
                     |t: std::time::Duration| Some(cpu_time.as_secs_f64() / t.as_secs_f64());
                 let resident =
@@ -373,10 +378,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                 });
                 all_rows.push(r);
             }
-            if skip_f16 && !args.json {
+            if skip_16bit && !args.json {
                 progress.suspend(|| {
                     println!(
-                        "{:<21} {:>14} (no f16 path for binary losses; GPU skipped)",
+                        "{:<21} {:>14} (no {dtype_name} path for binary losses; GPU skipped)",
                         op.name(),
                         format!("{rows}x{cols}")
                     )
@@ -419,7 +424,7 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
     }
     if args.dtype != "f32" {
         return Err(
-            "--op linear-cross-entropy benches f32 (f16 runs through the encode API)".into(),
+            "--op linear-cross-entropy benches f32 (f16 runs through the encode API; the fused loss has no bf16 path)".into(),
         );
     }
     let ctx = wgpu_loss::block_on(GpuContext::new()).map_err(|e| {

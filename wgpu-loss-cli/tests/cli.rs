@@ -731,6 +731,47 @@ fn bench_f16_runs_where_the_adapter_has_it() {
 }
 
 #[test]
+fn bench_bf16_runs_on_every_adapter() {
+    let Some(_) = gpu() else { return };
+    // 300 columns run the packed kernels, 301 the staged ones.
+    for cols in ["300", "301"] {
+        let out = wgpu_loss()
+            .args([
+                "bench", "--rows", "4", "--cols", cols, "--iters", "1", "--json", "--dtype", "bf16",
+            ])
+            .args([
+                "--op",
+                "cross-entropy",
+                "--op",
+                "log-softmax",
+                "--op",
+                "bce-with-logits",
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let gpu_lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .filter(|v: &serde_json::Value| v["path"] == "gpu-kernel")
+            .collect();
+        // The binary losses have no bf16 path: their GPU rows are skipped.
+        assert_eq!(gpu_lines.len(), 2, "{stdout}");
+        for v in gpu_lines {
+            assert_eq!(v["dtype"], "bf16");
+            // bf16 storage (8 significant bits) of inputs and outputs near
+            // -8: errors of bf16 rounding, not of a broken kernel.
+            assert!(v["max_abs_err"].as_f64().is_some_and(|e| e < 6e-2), "{v}");
+        }
+    }
+}
+
+#[test]
 fn bench_without_an_adapter_still_benches_the_cpu() {
     let out = wgpu_loss()
         .env("WGPU_ADAPTER_NAME", "no-such-adapter-xyz")
