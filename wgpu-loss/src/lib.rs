@@ -78,6 +78,8 @@ pub mod tuning;
 
 pub use context::{enumerate_adapters, ContextOptions, GpuContext};
 pub use error::{Error, Result};
+/// The `half` crate, whose `bf16` and `f16` the host API takes ([`HostFloat`]).
+pub use half;
 pub use loss::binary::{BinaryLossOptions, LossOutput, SigmoidFocalOptions};
 pub use loss::cross_entropy::{CrossEntropyOptions, CrossEntropyOutput, FocalOptions};
 pub use loss::linear_cross_entropy::{
@@ -92,7 +94,8 @@ pub use ops::linear::{
 };
 pub use pool::{EncodeBuffers, PoolStats};
 pub use tensor::{
-    BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, ProbTargetViews,
+    BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, HostFloat,
+    ProbTargetViews,
 };
 pub use tolerance::{Tolerance, BF16_TOLERANCE, F16_TOLERANCE, F32_TOLERANCE};
 pub use tuning::RowTuning;

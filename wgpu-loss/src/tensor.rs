@@ -42,6 +42,46 @@ impl DType {
     }
 }
 
+/// An element type the host API takes matrices in (logits, probabilities,
+/// upstream gradients): `f32`, [`half::bf16`] (every adapter) or
+/// [`half::f16`] (adapters with `SHADER_F16`). The GPU stores the matrices,
+/// and writes matrix results, in this type; arithmetic is f32 either way, and
+/// results come back widened to f32 (exactly).
+pub trait HostFloat: bytemuck::Pod + Send + Sync + sealed::Sealed {
+    /// How the GPU stores matrices of this type.
+    const DTYPE: DType;
+    /// The value as f32 (exact for all three types).
+    fn widen(self) -> f32;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+impl HostFloat for f32 {
+    const DTYPE: DType = DType::F32;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl HostFloat for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl HostFloat for half::f16 {
+    const DTYPE: DType = DType::F16;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// A row-major `[rows, cols]` tensor stored in `buffer` from byte `offset`.
 /// A vector is `[len, 1]`.
 #[derive(Clone, Copy, Debug)]

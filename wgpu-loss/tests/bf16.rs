@@ -424,3 +424,75 @@ fn bf16_is_refused_where_no_kernel_takes_it() {
         other => panic!("expected InvalidView naming BF16, got {other:?}"),
     }
 }
+
+/// The host API takes `half::bf16` slices: the GPU stores and writes bf16,
+/// and matrix results come back widened to f32.
+#[test]
+fn host_api_takes_bf16_slices() {
+    let Some(ctx) = gpu() else { return };
+    for (i, (rows, cols)) in [(6, 64), (5, 33)].into_iter().enumerate() {
+        let mut rng = Rng::new(300 + i as u64);
+        let n = rows * cols;
+        let x = to_bf16(&rng.vec_normal(n, 2.0));
+        let dy = to_bf16(&rng.vec_normal(n, 1.0));
+        let (xf, dyf) = (widen(&x), widen(&dy));
+        let tag = format!("host bf16 [{rows}, {cols}]");
+        let y = wgpu_loss::block_on(ctx.softmax(&x, rows, cols)).unwrap();
+        assert_within(
+            &format!("{tag} softmax"),
+            &y,
+            &reference::softmax(&xf, rows, cols).unwrap(),
+            BF16_TOLERANCE,
+        );
+        let lse = wgpu_loss::block_on(ctx.logsumexp(&x, rows, cols)).unwrap();
+        assert_close(
+            &format!("{tag} logsumexp"),
+            &lse,
+            &reference::logsumexp(&xf, rows, cols).unwrap(),
+        );
+        let y16 = to_bf16(&y);
+        let g = wgpu_loss::block_on(ctx.softmax_backward(&y16, &dy, rows, cols)).unwrap();
+        assert_within(
+            &format!("{tag} softmax backward"),
+            &g,
+            &reference::softmax_backward(&widen(&y16), &dyf, rows, cols).unwrap(),
+            BF16_TOLERANCE,
+        );
+        let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+        let opts = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
+        for request in [
+            wgpu_loss::Request::LossAndGrad,
+            wgpu_loss::Request::LossAndGradInPlace,
+        ] {
+            let out = wgpu_loss::block_on(ctx.cross_entropy(&x, &t, cols, &opts, request)).unwrap();
+            let want = reference::cross_entropy(&xf, &t, cols, &opts).unwrap();
+            assert_close(&format!("{tag} {request:?} loss"), &out.loss, &want.loss);
+            assert_within(
+                &format!("{tag} {request:?} grad"),
+                &out.grad.unwrap(),
+                &want.grad,
+                BF16_TOLERANCE,
+            );
+        }
+        let focal = FocalOptions::default();
+        let out = wgpu_loss::block_on(ctx.focal_loss(
+            &x,
+            &t,
+            cols,
+            &focal,
+            wgpu_loss::Request::LossAndGrad,
+        ))
+        .unwrap();
+        let want = reference::focal_loss(&xf, &t, cols, &focal).unwrap();
+        assert_close(&format!("{tag} focal loss"), &out.loss, &want.loss);
+        assert_within(
+            &format!("{tag} focal grad"),
+            &out.grad.unwrap(),
+            &want.grad,
+            BF16_TOLERANCE,
+        );
+    }
+}

@@ -313,7 +313,7 @@ fn mean_with_every_row_ignored_is_nan_and_zero_gradient() {
     assert!(out.loss[0].is_nan());
     assert_eq!(out.grad.unwrap(), vec![0.0; 4]);
     let empty = wgpu_loss::block_on(ctx.cross_entropy(
-        &[],
+        &[] as &[f32],
         &[] as &[i64],
         3,
         &Default::default(),
@@ -322,7 +322,7 @@ fn mean_with_every_row_ignored_is_nan_and_zero_gradient() {
     .unwrap();
     assert!(empty.loss[0].is_nan(), "N = 0 under mean is NaN");
     let sum = wgpu_loss::block_on(ctx.cross_entropy(
-        &[],
+        &[] as &[f32],
         &[] as &[i64],
         3,
         &CrossEntropyOptions {

@@ -212,3 +212,45 @@ fn f16_without_shader_f16_is_unsupported_not_a_panic() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
+
+/// The host API takes `half::f16` slices where the adapter has `SHADER_F16`.
+#[test]
+fn host_api_takes_f16_slices() {
+    let Some(ctx) = gpu() else { return };
+    if !has_f16(ctx) {
+        eprintln!(
+            "SKIPPED f16 host API: adapter {} lacks SHADER_F16",
+            ctx.adapter_name()
+        );
+        return;
+    }
+    let (rows, cols) = (5, 33);
+    let mut rng = Rng::new(130);
+    let x = to_f16(&rng.vec_normal(rows * cols, 2.0));
+    let xf = widen(&x);
+    let y = wgpu_loss::block_on(ctx.log_softmax(&x, rows, cols)).unwrap();
+    assert_within(
+        "host f16 log_softmax",
+        &y,
+        &reference::log_softmax(&xf, rows, cols).unwrap(),
+        F16_TOLERANCE,
+    );
+    let t: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+    let opts = CrossEntropyOptions::default();
+    let out = wgpu_loss::block_on(ctx.cross_entropy(
+        &x,
+        &t,
+        cols,
+        &opts,
+        wgpu_loss::Request::LossAndGrad,
+    ))
+    .unwrap();
+    let want = reference::cross_entropy(&xf, &t, cols, &opts).unwrap();
+    assert_close("host f16 cross-entropy loss", &out.loss, &want.loss);
+    assert_within(
+        "host f16 cross-entropy grad",
+        &out.grad.unwrap(),
+        &want.grad,
+        F16_TOLERANCE,
+    );
+}

@@ -225,7 +225,7 @@ fn bad_shapes_are_errors() {
         })
     ));
     assert!(matches!(
-        wgpu_loss::block_on(ctx.softmax(&[], 3, 0)),
+        wgpu_loss::block_on(ctx.softmax(&[] as &[f32], 3, 0)),
         Err(Error::ZeroCols)
     ));
     assert!(matches!(
@@ -237,16 +237,16 @@ fn bad_shapes_are_errors() {
         Err(Error::LengthMismatch { what: "dy", .. })
     ));
     assert!(matches!(
-        wgpu_loss::block_on(ctx.softmax(&[], usize::MAX, 2)),
+        wgpu_loss::block_on(ctx.softmax(&[] as &[f32], usize::MAX, 2)),
         Err(Error::ShapeOverflow { .. })
     ));
     // Zero rows is an empty result, not an error.
     assert_eq!(
-        wgpu_loss::block_on(ctx.softmax(&[], 0, 3)).unwrap(),
+        wgpu_loss::block_on(ctx.softmax(&[] as &[f32], 0, 3)).unwrap(),
         Vec::<f32>::new()
     );
     assert_eq!(
-        wgpu_loss::block_on(ctx.logsumexp(&[], 0, 3)).unwrap(),
+        wgpu_loss::block_on(ctx.logsumexp(&[] as &[f32], 0, 3)).unwrap(),
         Vec::<f32>::new()
     );
 }

@@ -163,8 +163,8 @@ impl CrossEntropyOptions<'_> {
 }
 
 /// Validates a probability-target problem on the host and returns its row count.
-pub fn soft_rows(
-    logits: &[f32],
+pub fn soft_rows<F>(
+    logits: &[F],
     probs: &[f32],
     classes: usize,
     options: &CrossEntropyOptions<'_>,

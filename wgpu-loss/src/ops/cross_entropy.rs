@@ -25,7 +25,7 @@ use crate::loss::cross_entropy::{
 use crate::loss::{check_matrix, checked_targets, ClassIndex, Reduction, Request, IGNORED_ROW};
 use crate::ops::{Base, MatrixArg, Operand, Params, RowLaunch, WholeArg};
 use crate::tensor::{
-    spec, CrossEntropyViews, DType, FocalViews, GpuTensor, LossViews, ProbTargetViews,
+    spec, CrossEntropyViews, DType, FocalViews, GpuTensor, HostFloat, LossViews, ProbTargetViews,
 };
 
 /// What the per-row kernel writes besides row losses.
@@ -369,10 +369,10 @@ impl GpuContext {
 
     /// Runs a row-loss problem through the host API: denominator, row kernel
     /// over host chunks of the logits, reduction, readback.
-    async fn row_loss_run(
+    async fn row_loss_run<F: HostFloat>(
         &self,
         problem: &CrossEntropyProblem<'_>,
-        logits: &[f32],
+        logits: &[F],
         probs: Option<&[f32]>,
         mode: GradMode,
     ) -> Result<CrossEntropyOutput> {
@@ -402,8 +402,8 @@ impl GpuContext {
                     let logits_buf = self.upload("logits", &logits[span.clone()]);
                     let probs_buf =
                         probs.map(|q| self.upload("probability targets", &q[span.clone()]));
-                    let grad_buf =
-                        (mode == GradMode::Separate).then(|| self.output("grad", n * classes));
+                    let grad_buf = (mode == GradMode::Separate)
+                        .then(|| self.matrix_output("grad", n * classes, F::DTYPE));
                     let mut encoder = self.encoder(kernel.entry_point());
                     self.encode_cross_entropy_rows(
                         &mut encoder,
@@ -413,21 +413,22 @@ impl GpuContext {
                         probs_buf.as_deref().map(|b| (b, 0)),
                         grad_buf.as_deref().map(|b| (b, 0)),
                         (r0, n),
-                        Storage::F32,
+                        F::DTYPE.storage(),
                     )?;
                     let written = match mode {
                         GradMode::None => None,
                         GradMode::Separate => grad_buf.as_ref(),
                         GradMode::InPlace => Some(&logits_buf),
                     };
-                    let staging =
-                        written.map(|b| self.stage(&mut encoder, b, (n * classes) as u64 * 4));
+                    let staging = written.map(|b| {
+                        self.stage(&mut encoder, b, (n * classes) as u64 * F::DTYPE.size())
+                    });
                     self.queue.submit([encoder.finish()]);
                     Ok(staging)
                 })
                 .await?;
             if let Some(staging) = staging {
-                grad.extend(self.read_back::<f32>(&staging, n * classes).await?);
+                grad.extend(self.read_back_widened::<F>(&staging, n * classes).await?);
             }
             r0 += n;
         }
@@ -481,9 +482,9 @@ impl GpuContext {
     /// assert_eq!(out.grad.map(|g| g.len()), Some(4));
     /// # Ok(()) }
     /// ```
-    pub async fn cross_entropy<T: ClassIndex>(
+    pub async fn cross_entropy<T: ClassIndex, F: HostFloat>(
         &self,
-        logits: &[f32],
+        logits: &[F],
         targets: &[T],
         classes: usize,
         options: &CrossEntropyOptions<'_>,
@@ -498,9 +499,9 @@ impl GpuContext {
 
     /// Cross-entropy with probability targets `probs`, `[N, C]` like the
     /// logits (`C = classes`). See [`crate::loss::cross_entropy`].
-    pub async fn cross_entropy_probs(
+    pub async fn cross_entropy_probs<F: HostFloat>(
         &self,
-        logits: &[f32],
+        logits: &[F],
         probs: &[f32],
         classes: usize,
         options: &CrossEntropyOptions<'_>,
@@ -526,9 +527,9 @@ impl GpuContext {
     /// The multiclass (softmax) focal loss with class-index targets. See
     /// [`crate::loss::cross_entropy`]; the output's `lse` holds each row's
     /// logsumexp and its `z_loss` is zeros.
-    pub async fn focal_loss<T: ClassIndex>(
+    pub async fn focal_loss<T: ClassIndex, F: HostFloat>(
         &self,
-        logits: &[f32],
+        logits: &[F],
         targets: &[T],
         classes: usize,
         options: &FocalOptions<'_>,

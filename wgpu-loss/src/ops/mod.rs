@@ -806,10 +806,39 @@ impl GpuContext {
     pub(crate) fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> PooledBuffer<'_> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.pooled(label, bytes.len() as u64, STORAGE_USAGE);
+        // Queue writes move whole 4-byte words: an odd count of 16-bit values gets a pad.
+        let padded;
+        let bytes = if bytes.len().is_multiple_of(4) {
+            bytes
+        } else {
+            padded = [bytes, &[0u8; 3][..4 - bytes.len() % 4]].concat();
+            &padded[..]
+        };
         if !bytes.is_empty() {
             self.queue.write_buffer(&buffer, 0, bytes);
         }
         buffer
+    }
+
+    /// A pooled output buffer for `elems` matrix values of `dtype` (host API
+    /// only), poisoned like [`GpuContext::output`].
+    pub(crate) fn matrix_output(
+        &self,
+        label: &str,
+        elems: usize,
+        dtype: crate::tensor::DType,
+    ) -> PooledBuffer<'_> {
+        self.output(label, (elems as u64 * dtype.size()).div_ceil(4) as usize)
+    }
+
+    /// Reads back `len` matrix values of `F` from `staging`, widened to f32.
+    pub(crate) async fn read_back_widened<F: crate::tensor::HostFloat>(
+        &self,
+        staging: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        let values = self.read_back::<F>(staging, len).await?;
+        Ok(values.into_iter().map(F::widen).collect())
     }
 
     /// A pooled storage buffer for `elems` f32 outputs (host API only),

@@ -3,11 +3,11 @@
 use crate::context::GpuContext;
 use crate::error::Result;
 use crate::kernels::slot::softmax as sm;
-use crate::kernels::{Kernel, Storage};
+use crate::kernels::Kernel;
 use crate::loss::check_matrix;
 use crate::loss::softmax::SoftmaxOp;
 use crate::ops::{Base, MatrixArg, Params, RowLaunch, WholeArg};
-use crate::tensor::{spec, DType, GpuTensor};
+use crate::tensor::{spec, DType, GpuTensor, HostFloat};
 
 fn forward_kernel(op: SoftmaxOp) -> Kernel {
     match op {
@@ -17,19 +17,20 @@ fn forward_kernel(op: SoftmaxOp) -> Kernel {
     }
 }
 
-/// Inputs of one row-wise kernel call: matrices bound at 1 and 2, per-row arrays at 3 and 4.
-struct RowwiseCall<'a> {
+/// Inputs of one row-wise kernel call: matrices bound at 1 and 2, per-row
+/// arrays at 3 and 4. Matrices, and a matrix output, are stored as `F`.
+struct RowwiseCall<'a, F> {
     kernel: Kernel,
-    matrices: &'a [(&'static str, &'a [f32])],
+    matrices: &'a [(&'static str, &'a [F])],
     per_row: &'a [(&'static str, &'a [f32])],
     /// Output is one value per row (binding 6) rather than a matrix (binding 5).
     per_row_output: bool,
 }
 
 impl GpuContext {
-    async fn run_rowwise(
+    async fn run_rowwise<F: HostFloat>(
         &self,
-        call: RowwiseCall<'_>,
+        call: RowwiseCall<'_, F>,
         rows: usize,
         cols: usize,
     ) -> Result<Vec<f32>> {
@@ -62,7 +63,11 @@ impl GpuContext {
                         .iter()
                         .map(|&(label, d)| self.upload(label, &d[r0..r0 + n]))
                         .collect();
-                    let output = self.output("output", n * out_per_row);
+                    let out_dtype = match call.per_row_output {
+                        true => DType::F32,
+                        false => F::DTYPE,
+                    };
+                    let output = self.matrix_output("output", n * out_per_row, out_dtype);
                     let mut matrices: Vec<MatrixArg<'_>> = mats
                         .iter()
                         .zip([(sm::MAT_A, Base::A), (sm::MAT_B, Base::B)])
@@ -71,7 +76,7 @@ impl GpuContext {
                             buffer,
                             offset: 0,
                             base,
-                            storage: Storage::F32,
+                            storage: F::DTYPE.storage(),
                         })
                         .collect();
                     let mut whole: Vec<WholeArg<'_>> = per_row
@@ -87,7 +92,7 @@ impl GpuContext {
                             buffer: &output,
                             offset: 0,
                             base: Base::Out,
-                            storage: Storage::F32,
+                            storage: F::DTYPE.storage(),
                         });
                     }
                     let mut encoder = self.encoder(what);
@@ -102,12 +107,20 @@ impl GpuContext {
                             params: Params::default(),
                         },
                     )?;
-                    let staging = self.stage(&mut encoder, &output, (n * out_per_row) as u64 * 4);
+                    let staging = self.stage(
+                        &mut encoder,
+                        &output,
+                        (n * out_per_row) as u64 * out_dtype.size(),
+                    );
                     self.queue.submit([encoder.finish()]);
                     Ok(staging)
                 })
                 .await?;
-            out.extend(self.read_back::<f32>(&staging, n * out_per_row).await?);
+            if call.per_row_output {
+                out.extend(self.read_back::<f32>(&staging, n).await?);
+            } else {
+                out.extend(self.read_back_widened::<F>(&staging, n * cols).await?);
+            }
             r0 += n;
         }
         Ok(out)
@@ -115,10 +128,10 @@ impl GpuContext {
 
     /// A softmax-family forward op over a row-major `[rows, cols]` matrix.
     /// Returns `rows * cols` values, or `rows` values for [`SoftmaxOp::Logsumexp`].
-    pub(crate) async fn softmax_family(
+    pub(crate) async fn softmax_family<F: HostFloat>(
         &self,
         op: SoftmaxOp,
-        x: &[f32],
+        x: &[F],
         rows: usize,
         cols: usize,
     ) -> Result<Vec<f32>> {
@@ -136,27 +149,42 @@ impl GpuContext {
     }
 
     /// Row-wise softmax of a row-major `[rows, cols]` matrix.
-    pub async fn softmax(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    pub async fn softmax<F: HostFloat>(
+        &self,
+        x: &[F],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
         self.softmax_family(SoftmaxOp::Softmax, x, rows, cols).await
     }
 
     /// Row-wise log-softmax of a row-major `[rows, cols]` matrix.
-    pub async fn log_softmax(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    pub async fn log_softmax<F: HostFloat>(
+        &self,
+        x: &[F],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
         self.softmax_family(SoftmaxOp::LogSoftmax, x, rows, cols)
             .await
     }
 
     /// Row-wise log-sum-exp: one value per row.
-    pub async fn logsumexp(&self, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    pub async fn logsumexp<F: HostFloat>(
+        &self,
+        x: &[F],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
         self.softmax_family(SoftmaxOp::Logsumexp, x, rows, cols)
             .await
     }
 
     /// Softmax backward: `dx = y ⊙ (dy - Σ dy ⊙ y)` per row, from the softmax output `y`.
-    pub async fn softmax_backward(
+    pub async fn softmax_backward<F: HostFloat>(
         &self,
-        y: &[f32],
-        dy: &[f32],
+        y: &[F],
+        dy: &[F],
         rows: usize,
         cols: usize,
     ) -> Result<Vec<f32>> {
@@ -174,10 +202,10 @@ impl GpuContext {
     }
 
     /// Log-softmax backward: `dx = dy - exp(y) Σ dy` per row, from the log-softmax output `y`.
-    pub async fn log_softmax_backward(
+    pub async fn log_softmax_backward<F: HostFloat>(
         &self,
-        y: &[f32],
-        dy: &[f32],
+        y: &[F],
+        dy: &[F],
         rows: usize,
         cols: usize,
     ) -> Result<Vec<f32>> {
@@ -196,9 +224,9 @@ impl GpuContext {
 
     /// Logsumexp backward: `dx = dy_i · exp(x - lse_i)`, with `lse` the forward
     /// output and `dy` one upstream gradient per row.
-    pub async fn logsumexp_backward(
+    pub async fn logsumexp_backward<F: HostFloat>(
         &self,
-        x: &[f32],
+        x: &[F],
         lse: &[f32],
         dy: &[f32],
         rows: usize,
