@@ -683,6 +683,11 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     prepare_out(&args.out, &all_out, element)?;
     let mut files = OutputFiles::default();
     let outputs = create_outputs(&args.out, &mut files, &streamed_out, element)?;
+    // bf16 logits stay bf16 on the GPU: half the bytes of widening them.
+    let gpu_dtype = match input.file.element {
+        Element::Bf16 => wgpu_loss::DType::BF16,
+        _ => wgpu_loss::DType::F32,
+    };
     let mut inputs = vec![StreamIn {
         file: input.file,
         row_len: cols,
@@ -735,6 +740,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
                 settings: plan.settings,
                 pos_weight: pos.clone(),
                 weight: class_weight.clone(),
+                gpu_dtype,
                 ..Problem::new(op, w.rows, cols, x)
             };
             if let Some(c) = &classes {

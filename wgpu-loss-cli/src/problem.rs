@@ -23,7 +23,7 @@ use wgpu_loss::reference;
 use wgpu_loss::GpuContext;
 use wgpu_loss::SoftmaxOp;
 use wgpu_loss::{BinaryLossOptions, CrossEntropyOptions, FocalOptions, SigmoidFocalOptions};
-use wgpu_loss::{Reduction, Request};
+use wgpu_loss::{DType, HostFloat, Reduction, Request};
 
 /// An op or loss, by the name the command line uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -231,6 +231,11 @@ pub struct Problem {
     pub grad_output: Option<Vec<f32>>,
     /// Scalar options.
     pub settings: Settings,
+    /// How the GPU stores the matrices (input, upstream gradient, matrix
+    /// results) of the softmax family and the row losses: `F32`, or `BF16`
+    /// for logits read from bf16 files (exact, since the values came from
+    /// bf16; an f32 upstream gradient is rounded). Binary losses stay f32.
+    pub gpu_dtype: DType,
 }
 
 /// How a problem runs: whether the gradient is computed, and its scale.
@@ -289,6 +294,7 @@ impl Problem {
             pos_weight: None,
             grad_output: None,
             settings: Settings::default(),
+            gpu_dtype: DType::F32,
         }
     }
 
@@ -542,6 +548,7 @@ impl Problem {
                 _ => None,
             },
             settings,
+            gpu_dtype: self.gpu_dtype,
         }
     }
 
@@ -591,7 +598,19 @@ impl Problem {
     /// `mean` denominator).
     pub async fn run_gpu_with(&self, ctx: &GpuContext, run: Run) -> Result<Outputs<f32>> {
         self.validate()?;
-        let (x, rows, cols) = (&self.input[..], self.rows, self.cols);
+        match self.gpu_dtype {
+            DType::BF16 if !self.op.is_elementwise() => {
+                self.run_gpu_as::<half::bf16>(ctx, run).await
+            }
+            DType::F16 if !self.op.is_elementwise() => self.run_gpu_as::<half::f16>(ctx, run).await,
+            _ => self.run_gpu_as::<f32>(ctx, run).await,
+        }
+    }
+
+    /// [`Problem::run_gpu_with`] with the matrices stored on the GPU as `F`.
+    async fn run_gpu_as<F: HostFloat>(&self, ctx: &GpuContext, run: Run) -> Result<Outputs<f32>> {
+        let (rows, cols) = (self.rows, self.cols);
+        let x = &as_host::<F>(&self.input)[..];
         if let Some(sop) = self.op.softmax_op() {
             let output = match sop {
                 SoftmaxOp::Softmax => ctx.softmax(x, rows, cols).await?,
@@ -600,10 +619,20 @@ impl Problem {
             };
             let grad = match &self.grad_output {
                 None => None,
+                // The forward output came back widened from F: narrowing is exact.
                 Some(dy) => Some(match sop {
-                    SoftmaxOp::Softmax => ctx.softmax_backward(&output, dy, rows, cols).await?,
+                    SoftmaxOp::Softmax => {
+                        ctx.softmax_backward(&as_host::<F>(&output), &as_host::<F>(dy), rows, cols)
+                            .await?
+                    }
                     SoftmaxOp::LogSoftmax => {
-                        ctx.log_softmax_backward(&output, dy, rows, cols).await?
+                        ctx.log_softmax_backward(
+                            &as_host::<F>(&output),
+                            &as_host::<F>(dy),
+                            rows,
+                            cols,
+                        )
+                        .await?
                     }
                     SoftmaxOp::Logsumexp => {
                         ctx.logsumexp_backward(x, &output, dy, rows, cols).await?
@@ -646,7 +675,7 @@ impl Problem {
             }
             Op::BinaryCrossEntropy => el(ctx
                 .binary_cross_entropy(
-                    x,
+                    &self.input,
                     self.values()?,
                     cols,
                     &self.binary_options(scale),
@@ -655,7 +684,7 @@ impl Problem {
                 .await?),
             Op::BceWithLogits => el(ctx
                 .binary_cross_entropy_with_logits(
-                    x,
+                    &self.input,
                     self.values()?,
                     cols,
                     &self.binary_options(scale),
@@ -664,7 +693,7 @@ impl Problem {
                 .await?),
             _ => el(ctx
                 .sigmoid_focal_loss(
-                    x,
+                    &self.input,
                     self.values()?,
                     cols,
                     &self.sigmoid_focal_options(scale),
@@ -848,5 +877,13 @@ impl Problem {
                 &self.sigmoid_focal_options(scale),
             )?),
         })
+    }
+}
+
+/// `values` as the host API's `F`: borrowed for f32, else rounded to nearest even.
+fn as_host<F: HostFloat>(values: &[f32]) -> std::borrow::Cow<'_, [F]> {
+    match bytemuck::try_cast_slice::<f32, F>(values) {
+        Ok(same) if F::DTYPE == DType::F32 => std::borrow::Cow::Borrowed(same),
+        _ => std::borrow::Cow::Owned(values.iter().map(|&v| F::round_from(v)).collect()),
     }
 }

@@ -807,3 +807,70 @@ fn windows_under_an_occupancy_splitting_tuning_give_the_same_bits() {
         2017,
     );
 }
+
+/// BF16 logits stay bf16 on the GPU: the gradient comes back as bf16
+/// values (every one exact in bf16, which an f32 run's would not be),
+/// written as f32, and within the bf16 tolerance of the f64 reference; the
+/// loss is f32. C = 8 runs the packed kernels, C = 7 the staged ones.
+#[test]
+fn eval_keeps_bf16_logits_bf16_on_the_gpu() {
+    let Some(_) = gpu() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path();
+    for cols in [8usize, 7] {
+        let rows = 9;
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
+            .collect();
+        let bf: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let xb: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
+        let t: Vec<i64> = (0..rows as i64).map(|r| r % cols as i64).collect();
+        let st = safetensors::serialize(
+            vec![(
+                "logits".to_string(),
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::BF16,
+                    vec![rows, cols],
+                    bytemuck::cast_slice(&bf),
+                )
+                .expect("view"),
+            )],
+            None,
+        )
+        .expect("serialize");
+        std::fs::write(p.join("m.safetensors"), st).expect("write");
+        write_i64(&p.join("t.npy"), &t);
+        let out = format!("--out=o{cols}");
+        let r = eval(
+            p,
+            &[
+                "cross-entropy",
+                "--input=m.safetensors:logits",
+                "--target=t.npy",
+                "--reduction=none",
+                &out,
+            ],
+        );
+        assert!(r.ok, "{}", r.stderr);
+        let options = wgpu_loss::CrossEntropyOptions {
+            reduction: wgpu_loss::Reduction::None,
+            ..Default::default()
+        };
+        let want = wgpu_loss::reference::cross_entropy(&xb, &t, cols, &options).expect("reference");
+        let loss = floats(&p.join(format!("o{cols}/loss.npy")));
+        if let Some(m) = wgpu_loss::F32_TOLERANCE.first_mismatch(&loss, &want.loss) {
+            panic!("C={cols} loss: {m}");
+        }
+        let grad = floats(&p.join(format!("o{cols}/grad.npy")));
+        if let Some(m) = wgpu_loss::BF16_TOLERANCE.first_mismatch(&grad, &want.grad) {
+            panic!("C={cols} grad: {m}");
+        }
+        for (i, &g) in grad.iter().enumerate() {
+            assert_eq!(
+                half::bf16::from_f32(g).to_f32(),
+                g,
+                "C={cols} grad index {i}: {g} is not a bf16 value, so the GPU did not store bf16"
+            );
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub trait HostFloat: bytemuck::Pod + Send + Sync + sealed::Sealed {
     const DTYPE: DType;
     /// The value as f32 (exact for all three types).
     fn widen(self) -> f32;
+    /// `v` in this type, rounded to nearest even (exact for `f32`).
+    fn round_from(v: f32) -> Self;
 }
 
 mod sealed {
@@ -66,6 +68,9 @@ impl HostFloat for f32 {
     fn widen(self) -> f32 {
         self
     }
+    fn round_from(v: f32) -> Self {
+        v
+    }
 }
 
 impl HostFloat for half::bf16 {
@@ -73,12 +78,18 @@ impl HostFloat for half::bf16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
+    fn round_from(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
 }
 
 impl HostFloat for half::f16 {
     const DTYPE: DType = DType::F16;
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+    fn round_from(v: f32) -> Self {
+        half::f16::from_f32(v)
     }
 }
 
@@ -308,7 +319,7 @@ impl<'a> GradOutput<'a> {
 /// and gradient NaN, and the `mean` NaN.
 #[derive(Clone, Copy, Debug)]
 pub struct CrossEntropyViews<'a> {
-    /// f32 or f16 `[N, C]` logits.
+    /// f32, f16 or bf16 `[N, C]` logits.
     pub logits: GpuTensor<'a>,
     /// i32 `[N, 1]` class indices.
     pub targets: GpuTensor<'a>,
@@ -325,7 +336,7 @@ pub struct CrossEntropyViews<'a> {
 /// ([`GpuContext::encode_cross_entropy_probs`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ProbTargetViews<'a> {
-    /// f32 or f16 `[N, C]` logits.
+    /// f32, f16 or bf16 `[N, C]` logits.
     pub logits: GpuTensor<'a>,
     /// f32 `[N, C]` target probabilities.
     pub targets: GpuTensor<'a>,
@@ -340,7 +351,7 @@ pub struct ProbTargetViews<'a> {
 /// The tensors of the multiclass focal loss ([`GpuContext::encode_focal_loss`]).
 #[derive(Clone, Copy, Debug)]
 pub struct FocalViews<'a> {
-    /// f32 or f16 `[N, C]` logits.
+    /// f32, f16 or bf16 `[N, C]` logits.
     pub logits: GpuTensor<'a>,
     /// i32 `[N, 1]` class indices.
     pub targets: GpuTensor<'a>,

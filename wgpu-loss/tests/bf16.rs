@@ -430,7 +430,7 @@ fn bf16_is_refused_where_no_kernel_takes_it() {
 #[test]
 fn host_api_takes_bf16_slices() {
     let Some(ctx) = gpu() else { return };
-    for (i, (rows, cols)) in [(6, 64), (5, 33)].into_iter().enumerate() {
+    for (i, (rows, cols)) in [(6, 64), (5, 33), (9, 8), (9, 7)].into_iter().enumerate() {
         let mut rng = Rng::new(300 + i as u64);
         let n = rows * cols;
         let x = to_bf16(&rng.vec_normal(n, 2.0));
