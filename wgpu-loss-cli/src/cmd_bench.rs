@@ -86,6 +86,110 @@ pub struct BenchArgs {
     /// other ops are unaffected.
     #[arg(long)]
     in_place: bool,
+    /// Print the traffic plan instead of timing: each dispatch of each op
+    /// (kernel, workgroups, items a workgroup walks, bytes read and written),
+    /// recorded while the op runs once, and the total against the ideal bytes.
+    #[arg(long)]
+    plan: bool,
+    /// With --plan: the row tuning to plan for, `gpu` (the GPU table, fitted
+    /// to this device's limits) or `cpu` (the CPU adapters' table) [default:
+    /// the adapter's own].
+    #[arg(long, requires = "plan", value_name = "gpu|cpu")]
+    tuning: Option<String>,
+}
+
+/// `bench --plan`: each op's dispatches, recorded while it runs once under
+/// the tuning asked for, and their bytes against the ideal.
+fn run_plan(
+    args: &BenchArgs,
+    ops: &[Op],
+    shapes: &[(usize, usize)],
+    options: BenchOptions,
+    dtype: DType,
+) -> Result<ExitCode, String> {
+    let ctx = wgpu_loss::block_on(GpuContext::new())
+        .map_err(|e| format!("{e}; bench --plan records what a GPU adapter runs"))?;
+    let (tuning_name, ctx) = match args.tuning.as_deref() {
+        None => ("the adapter's own", ctx),
+        Some(name @ ("gpu" | "cpu")) => {
+            let tuning = match name {
+                "gpu" => wgpu_loss::RowTuning::default().fitted_to(ctx.limits()),
+                _ => wgpu_loss::RowTuning::for_adapter(wgpu::DeviceType::Cpu, None),
+            };
+            drop(ctx);
+            let options = wgpu_loss::ContextOptions {
+                row_tuning: Some(tuning),
+                ..Default::default()
+            };
+            let ctx = wgpu_loss::block_on(GpuContext::with_options(options))
+                .map_err(|e| format!("--tuning {name}: {e}"))?;
+            (if name == "gpu" { "gpu" } else { "cpu" }, ctx)
+        }
+        Some(other) => return Err(format!("--tuning {other}: expected gpu or cpu")),
+    };
+    if !args.json {
+        println!(
+            "adapter: {} ({}); tuning: {tuning_name}; dtype {}",
+            ctx.adapter_name(),
+            backend_of(Some(&ctx)),
+            args.dtype
+        );
+    }
+    for &(rows, cols) in shapes {
+        let input = BenchInput::new(rows, cols)
+            .map_err(|e| e.to_string())?
+            .with_options(options);
+        for &op in ops {
+            if dtype != DType::F32 && op.is_elementwise() {
+                continue;
+            }
+            let resident = ResidentOp::new(&ctx, op, &input, dtype).map_err(|e| e.to_string())?;
+            let (result, plan) = ctx.record_plan(|| resident.run());
+            result.map_err(|e| e.to_string())?;
+            let ideal = input.ideal_bytes(op, dtype.size());
+            let total: u64 = plan.iter().map(|d| d.bytes_read + d.bytes_written).sum();
+            let ratio = total as f64 / ideal.max(1) as f64;
+            if args.json {
+                let dispatches: Vec<String> = plan
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{{\"kernel\":\"{}\",\"workgroups\":{},\"items_per_workgroup\":{},\"bytes_read\":{},\"bytes_written\":{}}}",
+                            d.kernel, d.workgroups, d.items_per_workgroup, d.bytes_read, d.bytes_written
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{{\"op\":\"{}\",\"rows\":{rows},\"cols\":{cols},\"dtype\":\"{}\",\"tuning\":\"{tuning_name}\",\"dispatches\":[{}],\"bytes\":{total},\"ideal_bytes\":{ideal},\"ratio\":{ratio:.4}}}",
+                    op.name(),
+                    args.dtype,
+                    dispatches.join(",")
+                );
+                continue;
+            }
+            println!("\n{} {rows}x{cols}", op.name());
+            println!(
+                "  {:<30} {:>10} {:>10} {:>12} {:>12}",
+                "kernel", "workgroups", "items/wg", "read MB", "written MB"
+            );
+            for d in &plan {
+                println!(
+                    "  {:<30} {:>10} {:>10} {:>12.3} {:>12.3}",
+                    d.kernel,
+                    d.workgroups,
+                    d.items_per_workgroup,
+                    d.bytes_read as f64 / 1e6,
+                    d.bytes_written as f64 / 1e6
+                );
+            }
+            println!(
+                "  total {:.3} MB = {ratio:.3} x the ideal {:.3} MB",
+                total as f64 / 1e6,
+                ideal as f64 / 1e6
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--full`: issue 7's small / medium / large-vocabulary shapes, where the
@@ -225,6 +329,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         (None, None) => DEFAULT_SHAPES.to_vec(),
         _ => return Err("--rows and --cols go together, both at least 1".into()),
     };
+    if args.plan {
+        return run_plan(args, &ops, &shapes, options, dtype);
+    }
     if let Some(plot) = &args.plot {
         check_plot_path(plot)?;
     }

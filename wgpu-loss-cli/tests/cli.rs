@@ -771,6 +771,68 @@ fn bench_bf16_runs_on_every_adapter() {
     }
 }
 
+/// `bench --plan` prints the dispatches recorded while each op runs once:
+/// on the GPU table, cross-entropy with every option reads the logits once
+/// and writes the gradient once; on the CPU table, streamed rows read twice.
+#[test]
+fn bench_plan_prints_the_recorded_dispatches_and_their_bytes() {
+    let Some(_) = gpu() else { return };
+    let plan = |tuning: &str| -> serde_json::Value {
+        let out = wgpu_loss()
+            .args([
+                "bench",
+                "--plan",
+                "--tuning",
+                tuning,
+                "--json",
+                "--rows",
+                "64",
+                "--cols",
+                "32768",
+                "--op",
+                "cross-entropy",
+                "--random-weight",
+                "--label-smoothing",
+                "0.1",
+                "--z-loss",
+                "1e-4",
+                "--softcap",
+                "30",
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).expect("one JSON line")
+    };
+    let gpu_plan = plan("gpu");
+    let kernels: Vec<&str> = gpu_plan["dispatches"]
+        .as_array()
+        .expect("dispatches")
+        .iter()
+        .map(|d| d["kernel"].as_str().expect("kernel"))
+        .collect();
+    assert!(kernels.contains(&"ce_loss_grad"), "{gpu_plan}");
+    let ratio = gpu_plan["ratio"].as_f64().expect("ratio");
+    assert!(ratio <= 1.05, "{gpu_plan}");
+    let cpu_ratio = plan("cpu")["ratio"].as_f64().expect("ratio");
+    assert!((1.45..=1.55).contains(&cpu_ratio), "{cpu_ratio}");
+    let out = wgpu_loss()
+        .args(["bench", "--tuning", "gpu", "--rows", "2", "--cols", "4"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--plan"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bench_without_an_adapter_still_benches_the_cpu() {
     let out = wgpu_loss()

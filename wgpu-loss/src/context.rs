@@ -50,6 +50,8 @@ pub struct GpuContext {
     /// Uniform buffers by content: written once at creation and never
     /// again, so any dispatch with the same parameters may share one.
     pub(crate) uniforms: crate::pool::UniformCache,
+    /// Dispatches noted while [`GpuContext::record_plan`] runs.
+    pub(crate) plan: crate::plan::PlanRecorder,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound as the split-row records of a kernel whose rows are whole: a
@@ -274,6 +276,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             pool: Default::default(),
             uniforms: Default::default(),
+            plan: Default::default(),
             placeholder,
             lost: Arc::default(),
         }

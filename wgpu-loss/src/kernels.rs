@@ -907,6 +907,50 @@ impl Kernel {
         self.writes(slot) && (slot == slot::cross_entropy::GRAD || slot == slot::softmax::MAT_OUT)
     }
 
+    /// How many times one dispatch reads each element of the matrix bound at
+    /// `slot`, as the shader's loops do (the traffic plan, `src/plan.rs`).
+    /// `held`: rows whose lanes hold their share in registers
+    /// (`holds_rows()` in `common.wgsl`), read once by the kernels that have
+    /// that path; `split`: rows in chunks, whose statistics come from the
+    /// partial pass's records, so the pass reads the row only to write.
+    pub(crate) fn matrix_reads(self, slot: Slot, held: bool, split: bool) -> u64 {
+        use Kernel::*;
+        if self.stores_only(slot) {
+            return 0;
+        }
+        // Statistics, then the output, from memory; once from registers or records.
+        let stats_then_output = if held || split { 1 } else { 2 };
+        match self {
+            SoftmaxForward
+            | LogSoftmaxForward
+            | CrossEntropyLossGrad
+            | CrossEntropyLossGradInPlace => stats_then_output,
+            // No held path: a row's sums, then its output.
+            SoftmaxBackward | CrossEntropySoftLossGrad | FocalLossGrad => 2 - u64::from(split),
+            LogSoftmaxBackward if slot == slot::softmax::MAT_B => 2 - u64::from(split),
+            // Loss or statistic only: a split row's come from the records.
+            LogsumexpForward | CrossEntropyLoss | CrossEntropySoftLoss | FocalLoss => {
+                1 - u64::from(split)
+            }
+            _ => 1,
+        }
+    }
+
+    /// Bytes per row `(read, written)` of a per-row binding of a row kernel
+    /// (the traffic plan): targets and per-row inputs in, row results out.
+    pub(crate) fn row_bytes(self, slot: Slot) -> (u64, u64) {
+        use slot::{cross_entropy as ce, softmax as sm};
+        if slot == ce::TARGETS || slot == sm::ROW_A || slot == sm::ROW_B {
+            (4, 0)
+        } else if slot == ce::ROW_OUT {
+            (0, 16)
+        } else if slot == sm::ROW_OUT {
+            (0, 4)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// The bindings of group 0 this entry point uses, as the shader declares them.
     pub(crate) fn bindings(self) -> &'static [(Slot, Access)] {
         use slot::{

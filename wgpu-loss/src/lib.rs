@@ -69,6 +69,7 @@ mod error;
 mod kernels;
 pub mod loss;
 mod ops;
+mod plan;
 mod pool;
 pub mod reference;
 mod scope;
@@ -92,6 +93,7 @@ pub use ops::linear::{
     Accumulate, Layout, LinearCrossEntropyViews, LinearViews, MatmulOptions, MatmulViews,
     MergeViews, ScratchUse, ShardBackwardViews, ShardGradients, ShardRecordViews,
 };
+pub use plan::Dispatch;
 pub use pool::{EncodeBuffers, PoolStats};
 pub use tensor::{
     BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, HostFloat,

@@ -261,23 +261,22 @@ impl RowTuning {
         if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
             return 1;
         }
-        let by_size = vecs.div_ceil(u64::from(self.split_vectors));
-        // Enough chunks to fill the device, none under min_split_vectors; not
-        // for rows held whole (read once), which a split would read twice.
+        // Rows held whole (read once) stay whole: a split would read them
+        // twice, and their workgroups of up to 1024 lanes fill a device anyway.
         let lanes = vecs
             .div_ceil(u64::from(self.vectors_per_thread.max(1)))
             .max(1)
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .min(u64::from(self.max_threads_per_row.max(1)));
-        let held = vecs.div_ceil(lanes) <= HELD_VECTORS;
-        let by_occupancy = if held {
-            1
-        } else {
-            u64::from(self.occupancy_workgroups)
-                .div_ceil(rows.max(1))
-                .min(vecs / u64::from(self.min_split_vectors.max(1)))
-        };
+        if vecs.div_ceil(lanes) <= HELD_VECTORS {
+            return 1;
+        }
+        let by_size = vecs.div_ceil(u64::from(self.split_vectors));
+        // Enough chunks to fill the device, none under min_split_vectors.
+        let by_occupancy = u64::from(self.occupancy_workgroups)
+            .div_ceil(rows.max(1))
+            .min(vecs / u64::from(self.min_split_vectors.max(1)));
         let chunks = by_size.max(by_occupancy);
         // Worth a second pass only when it at least doubles the parallelism.
         if chunks < 2 {
@@ -433,11 +432,13 @@ mod tests {
         assert_eq!(gpu.splits(1, 262_144), 512); // one row of 1M classes: not 64
         assert_eq!(gpu.splits(64, 12_289), 8); // 64 rows past the held length: 512 workgroups
         assert_eq!(gpu.splits(4, 8193), 32); // only 32 chunks of 256 vectors fit
-                                             // Rows held whole (at most 8 vectors on each of 1024 lanes) are read
-                                             // once; occupancy does not split them.
+
+        // Rows held whole (at most 8 vectors on each of 1024 lanes) are read
+        // once; neither occupancy nor size splits them (the traffic plan
+        // found 8192-vector rows split by size, so read twice).
         assert_eq!(gpu.splits(64, 4096), 1);
-        assert_eq!(gpu.splits(64, 8192), 2); // by size alone
-        assert_eq!(gpu.splits(600, 8192), 2); // near the bound: by size
+        assert_eq!(gpu.splits(64, 8192), 1);
+        assert_eq!(gpu.splits(600, 8192), 1);
         let no_occupancy = RowTuning {
             occupancy_workgroups: 0,
             ..gpu

@@ -193,6 +193,10 @@ fn held_and_split_bf16_rows() {
     let Some(ctx) = gpu_with_tuning(common::splitting_tuning()) else {
         return;
     };
+    for (rows, cols) in [(3, 8192), (2, 8191)] {
+        let plan = ctx.describe_row_plan(rows, cols);
+        assert!(plan.contains("rows split"), "{rows}x{cols}: {plan}");
+    }
     softmax_family_in_bf16_on(&ctx, &[(3, 8192), (2, 8191)], 254);
     cross_entropy_in_bf16_on(&ctx, &[(3, 8192), (2, 8191)], 256);
 }

@@ -170,7 +170,8 @@ impl GpuContext {
                 })?,
                 ..params
             },
-            groups as usize,
+            // One (sum, 0, 0, 0) record per element-kernel workgroup.
+            (groups as usize, 16),
         )
     }
 

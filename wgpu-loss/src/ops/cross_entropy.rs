@@ -250,7 +250,8 @@ impl GpuContext {
             ],
             &[WholeArg::new(ce::SCALARS, &p.scalars)],
             p.params,
-            rows.max(p.classes / p.width.lanes()),
+            // Targets per row (class weights are in cache).
+            (rows.max(p.classes / p.width.lanes()), 4),
         )
     }
 
@@ -343,7 +344,7 @@ impl GpuContext {
             &[WholeArg::new(ce::ROW_OUT, &p.row_out)],
             &[WholeArg::new(ce::SCALARS, &p.scalars), result],
             p.params,
-            p.params.total_rows as usize,
+            (p.params.total_rows as usize, 16),
         )
     }
 
@@ -364,6 +365,11 @@ impl GpuContext {
             args,
             params,
             self.grid(rows.div_ceil(WORKGROUP_SIZE as usize))?,
+            crate::plan::Traffic {
+                items_per_workgroup: u64::from(WORKGROUP_SIZE),
+                bytes_read: rows as u64 * 16,
+                bytes_written: rows as u64 * 4 * args.len().saturating_sub(1) as u64,
+            },
         )
     }
 

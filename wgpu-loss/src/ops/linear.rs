@@ -448,6 +448,18 @@ impl GpuContext {
     ) -> Result<()> {
         let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
         let uniform = self.params_buffer(kernel.entry_point(), params);
+        // The plan counts each bound operand once (tiles re-read from cache).
+        let mut traffic = crate::plan::Traffic::default();
+        for (s, resource) in &entries {
+            if let wgpu::BindingResource::Buffer(b) = resource {
+                let bytes = b.size.map_or(b.buffer.size() - b.offset, |n| n.get());
+                if kernel.writes(*s) {
+                    traffic.bytes_written += bytes;
+                } else {
+                    traffic.bytes_read += bytes;
+                }
+            }
+        }
         let mut all = vec![wgpu::BindGroupEntry {
             binding: slot::PARAMS.index,
             resource: uniform.as_entire_binding(),
@@ -472,6 +484,12 @@ impl GpuContext {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        drop(pass);
+        self.plan.note(
+            kernel.entry_point(),
+            u64::from(groups.0) * u64::from(groups.1),
+            traffic,
+        );
         Ok(())
     }
 

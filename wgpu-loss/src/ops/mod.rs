@@ -13,6 +13,7 @@ pub(crate) use crate::kernels::Params;
 use crate::kernels::{
     slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
 };
+use crate::plan::Traffic;
 use crate::pool::PooledBuffer;
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -297,11 +298,14 @@ impl GpuContext {
             Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits(rows as u64, vecs),
             _ => 1,
         };
+        // Rows held in registers (`holds_rows()`), for the traffic plan.
+        let mut held = false;
         let (launch, reduce) = match grid {
             Grid::PerRow => {
                 let chunk = vecs.div_ceil(u64::from(splits));
                 let plan = self.row_plan(chunk);
                 let per_thread = plan.0.vectors_per_thread(chunk);
+                held = splits == 1 && per_thread <= crate::tuning::HELD_VECTORS;
                 if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
                     return Err(Error::RowTooLong {
                         cols,
@@ -435,7 +439,52 @@ impl GpuContext {
             }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
             let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
+            let matrix_elems = n as u64 * cols64;
+            let matrix_bytes: Vec<u64> = matrices
+                .iter()
+                .zip(&stages)
+                .map(|(m, st)| matrix_elems * if st.is_some() { 4 } else { m.storage.bytes() })
+                .collect();
+            let items_per_workgroup = match grid {
+                Grid::PerRow => {
+                    u64::from(launch.rows_per_workgroup())
+                        * vecs.div_ceil(u64::from(splits))
+                        * width.lanes() as u64
+                }
+                Grid::PerElement => per_group,
+            };
             for (pipe, k) in passes.iter().map(|(p, k)| (p, *k)) {
+                let mut traffic = Traffic {
+                    items_per_workgroup,
+                    ..Traffic::default()
+                };
+                for (m, &bytes) in matrices.iter().zip(&matrix_bytes) {
+                    if k.bindings().iter().any(|&(b, _)| b == m.binding) {
+                        traffic.bytes_read += bytes * k.matrix_reads(m.binding, held, splits > 1);
+                        traffic.bytes_written += bytes * u64::from(k.writes(m.binding));
+                    }
+                }
+                for w in whole {
+                    let (r, wr) = k.row_bytes(w.binding);
+                    traffic.bytes_read += r * n as u64;
+                    traffic.bytes_written += wr * n as u64;
+                    // Class weights: once per dispatch (caches hold them).
+                    if w.binding == slot::cross_entropy::WEIGHTS
+                        && p.flags & crate::kernels::flags::cross_entropy::FLAG_WEIGHTS != 0
+                    {
+                        traffic.bytes_read += cols64 * 4;
+                    }
+                }
+                // Split rows: one record per chunk, written by the partial
+                // pass, read by the pass after it.
+                if splits > 1 && k.bindings().iter().any(|&(b, _)| b == slot::CHUNK_STATS) {
+                    let records = n as u64 * u64::from(splits) * 16;
+                    if kernel.split_passes().first() == Some(&k) {
+                        traffic.bytes_written += records;
+                    } else {
+                        traffic.bytes_read += records;
+                    }
+                }
                 // A pass binds what its layout names: the partial pass a subset.
                 let used: Vec<wgpu::BindGroupEntry> = entries
                     .iter()
@@ -454,6 +503,7 @@ impl GpuContext {
                 pass.set_pipeline(&pipe.pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
+                self.plan.note(k.entry_point(), groups, traffic);
             }
             for &(m, stage, range, base) in &staged_windows {
                 if passes.iter().any(|&(_, k)| k.writes(m.binding)) {
@@ -478,6 +528,7 @@ impl GpuContext {
     /// record per block into scratch, then `fold`, one workgroup, over those
     /// records (at most [`FOLD_RECORDS`]). `partial_args` and `fold_args` are
     /// each kernel's bindings besides the records.
+    /// `item_bytes`: what the partial pass reads per item (the traffic plan).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_blocked_reduction(
         &self,
@@ -487,9 +538,10 @@ impl GpuContext {
         partial_args: &[WholeArg<'_>],
         fold_args: &[WholeArg<'_>],
         params: Params,
-        items: usize,
+        (items, item_bytes): (usize, u64),
     ) -> Result<()> {
         let (fold_span, records) = fold_plan(items);
+        let span = u64::from(fold_span) * u64::from(WORKGROUP_SIZE);
         let stats = self.scratch("blocked reduction records", records as u64 * 16);
         let params = Params {
             fold_span,
@@ -497,10 +549,28 @@ impl GpuContext {
         };
         let mut args = partial_args.to_vec();
         args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
-        self.encode_grid(encoder, partial, width, &args, params, self.grid(records)?)?;
+        let traffic = Traffic {
+            items_per_workgroup: span.min(items as u64),
+            bytes_read: items as u64 * item_bytes,
+            bytes_written: records as u64 * 16,
+        };
+        self.encode_grid(
+            encoder,
+            partial,
+            width,
+            &args,
+            params,
+            self.grid(records)?,
+            traffic,
+        )?;
         let mut args = fold_args.to_vec();
         args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
-        self.encode_single(encoder, fold, width, &args, params)
+        let traffic = Traffic {
+            items_per_workgroup: records as u64,
+            bytes_read: records as u64 * 16,
+            bytes_written: 16,
+        };
+        self.encode_single(encoder, fold, width, &args, params, traffic)
     }
 
     /// Records `bf16_widen` or `bf16_narrow` (`shaders/copy.wgsl`) between
@@ -533,6 +603,19 @@ impl GpuContext {
             },
             WholeArg::new(slot::copy::WIDE, wide),
         ];
+        // Widen reads the words and writes f32; narrow reads f32 and the
+        // words, and writes the words.
+        let (packed_bytes, wide_bytes) = (words * 4, elems * 4);
+        let widen = kernel == Kernel::Bf16Widen;
+        let traffic = Traffic {
+            items_per_workgroup: u64::from(WORKGROUP_SIZE) * 2,
+            bytes_read: if widen {
+                packed_bytes
+            } else {
+                packed_bytes + wide_bytes
+            },
+            bytes_written: if widen { wide_bytes } else { packed_bytes },
+        };
         self.encode_grid(
             encoder,
             kernel,
@@ -540,6 +623,7 @@ impl GpuContext {
             &args,
             params,
             self.grid(groups)?,
+            traffic,
         )
     }
 
@@ -568,12 +652,15 @@ impl GpuContext {
         width: VecWidth,
         whole: &[WholeArg<'_>],
         params: Params,
+        traffic: Traffic,
     ) -> Result<()> {
-        self.encode_grid(encoder, kernel, width, whole, params, (1, 1))
+        self.encode_grid(encoder, kernel, width, whole, params, (1, 1), traffic)
     }
 
     /// Records a kernel over `groups` workgroups of `WORKGROUP_SIZE` whose
-    /// buffers are bound whole.
+    /// buffers are bound whole; `traffic` is what the caller knows it moves
+    /// (the traffic plan).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_grid(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -582,6 +669,7 @@ impl GpuContext {
         whole: &[WholeArg<'_>],
         params: Params,
         groups: (u32, u32),
+        traffic: Traffic,
     ) -> Result<()> {
         let bound: Vec<(Slot, &wgpu::Buffer)> =
             whole.iter().map(|w| (w.binding, w.buffer)).collect();
@@ -615,6 +703,11 @@ impl GpuContext {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        self.plan.note(
+            kernel.entry_point(),
+            u64::from(groups.0) * u64::from(groups.1),
+            traffic,
+        );
         Ok(())
     }
 
@@ -716,6 +809,15 @@ impl GpuContext {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(gx as u32, gy as u32, 1);
             drop(pass);
+            self.plan.note(
+                Kernel::Copy.entry_point(),
+                groups,
+                Traffic {
+                    items_per_workgroup: per_group,
+                    bytes_read: n * 4,
+                    bytes_written: n * 4,
+                },
+            );
             start += n;
         }
         Ok(())

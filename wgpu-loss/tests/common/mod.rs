@@ -55,8 +55,11 @@ pub fn gpu_with_tuning(tuning: wgpu_loss::RowTuning) -> Option<GpuContext> {
 
 /// The GPU table with every row of more than 64 vectors split (chunks of 64,
 /// or more where the occupancy rule asks, down to 16): tests of split rows.
+/// At most 4 lanes a row, so that only rows of up to 32 vectors are held
+/// whole (which are never split).
 pub fn splitting_tuning() -> wgpu_loss::RowTuning {
     wgpu_loss::RowTuning {
+        max_threads_per_row: 4,
         split_vectors: 64,
         split_rows_below: 1_000_000,
         occupancy_workgroups: 512,
