@@ -652,9 +652,7 @@ struct FocalRow { m: f32, ls: f32, label: i32, ignored: bool, loss: f32, f: f32 
 
 fn focal_row(seg: Seg) -> FocalRow {
     let row = min(seg.row, params.rows - 1u);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let t = targets[params.row_base + row];
+    let src = params.base_a / VW + row * (params.cols / VW);
     var st: RowStat;
     if (split_rows()) {
         // The chunks' statistics from `ce_partial` (no smoothing, no softcap).
@@ -667,6 +665,14 @@ fn focal_row(seg: Seg) -> FocalRow {
         }
         st = seg_stat(seg.tid, acc);
     }
+    return focal_finish(seg, st);
+}
+
+// The row's loss and gradient factor from its statistics.
+fn focal_finish(seg: Seg, st: RowStat) -> FocalRow {
+    let row = min(seg.row, params.rows - 1u);
+    let src = params.base_a / VW + row * (params.cols / VW);
+    let t = targets[params.row_base + row];
     let ls = log(st.s);
     let ignored = t == params.ignore_index;
     var loss = 0.0;
@@ -711,16 +717,51 @@ fn focal_loss(ids: Ids) {
     write_focal_row(seg, focal_row(seg));
 }
 
+fn focal_grad_scale(rs: FocalRow) -> f32 {
+    return select(params.grad_scale, params.grad_scale / scalars[0], params.reduction == REDUCTION_MEAN) * rs.f;
+}
+
 @compute @workgroup_size(WG)
 fn focal_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
-    let rs = focal_row(seg);
-    write_focal_row(seg, rs);
-    let k = select(params.grad_scale, params.grad_scale / scalars[0], params.reduction == REDUCTION_MEAN) * rs.f;
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;
     let dst = params.base_out / VW + seg.row * n;
-    let y = vec_u(u32(max(rs.label, 0)));
+    let y = vec_u(u32(max(targets[params.row_base + min(seg.row, params.rows - 1u)], 0)));
+    if (holds_rows()) {
+        // The row read once into registers, as `ce_held_row`.
+        var x: array<vec_t, HOLD>;
+        var mx = neg_inf();
+        for (var j = 0u; j < HOLD; j = j + 1u) {
+            let i = held_index(seg, j);
+            if (i < seg.end) {
+                x[j] = unpack_mat(logits[src + i]);
+                mx = max(mx, hmax(x[j]));
+            }
+        }
+        let m = seg_max(seg.tid, mx);
+        var s = 0.0;
+        for (var j = 0u; j < HOLD; j = j + 1u) {
+            if (held_index(seg, j) < seg.end) { s += hsum(exp_from_max(x[j], m)); }
+        }
+        let total = seg_sum(seg.tid, s);
+        let rs = focal_finish(seg, RowStat(m, total));
+        write_focal_row(seg, rs);
+        let k = focal_grad_scale(rs);
+        for (var j = 0u; j < HOLD; j = j + 1u) {
+            let i = held_index(seg, j);
+            if (i < seg.end) {
+                var p = exp_from_max(x[j], m) / vec_t(total);
+                if (!is_finite(rs.m + rs.ls)) { p = exp((x[j] - vec_t(rs.m)) - vec_t(rs.ls)); }
+                let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
+                grad[dst + i] = pack_mat(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+            }
+        }
+        return;
+    }
+    let rs = focal_row(seg);
+    write_focal_row(seg, rs);
+    let k = focal_grad_scale(rs);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let p = exp((unpack_mat(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);

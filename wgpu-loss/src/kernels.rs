@@ -924,9 +924,10 @@ impl Kernel {
             SoftmaxForward
             | LogSoftmaxForward
             | CrossEntropyLossGrad
-            | CrossEntropyLossGradInPlace => stats_then_output,
+            | CrossEntropyLossGradInPlace
+            | FocalLossGrad => stats_then_output,
             // No held path: a row's sums, then its output.
-            SoftmaxBackward | CrossEntropySoftLossGrad | FocalLossGrad => 2 - u64::from(split),
+            SoftmaxBackward | CrossEntropySoftLossGrad => 2 - u64::from(split),
             LogSoftmaxBackward if slot == slot::softmax::MAT_B => 2 - u64::from(split),
             // Loss or statistic only: a split row's come from the records.
             LogsumexpForward | CrossEntropyLoss | CrossEntropySoftLoss | FocalLoss => {

@@ -875,3 +875,74 @@ fn repeated_encode_calls_create_no_new_uniform_buffers() {
     assert_eq!(bits(&read(ctx, &a.buffer, lo, 1)), bits(&loss_1));
     assert_eq!(bits(&read(ctx, &a.buffer, go, 8)), bits(&grad_1));
 }
+
+/// Multiclass focal loss holds its rows too (issue 17, item 2): read once
+/// on the GPU table, as its traffic plan shows, with per-class alpha, an
+/// ignored row and a row holding +inf (the fallback that puts NaN where the
+/// streaming path does).
+#[test]
+fn held_rows_serve_focal_loss() {
+    if gpu().is_none() {
+        return;
+    }
+    let table = wgpu_loss::RowTuning::default();
+    let whole_rows = wgpu_loss::RowTuning {
+        split_vectors: 0,
+        ..table
+    };
+    let mut rng = Rng::new(8193);
+    for (tuning, rows, classes) in [
+        (table, 64, 1000),
+        (table, 7, 301),
+        (table, 1100, 8192),
+        (whole_rows, 3, 32_768),
+    ] {
+        let Some(ctx) = &common::gpu_with_tuning(tuning) else {
+            return;
+        };
+        let mut x = rng.vec_normal(rows * classes, 4.0);
+        x[classes + 5] = f32::INFINITY;
+        let t: Vec<i64> = (0..rows)
+            .map(|i| {
+                if i == 2 {
+                    -100
+                } else {
+                    rng.below(classes) as i64
+                }
+            })
+            .collect();
+        let alpha: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let options = wgpu_loss::FocalOptions {
+            alpha: Some(&alpha[..]),
+            gamma: 2.0,
+            reduction: wgpu_loss::Reduction::None,
+            ..Default::default()
+        };
+        let want = wgpu_loss::reference::focal_loss(&x, &t, classes, &options).unwrap();
+        let (got, plan) = ctx.record_plan(|| {
+            wgpu_loss::block_on(ctx.focal_loss(
+                &x,
+                &t,
+                classes,
+                &options,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+        });
+        let got = got.unwrap();
+        let tag = format!("held focal {rows}x{classes}");
+        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+        assert_close(&format!("{tag} grad"), &got.grad.unwrap(), &want.grad);
+        let matrix = (rows * classes * 4) as u64;
+        let kernel: Vec<_> = plan
+            .iter()
+            .filter(|d| d.kernel == "focal_loss_grad")
+            .collect();
+        // The logits once, the targets, and alpha once per dispatch.
+        let read: u64 = kernel.iter().map(|d| d.bytes_read).sum();
+        let once = matrix + rows as u64 * 4 + (kernel.len() * classes * 4) as u64;
+        assert!(
+            !kernel.is_empty() && read == once,
+            "{tag}: focal_loss_grad reads {read} bytes, {once} for the logits once: {plan:?}"
+        );
+    }
+}
