@@ -47,6 +47,11 @@ pub struct GpuContext {
     subgroup_sizes: Option<SubgroupSizes>,
     pipelines: PipelineCache,
     pub(crate) pool: crate::pool::BufferPool,
+    /// Scratch of the `encode_*` calls ([`crate::pool::Scratch`]).
+    pub(crate) encode_pool: Arc<crate::pool::BufferPool>,
+    /// Constant storage buffers by content (scalars a skipped pass would
+    /// have written), which nothing writes: shared by every call.
+    pub(crate) constants: crate::pool::UniformCache,
     /// Uniform buffers by content: written once at creation and never
     /// again, so any dispatch with the same parameters may share one.
     pub(crate) uniforms: crate::pool::UniformCache,
@@ -275,6 +280,11 @@ impl GpuContext {
             subgroup_sizes,
             pipelines: PipelineCache::default(),
             pool: Default::default(),
+            // Shared by reference count only: in the browser nothing here is
+            // Send, and nothing needs to be (one thread).
+            #[allow(clippy::arc_with_non_send_sync)]
+            encode_pool: Arc::new(crate::pool::BufferPool::lent_to_encoders()),
+            constants: Default::default(),
             uniforms: Default::default(),
             plan: Default::default(),
             placeholder,
@@ -496,7 +506,12 @@ impl GpuContext {
     /// calls of one shape stops creating them after its first call; and
     /// per-call scratch.
     pub fn encode_buffers_created(&self) -> crate::pool::EncodeBuffers {
-        self.uniforms.counts()
+        let constants = self.constants.counts(0).uniforms;
+        let mut counts = self
+            .uniforms
+            .counts(self.encode_pool.stats().created_buffers);
+        counts.scratch += constants;
+        counts
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Idle buffers kept per (size class, usage); beyond that, returned buffers are destroyed.
 const IDLE_PER_CLASS: usize = 4;
@@ -40,6 +40,10 @@ fn size_class(bytes: u64) -> u64 {
 
 #[derive(Default)]
 pub(crate) struct BufferPool {
+    /// Lent buffers may sit in a caller's encoder not yet submitted (the
+    /// encode path's scratch): evict them by dropping, which wgpu defers
+    /// until no command uses them, never by destroying.
+    lent_to_encoders: bool,
     idle: Mutex<HashMap<(u64, wgpu::BufferUsages), Vec<wgpu::Buffer>>>,
     idle_bytes: AtomicU64,
     idle_buffers: AtomicU64,
@@ -49,6 +53,14 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
+    /// The encode path's pool (see the field `lent_to_encoders`).
+    pub(crate) fn lent_to_encoders() -> Self {
+        BufferPool {
+            lent_to_encoders: true,
+            ..Default::default()
+        }
+    }
+
     /// A buffer of at least `bytes` bytes with exactly `usage`.
     pub(crate) fn take(
         &self,
@@ -58,6 +70,21 @@ impl BufferPool {
         usage: wgpu::BufferUsages,
         max_size: u64,
     ) -> PooledBuffer<'_> {
+        PooledBuffer {
+            buffer: self.take_buffer(device, label, bytes, usage, max_size),
+            pool: self,
+        }
+    }
+
+    /// [`BufferPool::take`]'s buffer, which the caller gives back.
+    fn take_buffer(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        max_size: u64,
+    ) -> wgpu::Buffer {
         // Whole 4-byte words, and never past the device's buffer size limit.
         let size = size_class(bytes)
             .min(max_size / 4 * 4)
@@ -67,7 +94,7 @@ impl BufferPool {
             .lock()
             .ok()
             .and_then(|mut idle| idle.get_mut(&(size, usage)).and_then(Vec::pop));
-        let buffer = match reused {
+        match reused {
             Some(b) => {
                 self.idle_bytes.fetch_sub(size, Ordering::Relaxed);
                 self.idle_buffers.fetch_sub(1, Ordering::Relaxed);
@@ -84,8 +111,7 @@ impl BufferPool {
                     mapped_at_creation: false,
                 })
             }
-        };
-        PooledBuffer { buffer, pool: self }
+        }
     }
 
     fn give_back(&self, buffer: wgpu::Buffer) {
@@ -103,7 +129,9 @@ impl BufferPool {
         }
         self.live_buffers.fetch_sub(1, Ordering::Relaxed);
         self.live_bytes.fetch_sub(size, Ordering::Relaxed);
-        buffer.destroy();
+        if !self.lent_to_encoders {
+            buffer.destroy();
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -138,6 +166,57 @@ impl Drop for PooledBuffer<'_> {
     }
 }
 
+/// A scratch buffer of the encode path: on loan from the context's encode
+/// pool (it goes back when dropped, at the end of the `encode_*` call), or a
+/// constant buffer shared by content, which nothing writes.
+///
+/// Reuse is safe without waiting for the device because every pooled
+/// scratch buffer is written by a call's own passes before they read it, and
+/// the passes of one call are contiguous in one command buffer: whichever
+/// order callers submit their encoders in, one call's passes never run
+/// between another's write and read. Nothing queue-writes pooled scratch
+/// except the test poison, which lands before a submission's passes.
+pub(crate) struct Scratch {
+    buffer: wgpu::Buffer,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl Scratch {
+    pub(crate) fn take(
+        pool: &Arc<BufferPool>,
+        device: &wgpu::Device,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+        max_size: u64,
+    ) -> Scratch {
+        Scratch {
+            buffer: pool.take_buffer(device, label, bytes, usage, max_size),
+            pool: Some(Arc::clone(pool)),
+        }
+    }
+
+    /// A buffer that is never returned to a pool (constants, placeholders).
+    pub(crate) fn shared(buffer: wgpu::Buffer) -> Scratch {
+        Scratch { buffer, pool: None }
+    }
+}
+
+impl Deref for Scratch {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.buffer.clone());
+        }
+    }
+}
+
 /// Most uniform buffers a context keeps: a training loop uses a few dozen
 /// parameter sets; past this the cache starts over (buffers in flight stay
 /// alive through wgpu's own references).
@@ -149,7 +228,9 @@ const UNIFORM_CACHE_ENTRIES: usize = 4096;
 pub struct EncodeBuffers {
     /// Uniform buffers (one per distinct parameter set seen).
     pub uniforms: u64,
-    /// Per-call scratch (row results, records, workspaces).
+    /// Scratch buffers created (row results, records, workspaces): taken
+    /// from a pool after the first calls of a shape, and constants shared
+    /// by content, so a loop of calls of one shape stops creating them.
     pub scratch: u64,
 }
 
@@ -187,10 +268,12 @@ impl UniformCache {
         self.scratch.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn counts(&self) -> EncodeBuffers {
+    /// Uniforms made, and scratch made outside the encode pool (`pooled`:
+    /// the encode pool's creations).
+    pub(crate) fn counts(&self, pooled: u64) -> EncodeBuffers {
         EncodeBuffers {
             uniforms: self.uniforms.load(Ordering::Relaxed),
-            scratch: self.scratch.load(Ordering::Relaxed),
+            scratch: self.scratch.load(Ordering::Relaxed) + pooled,
         }
     }
 }

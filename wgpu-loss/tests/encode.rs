@@ -830,7 +830,7 @@ fn held_rows_serve_every_option_in_both_gradient_modes() {
 /// of `encode_*` calls of one shape creates them on its first call only;
 /// scratch is still made per call.
 #[test]
-fn repeated_encode_calls_create_no_new_uniform_buffers() {
+fn repeated_encode_calls_create_no_new_buffers() {
     let Some(ctx) = gpu() else { return };
     let (rows, classes) = (33, 1000);
     let mut rng = Rng::new(606);
@@ -868,12 +868,107 @@ fn repeated_encode_calls_create_no_new_uniform_buffers() {
             "call {}: new uniform buffers (first call: {first:?})",
             i + 2
         );
-        assert_eq!(scratch, first.1, "call {}: scratch per call", i + 2);
+        assert_eq!(
+            scratch,
+            0,
+            "call {}: new scratch buffers (first call: {first:?})",
+            i + 2
+        );
     }
     assert!(first.0 > 0, "the first call made its uniforms: {first:?}");
-    // Shared uniforms give the same results.
+    // Shared uniforms and pooled scratch give the same results.
     assert_eq!(bits(&read(ctx, &a.buffer, lo, 1)), bits(&loss_1));
     assert_eq!(bits(&read(ctx, &a.buffer, go, 8)), bits(&grad_1));
+}
+
+/// Steady state for every path that makes scratch: `sum` (constant
+/// scalars), split rows (partial records, on a splitting tuning), a binary
+/// loss (partial sums) and bf16 rows staged through f32. Two encoders
+/// recorded before either is submitted, and submitted in reverse order, share
+/// the pooled scratch and still give the results of one call alone.
+#[test]
+fn pooled_scratch_is_reused_across_encoders_in_any_submission_order() {
+    let Some(ctx) = &common::gpu_with_tuning(common::splitting_tuning()) else {
+        return;
+    };
+    let (rows, classes) = (5, 1001);
+    let mut rng = Rng::new(607);
+    let x = rng.vec_normal(rows * classes, 2.0);
+    let x2 = rng.vec_normal(rows * classes, 2.0);
+    let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let y01: Vec<f32> = (0..rows * classes).map(|_| rng.uniform(0.0, 1.0)).collect();
+    let mut a = Arena::new(ctx, (rows * classes * 24 + rows * 8) as u64 + 8192);
+    let (xo, x2o, to, bo, yo) = (
+        a.put(ctx, &x),
+        a.put(ctx, &x2),
+        a.put(ctx, &t),
+        a.put(ctx, &xb),
+        a.put(ctx, &y01),
+    );
+    let (l1, l2, lb) = (a.reserve(2), a.reserve(2), a.reserve(2));
+    let (go, gbo) = (a.reserve(rows * classes), a.reserve(rows * classes));
+    let sum = CrossEntropyOptions::<GpuTensor> {
+        reduction: Reduction::Sum,
+        ..Default::default()
+    };
+    let ce = |enc: &mut wgpu::CommandEncoder, xo: u64, lo: u64| {
+        let views = CrossEntropyViews {
+            logits: GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+            grad: GradOutput::None,
+            lse: None,
+        };
+        ctx.encode_cross_entropy(enc, &views, &sum).unwrap();
+    };
+    let others = |enc: &mut wgpu::CommandEncoder| {
+        let bf16 = CrossEntropyViews {
+            logits: GpuTensor::bf16_matrix(&a.buffer, bo, rows, classes),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, l1 + 256, 2),
+            grad: GradOutput::Into(GpuTensor::bf16_matrix(&a.buffer, gbo, rows, classes)),
+            lse: None,
+        };
+        ctx.encode_cross_entropy(enc, &bf16, &Default::default())
+            .unwrap();
+        let binary = BinaryViews {
+            input: GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+            targets: GpuTensor::f32_matrix(&a.buffer, yo, rows, classes),
+            loss: GpuTensor::f32_vector(&a.buffer, lb, 2),
+            grad: Some(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+        };
+        ctx.encode_binary_cross_entropy_with_logits(enc, &binary, &Default::default())
+            .unwrap();
+    };
+    // Results of each call alone.
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ce(&mut enc, xo, l1);
+    others(&mut enc);
+    submit(ctx, enc);
+    let alone_1 = read(ctx, &a.buffer, l1, 1);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ce(&mut enc, x2o, l2);
+    submit(ctx, enc);
+    let alone_2 = read(ctx, &a.buffer, l2, 1);
+    let before = ctx.encode_buffers_created();
+    for _ in 0..3 {
+        let mut first = ctx.device().create_command_encoder(&Default::default());
+        ce(&mut first, xo, l1);
+        others(&mut first);
+        let mut second = ctx.device().create_command_encoder(&Default::default());
+        ce(&mut second, x2o, l2);
+        ctx.queue().submit([second.finish()]);
+        ctx.queue().submit([first.finish()]);
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .unwrap();
+        assert_eq!(bits(&read(ctx, &a.buffer, l1, 1)), bits(&alone_1));
+        assert_eq!(bits(&read(ctx, &a.buffer, l2, 1)), bits(&alone_2));
+    }
+    let after = ctx.encode_buffers_created();
+    assert_eq!(after, before, "steady state created buffers");
+    assert!(ctx.describe_row_plan(rows, classes).contains("rows split"));
 }
 
 /// Multiclass focal loss holds its rows too (issue 17, item 2): read once
@@ -945,4 +1040,61 @@ fn held_rows_serve_focal_loss() {
             "{tag}: focal_loss_grad reads {read} bytes, {once} for the logits once: {plan:?}"
         );
     }
+}
+
+/// Threads that record encode calls into encoders of their own, each
+/// submitting when it likes, share the pooled scratch and still get the
+/// bits of a single thread (split rows, `mean`: records, partials and the
+/// denominator's scalars all pooled).
+#[test]
+fn threads_recording_encode_calls_share_pooled_scratch_safely() {
+    let Some(ctx) = &common::gpu_with_tuning(common::splitting_tuning()) else {
+        return;
+    };
+    let (rows, classes) = (6, 777);
+    let run = |seed: u64, iterations: usize| -> Vec<Vec<u32>> {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec_normal(rows * classes, 2.0);
+        let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+        let mut a = Arena::new(ctx, (rows * classes * 8 + rows * 4) as u64 + 4096);
+        let (xo, to, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.reserve(2));
+        let go = a.reserve(rows * classes);
+        let views = CrossEntropyViews {
+            logits: GpuTensor::f32_matrix(&a.buffer, xo, rows, classes),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+            grad: GradOutput::Into(GpuTensor::f32_matrix(&a.buffer, go, rows, classes)),
+            lse: None,
+        };
+        let options = CrossEntropyOptions::<GpuTensor> {
+            label_smoothing: 0.1,
+            ..Default::default()
+        };
+        (0..iterations)
+            .map(|_| {
+                let mut enc = ctx.device().create_command_encoder(&Default::default());
+                ctx.encode_cross_entropy(&mut enc, &views, &options)
+                    .unwrap();
+                submit(ctx, enc);
+                [
+                    bits(&read(ctx, &a.buffer, lo, 2)),
+                    bits(&read(ctx, &a.buffer, go, rows * classes)),
+                ]
+                .concat()
+            })
+            .collect()
+    };
+    let alone: Vec<Vec<u32>> = (0..4).map(|i| run(700 + i, 1).remove(0)).collect();
+    std::thread::scope(|s| {
+        for (i, want) in alone.iter().enumerate() {
+            s.spawn(move || {
+                for (k, got) in run(700 + i as u64, 40).iter().enumerate() {
+                    assert!(
+                        got == want,
+                        "thread {i}, iteration {k}: bits differ from one thread alone"
+                    );
+                }
+            });
+        }
+    });
 }

@@ -19,6 +19,7 @@ use crate::loss::binary::{
 };
 use crate::loss::{Reduction, Request};
 use crate::ops::{Base, MatrixArg, Params, RowLaunch, WholeArg};
+use crate::pool::Scratch;
 use crate::tensor::{spec, BinaryViews, DType, GpuTensor, LossViews};
 
 fn kernel_of(op: BinaryOp) -> Kernel {
@@ -100,7 +101,7 @@ impl GpuContext {
         params: Params,
     ) -> Result<u64> {
         // Unused bindings still need a buffer each (one read-only, one writable use apiece).
-        let unused: Vec<wgpu::Buffer> = (0..4).map(|_| self.scratch("unused", 16)).collect();
+        let unused: Vec<Scratch> = (0..4).map(|_| self.scratch("unused", 16)).collect();
         fn matrix(binding: Slot, (buffer, offset): MatrixRef<'_>, base: Base) -> MatrixArg<'_> {
             MatrixArg {
                 binding,

@@ -24,6 +24,7 @@ use crate::loss::cross_entropy::{
 };
 use crate::loss::{check_matrix, checked_targets, ClassIndex, Reduction, Request, IGNORED_ROW};
 use crate::ops::{Base, MatrixArg, Operand, Params, RowLaunch, WholeArg};
+use crate::pool::Scratch;
 use crate::tensor::{
     spec, CrossEntropyViews, DType, FocalViews, GpuTensor, HostFloat, LossViews, ProbTargetViews,
 };
@@ -84,9 +85,29 @@ pub(crate) struct CrossEntropyProblem<'a> {
     width: VecWidth,
     targets: Operand<'a>,
     weights: Option<Operand<'a>>,
-    pub(crate) scalars: wgpu::Buffer,
-    pub(crate) row_out: wgpu::Buffer,
-    pub(crate) result: wgpu::Buffer,
+    pub(crate) scalars: Scratch,
+    pub(crate) row_out: Scratch,
+    pub(crate) result: Scratch,
+}
+
+/// How a row-loss problem's scratch is used, which decides where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Submits {
+    /// Recorded into one encoder by one `encode_*` call: the encode pool's
+    /// reuse rule holds (each buffer written before it is read, in passes
+    /// that run together).
+    One,
+    /// Written by one submission and read by a later one (the host API):
+    /// pooled scratch could be overwritten in between by another caller's
+    /// encoder that used the same buffer, so these buffers are the call's own.
+    Several,
+}
+
+/// Whether the denominator pass runs: where `mean` (the denominator and the
+/// kept rows) or weighted label smoothing (the weight total) reads it.
+fn runs_denominator(kind: RowLoss, reduction: u32, weighted: bool, smoothing: f32) -> bool {
+    kind != RowLoss::ProbTargets
+        && (Reduction::from_code(reduction) == Reduction::Mean || (weighted && smoothing > 0.0))
 }
 
 /// `ignore_index` as the kernels compare it against i32 targets on the GPU.
@@ -140,9 +161,20 @@ pub(crate) fn cross_entropy_params<W: ?Sized>(options: &CrossEntropyOptions<'_, 
 }
 
 impl GpuContext {
-    /// Uploads what a row-loss problem needs besides the logits.
+    /// `elems` f32 of a problem's scratch, poisoned like outputs.
+    fn problem_scratch(&self, submits: Submits, label: &str, elems: usize) -> Scratch {
+        match submits {
+            Submits::One => self.scratch_output(label, elems),
+            Submits::Several => Scratch::shared(self.fresh_output(label, elems)),
+        }
+    }
+
+    /// Uploads what a row-loss problem needs besides the logits. `submits`:
+    /// how the problem's scratch (scalars, row results, result) lives.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn row_loss_problem<'a>(
         &self,
+        submits: Submits,
         kind: RowLoss,
         targets: Operand<'a>,
         rows: usize,
@@ -170,11 +202,14 @@ impl GpuContext {
         }
         let scalars = if kind == RowLoss::ProbTargets {
             // Probability targets: `mean` divides by N; nothing to count on the GPU.
-            self.scratch_with("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
+            self.constant_buffer("ce scalars", &[rows as f32, rows as f32, 0.0, 0.0])
+        } else if runs_denominator(kind, params.reduction, weight.is_some(), params.smoothing) {
+            // The denominator pass writes all four.
+            self.problem_scratch(submits, "ce scalars", 4)
         } else {
             // What the denominator pass would write where it does not run
             // (`encode_cross_entropy_denominator`): W = C without weights.
-            self.scratch_with("ce scalars", &[0.0, 0.0, classes as f32, 0.0])
+            self.constant_buffer("ce scalars", &[0.0, 0.0, classes as f32, 0.0])
         };
         Ok(CrossEntropyProblem {
             kind,
@@ -186,8 +221,8 @@ impl GpuContext {
             targets,
             weights: weight,
             scalars,
-            row_out: self.scratch_output("ce row out", rows * 4),
-            result: self.scratch_output("ce result", 4),
+            row_out: self.problem_scratch(submits, "ce row out", rows * 4),
+            result: self.problem_scratch(submits, "ce result", 4),
         })
     }
 
@@ -206,6 +241,7 @@ impl GpuContext {
         let params = cross_entropy_params(options);
         let rows = targets.len();
         self.row_loss_problem(
+            Submits::Several,
             RowLoss::IndexTargets,
             Operand::Owned(self.scratch_with("targets", &targets)),
             rows,
@@ -227,9 +263,12 @@ impl GpuContext {
         encoder: &mut wgpu::CommandEncoder,
         p: &CrossEntropyProblem<'_>,
     ) -> Result<()> {
-        let weighted_smoothing = p.weights.is_some() && p.params.smoothing > 0.0;
-        if p.kind == RowLoss::ProbTargets || !(p.reduction == Reduction::Mean || weighted_smoothing)
-        {
+        if !runs_denominator(
+            p.kind,
+            p.params.reduction,
+            p.weights.is_some(),
+            p.params.smoothing,
+        ) {
             return Ok(());
         }
         let rows = p.params.total_rows as usize;
@@ -517,8 +556,9 @@ impl GpuContext {
         let rows = soft_rows(logits, probs, classes, options)?;
         let params = cross_entropy_params(options);
         let problem = self.row_loss_problem(
+            Submits::Several,
             RowLoss::ProbTargets,
-            Operand::Owned(self.scratch("no index targets", 16)),
+            Operand::Owned(self.placeholder.clone()),
             rows,
             classes,
             options
@@ -547,6 +587,7 @@ impl GpuContext {
         let targets = checked_targets(targets, classes, options.ignore_index)?;
         let params = focal_params(options, IGNORED_ROW);
         let problem = self.row_loss_problem(
+            Submits::Several,
             RowLoss::Focal,
             Operand::Owned(self.scratch_with("targets", &targets)),
             targets.len(),
@@ -662,10 +703,11 @@ impl GpuContext {
             params.flags |= FLAG_EXPORT_LOSS;
         }
         let targets = match kind {
-            RowLoss::ProbTargets => Operand::Owned(self.scratch("no index targets", 16)),
+            RowLoss::ProbTargets => Operand::Owned(self.placeholder.clone()),
             _ => Operand::View(views.target),
         };
         let problem = self.row_loss_problem(
+            Submits::One,
             kind,
             targets,
             rows,

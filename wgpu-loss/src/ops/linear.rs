@@ -1052,7 +1052,7 @@ impl GpuContext {
         }
         let shadow = |v: Option<GpuTensor<'_>>| {
             v.filter(|v| v.dtype == DType::F16)
-                .map(|v| self.scratch("f32 shadow of an f16 gradient", v.len() as u64 * 4))
+                .map(|v| self.fresh_buffer("f32 shadow of an f16 gradient", v.len() as u64 * 4))
         };
         let (sh, sw, sb) = (
             shadow(grads.hidden),
@@ -1141,7 +1141,7 @@ impl GpuContext {
         scratch: &mut ScratchUse,
     ) -> Result<()> {
         let (chunk, _) = self.lce_plan(inputs)?;
-        let workspace = self.scratch("lce workspace", (chunk * inputs.shard.len()) as u64 * 4);
+        let workspace = self.fresh_buffer("lce workspace", (chunk * inputs.shard.len()) as u64 * 4);
         scratch.bytes += workspace.size();
         scratch.workspace_bytes = workspace.size();
         scratch.chunk_rows = chunk;
@@ -1170,7 +1170,7 @@ impl GpuContext {
         let fused_records = match work {
             Work::Fused { .. } => {
                 // Records of one chunk: merged before the next chunk.
-                let b = self.scratch("lce records", chunk as u64 * 32);
+                let b = self.fresh_buffer("lce records", chunk as u64 * 32);
                 scratch.bytes += b.size();
                 Some(b)
             }
@@ -1482,7 +1482,9 @@ impl GpuContext {
     ) -> Result<crate::ops::cross_entropy::CrossEntropyProblem<'b>> {
         let mut params = cross_entropy_params(options);
         params.ignore_index = inputs.params.ignore_index;
+        // The fused op's host API submits in steps: the problem's own buffers.
         let problem = self.row_loss_problem(
+            crate::ops::cross_entropy::Submits::Several,
             RowLoss::IndexTargets,
             Operand::View(inputs.targets),
             inputs.hidden.rows,
@@ -1627,7 +1629,7 @@ impl GpuContext {
         let lse = match views.lse {
             Some(l) => l,
             None => {
-                lse_scratch = self.scratch("lce lse", rows as u64 * 4);
+                lse_scratch = self.fresh_buffer("lce lse", rows as u64 * 4);
                 scratch.bytes += lse_scratch.size();
                 GpuTensor::f32_vector(&lse_scratch, 0, rows)
             }
@@ -1713,13 +1715,13 @@ impl GpuContext {
         // The workspace `lce_loss_part_classes` sized the parts by, or less
         // where this call has fewer rows than it holds.
         let bytes = (chunk * classes).min(rows * part) as u64 * 4;
-        let workspace = self.scratch("lce workspace", bytes);
-        let records = self.scratch("lce records", (parts * rows * RECORD_FLOATS) as u64 * 4);
+        let workspace = self.fresh_buffer("lce workspace", bytes);
+        let records = self.fresh_buffer("lce records", (parts * rows * RECORD_FLOATS) as u64 * 4);
         let lse_scratch;
         let lse = match views.lse {
             Some(l) => l,
             None => {
-                lse_scratch = self.scratch("lce lse", rows as u64 * 4);
+                lse_scratch = self.fresh_buffer("lce lse", rows as u64 * 4);
                 GpuTensor::f32_vector(&lse_scratch, 0, rows)
             }
         };
@@ -1830,7 +1832,7 @@ impl GpuContext {
                 WholeArg::view(ce::RESULT, loss),
             );
         }
-        let unused = self.scratch("unused lse", 16);
+        let unused = self.fresh_buffer("unused lse", 16);
         let mut params = problem.params;
         params.flags |= crate::kernels::flags::cross_entropy::FLAG_EXPORT_LOSS;
         self.encode_cross_entropy_export(
@@ -1973,7 +1975,9 @@ impl GpuContext {
         params.shards = u32_of(shards, "shards")?;
         let mut ce_params = cross_entropy_params(options);
         ce_params.ignore_index = ignore;
+        // The fused op's host API submits in steps: the problem's own buffers.
         let problem = self.row_loss_problem(
+            crate::ops::cross_entropy::Submits::Several,
             RowLoss::IndexTargets,
             Operand::View(views.targets),
             rows,

@@ -14,7 +14,7 @@ use crate::kernels::{
     slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
 };
 use crate::plan::Traffic;
-use crate::pool::PooledBuffer;
+use crate::pool::{PooledBuffer, Scratch};
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -276,7 +276,7 @@ impl GpuContext {
             .map(|w| w.1)
             .max()
             .unwrap_or(1);
-        let stages: Vec<Option<wgpu::Buffer>> = matrices
+        let stages: Vec<Option<Scratch>> = matrices
             .iter()
             .map(|m| {
                 (staged && m.storage == Storage::Bf16).then(|| {
@@ -288,7 +288,7 @@ impl GpuContext {
         let bound: Vec<(Slot, &wgpu::Buffer)> = matrices
             .iter()
             .zip(&stages)
-            .map(|(m, st)| (m.binding, st.as_ref().unwrap_or(m.buffer)))
+            .map(|(m, st)| (m.binding, st.as_deref().unwrap_or(m.buffer)))
             .chain(whole.iter().map(|w| (w.binding, w.buffer)))
             .collect();
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
@@ -334,14 +334,10 @@ impl GpuContext {
         passes.push((pipeline, kernel));
         let windows = self.windows(rows, cols)?;
         // One record (max, sum, extra, 0) per chunk of the largest window.
+        let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
+        let partial_bytes = (most * u64::from(splits) * 16).max(16);
         let partials = match splits > 1 && !kernel.split_passes().is_empty() {
-            true => {
-                let most = windows.iter().map(|w| w.1).max().unwrap_or(1) as u64;
-                Some(self.scratch(
-                    "wgpu-loss split-row partials",
-                    most * u64::from(splits) * 16,
-                ))
-            }
+            true => Some(self.scratch("wgpu-loss split-row partials", partial_bytes)),
             false => None,
         };
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
@@ -414,7 +410,7 @@ impl GpuContext {
                 entries.push(wgpu::BindGroupEntry {
                     binding: m.binding.index,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: stage.as_ref().unwrap_or(m.buffer),
+                        buffer: stage.as_deref().unwrap_or(m.buffer),
                         offset,
                         size: wgpu::BufferSize::new(size),
                     }),
@@ -431,10 +427,18 @@ impl GpuContext {
                 .iter()
                 .any(|&(b, _)| b == slot::CHUNK_STATS)
             {
-                let buffer = partials.as_ref().unwrap_or(&self.placeholder_rw);
+                let resource = match &partials {
+                    // Pooled buffers may be larger than asked: bind what the records need.
+                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(partial_bytes),
+                    }),
+                    None => self.placeholder_rw.as_entire_binding(),
+                };
                 entries.push(wgpu::BindGroupEntry {
                     binding: slot::CHUNK_STATS.index,
-                    resource: buffer.as_entire_binding(),
+                    resource,
                 });
             }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
@@ -956,9 +960,24 @@ impl GpuContext {
         buffer
     }
 
-    /// A new storage buffer of at least `bytes` bytes, not pooled: for
-    /// scratch that an `encode_*` call leaves to the caller's encoder.
-    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    /// A storage buffer of at least `bytes` bytes from the encode pool, for
+    /// scratch that an `encode_*` call's own passes write before they read
+    /// it (see [`Scratch`] for why reuse needs no wait).
+    pub(crate) fn scratch(&self, label: &str, bytes: u64) -> Scratch {
+        Scratch::take(
+            &self.encode_pool,
+            &self.device,
+            label,
+            bytes.max(16).div_ceil(16) * 16,
+            STORAGE_USAGE,
+            self.limits().max_buffer_size,
+        )
+    }
+
+    /// A new storage buffer, not pooled: for contents the queue writes, and
+    /// the fused linear + cross-entropy's workspaces (whose gradient shadows
+    /// may be read before this call writes them).
+    pub(crate) fn fresh_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.uniforms.count_scratch();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -968,8 +987,30 @@ impl GpuContext {
         })
     }
 
-    /// A new scratch buffer for `elems` f32 outputs, poisoned like [`GpuContext::output`].
-    pub(crate) fn scratch_output(&self, label: &str, elems: usize) -> wgpu::Buffer {
+    /// A storage buffer holding `data` that nothing writes, shared by every
+    /// call that asks for the same contents.
+    pub(crate) fn constant_buffer<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Scratch {
+        let key = bytemuck::cast_slice::<T, u8>(data).to_vec();
+        Scratch::shared(self.constants.get_or_make(key, |bytes| {
+            let buffer = self.fresh_buffer(label, bytes.len() as u64);
+            self.queue.write_buffer(&buffer, 0, bytes);
+            buffer
+        }))
+    }
+
+    /// A new (unpooled) buffer for `elems` f32 outputs, poisoned like [`GpuContext::output`].
+    pub(crate) fn fresh_output(&self, label: &str, elems: usize) -> wgpu::Buffer {
+        let buffer = self.fresh_buffer(label, elems as u64 * 4);
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+        }
+        buffer
+    }
+
+    /// Pooled scratch for `elems` f32 outputs, poisoned like [`GpuContext::output`].
+    pub(crate) fn scratch_output(&self, label: &str, elems: usize) -> Scratch {
         let buffer = self.scratch(label, elems as u64 * 4);
         if let Some(poison) = self.poison {
             let fill = vec![poison; buffer.size() as usize / 4];
@@ -979,9 +1020,11 @@ impl GpuContext {
         buffer
     }
 
-    /// A new scratch buffer holding `data` (see [`GpuContext::scratch`]).
+    /// A new buffer holding `data`, written through the queue, so never
+    /// pooled scratch (another call's passes could run between the write and
+    /// this call's reads).
     pub(crate) fn scratch_with<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
-        let buffer = self.scratch(label, std::mem::size_of_val(data) as u64);
+        let buffer = self.fresh_buffer(label, std::mem::size_of_val(data) as u64);
         if !data.is_empty() {
             self.queue
                 .write_buffer(&buffer, 0, bytemuck::cast_slice(data));
