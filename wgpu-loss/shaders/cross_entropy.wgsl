@@ -573,17 +573,87 @@ fn soft_row(seg: Seg) -> SoftRow {
     } else {
         c = soft_chunk(seg);
     }
+    return soft_finish(c);
+}
+
+// The row's loss from its statistics and sums A and B (relative to r).
+fn soft_finish(c: SoftChunk) -> SoftRow {
     let st = c.st;
-    let a = c.a;
-    let b = c.b;
-    let r = c.r;
     let ls = log(st.s);
     let lse = st.m + ls;
     var z = 0.0;
     if (params.z_loss > 0.0) {
         z = params.z_loss * lse * lse;
     }
-    return SoftRow(st.m, ls, b, b * ((st.m - r) + ls) - a, z);
+    return SoftRow(st.m, ls, c.b, c.b * ((st.m - c.r) + ls) - c.a, z);
+}
+
+// A held row with probability targets: the logits read once into
+// registers; the targets twice (for A and B, then for the gradient), since
+// holding them too would take twice the registers.
+fn soft_held_grad(seg: Seg) {
+    let row = min(seg.row, params.rows - 1u);
+    let n = params.cols / VW;
+    let src = params.base_a / VW + row * n;
+    let qsrc = params.base_b / VW + row * n;
+    let dst = params.base_out / VW + seg.row * n;
+    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
+    let r = select(0.0, r0, is_finite(r0));
+    var x: array<vec_t, HOLD>;
+    var mx = neg_inf();
+    var a_acc = bsum_empty();
+    var b_acc = bsum_empty();
+    for (var j = 0u; j < HOLD; j = j + 1u) {
+        let i = held_index(seg, j);
+        if (i < seg.end) {
+            x[j] = unpack_mat(logits[src + i]);
+            let v = capped(x[j]);
+            mx = max(mx, hmax(v));
+            let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
+            a_acc = bsum_push(a_acc, hsum(wq * (v - vec_t(r))));
+            b_acc = bsum_push(b_acc, hsum(wq));
+        }
+    }
+    let m = seg_max(seg.tid, mx);
+    let a = seg_sum(seg.tid, bsum_total(a_acc));
+    let b = seg_sum(seg.tid, bsum_total(b_acc));
+    var s = 0.0;
+    for (var j = 0u; j < HOLD; j = j + 1u) {
+        if (held_index(seg, j) < seg.end) { s += hsum(exp_from_max(capped(x[j]), m)); }
+    }
+    let total = seg_sum(seg.tid, s);
+    let rs = soft_finish(SoftChunk(RowStat(m, total), a, b, r));
+    write_soft_row(seg, rs);
+    let k = soft_grad_scale();
+    let kz = soft_z_scale(rs);
+    for (var j = 0u; j < HOLD; j = j + 1u) {
+        let i = held_index(seg, j);
+        if (i < seg.end) {
+            var cx = x[j];
+            var slope = vec_t(1.0);
+            if (has_softcap()) {
+                let both = softcap_both(cx, params.softcap);
+                cx = both.value;
+                slope = both.slope;
+            }
+            var p = exp_from_max(cx, m) / vec_t(total);
+            if (!is_finite(rs.m + rs.ls)) { p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls)); }
+            let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, soft_targets[qsrc + i])) + vec_t(kz) * p;
+            grad[dst + i] = pack_mat(g * slope);
+        }
+    }
+}
+
+fn soft_grad_scale() -> f32 {
+    return select(params.grad_scale, params.grad_scale / scalars[0], params.reduction == REDUCTION_MEAN);
+}
+
+// The z-loss part apart from k (B p - w q'): where p = q' (C = 1, or a
+// perfect fit) that difference is 0 exactly and the z part keeps its digits.
+fn soft_z_scale(rs: SoftRow) -> f32 {
+    if (params.z_loss <= 0.0) { return 0.0; }
+    let mean = params.reduction == REDUCTION_MEAN;
+    return select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
 }
 
 fn write_soft_row(seg: Seg, rs: SoftRow) {
@@ -601,16 +671,14 @@ fn ce_soft_loss(ids: Ids) {
 @compute @workgroup_size(WG)
 fn ce_soft_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
+    if (holds_rows()) {
+        soft_held_grad(seg);
+        return;
+    }
     let rs = soft_row(seg);
     write_soft_row(seg, rs);
-    let mean = params.reduction == REDUCTION_MEAN;
-    let k = select(params.grad_scale, params.grad_scale / scalars[0], mean);
-    // The z-loss part apart from k (B p - w q'): where p = q' (C = 1, or a
-    // perfect fit) that difference is 0 exactly and the z part keeps its digits.
-    var kz = 0.0;
-    if (params.z_loss > 0.0) {
-        kz = select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
-    }
+    let k = soft_grad_scale();
+    let kz = soft_z_scale(rs);
     let n = params.cols / VW;
     let src = params.base_a / VW + seg.row * n;
     let qsrc = params.base_b / VW + seg.row * n;

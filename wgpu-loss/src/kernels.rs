@@ -926,6 +926,8 @@ impl Kernel {
             | CrossEntropyLossGrad
             | CrossEntropyLossGradInPlace
             | FocalLossGrad => stats_then_output,
+            // Probability targets hold the logits, not the targets.
+            CrossEntropySoftLossGrad if slot == slot::cross_entropy::LOGITS => stats_then_output,
             // No held path: a row's sums, then its output.
             SoftmaxBackward | CrossEntropySoftLossGrad => 2 - u64::from(split),
             LogSoftmaxBackward if slot == slot::softmax::MAT_B => 2 - u64::from(split),

@@ -1098,3 +1098,67 @@ fn threads_recording_encode_calls_share_pooled_scratch_safely() {
         }
     });
 }
+
+/// Probability targets hold their logits too (issue 17, item 2): the logits
+/// read once on the GPU table, the targets twice, every option on, an
+/// infinite logit in one row.
+#[test]
+fn held_rows_serve_probability_targets() {
+    if gpu().is_none() {
+        return;
+    }
+    let table = wgpu_loss::RowTuning::default();
+    let mut rng = Rng::new(8194);
+    for (rows, classes) in [(64, 1000), (7, 301), (300, 8192)] {
+        let Some(ctx) = &common::gpu_with_tuning(table) else {
+            return;
+        };
+        let mut x = rng.vec_normal(rows * classes, 4.0);
+        x[classes + 5] = f32::INFINITY;
+        let probs: Vec<f32> = {
+            let raw: Vec<f32> = (0..rows * classes).map(|_| rng.uniform(0.0, 1.0)).collect();
+            raw.chunks(classes)
+                .flat_map(|r| {
+                    let total: f32 = r.iter().sum();
+                    r.iter().map(move |v| v / total)
+                })
+                .collect()
+        };
+        let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let options = CrossEntropyOptions {
+            weight: Some(&w[..]),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(6.0),
+            reduction: Reduction::None,
+            ..Default::default()
+        };
+        let want =
+            wgpu_loss::reference::cross_entropy_probs(&x, &probs, classes, &options).unwrap();
+        let (got, plan) = ctx.record_plan(|| {
+            wgpu_loss::block_on(ctx.cross_entropy_probs(
+                &x,
+                &probs,
+                classes,
+                &options,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+        });
+        let got = got.unwrap();
+        let tag = format!("held probability targets {rows}x{classes}");
+        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+        assert_close(&format!("{tag} grad"), &got.grad.unwrap(), &want.grad);
+        let matrix = (rows * classes * 4) as u64;
+        let kernel: Vec<_> = plan
+            .iter()
+            .filter(|d| d.kernel == "ce_soft_loss_grad")
+            .collect();
+        // Logits once, targets twice, weights once per dispatch.
+        let read: u64 = kernel.iter().map(|d| d.bytes_read).sum();
+        let expected = 3 * matrix + (kernel.len() * classes * 4) as u64;
+        assert!(
+            !kernel.is_empty() && read == expected,
+            "{tag}: ce_soft_loss_grad reads {read} bytes, {expected} expected: {plan:?}"
+        );
+    }
+}
