@@ -31,8 +31,9 @@ fn workgroup_memory_trees_with_several_rows_per_workgroup() {
         return;
     }
     let out =
-        check_with("subgroups=off,workgroup_size=64,max_threads_per_row=64,vectors_per_thread=4");
-    // 5 columns: 2 threads per row, 32 rows in each workgroup.
+        check_with("subgroups=off,workgroup_size=64,max_threads_per_row=64,vectors_per_thread=1");
+    // 5 columns, two vectors (gathered four to a vector): 2 threads per row,
+    // 32 rows in each workgroup.
     assert!(
         out.contains("3000x5: 2 threads per row, 32 rows per workgroup of 64, Workgroup"),
         "{out}"
@@ -67,19 +68,20 @@ fn subgroup_modes_where_the_adapter_has_subgroups() {
     ));
     assert!(out.contains("SubgroupThenWorkgroup reduction"), "{out}");
     // The discrete-GPU row of the table, whatever this adapter is: one row
-    // of 300001 classes fills 512 workgroups (issue 17's occupancy), in
-    // chunks of 586 vectors instead of 74 of 4096.
+    // of 300001 classes (75001 vectors, gathered four columns to a vector)
+    // fills as many workgroups as chunks of at least 256 vectors allow (issue
+    // 17's occupancy): 292, instead of 19 chunks of 4096.
     let out = check_with(
         "subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8,\
          split_vectors=4096,split_rows_below=1024,occupancy_workgroups=512,min_split_vectors=256",
     );
-    assert!(out.contains("1x300001: rows split in 512 chunks"), "{out}");
+    assert!(out.contains("1x300001: rows split in 292 chunks"), "{out}");
     // Without the occupancy rule, chunks of split_vectors alone.
     let out = check_with(
         "subgroups=on,workgroup_size=256,max_threads_per_row=256,vectors_per_thread=8,\
          split_vectors=4096,split_rows_below=1024,occupancy_workgroups=0",
     );
-    assert!(out.contains("1x300001: rows split in 74 chunks"), "{out}");
+    assert!(out.contains("1x300001: rows split in 19 chunks"), "{out}");
 }
 
 #[test]
@@ -88,14 +90,15 @@ fn rows_split_across_workgroups_in_every_reduction_mode() {
         return;
     }
     // Chunks of 64 vectors: every check shape wider than 128 vectors is split
-    // (1x300001 into 1024 chunks), with ragged last chunks.
+    // (1x300001, 75001 vectors, into at most 1024 chunks; 2x4099, 1025
+    // vectors, into 17), with ragged last chunks and a gathered last vector.
     for subgroups in ["on", "off"] {
         let out = check_with(&format!(
             "subgroups={subgroups},workgroup_size=64,max_threads_per_row=64,vectors_per_thread=4,\
              split_vectors=64,split_rows_below=1000000"
         ));
         assert!(out.contains("1x300001: rows split in 1024 chunks"), "{out}");
-        assert!(out.contains("2x4099: rows split in 65 chunks"), "{out}");
+        assert!(out.contains("2x4099: rows split in 17 chunks"), "{out}");
     }
 }
 

@@ -94,6 +94,28 @@ fn softcap_both(v: vec_t, c: f32) -> Capped {
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
 
+// Rows of a matrix array (the width preludes say how it holds vectors): the
+// row `row` of a window starting at element `base` begins at array index
+// `row_src(base, row)`, its vector i is at `vec_at(src, i)`, and it has
+// `row_vecs()` vectors. Where gathered, a row may start mid-vector of the
+// buffer's own alignment and its last vector's lanes past C are masked.
+fn row_src(base: u32, row: u32) -> u32 {
+    if (GATHER) { return base + row * params.cols; }
+    return base / VW + row * (params.cols / VW);
+}
+fn row_vecs() -> u32 { return (params.cols + VW - 1u) / VW; }
+fn vec_at(src: u32, i: u32) -> u32 { return src + i * MSTRIDE; }
+
+// `x` with the lanes of vector i that lie past the row's end set to `fill`
+// (only a gathered row's last vector has such lanes).
+fn masked(x: vec_t, i: u32, fill: f32) -> vec_t {
+    if (!GATHER) { return x; }
+    return select(vec_t(fill), x, vec_u(i * VW) + LANE < vec_u(params.cols));
+}
+
+// Whether lane k of vector i is a column of the row.
+fn lane_in_row(i: u32, k: u32) -> bool { return i * VW + k < params.cols; }
+
 // Blocked reductions over N items, so that no pass of one workgroup walks all
 // of them: workgroup g of a `*_partial` pass owns items [g S, (g + 1) S),
 // S = WG fold_span, lane t walks g S + t + j WG for j = 0 .. fold_span - 1,
@@ -130,7 +152,7 @@ fn seg_of(ids: Ids) -> Seg {
     let row = index / splits;
     let chunk = index % splits;
     let live = row < params.rows;
-    let n = params.cols / VW;
+    let n = row_vecs();
     let per = (n + splits - 1u) / splits;
     let first = select(0u, min(chunk * per, n), live);
     let end = select(0u, min(first + per, n), live);
@@ -150,7 +172,7 @@ fn split_rows() -> bool { return params.splits > 1u; }
 const HOLD: u32 = 8u;
 
 fn holds_rows() -> bool {
-    return !split_rows() && (params.cols / VW + TPR - 1u) / TPR <= HOLD;
+    return !split_rows() && (row_vecs() + TPR - 1u) / TPR <= HOLD;
 }
 
 // A lane's k-th held vector is the row's vector `held_index(seg, k)`.

@@ -10,12 +10,12 @@
 
 @group(0) @binding(1) var<storage, read_write> logits: array<mat_t>;   // read_write so the in-place kernel can overwrite it
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
-@group(0) @binding(3) var<storage, read> weights: array<vec_t>;
+@group(0) @binding(3) var<storage, read> weights: array<fvec_t>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;    // [D, kept rows, W, 0]
 @group(0) @binding(5) var<storage, read_write> row_out: array<vec4<f32>>; // per row (ce, z, lse, 0)
 @group(0) @binding(6) var<storage, read_write> grad: array<mat_t>;
 @group(0) @binding(7) var<storage, read_write> result: array<f32>;     // [total loss, z-loss part]
-@group(0) @binding(8) var<storage, read> soft_targets: array<vec_t>;   // probability targets [N, C] (base_b)
+@group(0) @binding(8) var<storage, read> soft_targets: array<fvec_t>;   // probability targets [N, C] (base_b)
 @group(0) @binding(9) var<storage, read_write> loss_rows: array<f32>;  // exported per-row loss (ce + z)
 @group(0) @binding(10) var<storage, read_write> lse_rows: array<f32>;  // exported per-row logsumexp
 
@@ -32,7 +32,7 @@ fn has_weights() -> bool { return (params.flags & FLAG_WEIGHTS) != 0u; }
 fn has_softcap() -> bool { return (params.flags & FLAG_SOFTCAP) != 0u; }
 
 fn class_weight(j: u32) -> f32 {
-    if (has_weights()) { return lane(weights[j / VW], j % VW); }
+    if (has_weights()) { return flane(weights[j / FW], j % FW); }
     return 1.0;
 }
 
@@ -40,9 +40,47 @@ fn class_weight(j: u32) -> f32 {
 // [0, C) that is not ignore_index makes its row's loss and gradient NaN.
 fn target_valid(t: i32) -> bool { return t >= 0 && u32(t) < params.cols; }
 
+// The weights of vector i's columns (0 past the row's end).
 fn class_weights(i: u32) -> vec_t {
-    if (has_weights()) { return weights[i]; }
+    if (has_weights()) {
+        let j = vec_at(0u, i);
+        return masked(fvec(weights[j], weights[j + MSTEP], weights[j + 2u * MSTEP], weights[j + 3u * MSTEP]), i, 0.0);
+    }
     return vec_t(1.0);
+}
+
+// Matrix accessors (see `row_src` in common.wgsl).
+fn load_logits(src: u32, i: u32) -> vec_t {
+    let j = vec_at(src, i);
+    return mat_vec(logits[j], logits[j + MSTEP], logits[j + 2u * MSTEP], logits[j + 3u * MSTEP]);
+}
+
+fn load_soft_targets(src: u32, i: u32) -> vec_t {
+    let j = vec_at(src, i);
+    return fvec(soft_targets[j], soft_targets[j + MSTEP], soft_targets[j + 2u * MSTEP], soft_targets[j + 3u * MSTEP]);
+}
+
+// Gathered rows store lane by lane, never past the row's end.
+fn store_logits(dst: u32, i: u32, v: vec_t) {
+    let j = vec_at(dst, i);
+    if (GATHER) {
+        for (var k = 0u; k < VW; k++) {
+            if (lane_in_row(i, k)) { logits[j + k * MSTEP] = mat_lane(v, k); }
+        }
+    } else {
+        logits[j] = pack_mat(v);
+    }
+}
+
+fn store_grad(dst: u32, i: u32, v: vec_t) {
+    let j = vec_at(dst, i);
+    if (GATHER) {
+        for (var k = 0u; k < VW; k++) {
+            if (lane_in_row(i, k)) { grad[j + k * MSTEP] = mat_lane(v, k); }
+        }
+    } else {
+        grad[j] = pack_mat(v);
+    }
 }
 
 fn capped(v: vec_t) -> vec_t {
@@ -84,8 +122,8 @@ fn ce_denominator_partial(
     if (has_weights()) {
         for (var j = 0u; j < params.fold_span; j++) {
             let c = first + j * WG;
-            if (c >= params.cols / VW) { break; }
-            w += hsum(weights[c]);
+            if (c >= row_vecs()) { break; }
+            w += hsum(class_weights(c));
         }
     }
     let kept_total = wg_reduce_count(tid, kept);
@@ -106,7 +144,7 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
     var kept = 0u;
     var w = 0.0;
     var w_carry = 0.0;
-    let n = fold_records(max(params.total_rows, params.cols / VW));
+    let n = fold_records(max(params.total_rows, row_vecs()));
     for (var g = tid; g < n; g += WG) {
         let r = chunk_stats[g];
         neumaier(&d, &d_carry, r.x);
@@ -160,14 +198,14 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
     if (!smoothing && !has_softcap()) {
         // The common case, without the per-vector option tests.
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            acc = stat_push(acc, unpack_mat(logits[src + i]));
+            acc = stat_push(acc, masked(load_logits(src, i), i, neg_inf()));
         }
     } else {
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let v = capped(unpack_mat(logits[src + i]));
-            acc = stat_push(acc, v);
+            let v = capped(load_logits(src, i));
+            acc = stat_push(acc, masked(v, i, neg_inf()));
             if (smoothing) {
-                wacc = bsum_push(wacc, hsum(class_weights(i) * (v - vec_t(r))));
+                wacc = bsum_push(wacc, hsum(masked(class_weights(i) * (v - vec_t(r)), i, 0.0)));
             }
         }
     }
@@ -181,7 +219,7 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
 
 // The smoothing sum's reference logit: x'[0] of the row, or 0 if not finite.
 fn ce_reference(src: u32) -> f32 {
-    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
+    let r0 = lane(capped(load_logits(src, 0u)), 0u);
     return select(0.0, r0, is_finite(r0));
 }
 
@@ -189,15 +227,14 @@ fn ce_reference(src: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn ce_partial(ids: Ids) {
     let seg = seg_of(ids);
-    let src = params.base_a / VW + min(seg.row, params.rows - 1u) * (params.cols / VW);
+    let src = row_src(params.base_a, min(seg.row, params.rows - 1u));
     let cs = ce_chunk(seg, src, ce_reference(src));
     write_partial(seg, cs.st, cs.wsum);
 }
 
 fn ce_row(seg: Seg) -> CeRow {
     let row = min(seg.row, params.rows - 1u);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
+    let src = row_src(params.base_a, row);
     // The smoothing sum is taken relative to a reference logit so that a large
     // common offset cancels before summation instead of after.
     let r = ce_reference(src);
@@ -227,7 +264,7 @@ fn ce_row_merged(seg: Seg) -> CeRow {
 // Row loss from the row's statistics (and smoothing sum relative to `r`).
 fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
     let row = min(seg.row, params.rows - 1u);
-    let src = params.base_a / VW + row * (params.cols / VW);
+    let src = row_src(params.base_a, row);
     let t = targets[params.row_base + row];
     let eps = params.smoothing;
     let smoothing = eps > 0.0;
@@ -240,7 +277,7 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
         ce = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let xy = lane(capped(unpack_mat(logits[src + y / VW])), y % VW);
+        let xy = lane(capped(load_logits(src, y / VW)), y % VW);
         ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
         if (smoothing) {
             ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
@@ -326,8 +363,7 @@ fn ce_loss(ids: Ids) {
 struct HeldRow { x: array<vec_t, HOLD>, total: f32, rs: CeRow, k: GradCoef }
 
 fn ce_held_row(seg: Seg) -> HeldRow {
-    let n = params.cols / VW;
-    let src = params.base_a / VW + min(seg.row, params.rows - 1u) * n;
+    let src = row_src(params.base_a, min(seg.row, params.rows - 1u));
     let smoothing = params.smoothing > 0.0;
     // The smoothing sum relative to the row's first logit, as `ce_chunk`.
     var r = 0.0;
@@ -338,11 +374,11 @@ fn ce_held_row(seg: Seg) -> HeldRow {
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            hr.x[k] = unpack_mat(logits[src + i]);
+            hr.x[k] = load_logits(src, i);
             let xc = capped(hr.x[k]);
-            mx = max(mx, hmax(xc));
+            mx = max(mx, hmax(masked(xc, i, neg_inf())));
             if (smoothing) {
-                wacc = bsum_push(wacc, hsum(class_weights(i) * (xc - vec_t(r))));
+                wacc = bsum_push(wacc, hsum(masked(class_weights(i) * (xc - vec_t(r)), i, 0.0)));
             }
         }
     }
@@ -350,8 +386,9 @@ fn ce_held_row(seg: Seg) -> HeldRow {
     let wsum = seg_sum(seg.tid, bsum_total(wacc));
     var s = 0.0;
     for (var k = 0u; k < HOLD; k = k + 1u) {
-        if (held_index(seg, k) < seg.end) {
-            s += hsum(exp_from_max(capped(hr.x[k]), m));
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            s += hsum(exp_from_max(masked(capped(hr.x[k]), i, neg_inf()), m));
         }
     }
     hr.total = seg_sum(seg.tid, s);
@@ -385,11 +422,11 @@ fn ce_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
         let hr = ce_held_row(seg);
-        let dst = params.base_out / VW + seg.row * (params.cols / VW);
+        let dst = row_src(params.base_out, seg.row);
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                grad[dst + i] = pack_mat(held_grad(hr, j, i));
+                store_grad(dst, i, held_grad(hr, j, i));
             }
         }
         return;
@@ -397,23 +434,22 @@ fn ce_loss_grad(ids: Ids) {
     let rs = ce_row(seg);
     write_row(seg, rs);
     let k = grad_coef(rs);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     if (!has_softcap() && k.c == 0.0 && !rs.ignored) {
         // The common case: g = a p everywhere, then the target's owner rewrites
         // its vector with the one-hot term (same invocation, so in order).
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let x = unpack_mat(logits[src + i]);
-            grad[dst + i] = pack_mat(vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
+            let x = load_logits(src, i);
+            store_grad(dst, i, vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)));
         }
         let yv = u32(max(rs.label, 0)) / VW;
         if (yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane) {
-            grad[dst + yv] = pack_mat(grad_at(rs, k, yv, unpack_mat(logits[src + yv])));
+            store_grad(dst, yv, grad_at(rs, k, yv, load_logits(src, yv)));
         }
     } else {
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            grad[dst + i] = pack_mat(grad_at(rs, k, i, unpack_mat(logits[src + i])));
+            store_grad(dst, i, grad_at(rs, k, i, load_logits(src, i)));
         }
     }
 }
@@ -423,7 +459,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
         let hr = ce_held_row(seg);
-        let src = params.base_a / VW + seg.row * (params.cols / VW);
+        let src = row_src(params.base_a, seg.row);
         // Every thread's reads of the row (its vectors, x[0], x[y]) precede
         // this barrier; the row is written from the registers after it.
         storageBarrier();
@@ -431,7 +467,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                logits[src + i] = pack_mat(held_grad(hr, j, i));
+                store_logits(src, i, held_grad(hr, j, i));
             }
         }
         return;
@@ -447,14 +483,13 @@ fn ce_loss_grad_in_place(ids: Ids) {
         write_row(seg, rs);
     }
     let k = grad_coef(rs);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
     // Every thread's reads of this row in ce_row (x[0], x[y], the stats pass)
     // precede this barrier; storageBarrier orders them against the writes below.
     storageBarrier();
     workgroupBarrier();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        logits[src + i] = pack_mat(grad_at(rs, k, i, unpack_mat(logits[src + i])));
+        store_logits(src, i, grad_at(rs, k, i, load_logits(src, i)));
     }
 }
 
@@ -532,20 +567,19 @@ struct SoftChunk { st: RowStat, a: f32, b: f32, r: f32 }
 
 fn soft_chunk(seg: Seg) -> SoftChunk {
     let row = min(seg.row, params.rows - 1u);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let qsrc = params.base_b / VW + row * n;
-    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
+    let src = row_src(params.base_a, row);
+    let qsrc = row_src(params.base_b, row);
+    let r0 = lane(capped(load_logits(src, 0u)), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var acc = stat_empty();
     var a_acc = bsum_empty();
     var b_acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let v = capped(unpack_mat(logits[src + i]));
-        acc = stat_push(acc, v);
-        let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
-        a_acc = bsum_push(a_acc, hsum(wq * (v - vec_t(r))));
-        b_acc = bsum_push(b_acc, hsum(wq));
+        let v = capped(load_logits(src, i));
+        acc = stat_push(acc, masked(v, i, neg_inf()));
+        let wq = class_weights(i) * soft_q(i, load_soft_targets(qsrc, i));
+        a_acc = bsum_push(a_acc, hsum(masked(wq * (v - vec_t(r)), i, 0.0)));
+        b_acc = bsum_push(b_acc, hsum(masked(wq, i, 0.0)));
     }
     let st = seg_stat(seg.tid, acc);
     let a = seg_sum(seg.tid, bsum_total(a_acc));
@@ -567,7 +601,7 @@ fn soft_row(seg: Seg) -> SoftRow {
     if (split_rows()) {
         // Every chunk took A relative to the same r, the row's first logit.
         let row = min(seg.row, params.rows - 1u);
-        let r0 = lane(capped(unpack_mat(logits[params.base_a / VW + row * (params.cols / VW)])), 0u);
+        let r0 = lane(capped(load_logits(row_src(params.base_a, row), 0u)), 0u);
         let p = merged_partials(row);
         c = SoftChunk(RowStat(p.x, p.y), p.z, p.w, select(0.0, r0, is_finite(r0)));
     } else {
@@ -593,11 +627,10 @@ fn soft_finish(c: SoftChunk) -> SoftRow {
 // holding them too would take twice the registers.
 fn soft_held_grad(seg: Seg) {
     let row = min(seg.row, params.rows - 1u);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + row * n;
-    let qsrc = params.base_b / VW + row * n;
-    let dst = params.base_out / VW + seg.row * n;
-    let r0 = lane(capped(unpack_mat(logits[src])), 0u);
+    let src = row_src(params.base_a, row);
+    let qsrc = row_src(params.base_b, row);
+    let dst = row_src(params.base_out, seg.row);
+    let r0 = lane(capped(load_logits(src, 0u)), 0u);
     let r = select(0.0, r0, is_finite(r0));
     var x: array<vec_t, HOLD>;
     var mx = neg_inf();
@@ -606,12 +639,12 @@ fn soft_held_grad(seg: Seg) {
     for (var j = 0u; j < HOLD; j = j + 1u) {
         let i = held_index(seg, j);
         if (i < seg.end) {
-            x[j] = unpack_mat(logits[src + i]);
+            x[j] = load_logits(src, i);
             let v = capped(x[j]);
-            mx = max(mx, hmax(v));
-            let wq = class_weights(i) * soft_q(i, soft_targets[qsrc + i]);
-            a_acc = bsum_push(a_acc, hsum(wq * (v - vec_t(r))));
-            b_acc = bsum_push(b_acc, hsum(wq));
+            mx = max(mx, hmax(masked(v, i, neg_inf())));
+            let wq = class_weights(i) * soft_q(i, load_soft_targets(qsrc, i));
+            a_acc = bsum_push(a_acc, hsum(masked(wq * (v - vec_t(r)), i, 0.0)));
+            b_acc = bsum_push(b_acc, hsum(masked(wq, i, 0.0)));
         }
     }
     let m = seg_max(seg.tid, mx);
@@ -619,7 +652,8 @@ fn soft_held_grad(seg: Seg) {
     let b = seg_sum(seg.tid, bsum_total(b_acc));
     var s = 0.0;
     for (var j = 0u; j < HOLD; j = j + 1u) {
-        if (held_index(seg, j) < seg.end) { s += hsum(exp_from_max(capped(x[j]), m)); }
+        let i = held_index(seg, j);
+        if (i < seg.end) { s += hsum(exp_from_max(masked(capped(x[j]), i, neg_inf()), m)); }
     }
     let total = seg_sum(seg.tid, s);
     let rs = soft_finish(SoftChunk(RowStat(m, total), a, b, r));
@@ -638,8 +672,8 @@ fn soft_held_grad(seg: Seg) {
             }
             var p = exp_from_max(cx, m) / vec_t(total);
             if (!is_finite(rs.m + rs.ls)) { p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls)); }
-            let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, soft_targets[qsrc + i])) + vec_t(kz) * p;
-            grad[dst + i] = pack_mat(g * slope);
+            let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
+            store_grad(dst, i, g * slope);
         }
     }
 }
@@ -679,15 +713,14 @@ fn ce_soft_loss_grad(ids: Ids) {
     write_soft_row(seg, rs);
     let k = soft_grad_scale();
     let kz = soft_z_scale(rs);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let qsrc = params.base_b / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let qsrc = row_src(params.base_b, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let x = unpack_mat(logits[src + i]);
+        let x = load_logits(src, i);
         let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
-        let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, soft_targets[qsrc + i])) + vec_t(kz) * p;
-        grad[dst + i] = pack_mat(g * cap_slope(x));
+        let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
+        store_grad(dst, i, g * cap_slope(x));
     }
 }
 
@@ -720,7 +753,7 @@ struct FocalRow { m: f32, ls: f32, label: i32, ignored: bool, loss: f32, f: f32 
 
 fn focal_row(seg: Seg) -> FocalRow {
     let row = min(seg.row, params.rows - 1u);
-    let src = params.base_a / VW + row * (params.cols / VW);
+    let src = row_src(params.base_a, row);
     var st: RowStat;
     if (split_rows()) {
         // The chunks' statistics from `ce_partial` (no smoothing, no softcap).
@@ -729,7 +762,7 @@ fn focal_row(seg: Seg) -> FocalRow {
     } else {
         var acc = stat_empty();
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            acc = stat_push(acc, unpack_mat(logits[src + i]));
+            acc = stat_push(acc, masked(load_logits(src, i), i, neg_inf()));
         }
         st = seg_stat(seg.tid, acc);
     }
@@ -739,7 +772,7 @@ fn focal_row(seg: Seg) -> FocalRow {
 // The row's loss and gradient factor from its statistics.
 fn focal_finish(seg: Seg, st: RowStat) -> FocalRow {
     let row = min(seg.row, params.rows - 1u);
-    let src = params.base_a / VW + row * (params.cols / VW);
+    let src = row_src(params.base_a, row);
     let t = targets[params.row_base + row];
     let ls = log(st.s);
     let ignored = t == params.ignore_index;
@@ -750,7 +783,7 @@ fn focal_finish(seg: Seg, st: RowStat) -> FocalRow {
         f = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let lp = (lane(unpack_mat(logits[src + y / VW]), y % VW) - st.m) - ls;
+        let lp = (lane(load_logits(src, y / VW), y % VW) - st.m) - ls;
         let p = exp(lp);
         // max() would turn a NaN row (NaN or inf - inf in the logits) into q = 0 and
         // a loss of 0; keep the NaN so the row reports it.
@@ -792,9 +825,8 @@ fn focal_grad_scale(rs: FocalRow) -> f32 {
 @compute @workgroup_size(WG)
 fn focal_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     let y = vec_u(u32(max(targets[params.row_base + min(seg.row, params.rows - 1u)], 0)));
     if (holds_rows()) {
         // The row read once into registers, as `ce_held_row`.
@@ -803,14 +835,15 @@ fn focal_loss_grad(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                x[j] = unpack_mat(logits[src + i]);
-                mx = max(mx, hmax(x[j]));
+                x[j] = load_logits(src, i);
+                mx = max(mx, hmax(masked(x[j], i, neg_inf())));
             }
         }
         let m = seg_max(seg.tid, mx);
         var s = 0.0;
         for (var j = 0u; j < HOLD; j = j + 1u) {
-            if (held_index(seg, j) < seg.end) { s += hsum(exp_from_max(x[j], m)); }
+            let i = held_index(seg, j);
+            if (i < seg.end) { s += hsum(exp_from_max(masked(x[j], i, neg_inf()), m)); }
         }
         let total = seg_sum(seg.tid, s);
         let rs = focal_finish(seg, RowStat(m, total));
@@ -822,7 +855,7 @@ fn focal_loss_grad(ids: Ids) {
                 var p = exp_from_max(x[j], m) / vec_t(total);
                 if (!is_finite(rs.m + rs.ls)) { p = exp((x[j] - vec_t(rs.m)) - vec_t(rs.ls)); }
                 let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-                grad[dst + i] = pack_mat(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+                store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
             }
         }
         return;
@@ -831,9 +864,9 @@ fn focal_loss_grad(ids: Ids) {
     write_focal_row(seg, rs);
     let k = focal_grad_scale(rs);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let p = exp((unpack_mat(logits[src + i]) - vec_t(rs.m)) - vec_t(rs.ls));
+        let p = exp((load_logits(src, i) - vec_t(rs.m)) - vec_t(rs.ls));
         let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
-        grad[dst + i] = pack_mat(select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+        store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
     }
 }
 

@@ -7,13 +7,36 @@
 @group(0) @binding(3) var<storage, read> row_a: array<f32>;        // lse per row (lse backward)
 @group(0) @binding(4) var<storage, read> row_b: array<f32>;        // dy per row (lse backward)
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
+
+// Matrix accessors (see `row_src` in common.wgsl).
+fn load_mat_a(src: u32, i: u32) -> vec_t {
+    let j = vec_at(src, i);
+    return mat_vec(mat_a[j], mat_a[j + MSTEP], mat_a[j + 2u * MSTEP], mat_a[j + 3u * MSTEP]);
+}
+
+fn load_mat_b(src: u32, i: u32) -> vec_t {
+    let j = vec_at(src, i);
+    return mat_vec(mat_b[j], mat_b[j + MSTEP], mat_b[j + 2u * MSTEP], mat_b[j + 3u * MSTEP]);
+}
+
+// Gathered rows store lane by lane, never past the row's end.
+fn store_mat_out(dst: u32, i: u32, v: vec_t) {
+    let j = vec_at(dst, i);
+    if (GATHER) {
+        for (var k = 0u; k < VW; k++) {
+            if (lane_in_row(i, k)) { mat_out[j + k * MSTEP] = mat_lane(v, k); }
+        }
+    } else {
+        mat_out[j] = pack_mat(v);
+    }
+}
 @group(0) @binding(6) var<storage, read_write> row_out: array<f32>;
 
 // Statistics of this segment's vectors.
 fn x_chunk_stat(seg: Seg, src: u32) -> RowStat {
     var acc = stat_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = stat_push(acc, unpack_mat(mat_a[src + i]));
+        acc = stat_push(acc, masked(load_mat_a(src, i), i, neg_inf()));
     }
     return seg_stat(seg.tid, acc);
 }
@@ -31,7 +54,7 @@ fn x_row_stat(seg: Seg, src: u32) -> RowStat {
 @compute @workgroup_size(WG)
 fn softmax_partial(ids: Ids) {
     let seg = seg_of(ids);
-    let src = params.base_a / VW + seg.row * (params.cols / VW);
+    let src = row_src(params.base_a, seg.row);
     write_partial(seg, x_chunk_stat(seg, src), 0.0);
 }
 
@@ -41,7 +64,7 @@ fn load_held(seg: Seg, src: u32, h: ptr<function, array<vec_t, HOLD>>) -> f32 {
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            (*h)[k] = unpack_mat(mat_a[src + i]);
+            (*h)[k] = masked(load_mat_a(src, i), i, neg_inf());
             mx = max(mx, hmax((*h)[k]));
         }
     }
@@ -53,9 +76,8 @@ fn load_held(seg: Seg, src: u32, h: ptr<function, array<vec_t, HOLD>>) -> f32 {
 @compute @workgroup_size(WG)
 fn softmax_forward(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     if (holds_rows()) {
         var h: array<vec_t, HOLD>;
         let m = load_held(seg, src, &h);
@@ -71,7 +93,7 @@ fn softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                mat_out[dst + i] = pack_mat(select(vec_t(nan()), h[k] / vec_t(total), ok));
+                store_mat_out(dst, i, select(vec_t(nan()), h[k] / vec_t(total), ok));
             }
         }
         return;
@@ -81,17 +103,16 @@ fn softmax_forward(ids: Ids) {
     // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
     let ok = is_finite(st.m + ls);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = exp((unpack_mat(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls));
-        mat_out[dst + i] = pack_mat(select(vec_t(nan()), y, ok));
+        let y = exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls));
+        store_mat_out(dst, i, select(vec_t(nan()), y, ok));
     }
 }
 
 @compute @workgroup_size(WG)
 fn log_softmax_forward(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     if (holds_rows()) {
         var h: array<vec_t, HOLD>;
         let m = load_held(seg, src, &h);
@@ -106,7 +127,7 @@ fn log_softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                mat_out[dst + i] = pack_mat(select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
+                store_mat_out(dst, i, select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
             }
         }
         return;
@@ -115,15 +136,15 @@ fn log_softmax_forward(ids: Ids) {
     let ls = log(st.s);
     let ok = is_finite(st.m + ls);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = (unpack_mat(mat_a[src + i]) - vec_t(st.m)) - vec_t(ls);
-        mat_out[dst + i] = pack_mat(select(vec_t(nan()), y, ok));
+        let y = (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls);
+        store_mat_out(dst, i, select(vec_t(nan()), y, ok));
     }
 }
 
 @compute @workgroup_size(WG)
 fn logsumexp_forward(ids: Ids) {
     let seg = seg_of(ids);
-    let src = params.base_a / VW + seg.row * (params.cols / VW);
+    let src = row_src(params.base_a, seg.row);
     let st = x_row_stat(seg, src);
     if (row_writer(seg)) {
         row_out[params.row_base + seg.row] = st.m + log(st.s);
@@ -132,12 +153,11 @@ fn logsumexp_forward(ids: Ids) {
 
 // This segment's sum of y dy (softmax backward).
 fn dot_y_dy(seg: Seg) -> f32 {
-    let n = params.cols / VW;
-    let src_y = params.base_a / VW + seg.row * n;
-    let src_dy = params.base_b / VW + seg.row * n;
+    let src_y = row_src(params.base_a, seg.row);
+    let src_dy = row_src(params.base_b, seg.row);
     var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(unpack_mat(mat_a[src_y + i]) * unpack_mat(mat_b[src_dy + i])));
+        acc = bsum_push(acc, hsum(masked(load_mat_a(src_y, i) * load_mat_b(src_dy, i), i, 0.0)));
     }
     return seg_sum(seg.tid, bsum_total(acc));
 }
@@ -153,10 +173,9 @@ fn softmax_backward_partial(ids: Ids) {
 @compute @workgroup_size(WG)
 fn softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src_y = params.base_a / VW + seg.row * n;
-    let src_dy = params.base_b / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src_y = row_src(params.base_a, seg.row);
+    let src_dy = row_src(params.base_b, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     var dot: f32;
     if (split_rows()) {
         dot = merged_partials(min(seg.row, params.rows - 1u)).z;
@@ -164,16 +183,16 @@ fn softmax_backward(ids: Ids) {
         dot = dot_y_dy(seg);
     }
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = pack_mat(unpack_mat(mat_a[src_y + i]) * (unpack_mat(mat_b[src_dy + i]) - vec_t(dot)));
+        store_mat_out(dst, i, load_mat_a(src_y, i) * (load_mat_b(src_dy, i) - vec_t(dot)));
     }
 }
 
 // This segment's sum of dy (log-softmax backward).
 fn sum_dy(seg: Seg) -> f32 {
-    let src_dy = params.base_b / VW + seg.row * (params.cols / VW);
+    let src_dy = row_src(params.base_b, seg.row);
     var acc = bsum_empty();
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        acc = bsum_push(acc, hsum(unpack_mat(mat_b[src_dy + i])));
+        acc = bsum_push(acc, hsum(masked(load_mat_b(src_dy, i), i, 0.0)));
     }
     return seg_sum(seg.tid, bsum_total(acc));
 }
@@ -189,18 +208,17 @@ fn log_softmax_backward_partial(ids: Ids) {
 @compute @workgroup_size(WG)
 fn log_softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src_y = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src_y = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     var total: f32;
     if (split_rows()) {
         total = merged_partials(min(seg.row, params.rows - 1u)).z;
     } else {
         total = sum_dy(seg);
     }
-    let src_dy = params.base_b / VW + seg.row * n;
+    let src_dy = row_src(params.base_b, seg.row);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = pack_mat(unpack_mat(mat_b[src_dy + i]) - exp(unpack_mat(mat_a[src_y + i])) * vec_t(total));
+        store_mat_out(dst, i, load_mat_b(src_dy, i) - exp(load_mat_a(src_y, i)) * vec_t(total));
     }
 }
 
@@ -208,13 +226,12 @@ fn log_softmax_backward(ids: Ids) {
 @compute @workgroup_size(WG)
 fn logsumexp_backward(ids: Ids) {
     let seg = seg_of(ids);
-    let n = params.cols / VW;
-    let src = params.base_a / VW + seg.row * n;
-    let dst = params.base_out / VW + seg.row * n;
+    let src = row_src(params.base_a, seg.row);
+    let dst = row_src(params.base_out, seg.row);
     let at = params.row_base + min(seg.row, params.rows - 1u);
     let lse = row_a[at];
     let g = row_b[at];
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        mat_out[dst + i] = pack_mat(vec_t(g) * exp(unpack_mat(mat_a[src + i]) - vec_t(lse)));
+        store_mat_out(dst, i, vec_t(g) * exp(load_mat_a(src, i) - vec_t(lse)));
     }
 }

@@ -439,13 +439,13 @@ impl GpuContext {
         )
     }
 
-    /// How a row kernel over `rows` rows of `cols` columns (aligned for
-    /// `vec4` where `cols % 4 == 0`) launches, in one line: chunks per row
+    /// How a row kernel of the softmax family or the row losses over `rows`
+    /// rows of `cols` columns launches (four columns a vector), in one line: chunks per row
     /// where rows are split, threads per row (or chunk), rows (or chunks) per
     /// workgroup, workgroup size and reduction mode.
     pub fn describe_row_plan(&self, rows: usize, cols: usize) -> String {
-        let lanes = crate::kernels::VecWidth::for_layout(cols, &[0]).lanes();
-        let vecs = (cols / lanes) as u64;
+        // Four columns a vector (gathered where C is not a multiple of 4).
+        let vecs = cols.div_ceil(4) as u64;
         let splits = self.row_tuning.splits(rows as u64, vecs);
         let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
         let (split, unit) = if splits > 1 {

@@ -10,7 +10,9 @@
 //!
 //! 1. the storage prelude (`storage_*.wgsl`): `mat_t`, the matrices' element
 //!    type, and `enable f16;` where it is f16 (an `enable` must open the module);
-//! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t` and the horizontal helpers;
+//! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t`, the horizontal
+//!    helpers, and how matrix arrays hold vectors (`GATHER`, `MSTRIDE`,
+//!    `MSTEP`: one vector per element, or four scalars per vector);
 //! 3. the reduction prelude (`reduce_*.wgsl`): the entry points' `Ids`,
 //!    `thread_of` and the row-segment reductions `seg_sum` / `seg_max` / `seg_stat`;
 //! 4. `shaders/common.wgsl`: `Params`, the split-row records and the online
@@ -24,7 +26,7 @@
 //! `naga_oil` (which does support naga 30) was considered: it would add its
 //! own dependencies to every embedder's build, and the browser backend takes
 //! WGSL text, so its naga IR output would need `wgsl-out` to go back to text.
-//! Five fixed preludes do not need a module system.
+//! A dozen fixed preludes, concatenated, do not need a module system.
 //!
 //! # One declaration per interface
 //!
@@ -99,6 +101,13 @@ impl Family {
         {
             return false;
         }
+        // Gathered rows: the two row-kernel files, whose matrices go through
+        // accessors (`load_*`, `store_*`).
+        if variant.width == VecWidth::Vec4Gathered
+            && !matches!(self, Family::Softmax | Family::CrossEntropy)
+        {
+            return false;
+        }
         match self {
             Family::Linear => {
                 variant.width == VecWidth::Scalar && variant.reduce == Reduce::Workgroup
@@ -140,18 +149,22 @@ pub enum VecWidth {
     Scalar,
     /// One `vec4<f32>` per load: rows whose length and offsets are multiples of 4.
     Vec4,
+    /// Four columns per vector from four scalar loads, for the softmax family
+    /// and the row losses where rows are not whole vec4s (an odd C): the
+    /// arithmetic stays four-wide; a row's last vector masks its lanes past C.
+    Vec4Gathered,
 }
 
 impl VecWidth {
     /// Both widths.
     #[cfg(test)]
-    pub const ALL: [VecWidth; 2] = [VecWidth::Scalar, VecWidth::Vec4];
+    pub const ALL: [VecWidth; 3] = [VecWidth::Scalar, VecWidth::Vec4, VecWidth::Vec4Gathered];
 
     /// Scalars per load.
     pub fn lanes(self) -> usize {
         match self {
             VecWidth::Scalar => 1,
-            VecWidth::Vec4 => 4,
+            VecWidth::Vec4 | VecWidth::Vec4Gathered => 4,
         }
     }
 
@@ -169,6 +182,7 @@ impl VecWidth {
         match self {
             VecWidth::Scalar => include_str!("../shaders/prelude/width_scalar.wgsl"),
             VecWidth::Vec4 => include_str!("../shaders/prelude/width_vec4.wgsl"),
+            VecWidth::Vec4Gathered => include_str!("../shaders/prelude/width_vec4_gathered.wgsl"),
         }
     }
 }
@@ -273,12 +287,18 @@ impl Storage {
     /// storage type at this width.
     fn prelude(self, width: VecWidth) -> &'static str {
         match (self, width) {
+            (Storage::F32, VecWidth::Vec4Gathered) => {
+                include_str!("../shaders/prelude/storage_f32_gathered.wgsl")
+            }
             (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
             (Storage::F16, VecWidth::Scalar) => {
                 include_str!("../shaders/prelude/storage_f16_scalar.wgsl")
             }
             (Storage::F16, VecWidth::Vec4) => {
                 include_str!("../shaders/prelude/storage_f16_vec4.wgsl")
+            }
+            (Storage::F16, VecWidth::Vec4Gathered) => {
+                include_str!("../shaders/prelude/storage_f16_gathered.wgsl")
             }
             // No scalar bf16 variant exists (`Family::accepts`): two
             // invocations would write the halves of one word.

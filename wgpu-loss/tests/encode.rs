@@ -1162,3 +1162,122 @@ fn held_rows_serve_probability_targets() {
         );
     }
 }
+
+/// Rows that are not whole vec4s run gathered (four scalar loads a vector,
+/// the last vector's lanes past C masked, stores lane by lane). Forced into
+/// small binding windows, so that a window starts mid-row of the buffer's
+/// alignment, with every cross-entropy option, an infinite logit in a
+/// row's last column, in place, and softmax with its backward pass: each
+/// against the reference, and the element after the last row untouched.
+#[test]
+fn gathered_rows_in_windows_that_start_mid_vector() {
+    let Some(ctx) = &common::gpu_with_binding_cap(16 * 1024) else {
+        return;
+    };
+    let mut rng = Rng::new(4343);
+    for (rows, classes) in [(37, 1), (41, 3), (29, 5), (23, 7), (19, 13), (7, 1001)] {
+        let n = rows * classes;
+        let mut x = rng.vec_normal(n, 3.0);
+        x[classes - 1] = f32::INFINITY;
+        if rows > 2 {
+            x[2 * classes - 1] = f32::NEG_INFINITY;
+        }
+        let dy = rng.vec_normal(n, 1.0);
+        let t: Vec<i32> = (0..rows)
+            .map(|i| {
+                if i == 4 {
+                    -100
+                } else {
+                    rng.below(classes) as i32
+                }
+            })
+            .collect();
+        let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let mut a = Arena::new(ctx, (n * 24 + rows * 8 + classes * 4) as u64 + 8192);
+        let (xo, dyo, to, wo) = (
+            a.put(ctx, &x),
+            a.put(ctx, &dy),
+            a.put(ctx, &t),
+            a.put(ctx, &w),
+        );
+        // One element more than each output, to see that nothing writes past it.
+        let (go, yo, dxo, lo) = (
+            a.reserve(n + 1),
+            a.reserve(n + 1),
+            a.reserve(n + 1),
+            a.reserve(2),
+        );
+        let weight = GpuTensor::f32_vector(&a.buffer, wo, classes);
+        let host_options = CrossEntropyOptions {
+            weight: Some(&w[..]),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(6.0),
+            ..Default::default()
+        };
+        let want = wgpu_loss::reference::cross_entropy(&x, &t, classes, &host_options).unwrap();
+        let m = |o| GpuTensor::f32_matrix(&a.buffer, o, rows, classes);
+        let views = CrossEntropyViews {
+            logits: m(xo),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+            grad: GradOutput::Into(m(go)),
+            lse: None,
+        };
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_cross_entropy(&mut enc, &views, &host_options.with_weight(Some(&weight)))
+            .unwrap();
+        ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &m(xo), &m(yo))
+            .unwrap();
+        submit(ctx, enc);
+        let tag = format!("gathered {rows}x{classes}");
+        assert_close(
+            &format!("{tag} loss"),
+            &read(ctx, &a.buffer, lo, 1),
+            &want.loss,
+        );
+        let g = read(ctx, &a.buffer, go, n + 1);
+        assert_close(&format!("{tag} grad"), &g[..n], &want.grad);
+        let y = read(ctx, &a.buffer, yo, n + 1);
+        assert_close(
+            &format!("{tag} softmax"),
+            &y[..n],
+            &wgpu_loss::reference::softmax(&x, rows, classes).unwrap(),
+        );
+        for (out, what) in [(&g, "grad"), (&y, "softmax")] {
+            assert_eq!(
+                out[n].to_bits(),
+                common::POISON.to_bits(),
+                "{tag}: {what} wrote past its last row"
+            );
+        }
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        ctx.encode_softmax_backward(&mut enc, &m(yo), &m(dyo), &m(dxo))
+            .unwrap();
+        submit(ctx, enc);
+        let y32: Vec<f32> = y[..n].to_vec();
+        assert_close(
+            &format!("{tag} softmax backward"),
+            &read(ctx, &a.buffer, dxo, n),
+            &wgpu_loss::reference::softmax_backward(&y32, &dy, rows, classes).unwrap(),
+        );
+        // In place: the gradient over the logits.
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let in_place = CrossEntropyViews {
+            grad: GradOutput::InPlace,
+            ..views
+        };
+        ctx.encode_cross_entropy(
+            &mut enc,
+            &in_place,
+            &host_options.with_weight(Some(&weight)),
+        )
+        .unwrap();
+        submit(ctx, enc);
+        assert_close(
+            &format!("{tag} in-place grad"),
+            &read(ctx, &a.buffer, xo, n),
+            &want.grad,
+        );
+    }
+}

@@ -6,3 +6,12 @@ const LANE: vec_u = 0u;
 fn hmax(v: f32) -> f32 { return v; }
 fn hsum(v: f32) -> f32 { return v; }
 fn lane(v: f32, k: u32) -> f32 { return v; }
+// Matrix arrays hold one vector per element (see `width_vec4_gathered.wgsl`).
+const GATHER: bool = false;
+const MSTRIDE: u32 = 1u;
+const MSTEP: u32 = 0u;
+alias fvec_t = f32;
+fn fvec(a: fvec_t, b: fvec_t, c: fvec_t, d: fvec_t) -> vec_t { return a; }
+// Elements of an `fvec_t`, and element k of one.
+const FW: u32 = 1u;
+fn flane(v: fvec_t, k: u32) -> f32 { return v; }

@@ -7,3 +7,12 @@ const LANE: vec_u = vec4<u32>(0u, 1u, 2u, 3u);
 fn hmax(v: vec4<f32>) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
 fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 fn lane(v: vec4<f32>, k: u32) -> f32 { return v[k]; }
+// Matrix arrays hold one vector per element (see `width_vec4_gathered.wgsl`).
+const GATHER: bool = false;
+const MSTRIDE: u32 = 1u;
+const MSTEP: u32 = 0u;
+alias fvec_t = vec4<f32>;
+fn fvec(a: fvec_t, b: fvec_t, c: fvec_t, d: fvec_t) -> vec_t { return a; }
+// Elements of an `fvec_t`, and element k of one.
+const FW: u32 = 4u;
+fn flane(v: fvec_t, k: u32) -> f32 { return v[k]; }

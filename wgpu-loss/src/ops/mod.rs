@@ -285,6 +285,20 @@ impl GpuContext {
             })
             .collect();
         let storage = if staged { Storage::F32 } else { storage };
+        // Row kernels of the softmax family and the row losses gather four
+        // columns a vector where rows are not whole vec4s.
+        let gathered = Variant {
+            width: VecWidth::Vec4Gathered,
+            aliasing: Aliasing::Separate,
+            storage,
+            reduce: Reduce::Workgroup,
+        };
+        let width = match width {
+            VecWidth::Scalar if grid == Grid::PerRow && kernel.family().accepts(gathered) => {
+                VecWidth::Vec4Gathered
+            }
+            w => w,
+        };
         let bound: Vec<(Slot, &wgpu::Buffer)> = matrices
             .iter()
             .zip(&stages)
@@ -293,7 +307,7 @@ impl GpuContext {
             .collect();
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
-        let vecs = (cols / width.lanes()) as u64;
+        let vecs = cols.div_ceil(width.lanes()) as u64;
         let splits = match grid {
             Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits(rows as u64, vecs),
             _ => 1,

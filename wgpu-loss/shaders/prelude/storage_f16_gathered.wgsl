@@ -1,0 +1,8 @@
+// f16 matrices, gathered vec4 (`Storage::F16`, `VecWidth::Vec4Gathered`):
+// scalar f16 arrays, four elements to a vector (2-byte stores). Needs `SHADER_F16`.
+enable f16;
+alias mat_t = f16;
+fn unpack_mat(w: mat_t) -> vec_t { return vec_t(f32(w)); }
+fn pack_mat(v: vec_t) -> mat_t { return mat_t(v.x); }
+fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t) -> vec_t { return vec4<f32>(f32(a), f32(b), f32(c), f32(d)); }
+fn mat_lane(v: vec_t, k: u32) -> mat_t { return mat_t(v[k]); }

@@ -1,0 +1,7 @@
+// f32 matrices, gathered vec4 (`Storage::F32`, `VecWidth::Vec4Gathered`):
+// scalar arrays, four elements to a vector.
+alias mat_t = f32;
+fn unpack_mat(w: mat_t) -> vec_t { return vec_t(w); }
+fn pack_mat(v: vec_t) -> mat_t { return v.x; }
+fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t) -> vec_t { return vec4<f32>(a, b, c, d); }
+fn mat_lane(v: vec_t, k: u32) -> mat_t { return v[k]; }
