@@ -697,18 +697,11 @@ fn bench_json_on_a_tiny_shape_parses() {
     );
 }
 
-#[test]
-fn bench_f16_runs_where_the_adapter_has_it() {
-    let Some(ctx) = gpu() else { return };
-    if !ctx.features().contains(wgpu::Features::SHADER_F16) {
-        eprintln!("SKIPPED: adapter lacks SHADER_F16");
-        return;
-    }
+/// The gpu-kernel rows of `bench --json` with `args` (asserting it succeeds).
+fn bench_gpu_rows(args: &[&str]) -> Vec<serde_json::Value> {
     let out = wgpu_loss()
-        .args([
-            "bench", "--rows", "4", "--cols", "300", "--iters", "1", "--json", "--dtype", "f16",
-        ])
-        .args(["--op", "cross-entropy", "--op", "log-softmax"])
+        .args(["bench", "--rows", "4", "--iters", "1", "--json"])
+        .args(args)
         .output()
         .expect("runs");
     assert!(
@@ -716,14 +709,32 @@ fn bench_f16_runs_where_the_adapter_has_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let gpu_lines: Vec<serde_json::Value> = stdout
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .filter(|v: &serde_json::Value| v["path"] == "gpu-kernel")
-        .collect();
-    assert_eq!(gpu_lines.len(), 2, "{stdout}");
-    for v in gpu_lines {
+        .collect()
+}
+
+#[test]
+fn bench_f16_runs_where_the_adapter_has_it() {
+    let Some(ctx) = gpu() else { return };
+    if !ctx.features().contains(wgpu::Features::SHADER_F16) {
+        eprintln!("SKIPPED: adapter lacks SHADER_F16");
+        return;
+    }
+    let rows = bench_gpu_rows(&[
+        "--cols",
+        "300",
+        "--dtype",
+        "f16",
+        "--op",
+        "cross-entropy",
+        "--op",
+        "log-softmax",
+    ]);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for v in rows {
         assert_eq!(v["dtype"], "f16");
         // f16 storage: errors of f16 rounding, not of a broken kernel.
         assert!(v["max_abs_err"].as_f64().is_some_and(|e| e < 2e-2), "{v}");
@@ -735,34 +746,21 @@ fn bench_bf16_runs_on_every_adapter() {
     let Some(_) = gpu() else { return };
     // 300 columns run the packed kernels, 301 the staged ones.
     for cols in ["300", "301"] {
-        let out = wgpu_loss()
-            .args([
-                "bench", "--rows", "4", "--cols", cols, "--iters", "1", "--json", "--dtype", "bf16",
-            ])
-            .args([
-                "--op",
-                "cross-entropy",
-                "--op",
-                "log-softmax",
-                "--op",
-                "bce-with-logits",
-            ])
-            .output()
-            .expect("runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let gpu_lines: Vec<serde_json::Value> = stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .filter(|v: &serde_json::Value| v["path"] == "gpu-kernel")
-            .collect();
+        let rows = bench_gpu_rows(&[
+            "--cols",
+            cols,
+            "--dtype",
+            "bf16",
+            "--op",
+            "cross-entropy",
+            "--op",
+            "log-softmax",
+            "--op",
+            "bce-with-logits",
+        ]);
         // The binary losses have no bf16 path: their GPU rows are skipped.
-        assert_eq!(gpu_lines.len(), 2, "{stdout}");
-        for v in gpu_lines {
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for v in rows {
             assert_eq!(v["dtype"], "bf16");
             // bf16 storage (8 significant bits) of inputs and outputs near
             // -8: errors of bf16 rounding, not of a broken kernel.

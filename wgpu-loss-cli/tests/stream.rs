@@ -338,20 +338,7 @@ fn outputs_take_the_input_dtype_and_no_grad_writes_no_gradient() {
     )
     .expect("f64");
     let bf: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
-    let st = safetensors::serialize(
-        vec![(
-            "logits".to_string(),
-            safetensors::tensor::TensorView::new(
-                safetensors::Dtype::BF16,
-                vec![rows, cols],
-                bytemuck::cast_slice(&bf),
-            )
-            .expect("view"),
-        )],
-        None,
-    )
-    .expect("serialize");
-    std::fs::write(p.join("m.safetensors"), st).expect("write");
+    write_bf16_logits(&p.join("m.safetensors"), &bf, rows, cols);
     write_i64(&p.join("t.npy"), &t);
     let descr = |path: &Path| {
         let bytes = std::fs::read(path).expect("read");
@@ -808,6 +795,24 @@ fn windows_under_an_occupancy_splitting_tuning_give_the_same_bits() {
     );
 }
 
+/// A safetensors file holding one BF16 tensor, `logits`, of `[rows, cols]`.
+fn write_bf16_logits(path: &Path, values: &[half::bf16], rows: usize, cols: usize) {
+    let st = safetensors::serialize(
+        vec![(
+            "logits".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::BF16,
+                vec![rows, cols],
+                bytemuck::cast_slice(values),
+            )
+            .expect("view"),
+        )],
+        None,
+    )
+    .expect("serialize");
+    std::fs::write(path, st).expect("write");
+}
+
 /// BF16 logits stay bf16 on the GPU: the gradient comes back as bf16
 /// values (every one exact in bf16, which an f32 run's would not be),
 /// written as f32, and within the bf16 tolerance of the f64 reference; the
@@ -825,20 +830,7 @@ fn eval_keeps_bf16_logits_bf16_on_the_gpu() {
         let bf: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
         let xb: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
         let t: Vec<i64> = (0..rows as i64).map(|r| r % cols as i64).collect();
-        let st = safetensors::serialize(
-            vec![(
-                "logits".to_string(),
-                safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::BF16,
-                    vec![rows, cols],
-                    bytemuck::cast_slice(&bf),
-                )
-                .expect("view"),
-            )],
-            None,
-        )
-        .expect("serialize");
-        std::fs::write(p.join("m.safetensors"), st).expect("write");
+        write_bf16_logits(&p.join("m.safetensors"), &bf, rows, cols);
         write_i64(&p.join("t.npy"), &t);
         let out = format!("--out=o{cols}");
         let r = eval(

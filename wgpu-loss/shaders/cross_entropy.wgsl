@@ -49,7 +49,10 @@ fn class_weights(i: u32) -> vec_t {
     return vec_t(1.0);
 }
 
-// Matrix accessors (see `row_src` in common.wgsl).
+// Matrix accessors (see `row_src` in common.wgsl). A gathered row's last
+// vector reads up to three elements of the next row, which that row's
+// workgroup may be overwriting (in place); those lanes are masked or never
+// stored, so the values read there do not matter.
 fn load_logits(src: u32, i: u32) -> vec_t {
     let j = vec_at(src, i);
     return mat_vec(logits[j], logits[j + MSTEP], logits[j + 2u * MSTEP], logits[j + 3u * MSTEP]);

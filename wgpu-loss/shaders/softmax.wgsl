@@ -8,7 +8,10 @@
 @group(0) @binding(4) var<storage, read> row_b: array<f32>;        // dy per row (lse backward)
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
 
-// Matrix accessors (see `row_src` in common.wgsl).
+// Matrix accessors (see `row_src` in common.wgsl). A gathered row's last
+// vector reads up to three elements of the next row, which that row's
+// workgroup may be overwriting (in place); those lanes are masked or never
+// stored, so the values read there do not matter.
 fn load_mat_a(src: u32, i: u32) -> vec_t {
     let j = vec_at(src, i);
     return mat_vec(mat_a[j], mat_a[j + MSTEP], mat_a[j + 2u * MSTEP], mat_a[j + 3u * MSTEP]);

@@ -506,12 +506,45 @@ impl GpuContext {
     /// calls of one shape stops creating them after its first call; and
     /// per-call scratch.
     pub fn encode_buffers_created(&self) -> crate::pool::EncodeBuffers {
-        let constants = self.constants.counts(0).uniforms;
-        let mut counts = self
-            .uniforms
-            .counts(self.encode_pool.stats().created_buffers);
-        counts.scratch += constants;
-        counts
+        // Constant buffers count once, as the fresh buffers they are made of.
+        self.uniforms
+            .counts(self.encode_pool.stats().created_buffers)
+    }
+
+    /// Runs `f` and returns, with its result, every dispatch recorded on this
+    /// context while it ran (from any thread), in recording order: the
+    /// traffic plan of the encode calls `f` makes. Recording changes nothing
+    /// that is encoded.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// use wgpu_loss::{block_on, GpuContext, GpuTensor, SoftmaxOp};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let usage = wgpu::BufferUsages::STORAGE;
+    /// let buffer = |size| ctx.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None, size, usage, mapped_at_creation: false,
+    /// });
+    /// let (x, y) = (buffer(64 * 1000 * 4), buffer(64 * 1000 * 4));
+    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    /// let (result, plan) = ctx.record_plan(|| {
+    ///     ctx.encode_softmax(
+    ///         &mut encoder,
+    ///         SoftmaxOp::Softmax,
+    ///         &GpuTensor::f32_matrix(&x, 0, 64, 1000),
+    ///         &GpuTensor::f32_matrix(&y, 0, 64, 1000),
+    ///     )
+    /// });
+    /// result?;
+    /// assert_eq!(plan[0].kernel, "softmax_forward");
+    /// // The output written once; the input read once or twice.
+    /// assert_eq!(plan[0].bytes_written, 64 * 1000 * 4);
+    /// assert!(plan[0].bytes_read >= 64 * 1000 * 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn record_plan<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<crate::plan::Dispatch>) {
+        self.plan.start();
+        let result = f();
+        (result, self.plan.take())
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

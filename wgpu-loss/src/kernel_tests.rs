@@ -267,3 +267,59 @@ fn focal_expm1_calls_no_log() {
         logs.len()
     );
 }
+
+/// Whether `block` (or a block inside it) calls the function named `name`.
+fn calls(module: &naga::Module, block: &naga::Block, name: &str) -> bool {
+    block.iter().any(|statement| match statement {
+        naga::Statement::Call { function, .. } => {
+            module.functions[*function].name.as_deref() == Some(name)
+                || calls(module, &module.functions[*function].body, name)
+        }
+        naga::Statement::Block(b) => calls(module, b, name),
+        naga::Statement::If { accept, reject, .. } => {
+            calls(module, accept, name) || calls(module, reject, name)
+        }
+        naga::Statement::Loop {
+            body, continuing, ..
+        } => calls(module, body, name) || calls(module, continuing, name),
+        naga::Statement::Switch { cases, .. } => cases.iter().any(|c| calls(module, &c.body, name)),
+        _ => false,
+    })
+}
+
+/// The traffic plan counts one read of a matrix for held rows where
+/// `Kernel::matrix_reads` says so; this holds that model to the shaders:
+/// every such kernel's entry point takes the held path (`holds_rows()`),
+/// and no other kernel does.
+#[test]
+fn kernels_the_plan_counts_as_held_have_a_held_path() {
+    use super::slot;
+    let variant = Variant::all()[0];
+    for kernel in Kernel::ALL {
+        let family = kernel.family();
+        if !matches!(family, Family::Softmax | Family::CrossEntropy) {
+            continue;
+        }
+        let (module, _, _) = module(family, variant);
+        let entry = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == kernel.entry_point())
+            .expect("declared entry point exists");
+        let held_in_plan = kernel.bindings().iter().any(|&(s, _)| {
+            (s == slot::cross_entropy::LOGITS || s == slot::softmax::MAT_A)
+                && kernel.matrix_reads(s, true, false) < kernel.matrix_reads(s, false, false)
+        });
+        assert_eq!(
+            calls(&module, &entry.function.body, "holds_rows"),
+            held_in_plan,
+            "{}: the plan {} a held path",
+            kernel.entry_point(),
+            if held_in_plan {
+                "counts"
+            } else {
+                "does not count"
+            }
+        );
+    }
+}

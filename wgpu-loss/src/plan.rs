@@ -14,9 +14,7 @@
 
 use std::sync::Mutex;
 
-use crate::context::GpuContext;
-
-/// One dispatch of a plan ([`GpuContext::record_plan`]).
+/// One dispatch of a plan ([`crate::GpuContext::record_plan`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dispatch {
     /// The kernel's WGSL entry point.
@@ -40,7 +38,7 @@ pub(crate) struct Traffic {
     pub bytes_written: u64,
 }
 
-/// The dispatches noted while a [`GpuContext::record_plan`] runs.
+/// The dispatches noted while a [`crate::GpuContext::record_plan`] runs.
 #[derive(Debug, Default)]
 pub(crate) struct PlanRecorder(Mutex<Option<Vec<Dispatch>>>);
 
@@ -59,55 +57,17 @@ impl PlanRecorder {
         }
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(Vec::new());
         }
     }
 
-    fn take(&self) -> Vec<Dispatch> {
+    pub(crate) fn take(&self) -> Vec<Dispatch> {
         self.0
             .lock()
             .ok()
             .and_then(|mut slot| slot.take())
             .unwrap_or_default()
-    }
-}
-
-impl GpuContext {
-    /// Runs `f` and returns, with its result, every dispatch recorded on this
-    /// context while it ran (from any thread), in recording order: the
-    /// traffic plan of the encode calls `f` makes. Recording changes nothing
-    /// that is encoded.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), wgpu_loss::Error> {
-    /// use wgpu_loss::{block_on, GpuContext, GpuTensor, SoftmaxOp};
-    /// let ctx = block_on(GpuContext::new())?;
-    /// let usage = wgpu::BufferUsages::STORAGE;
-    /// let buffer = |size| ctx.device().create_buffer(&wgpu::BufferDescriptor {
-    ///     label: None, size, usage, mapped_at_creation: false,
-    /// });
-    /// let (x, y) = (buffer(64 * 1000 * 4), buffer(64 * 1000 * 4));
-    /// let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    /// let (result, plan) = ctx.record_plan(|| {
-    ///     ctx.encode_softmax(
-    ///         &mut encoder,
-    ///         SoftmaxOp::Softmax,
-    ///         &GpuTensor::f32_matrix(&x, 0, 64, 1000),
-    ///         &GpuTensor::f32_matrix(&y, 0, 64, 1000),
-    ///     )
-    /// });
-    /// result?;
-    /// assert_eq!(plan[0].kernel, "softmax_forward");
-    /// // The output written once; the input read once or twice.
-    /// assert_eq!(plan[0].bytes_written, 64 * 1000 * 4);
-    /// assert!(plan[0].bytes_read >= 64 * 1000 * 4);
-    /// # Ok(()) }
-    /// ```
-    pub fn record_plan<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<Dispatch>) {
-        self.plan.start();
-        let result = f();
-        (result, self.plan.take())
     }
 }

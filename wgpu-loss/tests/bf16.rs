@@ -282,11 +282,7 @@ fn probability_targets_and_focal_loss_with_bf16_logits() {
         let n = rows * classes;
         let x = to_bf16(&rng.vec_normal(n, 2.0));
         let xf = widen(&x);
-        let mut q: Vec<f32> = (0..n).map(|_| rng.unit() as f32).collect();
-        for row in q.chunks_mut(classes) {
-            let s: f32 = row.iter().sum();
-            row.iter_mut().for_each(|v| *v /= s);
-        }
+        let q = rng.prob_rows(rows, classes);
         let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
         let mut a = Arena::new(ctx, (n * 12 + rows * 16) as u64);
         let (xo, qo, to) = (a.put(ctx, &x), a.put(ctx, &q), a.put(ctx, &t));

@@ -632,15 +632,7 @@ fn split_rows_of_every_row_loss_match_the_reference() {
         assert_loss_and_grad(&tag, &got, &want);
         // Probability targets split too (`ce_soft_partial`: statistics and
         // both target sums per chunk).
-        let probs: Vec<f32> = {
-            let raw: Vec<f32> = (0..rows * classes).map(|_| rng.uniform(0.0, 1.0)).collect();
-            raw.chunks(classes)
-                .flat_map(|r| {
-                    let total: f32 = r.iter().sum();
-                    r.iter().map(move |v| v / total)
-                })
-                .collect()
-        };
+        let probs: Vec<f32> = rng.prob_rows(rows, classes);
         let want = reference::cross_entropy_probs(&logits, &probs, classes, &opts).unwrap();
         let got = wgpu_loss::block_on(ctx.cross_entropy_probs(
             &logits,

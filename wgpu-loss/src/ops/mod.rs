@@ -961,16 +961,22 @@ impl GpuContext {
         Ok(values.into_iter().map(F::widen).collect())
     }
 
+    /// Fills `buffer` with the context's poison, if it has one
+    /// ([`crate::ContextOptions::poison_outputs`]).
+    fn poison_fill(&self, buffer: &wgpu::Buffer) {
+        if let Some(poison) = self.poison {
+            let fill = vec![poison; buffer.size() as usize / 4];
+            self.queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(&fill));
+        }
+    }
+
     /// A pooled storage buffer for `elems` f32 outputs (host API only),
     /// poisoned when the context was created with
     /// [`crate::ContextOptions::poison_outputs`].
     pub(crate) fn output(&self, label: &str, elems: usize) -> PooledBuffer<'_> {
         let buffer = self.pooled(label, elems as u64 * 4, STORAGE_USAGE);
-        if let Some(poison) = self.poison {
-            let fill = vec![poison; buffer.size() as usize / 4];
-            self.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
-        }
+        self.poison_fill(&buffer);
         buffer
     }
 
@@ -1015,22 +1021,14 @@ impl GpuContext {
     /// A new (unpooled) buffer for `elems` f32 outputs, poisoned like [`GpuContext::output`].
     pub(crate) fn fresh_output(&self, label: &str, elems: usize) -> wgpu::Buffer {
         let buffer = self.fresh_buffer(label, elems as u64 * 4);
-        if let Some(poison) = self.poison {
-            let fill = vec![poison; buffer.size() as usize / 4];
-            self.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
-        }
+        self.poison_fill(&buffer);
         buffer
     }
 
     /// Pooled scratch for `elems` f32 outputs, poisoned like [`GpuContext::output`].
     pub(crate) fn scratch_output(&self, label: &str, elems: usize) -> Scratch {
         let buffer = self.scratch(label, elems as u64 * 4);
-        if let Some(poison) = self.poison {
-            let fill = vec![poison; buffer.size() as usize / 4];
-            self.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
-        }
+        self.poison_fill(&buffer);
         buffer
     }
 

@@ -99,6 +99,17 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
+    /// `rows` rows of `cols` probabilities (uniform draws, each row scaled to sum to 1).
+    pub fn prob_rows(&mut self, rows: usize, cols: usize) -> Vec<f32> {
+        let raw: Vec<f32> = (0..rows * cols).map(|_| self.uniform(0.0, 1.0)).collect();
+        raw.chunks(cols)
+            .flat_map(|r| {
+                let total: f32 = r.iter().sum();
+                r.iter().map(move |v| v / total)
+            })
+            .collect()
+    }
+
     pub fn vec_normal(&mut self, len: usize, std: f32) -> Vec<f32> {
         (0..len).map(|_| self.normal(std)).collect()
     }
