@@ -979,6 +979,31 @@ fn pooled_scratch_is_reused_across_encoders_in_any_submission_order() {
     assert!(ctx.describe_row_plan(rows, classes).contains("rows split"));
 }
 
+/// A held row loss against the reference, and the bytes its row kernel
+/// `kernel` reads in the plan: `expected(dispatches)`.
+fn check_held(
+    tag: &str,
+    got: wgpu_loss::CrossEntropyOutput,
+    want: &wgpu_loss::reference::CrossEntropyReference,
+    plan: &[wgpu_loss::Dispatch],
+    kernel: &str,
+    expected: impl Fn(usize) -> u64,
+) {
+    assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+    assert_close(
+        &format!("{tag} grad"),
+        &got.grad.expect("gradient"),
+        &want.grad,
+    );
+    let dispatches: Vec<_> = plan.iter().filter(|d| d.kernel == kernel).collect();
+    let read: u64 = dispatches.iter().map(|d| d.bytes_read).sum();
+    let expected = expected(dispatches.len());
+    assert!(
+        !dispatches.is_empty() && read == expected,
+        "{tag}: {kernel} reads {read} bytes, {expected} expected: {plan:?}"
+    );
+}
+
 /// Multiclass focal loss holds its rows too (issue 17, item 2): read once
 /// on the GPU table, with per-class alpha, an ignored row and a row holding
 /// +inf (the fallback that puts NaN where the streaming path does). The
@@ -1032,21 +1057,16 @@ fn held_rows_serve_focal_loss() {
                 wgpu_loss::Request::LossAndGrad,
             ))
         });
-        let got = got.unwrap();
         let tag = format!("held focal {rows}x{classes}");
-        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
-        assert_close(&format!("{tag} grad"), &got.grad.unwrap(), &want.grad);
-        let matrix = (rows * classes * 4) as u64;
-        let kernel: Vec<_> = plan
-            .iter()
-            .filter(|d| d.kernel == "focal_loss_grad")
-            .collect();
         // The logits once, the targets, and alpha once per dispatch.
-        let read: u64 = kernel.iter().map(|d| d.bytes_read).sum();
-        let once = matrix + rows as u64 * 4 + (kernel.len() * classes * 4) as u64;
-        assert!(
-            !kernel.is_empty() && read == once,
-            "{tag}: focal_loss_grad reads {read} bytes, {once} for the logits once: {plan:?}"
+        let matrix = (rows * classes * 4) as u64;
+        check_held(
+            &tag,
+            got.unwrap(),
+            &want,
+            &plan,
+            "focal_loss_grad",
+            |dispatches| matrix + rows as u64 * 4 + (dispatches * classes * 4) as u64,
         );
     }
 }
@@ -1145,21 +1165,16 @@ fn held_rows_serve_probability_targets() {
                 wgpu_loss::Request::LossAndGrad,
             ))
         });
-        let got = got.unwrap();
         let tag = format!("held probability targets {rows}x{classes}");
-        assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
-        assert_close(&format!("{tag} grad"), &got.grad.unwrap(), &want.grad);
-        let matrix = (rows * classes * 4) as u64;
-        let kernel: Vec<_> = plan
-            .iter()
-            .filter(|d| d.kernel == "ce_soft_loss_grad")
-            .collect();
         // Logits once, targets twice, weights once per dispatch.
-        let read: u64 = kernel.iter().map(|d| d.bytes_read).sum();
-        let expected = 3 * matrix + (kernel.len() * classes * 4) as u64;
-        assert!(
-            !kernel.is_empty() && read == expected,
-            "{tag}: ce_soft_loss_grad reads {read} bytes, {expected} expected: {plan:?}"
+        let matrix = (rows * classes * 4) as u64;
+        check_held(
+            &tag,
+            got.unwrap(),
+            &want,
+            &plan,
+            "ce_soft_loss_grad",
+            |dispatches| 3 * matrix + (dispatches * classes * 4) as u64,
         );
     }
 }
