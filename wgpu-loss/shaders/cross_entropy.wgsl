@@ -55,7 +55,7 @@ fn class_weights(i: u32) -> vec_t {
 // stored, so the values read there do not matter.
 fn load_logits(src: u32, i: u32) -> vec_t {
     let j = vec_at(src, i);
-    return mat_vec(logits[j], logits[j + MSTEP], logits[j + 2u * MSTEP], logits[j + 3u * MSTEP]);
+    return mat_vec(logits[mat_index(j)], logits[mat_index(j + MSTEP)], logits[mat_index(j + 2u * MSTEP)], logits[mat_index(j + 3u * MSTEP)], j);
 }
 
 fn load_soft_targets(src: u32, i: u32) -> vec_t {
@@ -65,10 +65,11 @@ fn load_soft_targets(src: u32, i: u32) -> vec_t {
 
 // Gathered rows store lane by lane, never past the row's end.
 fn store_logits(dst: u32, i: u32, v: vec_t) {
+    if (!MAT_STORES) { return; }
     let j = vec_at(dst, i);
     if (GATHER) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { logits[j + k * MSTEP] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { logits[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
         }
     } else {
         logits[j] = pack_mat(v);
@@ -76,10 +77,11 @@ fn store_logits(dst: u32, i: u32, v: vec_t) {
 }
 
 fn store_grad(dst: u32, i: u32, v: vec_t) {
+    if (!MAT_STORES) { return; }
     let j = vec_at(dst, i);
     if (GATHER) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { grad[j + k * MSTEP] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { grad[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
         }
     } else {
         grad[j] = pack_mat(v);

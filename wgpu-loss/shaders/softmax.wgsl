@@ -14,20 +14,21 @@
 // stored, so the values read there do not matter.
 fn load_mat_a(src: u32, i: u32) -> vec_t {
     let j = vec_at(src, i);
-    return mat_vec(mat_a[j], mat_a[j + MSTEP], mat_a[j + 2u * MSTEP], mat_a[j + 3u * MSTEP]);
+    return mat_vec(mat_a[mat_index(j)], mat_a[mat_index(j + MSTEP)], mat_a[mat_index(j + 2u * MSTEP)], mat_a[mat_index(j + 3u * MSTEP)], j);
 }
 
 fn load_mat_b(src: u32, i: u32) -> vec_t {
     let j = vec_at(src, i);
-    return mat_vec(mat_b[j], mat_b[j + MSTEP], mat_b[j + 2u * MSTEP], mat_b[j + 3u * MSTEP]);
+    return mat_vec(mat_b[mat_index(j)], mat_b[mat_index(j + MSTEP)], mat_b[mat_index(j + 2u * MSTEP)], mat_b[mat_index(j + 3u * MSTEP)], j);
 }
 
 // Gathered rows store lane by lane, never past the row's end.
 fn store_mat_out(dst: u32, i: u32, v: vec_t) {
+    if (!MAT_STORES) { return; }
     let j = vec_at(dst, i);
     if (GATHER) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { mat_out[j + k * MSTEP] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { mat_out[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
         }
     } else {
         mat_out[j] = pack_mat(v);

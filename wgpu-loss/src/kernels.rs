@@ -96,7 +96,7 @@ impl Family {
     pub fn accepts(self, variant: Variant) -> bool {
         // bf16 is for the softmax family and the row losses, whole vec4s only.
         if variant.storage == Storage::Bf16
-            && (variant.width != VecWidth::Vec4
+            && (variant.width == VecWidth::Scalar
                 || matches!(self, Family::Linear | Family::LinearCrossEntropy))
         {
             return false;
@@ -264,9 +264,10 @@ pub enum Storage {
     F32,
     /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
     F16,
-    /// bfloat16, packed two to a `u32` (needs no feature). Only the vec4
-    /// width compiles: other layouts are staged through f32
-    /// (`bf16_widen` / `bf16_narrow`).
+    /// bfloat16, packed two to a `u32` (needs no feature). Whole vec4s load
+    /// and store packed; other rows are read gathered by kernels that store
+    /// no matrix, and staged through f32 (`bf16_widen` / `bf16_narrow`) for
+    /// kernels that do: two invocations would store the halves of one word.
     Bf16,
 }
 
@@ -300,8 +301,11 @@ impl Storage {
             (Storage::F16, VecWidth::Vec4Gathered) => {
                 include_str!("../shaders/prelude/storage_f16_gathered.wgsl")
             }
-            // No scalar bf16 variant exists (`Family::accepts`): two
-            // invocations would write the halves of one word.
+            // Gathered bf16 rows read packed words by element and store
+            // nothing; no scalar bf16 variant exists (`Family::accepts`).
+            (Storage::Bf16, VecWidth::Vec4Gathered) => {
+                include_str!("../shaders/prelude/storage_bf16_gathered.wgsl")
+            }
             (Storage::Bf16, _) => include_str!("../shaders/prelude/storage_bf16_vec4.wgsl"),
         }
     }
@@ -328,7 +332,7 @@ impl Variant {
         for width in VecWidth::ALL {
             for aliasing in Aliasing::ALL {
                 for storage in Storage::ALL {
-                    if storage == Storage::Bf16 && width != VecWidth::Vec4 {
+                    if storage == Storage::Bf16 && width == VecWidth::Scalar {
                         continue;
                     }
                     for reduce in Reduce::ALL {

@@ -16,8 +16,10 @@ pub enum DType {
     /// bfloat16 (the top half of an f32): logits, probabilities and
     /// gradients of the softmax family and the row losses, on every adapter
     /// (unpacked from `u32` words; arithmetic stays f32; stores round to
-    /// nearest even). Rows whose length or offset is not a multiple of 4 run
-    /// through f32 staging copies, which costs about three times the bytes.
+    /// nearest even). Rows whose length or offset is not a multiple of 4
+    /// are read in place where the kernel stores no matrix (a loss alone,
+    /// logsumexp), and otherwise run through f32 staging copies, which cost
+    /// about three times the bytes.
     BF16,
     /// 32-bit signed integer (class indices).
     I32,

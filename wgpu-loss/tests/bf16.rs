@@ -496,3 +496,108 @@ fn host_api_takes_bf16_slices() {
         );
     }
 }
+
+/// Kernels that store no matrix (losses alone, logsumexp) read bf16 rows
+/// that are not whole vec4s in place, gathered from the packed words (no
+/// f32 copy, as the plan shows: no `bf16_widen`); kernels that store a
+/// gradient still stage. (Windows that start mid-word: logsumexp in
+/// `staged_bf16_rows_across_binding_windows`.)
+#[test]
+fn bf16_rows_of_an_odd_c_are_read_in_place_by_loss_only_kernels() {
+    let Some(ctx) = gpu_with_binding_cap(16 * 1024) else {
+        return;
+    };
+    for (i, (rows, classes)) in [(9, 257), (6, 3), (7, 1001), (20, 13)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(320 + i as u64);
+        let n = rows * classes;
+        let x = to_bf16(&rng.vec_normal(n, 2.0));
+        let xf = widen(&x);
+        let t: Vec<i64> = (0..rows)
+            .map(|r| {
+                if r == 1 {
+                    -100
+                } else {
+                    rng.below(classes) as i64
+                }
+            })
+            .collect();
+        let q = rng.prob_rows(rows, classes);
+        let tag = format!("bf16 loss only [{rows}, {classes}]");
+        let ce = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            z_loss: 1e-4,
+            reduction: Reduction::None,
+            ..Default::default()
+        };
+        let (out, plan) = ctx.record_plan(|| {
+            wgpu_loss::block_on(ctx.cross_entropy(&x, &t, classes, &ce, wgpu_loss::Request::Loss))
+        });
+        let want = reference::cross_entropy(&xf, &t, classes, &ce).unwrap();
+        assert_close(
+            &format!("{tag} cross-entropy"),
+            &out.unwrap().loss,
+            &want.loss,
+        );
+        assert!(
+            !plan.iter().any(|d| d.kernel == "bf16_widen"),
+            "{tag}: the loss alone staged the logits: {plan:?}"
+        );
+        let focal = FocalOptions {
+            reduction: Reduction::None,
+            ..Default::default()
+        };
+        let out =
+            wgpu_loss::block_on(ctx.focal_loss(&x, &t, classes, &focal, wgpu_loss::Request::Loss));
+        let want = reference::focal_loss(&xf, &t, classes, &focal).unwrap();
+        assert_close(&format!("{tag} focal"), &out.unwrap().loss, &want.loss);
+        let soft = CrossEntropyOptions {
+            reduction: Reduction::None,
+            ..Default::default()
+        };
+        let out = wgpu_loss::block_on(ctx.cross_entropy_probs(
+            &x,
+            &q,
+            classes,
+            &soft,
+            wgpu_loss::Request::Loss,
+        ));
+        let want = reference::cross_entropy_probs(&xf, &q, classes, &soft).unwrap();
+        assert_close(
+            &format!("{tag} probability targets"),
+            &out.unwrap().loss,
+            &want.loss,
+        );
+        let lse = wgpu_loss::block_on(ctx.logsumexp(&x, rows, classes)).unwrap();
+        assert_close(
+            &format!("{tag} logsumexp"),
+            &lse,
+            &reference::logsumexp(&xf, rows, classes).unwrap(),
+        );
+        // With the gradient, the kernel stores bf16: staged.
+        let (out, plan) = ctx.record_plan(|| {
+            wgpu_loss::block_on(ctx.cross_entropy(
+                &x,
+                &t,
+                classes,
+                &ce,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+        });
+        let out = out.unwrap();
+        let want = reference::cross_entropy(&xf, &t, classes, &ce).unwrap();
+        assert_within(
+            &format!("{tag} grad"),
+            &out.grad.unwrap(),
+            &want.grad,
+            BF16_TOLERANCE,
+        );
+        assert!(
+            plan.iter().any(|d| d.kernel == "bf16_widen")
+                && plan.iter().any(|d| d.kernel == "bf16_narrow"),
+            "{tag}: the gradient was not staged: {plan:?}"
+        );
+    }
+}

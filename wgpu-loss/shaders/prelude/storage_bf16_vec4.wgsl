@@ -14,5 +14,8 @@ fn pack_mat(v: vec_t) -> mat_t {
     let h = bf16_bits(bitcast<vec4<u32>>(v));
     return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
 }
-fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t) -> vec_t { return unpack_mat(a); }
+fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t, j: u32) -> vec_t { return unpack_mat(a); }
 fn mat_lane(v: vec_t, k: u32) -> mat_t { return pack_mat(v); }
+// Array index of element (or vector) e, and whether matrices may be stored.
+fn mat_index(e: u32) -> u32 { return e; }
+const MAT_STORES: bool = true;

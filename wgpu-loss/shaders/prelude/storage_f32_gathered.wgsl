@@ -3,5 +3,8 @@
 alias mat_t = f32;
 fn unpack_mat(w: mat_t) -> vec_t { return vec_t(w); }
 fn pack_mat(v: vec_t) -> mat_t { return v.x; }
-fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t) -> vec_t { return vec4<f32>(a, b, c, d); }
+fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t, j: u32) -> vec_t { return vec4<f32>(a, b, c, d); }
 fn mat_lane(v: vec_t, k: u32) -> mat_t { return v[k]; }
+// Array index of element (or vector) e, and whether matrices may be stored.
+fn mat_index(e: u32) -> u32 { return e; }
+const MAT_STORES: bool = true;

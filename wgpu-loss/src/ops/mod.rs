@@ -267,9 +267,17 @@ impl GpuContext {
             .map(|m| m.storage)
             .find(|&s| s != Storage::F32)
             .unwrap_or(Storage::F32);
-        // bf16 rows that are not whole vec4s run the f32 kernels on f32
+        // bf16 rows that are not whole vec4s are read gathered, in place,
+        // by kernels that store no bf16 matrix; kernels that do run on f32
         // copies of each window: no invocation can store half of a u32.
-        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar;
+        let stores_bf16 = std::iter::once(kernel)
+            .chain(kernel.split_passes().iter().copied())
+            .any(|k| {
+                matrices
+                    .iter()
+                    .any(|m| m.storage == Storage::Bf16 && k.writes(m.binding))
+            });
+        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar && stores_bf16;
         let most_rows = self
             .windows(rows, cols)?
             .iter()

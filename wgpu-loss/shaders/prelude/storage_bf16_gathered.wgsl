@@ -1,0 +1,18 @@
+// bf16 matrices, gathered (`Storage::Bf16`, `VecWidth::Vec4Gathered`):
+// packed words read by element, for rows that are not whole vec4s (GPT-2's
+// 50257, say). Reads only: two invocations would store the two halves of
+// one word, so kernels that store a matrix run on f32 copies
+// (`bf16_widen` / `bf16_narrow`); here the stores are compiled out.
+alias mat_t = u32;
+fn unpack_mat(w: mat_t) -> vec_t { return vec_t(bitcast<f32>(w << 16u)); }
+fn pack_mat(v: vec_t) -> mat_t { return 0u; }
+// Element e is the low half of word e / 2 when e is even, the high half when odd.
+fn bf16_at(w: u32, e: u32) -> f32 {
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u));
+}
+fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t, j: u32) -> vec_t {
+    return vec4<f32>(bf16_at(a, j), bf16_at(b, j + 1u), bf16_at(c, j + 2u), bf16_at(d, j + 3u));
+}
+fn mat_lane(v: vec_t, k: u32) -> mat_t { return 0u; }
+fn mat_index(e: u32) -> u32 { return e >> 1u; }
+const MAT_STORES: bool = false;
