@@ -9,7 +9,9 @@
 //! concatenated in this order:
 //!
 //! 1. the storage prelude (`storage_*.wgsl`): `mat_t`, the matrices' element
-//!    type, and `enable f16;` where it is f16 (an `enable` must open the module);
+//!    type, `enable f16;` where it is f16 (an `enable` must open the module),
+//!    and the conversions the row kernels' accessors use (`mat_vec`,
+//!    `mat_lane`, `mat_index`, `MAT_STORES`);
 //! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t`, the horizontal
 //!    helpers, and how matrix arrays hold vectors (`GATHER`, `MSTRIDE`,
 //!    `MSTEP`: one vector per element, or four scalars per vector);
@@ -94,7 +96,8 @@ impl Family {
     /// reduce through workgroup memory; the fused kernels' logits are always
     /// the crate's own f32 workspace.
     pub fn accepts(self, variant: Variant) -> bool {
-        // bf16 is for the softmax family and the row losses, whole vec4s only.
+        // bf16 is for the softmax family and the row losses: whole vec4s, or
+        // gathered for reading (its stores compiled out); never scalar.
         if variant.storage == Storage::Bf16
             && (variant.width == VecWidth::Scalar
                 || matches!(self, Family::Linear | Family::LinearCrossEntropy))

@@ -3,8 +3,9 @@
 // of four (an odd C): the arithmetic stays four-wide where the scalar
 // variant would walk one column at a time. Matrix arrays hold scalars:
 // vector i of a row is its elements 4i .. 4i + 3 (`MSTRIDE`, `MSTEP`), the
-// lanes of a row's last vector past its end are masked (`col_valid`), and
-// stores go lane by lane, so no row touches another's elements.
+// lanes of a row's last vector past its end are masked (`masked`,
+// `lane_in_row` in common.wgsl), and stores go lane by lane, so no row
+// touches another's elements.
 const VW: u32 = 4u;
 alias vec_t = vec4<f32>;
 alias vec_u = vec4<u32>;
