@@ -141,6 +141,13 @@ fn run_plan(
             .with_options(options);
         for &op in ops {
             if dtype != DType::F32 && op.is_elementwise() {
+                if !args.json {
+                    println!(
+                        "\n{} {rows}x{cols}: no {} path for binary losses; nothing to plan",
+                        op.name(),
+                        args.dtype
+                    );
+                }
                 continue;
             }
             let resident = ResidentOp::new(&ctx, op, &input, dtype).map_err(|e| e.to_string())?;
