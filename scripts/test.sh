@@ -16,6 +16,10 @@ stage() {
 }
 
 stage "native tests" cargo test --locked
+# wgpu-loss-burn is outside the default members (a plain build of the
+# library never compiles burn); its tests run here, against burn's own
+# losses and autodiff on the same adapter.
+stage "burn tests (wgpu-loss-burn)" cargo test --locked -p wgpu-loss-burn
 stage "browser setup" bash scripts/browser-setup.sh
 stage "browser tests" env \
     WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/scripts/webdriver.json" \
