@@ -47,6 +47,30 @@ fn time(mut step: impl FnMut()) -> f64 {
     median_ms(runs)
 }
 
+/// The library's copy kernel over `elems` f32 values on the shared device, ms.
+fn copy_ms(shared: &SharedDevice, elems: usize) -> f64 {
+    let ctx = shared.context();
+    let device = ctx.device();
+    let buffer = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: elems as u64 * 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (src, dst) = (buffer("copy source"), buffer("copy destination"));
+    time(|| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        ctx.encode_copy(&mut encoder, &src, &dst, elems)
+            .expect("copy kernel");
+        ctx.queue().submit([encoder.finish()]);
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("device idle");
+    })
+}
+
 fn parse(arg: &str) -> Option<(usize, usize)> {
     let (r, c) = arg.split_once(['x', 'X'])?;
     Some((r.parse().ok()?, c.parse().ok()?))
@@ -71,8 +95,16 @@ fn main() {
     let device = shared.device().clone().autodiff();
     println!("adapter: {}", shared.context().describe());
     println!(
-        "{:>14}  {:>12}  {:>12}  {:>10}  {:>10}  {:>7}",
-        "shape", "burn ms", "wgpu-loss ms", "burn GB/s", "ours GB/s", "speedup"
+        "{:>14}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}",
+        "shape",
+        "burn ms",
+        "ours ms",
+        "copy ms",
+        "burn GB/s",
+        "ours GB/s",
+        "copy GB/s",
+        "ours/copy",
+        "speedup"
     );
     for (n, c) in shapes {
         let logits = Tensor::<2>::random([n, c], Distribution::Uniform(-4.0, 4.0), &device);
@@ -92,14 +124,19 @@ fn main() {
             let grad = x.grad(&loss.backward()).expect("our gradient");
             finish(&device, loss, grad);
         });
+        let copy_ms = copy_ms(&shared, n * c);
         let bytes = 8.0 * n as f64 * c as f64;
+        let rate = |ms: f64| bytes / (ms * 1e-3) / 1e9;
         println!(
-            "{:>14}  {:>12.2}  {:>12.2}  {:>10.2}  {:>10.2}  {:>6.1}x",
+            "{:>14}  {:>9.2}  {:>9.2}  {:>9.2}  {:>9.2}  {:>9.2}  {:>9.2}  {:>8.2}  {:>7.1}x",
             format!("{n}x{c}"),
             burn_ms,
             ours_ms,
-            bytes / (burn_ms * 1e-3) / 1e9,
-            bytes / (ours_ms * 1e-3) / 1e9,
+            copy_ms,
+            rate(burn_ms),
+            rate(ours_ms),
+            rate(copy_ms),
+            copy_ms / ours_ms,
             burn_ms / ours_ms
         );
     }

@@ -82,9 +82,9 @@ impl SharedDevice {
     }
 
     /// This crate creates the device (the high-performance adapter, with the
-    /// adapter's own limits and the features the crate's kernels use where
-    /// the adapter has them) and hands it to burn: [`SharedDevice::from_setup`]
-    /// on a device of our making.
+    /// adapter's own limits and the features CubeCL's WGSL path asks for,
+    /// less experimental ones) and hands it to burn:
+    /// [`SharedDevice::from_setup`] on a device of our making.
     #[cfg(not(target_family = "wasm"))]
     pub fn new_wgpu() -> Result<Self, Error> {
         use burn::tensor::wgpu::wgpu;
@@ -98,12 +98,18 @@ impl SharedDevice {
         }))
         .map_err(|e| Error::Init(format!("no wgpu adapter: {e}")))?;
         let info = adapter.get_info();
-        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        // What CubeCL's WGSL path asks for (its kernels use 64-bit integers
+        // and more where the adapter has them), less the experimental
+        // features, which need an unsafe opt-in this crate does not make.
+        let features = adapter.features()
+            - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
+            - wgpu::Features::all_experimental_mask();
         let (device, queue) =
             wgpu_loss::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgpu-loss-burn"),
                 required_features: features,
                 required_limits: adapter.limits(),
+                memory_hints: wgpu::MemoryHints::MemoryUsage,
                 ..Default::default()
             }))
             .map_err(|e| Error::Init(format!("{}: {e}", info.name)))?;

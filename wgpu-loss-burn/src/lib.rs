@@ -15,7 +15,8 @@
 //! let options = CrossEntropyOptions { label_smoothing: 0.1, ..Default::default() };
 //! let loss = cross_entropy(logits.clone(), targets, &options)?;
 //! let grads = loss.backward();
-//! let dlogits = logits.grad(&grads);
+//! let dlogits = logits.grad(&grads).expect("logits are tracked");
+//! assert_eq!(dlogits.dims(), [4, 10]);
 //! # Ok(()) }
 //! ```
 //!
@@ -41,8 +42,18 @@
 //! Copies happen in two cases only, once, on the device:
 //! - a tensor that is not contiguous (a transposed or strided view) is made
 //!   contiguous by burn's own kernel;
-//! - a tensor whose storage offset is not aligned for a binding (a slice
-//!   starting mid-buffer) is copied to a fresh allocation.
+//! - a tensor whose storage offset is not aligned for a binding is copied
+//!   to a fresh allocation (through a small buffer of this crate's: a
+//!   buffer copy cannot stay inside one of CubeCL's pages). burn's own
+//!   tensors never need this: CubeCL binds its offsets too, so it keeps them
+//!   aligned, and a slice comes back from fusion as a fresh allocation. An
+//!   offset that is not even a multiple of 4 bytes is refused
+//!   ([`Error::Unsupported`]).
+//!
+//! Tensors of a dtype burn's device cannot store are refused ([`Error::DType`]):
+//! burn hands out a bf16 tensor where CubeCL compiles WGSL, which has no
+//! bf16, but the kernel that should fill it never runs. f16 works where the
+//! adapter has `shader-f16`.
 //!
 //! Class-index targets of any int dtype are read as i32; other int dtypes
 //! are cast once.
