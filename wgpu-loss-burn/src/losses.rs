@@ -110,63 +110,37 @@ pub fn cross_entropy(
 ) -> Result<Tensor<1>, Error> {
     options.validate_scalars()?;
     let [n, c] = logits.dims();
-    check_storable(&logits, "logits")?;
-    check_len(
-        "targets",
-        targets.dims()[0],
-        n,
-        "one class index per row of `logits`",
-    )?;
-    if let Some(w) = options.weight {
-        check_len(
-            "weight",
-            w.dims()[0],
-            c,
-            "one weight per class (column of `logits`)",
-        )?;
-    }
-    let weight = options.weight.map(|w| constant(w, "weight")).transpose()?;
-    let targets = class_indices(targets)?;
+    check_indices(&logits, &targets)?;
+    let weight = per_class(options.weight, c, "weight")?;
+    let operands = vec![
+        Some(Operand::Indices(class_indices(targets)?, "targets")),
+        weight,
+    ];
     let reduction = options.reduction;
-    let per_row = (reduction == Reduction::None).then(|| Shape::new([n, 1]));
-    let input = unwrap_float(logits.into_dispatch(), "logits")?;
-    let out = differentiable([input], per_row, |[logits], [want_grad]| {
-        let logits = resolve_float(logits);
-        let dtype = logits.dtype;
-        let mut launch = Launch::on(&logits, "logits")?;
-        let li = launch.input(logits, "logits")?;
-        let ti = launch.input(resolve_int(targets), "targets")?;
-        let wi = weight
-            .map(|w| launch.input(resolve_float(w), "weight"))
-            .transpose()?;
-        let len = loss_len(reduction, n);
-        let lo = launch.output(Shape::new([len]), DType::F32, "loss")?;
-        let go = if want_grad {
-            Some(launch.output(Shape::new([n, c]), dtype, "grad")?)
-        } else {
-            None
-        };
-        let ((), tensors) = launch.run(|l, encoder| {
+    let len = loss_len(reduction, n);
+    let rows = (len, Shape::new([n, 1]));
+    run_loss(
+        logits,
+        "logits",
+        operands,
+        reduction,
+        rows,
+        |l, encoder, s| {
             let views = CrossEntropyViews {
-                logits: l.view(li, n, c)?,
-                targets: l.view(ti, n, 1)?,
-                loss: l.view(lo, len, 1)?,
-                grad: match go {
+                logits: l.view(s.input, n, c)?,
+                targets: l.view(s.operand(0)?, n, 1)?,
+                loss: l.view(s.loss, len, 1)?,
+                grad: match s.grad {
                     Some(g) => GradOutput::Into(l.view(g, n, c)?),
                     None => GradOutput::None,
                 },
                 lse: None,
             };
-            let weight = wi.map(|w| l.view(w, c, 1)).transpose()?;
+            let weight = s.operands[1].map(|w| l.view(w, c, 1)).transpose()?;
             let options = options.with_weight(weight.as_ref());
-            l.context.encode_cross_entropy(encoder, &views, &options)?;
-            Ok(())
-        })?;
-        let loss = fuse(tensors[lo].clone());
-        let grad = go.map(|g| fuse(tensors[g].clone()));
-        Ok((loss, [grad]))
-    })?;
-    Ok(loss_tensor(out, reduction))
+            Ok(l.context.encode_cross_entropy(encoder, &views, &options)?)
+        },
+    )
 }
 
 /// Cross-entropy with probability targets (`targets` `[N, C]`, f32), as
@@ -179,61 +153,33 @@ pub fn cross_entropy_probs(
 ) -> Result<Tensor<1>, Error> {
     options.validate_scalars()?;
     let [n, c] = logits.dims();
-    check_storable(&logits, "logits")?;
-    if targets.dims() != [n, c] {
-        return Err(Error::Shape(format!(
-            "`targets` is {:?}; probability targets have the logits' shape [{n}, {c}]",
-            targets.dims()
-        )));
-    }
-    if let Some(w) = options.weight {
-        check_len(
-            "weight",
-            w.dims()[0],
-            c,
-            "one weight per class (column of `logits`)",
-        )?;
-    }
-    let weight = options.weight.map(|w| constant(w, "weight")).transpose()?;
-    let targets = constant(&targets, "targets")?;
+    check_same_shape(&logits, &targets, "probability targets")?;
+    let weight = per_class(options.weight, c, "weight")?;
+    let targets = Operand::Floats(constant(&targets, "targets")?, "targets");
+    let operands = vec![Some(targets), weight];
     let reduction = options.reduction;
-    let per_row = (reduction == Reduction::None).then(|| Shape::new([n, 1]));
-    let input = unwrap_float(logits.into_dispatch(), "logits")?;
-    let out = differentiable([input], per_row, |[logits], [want_grad]| {
-        let logits = resolve_float(logits);
-        let dtype = logits.dtype;
-        let mut launch = Launch::on(&logits, "logits")?;
-        let li = launch.input(logits, "logits")?;
-        let ti = launch.input(resolve_float(targets), "targets")?;
-        let wi = weight
-            .map(|w| launch.input(resolve_float(w), "weight"))
-            .transpose()?;
-        let len = loss_len(reduction, n);
-        let lo = launch.output(Shape::new([len]), DType::F32, "loss")?;
-        let go = if want_grad {
-            Some(launch.output(Shape::new([n, c]), dtype, "grad")?)
-        } else {
-            None
-        };
-        let ((), tensors) = launch.run(|l, encoder| {
+    let len = loss_len(reduction, n);
+    let rows = (len, Shape::new([n, 1]));
+    run_loss(
+        logits,
+        "logits",
+        operands,
+        reduction,
+        rows,
+        |l, encoder, s| {
             let views = ProbTargetViews {
-                logits: l.view(li, n, c)?,
-                targets: l.view(ti, n, c)?,
-                loss: l.view(lo, len, 1)?,
-                grad: go.map(|g| l.view(g, n, c)).transpose()?,
+                logits: l.view(s.input, n, c)?,
+                targets: l.view(s.operand(0)?, n, c)?,
+                loss: l.view(s.loss, len, 1)?,
+                grad: s.grad.map(|g| l.view(g, n, c)).transpose()?,
                 lse: None,
             };
-            let weight = wi.map(|w| l.view(w, c, 1)).transpose()?;
+            let weight = s.operands[1].map(|w| l.view(w, c, 1)).transpose()?;
             let options = options.with_weight(weight.as_ref());
-            l.context
-                .encode_cross_entropy_probs(encoder, &views, &options)?;
-            Ok(())
-        })?;
-        let loss = fuse(tensors[lo].clone());
-        let grad = go.map(|g| fuse(tensors[g].clone()));
-        Ok((loss, [grad]))
-    })?;
-    Ok(loss_tensor(out, reduction))
+            Ok(l.context
+                .encode_cross_entropy_probs(encoder, &views, &options)?)
+        },
+    )
 }
 
 /// The multiclass focal loss on class-index targets; per-class `α`, if
@@ -245,51 +191,30 @@ pub fn focal_loss(
 ) -> Result<Tensor<1>, Error> {
     options.validate_scalars()?;
     let [n, c] = logits.dims();
-    check_storable(&logits, "logits")?;
-    check_len(
-        "targets",
-        targets.dims()[0],
-        n,
-        "one class index per row of `logits`",
-    )?;
-    if let Some(a) = options.alpha {
-        check_len(
-            "alpha",
-            a.dims()[0],
-            c,
-            "one alpha per class (column of `logits`)",
-        )?;
-    }
-    let alpha = options.alpha.map(|a| constant(a, "alpha")).transpose()?;
-    let targets = class_indices(targets)?;
+    check_indices(&logits, &targets)?;
+    let alpha = per_class(options.alpha, c, "alpha")?;
+    let operands = vec![
+        Some(Operand::Indices(class_indices(targets)?, "targets")),
+        alpha,
+    ];
     let reduction = options.reduction;
-    let per_row = (reduction == Reduction::None).then(|| Shape::new([n, 1]));
-    let input = unwrap_float(logits.into_dispatch(), "logits")?;
-    let out = differentiable([input], per_row, |[logits], [want_grad]| {
-        let logits = resolve_float(logits);
-        let dtype = logits.dtype;
-        let mut launch = Launch::on(&logits, "logits")?;
-        let li = launch.input(logits, "logits")?;
-        let ti = launch.input(resolve_int(targets), "targets")?;
-        let ai = alpha
-            .map(|a| launch.input(resolve_float(a), "alpha"))
-            .transpose()?;
-        let len = loss_len(reduction, n);
-        let lo = launch.output(Shape::new([len]), DType::F32, "loss")?;
-        let go = if want_grad {
-            Some(launch.output(Shape::new([n, c]), dtype, "grad")?)
-        } else {
-            None
-        };
-        let ((), tensors) = launch.run(|l, encoder| {
+    let len = loss_len(reduction, n);
+    let rows = (len, Shape::new([n, 1]));
+    run_loss(
+        logits,
+        "logits",
+        operands,
+        reduction,
+        rows,
+        |l, encoder, s| {
             let views = FocalViews {
-                logits: l.view(li, n, c)?,
-                targets: l.view(ti, n, 1)?,
-                loss: l.view(lo, len, 1)?,
-                grad: go.map(|g| l.view(g, n, c)).transpose()?,
+                logits: l.view(s.input, n, c)?,
+                targets: l.view(s.operand(0)?, n, 1)?,
+                loss: l.view(s.loss, len, 1)?,
+                grad: s.grad.map(|g| l.view(g, n, c)).transpose()?,
                 lse: None,
             };
-            let alpha = ai.map(|a| l.view(a, c, 1)).transpose()?;
+            let alpha = s.operands[1].map(|a| l.view(a, c, 1)).transpose()?;
             let options = FocalOptions {
                 alpha: alpha.as_ref(),
                 gamma: options.gamma,
@@ -297,14 +222,9 @@ pub fn focal_loss(
                 reduction: options.reduction,
                 grad_scale: options.grad_scale,
             };
-            l.context.encode_focal_loss(encoder, &views, &options)?;
-            Ok(())
-        })?;
-        let loss = fuse(tensors[lo].clone());
-        let grad = go.map(|g| fuse(tensors[g].clone()));
-        Ok((loss, [grad]))
-    })?;
-    Ok(loss_tensor(out, reduction))
+            Ok(l.context.encode_focal_loss(encoder, &views, &options)?)
+        },
+    )
 }
 
 /// Which element-wise binary loss.
@@ -348,13 +268,7 @@ pub fn sigmoid_focal_loss(
 
 fn binary(input: Tensor<2>, targets: Tensor<2>, op: Binary<'_>) -> Result<Tensor<1>, Error> {
     let [n, c] = input.dims();
-    check_storable(&input, "input")?;
-    if targets.dims() != [n, c] {
-        return Err(Error::Shape(format!(
-            "`targets` is {:?}; it needs the input's shape [{n}, {c}]",
-            targets.dims()
-        )));
-    }
+    check_same_shape(&input, &targets, "binary targets")?;
     let (reduction, weight, pos_weight) = match op {
         Binary::Probabilities(o) | Binary::Logits(o) => (o.reduction, o.weight, o.pos_weight),
         Binary::SigmoidFocal(o) => (o.reduction, None, None),
@@ -368,48 +282,36 @@ fn binary(input: Tensor<2>, targets: Tensor<2>, op: Binary<'_>) -> Result<Tensor
             )));
         }
     }
-    if let Some(p) = pos_weight {
-        check_len("pos_weight", p.dims()[0], c, "one weight per column")?;
-    }
-    let weight = weight.map(|w| constant(w, "weight")).transpose()?;
-    let pos_weight = pos_weight.map(|p| constant(p, "pos_weight")).transpose()?;
-    let targets = constant(&targets, "targets")?;
-    let elements = n * c;
-    let per_row = (reduction == Reduction::None).then(|| Shape::new([n, c]));
-    let input = unwrap_float(input.into_dispatch(), "input")?;
-    let out = differentiable([input], per_row, |[input], [want_grad]| {
-        let input = resolve_float(input);
-        let dtype = input.dtype;
-        let mut launch = Launch::on(&input, "input")?;
-        let ii = launch.input(input, "input")?;
-        let ti = launch.input(resolve_float(targets), "targets")?;
-        let wi = weight
-            .map(|w| launch.input(resolve_float(w), "weight"))
-            .transpose()?;
-        let pi = pos_weight
-            .map(|p| launch.input(resolve_float(p), "pos_weight"))
-            .transpose()?;
-        let len = loss_len(reduction, elements);
-        let lo = launch.output(Shape::new([len]), DType::F32, "loss")?;
-        let go = if want_grad {
-            Some(launch.output(Shape::new([n, c]), dtype, "grad")?)
-        } else {
-            None
-        };
-        let ((), tensors) = launch.run(|l, encoder| {
+    let weight = weight
+        .map(|w| Ok::<_, Error>(Operand::Floats(constant(w, "weight")?, "weight")))
+        .transpose()?;
+    let pos_weight = per_class(pos_weight, c, "pos_weight")?;
+    let targets = Operand::Floats(constant(&targets, "targets")?, "targets");
+    let operands = vec![Some(targets), weight, pos_weight];
+    let len = loss_len(reduction, n * c);
+    let elements = (len, Shape::new([n, c]));
+    run_loss(
+        input,
+        "input",
+        operands,
+        reduction,
+        elements,
+        |l, encoder, s| {
             // Element losses are `[N, C]`; a reduced loss is `[2, 1]`.
             let loss = match reduction {
-                Reduction::None => l.view(lo, n, c)?,
-                Reduction::Mean | Reduction::Sum => l.view(lo, len, 1)?,
+                Reduction::None => l.view(s.loss, n, c)?,
+                Reduction::Mean | Reduction::Sum => l.view(s.loss, len, 1)?,
             };
             let views = BinaryViews {
-                input: l.view(ii, n, c)?,
-                targets: l.view(ti, n, c)?,
+                input: l.view(s.input, n, c)?,
+                targets: l.view(s.operand(0)?, n, c)?,
                 loss,
-                grad: go.map(|g| l.view(g, n, c)).transpose()?,
+                grad: s.grad.map(|g| l.view(g, n, c)).transpose()?,
             };
-            let weight = wi.map(|w| l.view(w, l.elements(w), 1)).transpose()?;
-            let pos_weight = pi.map(|p| l.view(p, c, 1)).transpose()?;
+            let weight = s.operands[1]
+                .map(|w| l.view(w, l.elements(w), 1))
+                .transpose()?;
+            let pos_weight = s.operands[2].map(|p| l.view(p, c, 1)).transpose()?;
             match op {
                 Binary::Probabilities(o) | Binary::Logits(o) => {
                     let options = BinaryLossOptions {
@@ -427,17 +329,135 @@ fn binary(input: Tensor<2>, targets: Tensor<2>, op: Binary<'_>) -> Result<Tensor
                     }
                 }
                 Binary::SigmoidFocal(o) => {
-                    l.context.encode_sigmoid_focal_loss(encoder, &views, o)?;
+                    l.context.encode_sigmoid_focal_loss(encoder, &views, o)?
                 }
             }
             Ok(())
-        })?;
-        let loss = fuse(tensors[lo].clone());
-        let grad = go.map(|g| fuse(tensors[g].clone()));
+        },
+    )
+}
+
+/// A tensor a loss only reads, named for errors.
+enum Operand {
+    /// i32 class indices.
+    Indices(Fused, &'static str),
+    /// Floats: probability or binary targets, weights.
+    Floats(Fused, &'static str),
+}
+
+/// Where one call's tensors were pinned, for its encode closure.
+struct Slots {
+    input: usize,
+    /// One per operand given, `None` where the operand was absent.
+    operands: Vec<Option<usize>>,
+    loss: usize,
+    grad: Option<usize>,
+}
+
+impl Slots {
+    /// An operand the loss always has.
+    fn operand(&self, index: usize) -> Result<usize, Error> {
+        self.operands
+            .get(index)
+            .copied()
+            .flatten()
+            .ok_or_else(|| Error::Burn(format!("operand {index} was not pinned")))
+    }
+}
+
+/// What every row and element loss does around its one encode call: the
+/// input's autodiff, pinning the input and `operands`, the outputs (the
+/// loss `[len]` in f32, the gradient like the input when wanted), and
+/// wrapping the loss for burn. `upstream` is the shape the upstream
+/// gradient of unreduced losses takes to broadcast over the `[N, C]`
+/// gradient: `[N, 1]` for row losses, `[N, C]` for element losses.
+/// `encode` records the crate's op.
+fn run_loss(
+    input: Tensor<2>,
+    name: &'static str,
+    operands: Vec<Option<Operand>>,
+    reduction: Reduction,
+    (len, upstream): (usize, Shape),
+    encode: impl FnOnce(&Launch, &mut wgpu::CommandEncoder, &Slots) -> Result<(), Error>,
+) -> Result<Tensor<1>, Error> {
+    let [n, c] = input.dims();
+    check_storable(&input, name)?;
+    let per_row = (reduction == Reduction::None).then_some(upstream);
+    let unwrapped = unwrap_float(input.into_dispatch(), name)?;
+    let out = differentiable([unwrapped], per_row, |[input], [want_grad]| {
+        let input = resolve_float(input);
+        let dtype = input.dtype;
+        let mut launch = Launch::on(&input, name)?;
+        let input = launch.input(input, name)?;
+        let operands = operands
+            .into_iter()
+            .map(|operand| {
+                operand
+                    .map(|operand| match operand {
+                        Operand::Indices(t, name) => launch.input(resolve_int(t), name),
+                        Operand::Floats(t, name) => launch.input(resolve_float(t), name),
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let loss = launch.output(Shape::new([len]), DType::F32, "loss")?;
+        let grad = want_grad
+            .then(|| launch.output(Shape::new([n, c]), dtype, "grad"))
+            .transpose()?;
+        let slots = Slots {
+            input,
+            operands,
+            loss,
+            grad,
+        };
+        let ((), tensors) = launch.run(|l, encoder| encode(l, encoder, &slots))?;
+        let loss = fuse(tensors[slots.loss].clone());
+        let grad = slots.grad.map(|g| fuse(tensors[g].clone()));
         Ok((loss, [grad]))
     })?;
-    let loss = loss_tensor(out, reduction);
-    Ok(loss)
+    Ok(loss_tensor(out, reduction))
+}
+
+/// Class-index targets: one per row of `logits`.
+fn check_indices(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Result<(), Error> {
+    check_len(
+        "targets",
+        targets.dims()[0],
+        logits.dims()[0],
+        "one class index per row of `logits`",
+    )
+}
+
+/// Targets of the input's shape.
+fn check_same_shape(input: &Tensor<2>, targets: &Tensor<2>, what: &str) -> Result<(), Error> {
+    if input.dims() == targets.dims() {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!(
+            "`targets` is {:?}; {what} have the input's shape {:?}",
+            targets.dims(),
+            input.dims()
+        )))
+    }
+}
+
+/// An optional per-class tensor of `classes` values, as a float operand.
+fn per_class(
+    tensor: Option<&Tensor<1>>,
+    classes: usize,
+    name: &'static str,
+) -> Result<Option<Operand>, Error> {
+    tensor
+        .map(|t| {
+            check_len(
+                name,
+                t.dims()[0],
+                classes,
+                "one value per class (column of the input)",
+            )?;
+            Ok(Operand::Floats(constant(t, name)?, name))
+        })
+        .transpose()
 }
 
 /// The gradients [`linear_cross_entropy`] returns through autodiff, and the

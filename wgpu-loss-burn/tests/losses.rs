@@ -6,7 +6,7 @@ mod common;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{assert_close, devices, host, widen, Rng};
+use common::{assert_close, assert_loss_and_grad, devices, host, widen, Rng};
 use wgpu_loss::{reference, F32_TOLERANCE};
 use wgpu_loss_burn::{
     binary_cross_entropy_with_logits, cross_entropy, cross_entropy_probs, focal_loss,
@@ -92,16 +92,10 @@ fn cross_entropy_matches_burn_values_and_gradients() {
             let grad = host(y.grad(&grads).expect("our gradient"));
             let loss = host(loss);
 
-            assert_close(
-                &format!("{what} loss"),
-                &loss,
-                &widen(&burn_loss),
-                F32_TOLERANCE,
-            );
-            assert_close(
-                &format!("{what} grad"),
-                &grad,
-                &widen(&burn_grad),
+            assert_loss_and_grad(
+                &what,
+                (&loss, &grad),
+                (&widen(&burn_loss), &widen(&burn_grad)),
                 F32_TOLERANCE,
             );
         }
@@ -161,16 +155,10 @@ fn options_burn_lacks_match_the_f64_reference() {
             Reduction::None => expected.loss.clone(),
             _ => expected.loss[..1].to_vec(),
         };
-        assert_close(
-            &format!("{what} loss"),
-            &loss,
-            &expected_loss,
-            F32_TOLERANCE,
-        );
-        assert_close(
-            &format!("{what} grad"),
-            &grad,
-            &expected_grad,
+        assert_loss_and_grad(
+            &what,
+            (&loss, &grad),
+            (&expected_loss, &expected_grad),
             F32_TOLERANCE,
         );
     }
@@ -217,13 +205,12 @@ fn the_other_row_losses_match_the_f64_reference() {
         },
     )
     .expect("reference");
-    assert_close(
-        "focal loss",
-        &host(loss),
-        &expected.loss[..1],
+    assert_loss_and_grad(
+        "focal",
+        (&host(loss), &grad),
+        (&expected.loss[..1], &expected.grad),
         F32_TOLERANCE,
     );
-    assert_close("focal grad", &grad, &expected.grad, F32_TOLERANCE);
 
     // Probability targets.
     let x = matrix(&logits, n, c, &ad).require_grad();
@@ -236,16 +223,10 @@ fn the_other_row_losses_match_the_f64_reference() {
     let expected =
         reference::cross_entropy_probs(&logits, &probs, c, &options.with_weight::<[f32]>(None))
             .expect("reference");
-    assert_close(
-        "probability-target loss",
-        &host(loss),
-        &expected.loss[..1],
-        F32_TOLERANCE,
-    );
-    assert_close(
-        "probability-target grad",
-        &grad,
-        &expected.grad,
+    assert_loss_and_grad(
+        "probability-target",
+        (&host(loss), &grad),
+        (&expected.loss[..1], &expected.grad),
         F32_TOLERANCE,
     );
 
@@ -281,13 +262,12 @@ fn the_other_row_losses_match_the_f64_reference() {
         .zip(&upstream)
         .map(|(g, u)| g * f64::from(*u))
         .collect();
-    assert_close(
-        "bce-with-logits loss",
-        &host(loss),
-        &expected.loss,
+    assert_loss_and_grad(
+        "bce-with-logits",
+        (&host(loss), &grad),
+        (&expected.loss, &expected_grad),
         F32_TOLERANCE,
     );
-    assert_close("bce-with-logits grad", &grad, &expected_grad, F32_TOLERANCE);
 
     // torchvision's sigmoid focal loss.
     let x = matrix(&logits, n, c, &ad).require_grad();
@@ -300,13 +280,12 @@ fn the_other_row_losses_match_the_f64_reference() {
     let grad = host(x.grad(&loss.backward()).expect("gradient"));
     let expected =
         reference::sigmoid_focal_loss(&logits, &binary_targets, c, &options).expect("reference");
-    assert_close(
-        "sigmoid focal loss",
-        &host(loss),
-        &expected.loss[..1],
+    assert_loss_and_grad(
+        "sigmoid focal",
+        (&host(loss), &grad),
+        (&expected.loss[..1], &expected.grad),
         F32_TOLERANCE,
     );
-    assert_close("sigmoid focal grad", &grad, &expected.grad, F32_TOLERANCE);
 }
 
 #[test]
@@ -519,13 +498,12 @@ fn targets_of_any_int_dtype_and_16_bit_logits() {
     let x = matrix(&logits, n, c, &ad).require_grad();
     let loss = cross_entropy(x.clone(), wide, &options).expect("i64 targets");
     let grad = host(x.grad(&loss.backward()).expect("gradient"));
-    assert_close(
-        "i64-target loss",
-        &host(loss),
-        &expected.loss[..1],
+    assert_loss_and_grad(
+        "i64-target",
+        (&host(loss), &grad),
+        (&expected.loss[..1], &expected.grad),
         F32_TOLERANCE,
     );
-    assert_close("i64-target grad", &grad, &expected.grad, F32_TOLERANCE);
 
     // f16 logits: an f16 gradient, as in PyTorch. (burn cannot make bf16
     // tensors where CubeCL compiles WGSL: WGSL has no bf16, and CubeCL's
@@ -547,16 +525,10 @@ fn targets_of_any_int_dtype_and_16_bit_logits() {
         burn::tensor::DType::F16,
         "the gradient keeps the logits' dtype"
     );
-    assert_close(
-        "f16 loss",
-        &host(loss),
-        &expected.loss[..1],
-        wgpu_loss::F16_TOLERANCE,
-    );
-    assert_close(
-        "f16 grad",
-        &host(grad),
-        &expected.grad,
+    assert_loss_and_grad(
+        "f16",
+        (&host(loss), &host(grad)),
+        (&expected.loss[..1], &expected.grad),
         wgpu_loss::F16_TOLERANCE,
     );
 

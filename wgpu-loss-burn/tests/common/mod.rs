@@ -81,6 +81,18 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: Tol
     }
 }
 
+/// [`assert_close`] on a loss and on its gradient, named `what loss` and
+/// `what grad`.
+pub fn assert_loss_and_grad(
+    what: &str,
+    (loss, grad): (&[f32], &[f32]),
+    (expected_loss, expected_grad): (&[f64], &[f64]),
+    tolerance: Tolerance,
+) {
+    assert_close(&format!("{what} loss"), loss, expected_loss, tolerance);
+    assert_close(&format!("{what} grad"), grad, expected_grad, tolerance);
+}
+
 pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|x| f64::from(*x)).collect()
 }
