@@ -551,3 +551,31 @@ fn targets_of_any_int_dtype_and_16_bit_logits() {
         eprintln!("burn's device stores bf16 here: the refusal is not exercised");
     }
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradient() {
+    let Some((plain, ad)) = devices() else { return };
+    let balanced = plain.autodiff().gradient_checkpointing();
+    let (n, c) = (29, 113);
+    let mut rng = Rng::new(41);
+    let logits = rng.floats(n * c, -4.0, 4.0);
+    let targets: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let options = CrossEntropyOptions::<Tensor<1>> {
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
+    let grad_on = |device: &burn::tensor::Device| {
+        // A burn op before ours, so that checkpointing has something to recompute.
+        let x = matrix(&logits, n, c, device).require_grad();
+        let loss = cross_entropy(x.clone().exp().log(), indices(&targets, device), &options)
+            .expect("loss");
+        host(x.grad(&loss.backward()).expect("gradient"))
+    };
+    let (plain_grad, checkpointed) = (grad_on(&ad), grad_on(&balanced));
+    assert_close(
+        "checkpointed grad",
+        &checkpointed,
+        &widen(&plain_grad),
+        F32_TOLERANCE,
+    );
+}
