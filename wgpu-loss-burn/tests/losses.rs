@@ -579,3 +579,41 @@ fn gradient_checkpointing_gives_the_same_gradient() {
         F32_TOLERANCE,
     );
 }
+
+#[test]
+fn a_million_columns_and_no_rows() {
+    let Some((plain, ad)) = devices() else { return };
+    // Rows of a million classes, against the f64 reference (burn's own
+    // gradient here has exact zeros where softmax is about 3e-6: it is not
+    // a reference at this width).
+    let (n, c) = (2, 1_000_000);
+    let mut rng = Rng::new(43);
+    let logits = rng.floats(n * c, -8.0, 8.0);
+    let targets = vec![17i64, 999_999];
+    let options = CrossEntropyOptions::<Tensor<1>>::default();
+    let y = matrix(&logits, n, c, &ad).require_grad();
+    let loss =
+        cross_entropy(y.clone(), indices(&targets, &ad), &options).expect("a million columns");
+    let grad = host(y.grad(&loss.backward()).expect("our gradient"));
+    let expected =
+        reference::cross_entropy(&logits, &targets, c, &options.with_weight::<[f32]>(None))
+            .expect("reference");
+    assert_loss_and_grad(
+        "2x1000000",
+        (&host(loss), &grad),
+        (&expected.loss[..1], &expected.grad),
+        F32_TOLERANCE,
+    );
+
+    // No rows: an empty per-row loss, or the library's answer for a mean
+    // over nothing; never a panic.
+    let empty = Tensor::<2>::zeros([0, 5], &plain);
+    let none = CrossEntropyOptions::<Tensor<1>> {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    match cross_entropy(empty.clone(), Tensor::<1, Int>::zeros([0], &plain), &none) {
+        Ok(loss) => assert_eq!(loss.dims(), [0]),
+        Err(e) => assert!(matches!(e, Error::Loss(_)), "{e}"),
+    }
+}
