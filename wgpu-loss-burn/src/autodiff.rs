@@ -56,8 +56,9 @@ impl<const N: usize> Backward<Cube, N> for ScaleSavedGrads {
 enum Scale {
     One,
     Host(f32),
-    /// The upstream gradient on the device: `[rows, 1]` for per-row losses,
-    /// the one value otherwise.
+    /// The upstream gradient on the device: shaped to broadcast over the
+    /// gradients for unreduced losses (`[N, 1]` or `[N, C]`), the one value
+    /// otherwise.
     Device(Fused),
 }
 

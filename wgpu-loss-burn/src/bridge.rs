@@ -89,8 +89,7 @@ fn kind_name(kind: &DispatchTensorKind) -> String {
     }
 }
 
-/// Wraps a fusion-level float primitive back into a dispatch tensor with
-/// `context` (untracked).
+/// Wraps a fusion-level float primitive back into an untracked dispatch tensor.
 pub(crate) fn wrap_plain(tensor: Fused) -> DispatchTensor {
     DispatchTensor {
         kind: DispatchTensorKind::Cube(BackendTensor::Float(tensor)),
@@ -120,18 +119,21 @@ pub(crate) fn resolve_int(tensor: Fused) -> CubeTensor {
 }
 
 /// Registers a CubeCL tensor with fusion, as burn does for a tensor made from data.
-pub(crate) fn fuse(tensor: CubeTensor) -> Fused {
+pub(crate) fn fuse(tensor: CubeTensor) -> Result<Fused, Error> {
     let client = get_client::<CubeBackend>(&tensor.device);
     let shape = tensor.meta.shape().clone();
     let dtype = tensor.dtype;
     let handle = <CubeBackend as BackendIr>::float_tensor_handle(tensor);
     let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
-    let mut outputs = client.register(
-        StreamId::current(),
-        OperationIr::Init(desc),
-        NoOp::<CubeBackend>::new(),
-    );
-    outputs.remove(0)
+    client
+        .register(
+            StreamId::current(),
+            OperationIr::Init(desc),
+            NoOp::<CubeBackend>::new(),
+        )
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Burn("fusion registered no tensor for an output".into()))
 }
 
 /// A CubeCL tensor pinned for one call: its wgpu buffer, offset and size.
@@ -399,7 +401,8 @@ mod tests {
         let offset = launch.view(index, 63, 1).expect("view").offset;
         assert_eq!(offset % align, 0, "offset {offset}, alignment {align}");
         let ((), tensors) = launch.run(|_, _| Ok(())).expect("run");
-        let copied = Tensor::<1>::from_dispatch(wrap_plain(fuse(tensors[index].clone())));
+        let copied =
+            Tensor::<1>::from_dispatch(wrap_plain(fuse(tensors[index].clone()).expect("fused")));
         let data = copied
             .into_data()
             .convert::<f32>()

@@ -411,8 +411,8 @@ fn run_loss(
             grad,
         };
         let ((), tensors) = launch.run(|l, encoder| encode(l, encoder, &slots))?;
-        let loss = fuse(tensors[slots.loss].clone());
-        let grad = slots.grad.map(|g| fuse(tensors[g].clone()));
+        let loss = fuse(tensors[slots.loss].clone())?;
+        let grad = slots.grad.map(|g| fuse(tensors[g].clone())).transpose()?;
         Ok((loss, [grad]))
     })?;
     Ok(loss_tensor(out, reduction))
@@ -579,12 +579,12 @@ pub fn linear_cross_entropy(
                     .encode_linear_cross_entropy(encoder, &views, &options)?;
                 Ok(())
             })?;
-            let loss = fuse(tensors[lo].clone());
+            let loss = fuse(tensors[lo].clone())?;
             let grads = [dhi, dwi, dbi]
                 .into_iter()
                 .take(wanted.len())
-                .map(|g| g.map(|g| fuse(tensors[g].clone())))
-                .collect();
+                .map(|g| g.map(|g| fuse(tensors[g].clone())).transpose())
+                .collect::<Result<_, _>>()?;
             Ok((loss, grads))
         };
     let out = match bias {
