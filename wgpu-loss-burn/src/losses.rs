@@ -78,7 +78,8 @@ fn loss_tensor(out: burn::backend::DispatchTensor, reduction: Reduction) -> Tens
 }
 
 /// Cross-entropy with class-index targets, PyTorch's `cross_entropy`:
-/// `logits` `[N, C]` (f32, f16 or bf16) and `targets` `[N]` (any int dtype;
+/// `logits` `[N, C]` (f32, f16 or bf16, where burn's device can store it)
+/// and `targets` `[N]` (any int dtype;
 /// i32 is read as it is, others are cast once on the device). Class weights,
 /// if any, are a `[C]` float tensor in `options.weight`.
 ///
@@ -460,11 +461,9 @@ fn per_class(
         .transpose()
 }
 
-/// The gradients [`linear_cross_entropy`] returns through autodiff, and the
-/// shapes it checks: hidden `[N, D]`, classifier `[V, D]`, bias `[V]`.
-///
 /// Cross-entropy on `hidden · classifierᵀ + bias` without the `[N, V]`
-/// logits in memory. `hidden` and `classifier` are f32 or f16 (the same);
+/// logits in memory: hidden `[N, D]`, classifier `[V, D]` (the layout of
+/// burn's and PyTorch's linear weight), bias `[V]`, targets `[N]`. `hidden` and `classifier` are f32 or f16 (the same);
 /// `bias` is f32. On an autodiff device, the gradients with respect to the
 /// tracked ones among `hidden`, `classifier` and `bias` come from the same
 /// fused call as the loss. Gradients through a `Reduction::None` loss are
