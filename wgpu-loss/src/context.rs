@@ -219,6 +219,33 @@ impl GpuContext {
         Self::build(device, queue, Some(adapter), &ContextOptions::default())
     }
 
+    /// [`GpuContext::from_device_with_adapter`] with options, for an
+    /// embedder who tunes the kernels on its own device: `row_tuning`
+    /// (checked against the device's limits, as [`GpuContext::with_options`]
+    /// checks it), `max_binding_bytes` and `poison_outputs` apply; the
+    /// adapter-picking fields (`backend`, `power_preference`) have nothing
+    /// to pick and are ignored. `adapter: None` takes the generic GPU tuning
+    /// where `row_tuning` is `None`.
+    ///
+    /// ```no_run
+    /// # async fn run(device: wgpu::Device, queue: wgpu::Queue) -> wgpu_loss::Result<()> {
+    /// // Never split rows across workgroups on this device.
+    /// let tuning = wgpu_loss::RowTuning { split_vectors: 0, ..Default::default() };
+    /// let options = wgpu_loss::ContextOptions { row_tuning: Some(tuning), ..Default::default() };
+    /// let ctx = wgpu_loss::GpuContext::from_device_with_options(device, queue, None, options)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_device_with_options(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: Option<wgpu::AdapterInfo>,
+        options: ContextOptions,
+    ) -> Result<Self> {
+        let ctx = Self::build(device, queue, adapter, &options);
+        ctx.row_tuning.validate(&ctx.limits)?;
+        Ok(ctx)
+    }
+
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,

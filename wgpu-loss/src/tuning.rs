@@ -113,7 +113,12 @@ impl RowTuning {
     ///   one subgroup (262144 columns) get that one subgroup, so their
     ///   reductions need no barrier; small workgroups keep the scheduler busy
     ///   on every core. 8192 vectors per lane keeps a kernel's two row loops
-    ///   well inside lavapipe's 65535-iteration limit.
+    ///   well inside lavapipe's 65535-iteration limit. Fewer than 1024 rows
+    ///   longer than that are split into chunks of at most 8192 vectors, one
+    ///   lane each, and into more (of at least 1024 vectors) until there are
+    ///   256 chunks (8 workgroups of 32): lavapipe ran 64 rows of 262144
+    ///   classes 1.3x faster split than on 8-lane rows, and one row of a
+    ///   million classes 1.7x faster than on one workgroup.
     /// - GPUs: 256-wide workgroups, up to 1024 invocations per row (where the
     ///   device allows: [`RowTuning::fitted_to`]), at least 8 vectors (32
     ///   columns) per invocation before a row gets more, so rows of up to
@@ -132,11 +137,15 @@ impl RowTuning {
                     max_threads_per_row: 1024,
                     vectors_per_thread: 8192,
                     subgroups: true,
-                    // Two cores are busy with a few whole rows; a split costs a pass.
-                    split_vectors: 0,
-                    split_rows_below: 0,
-                    occupancy_workgroups: 0,
-                    min_split_vectors: 256,
+                    // A row one lane can walk stays whole; longer rows, and
+                    // rows too few to give every core work, are cut into
+                    // chunks of one lane each (32 to a workgroup of 32).
+                    // lavapipe measured 64x262144 1.3x and 1x1M 1.7x faster
+                    // split (BENCHMARKS.md, 2026-12-01, fifth session).
+                    split_vectors: 8192,
+                    split_rows_below: 1024,
+                    occupancy_workgroups: 256,
+                    min_split_vectors: 1024,
                 }
             }
             _ => RowTuning::default(),
@@ -422,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn few_rows_of_a_huge_vocabulary_are_split_on_gpus_only() {
+    fn few_rows_of_a_huge_vocabulary_are_split() {
         let gpu = RowTuning::default();
         assert_eq!(gpu.splits(64, 65_536), 16); // 64 x 262144 as vec4
         assert_eq!(gpu.splits(4096, 8192), 1); // many rows fill the device
@@ -445,8 +454,15 @@ mod tests {
         };
         assert_eq!(no_occupancy.splits(1, 262_144), 64);
         assert_eq!(no_occupancy.splits(64, 4096), 1);
+        // CPU adapters: a row one lane walks (8192 vectors) stays whole
+        // unless the rows are too few for 256 chunks; longer rows are cut.
         let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
-        assert_eq!(cpu.splits(1, 1 << 20), 1);
+        assert_eq!(cpu.splits(4096, 8192), 1);
+        assert_eq!(cpu.splits(512, 8192), 1);
+        assert_eq!(cpu.splits(64, 8192), 4); // 64 rows alone: 2 workgroups
+        assert_eq!(cpu.splits(64, 65_536), 8); // 64 x 262144 as vec4
+        assert_eq!(cpu.splits(1, 250_000), 244); // one row of 1M classes
+        assert_eq!(cpu.splits(2048, 65_536), 1); // many rows fill the cores
     }
 
     #[test]

@@ -161,13 +161,22 @@ fn a_row_too_long_for_the_loop_bound_is_an_error_and_the_context_survives() {
         ..Default::default()
     }))
     .expect("device");
-    // The CPU adapters' table (it never splits rows), so the row is one
-    // workgroup's on any adapter.
-    let info = wgpu::AdapterInfo {
-        device_type: wgpu::DeviceType::Cpu,
-        ..adapter.get_info()
+    // The CPU adapters' table with splitting off, so the row is one
+    // workgroup's on any adapter (split, it would be cut into chunks).
+    let tuning = wgpu_loss::RowTuning {
+        split_vectors: 0,
+        ..wgpu_loss::RowTuning::for_adapter(wgpu::DeviceType::Cpu, None).fitted_to(&device.limits())
     };
-    let ctx = &GpuContext::from_device_with_adapter(device, queue, info);
+    let ctx = &GpuContext::from_device_with_options(
+        device,
+        queue,
+        Some(adapter.get_info()),
+        wgpu_loss::ContextOptions {
+            row_tuning: Some(tuning),
+            ..Default::default()
+        },
+    )
+    .expect("the CPU table fits 64 invocations");
     let cols = (u64::from(lanes) * wgpu_loss::tuning::MAX_VECTORS_PER_THREAD * 4 + 1) as usize;
     assert!((cols as u64) * 4 <= ctx.max_binding_bytes());
     let x = vec![0.5f32; cols];
