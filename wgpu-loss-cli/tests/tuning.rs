@@ -31,9 +31,12 @@ fn workgroup_memory_trees_with_several_rows_per_workgroup() {
         return;
     }
     // Whole rows (split_vectors=0: the CPU table splits long ones), so
-    // 1x300001 walks one workgroup's tree.
+    // 1x300001 walks one workgroup's tree; lanes by vectors_per_thread
+    // alone (held_threads_per_row=0: the CPU table holds short rows on
+    // as few lanes as hold them).
     let out = check_with(
-        "subgroups=off,workgroup_size=64,max_threads_per_row=64,vectors_per_thread=1,split_vectors=0",
+        "subgroups=off,workgroup_size=64,max_threads_per_row=64,vectors_per_thread=1,split_vectors=0,\
+         held_threads_per_row=0",
     );
     // 5 columns, two vectors (gathered four to a vector): 2 threads per row,
     // 32 rows in each workgroup.
@@ -59,14 +62,14 @@ fn subgroup_modes_where_the_adapter_has_subgroups() {
     };
     // Rows no wider than the smallest subgroup: butterflies only.
     let out = check_with(&format!(
-        "subgroups=on,workgroup_size={},max_threads_per_row={},vectors_per_thread=1",
+        "subgroups=on,workgroup_size={},max_threads_per_row={},vectors_per_thread=1,held_threads_per_row=0",
         sg.max * 4,
         sg.min
     ));
     assert!(out.contains("Subgroup reduction"), "{out}");
     // Rows over several subgroups: butterflies, then workgroup memory.
     let out = check_with(&format!(
-        "subgroups=on,workgroup_size={},max_threads_per_row=256,vectors_per_thread=2",
+        "subgroups=on,workgroup_size={},max_threads_per_row=256,vectors_per_thread=2,held_threads_per_row=0",
         sg.max
     ));
     assert!(out.contains("SubgroupThenWorkgroup reduction"), "{out}");
@@ -98,7 +101,7 @@ fn rows_split_across_workgroups_in_every_reduction_mode() {
     for subgroups in ["on", "off"] {
         let out = check_with(&format!(
             "subgroups={subgroups},workgroup_size=64,max_threads_per_row=64,vectors_per_thread=4,\
-             split_vectors=64,split_rows_below=1000000"
+             split_vectors=64,split_rows_below=1000000,held_threads_per_row=0"
         ));
         assert!(out.contains("1x300001: rows split in 1024 chunks"), "{out}");
         assert!(out.contains("2x4099: rows split in 17 chunks"), "{out}");

@@ -9,6 +9,22 @@
 override WG: u32 = 256u;
 override TPR: u32 = 256u;
 
+// Options a pipeline is built for (`Spec` in kernels.rs): where SPEC_KNOWN
+// has an option's bit, SPEC_ON's bit says whether it is on, and the
+// compiler drops the code of the other case; elsewhere the kernel reads the
+// option from `params` when it runs. lavapipe runs both sides of a branch
+// on the uniform, under masks, so absent options' code cost it time.
+override SPEC_KNOWN: u32 = 0u;
+override SPEC_ON: u32 = 0u;
+const SPEC_WEIGHTS: u32 = 1u;
+const SPEC_SOFTCAP: u32 = 2u;
+const SPEC_SMOOTHING: u32 = 4u;
+const SPEC_Z_LOSS: u32 = 8u;
+fn spec_or(bit: u32, when_run: bool) -> bool {
+    if ((SPEC_KNOWN & bit) != 0u) { return (SPEC_ON & bit) != 0u; }
+    return when_run;
+}
+
 struct Params {
     rows: u32,          // rows in this dispatch window
     cols: u32,          // scalars per row

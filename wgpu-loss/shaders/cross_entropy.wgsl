@@ -28,8 +28,10 @@ const REDUCTION_MEAN: u32 = 1u;
 
 var<workgroup> wg_count: array<u32, WG>;
 
-fn has_weights() -> bool { return (params.flags & FLAG_WEIGHTS) != 0u; }
-fn has_softcap() -> bool { return (params.flags & FLAG_SOFTCAP) != 0u; }
+fn has_weights() -> bool { return spec_or(SPEC_WEIGHTS, (params.flags & FLAG_WEIGHTS) != 0u); }
+fn has_softcap() -> bool { return spec_or(SPEC_SOFTCAP, (params.flags & FLAG_SOFTCAP) != 0u); }
+fn has_smoothing() -> bool { return spec_or(SPEC_SMOOTHING, params.smoothing > 0.0); }
+fn has_z_loss() -> bool { return spec_or(SPEC_Z_LOSS, params.z_loss > 0.0); }
 
 fn class_weight(j: u32) -> f32 {
     if (has_weights()) { return flane(weights[j / FW], j % FW); }
@@ -199,7 +201,7 @@ struct CeChunk { st: RowStat, wsum: f32 }
 fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
     var acc = stat_empty();
     var wacc = bsum_empty();
-    let smoothing = params.smoothing > 0.0;
+    let smoothing = has_smoothing();
     if (!smoothing && !has_softcap()) {
         // The common case, without the per-vector option tests.
         for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
@@ -307,7 +309,7 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
     let src = row_src(params.base_a, row);
     let t = targets[params.row_base + row];
     let eps = params.smoothing;
-    let smoothing = eps > 0.0;
+    let smoothing = has_smoothing();
     let ls = log(st.s);
     let lse = st.m + ls;
     let ignored = t == params.ignore_index;
@@ -322,7 +324,7 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
         if (smoothing) {
             ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
         }
-        if (params.z_loss > 0.0) {
+        if (has_z_loss()) {
             z = params.z_loss * lse * lse;
         }
     }
@@ -344,11 +346,11 @@ fn grad_coef(rs: CeRow) -> GradCoef {
     let b = k_ce * (1.0 - eps) * wy;
     var c = 0.0;
     var d = 0.0;
-    if (eps > 0.0) {
+    if (has_smoothing()) {
         d += k_ce * eps * scalars[2] / f32(params.cols);
         c = k_ce * eps / f32(params.cols);
     }
-    if (params.z_loss > 0.0) {
+    if (has_z_loss()) {
         d += k_z * 2.0 * params.z_loss * (rs.m + rs.ls);
     }
     return GradCoef(b + d, b, c, d);
@@ -398,24 +400,26 @@ fn ce_loss(ids: Ids) {
 
 // A held row: every lane's vectors of it read once into registers (only
 // the raw logits: a GPU holding 1024 invocations per workgroup has 64
-// registers each), the capped values, max, smoothing sum and exp(x' - m)
-// recomputed from them; the row's results written. Serves every option.
-struct HeldRow { x: array<vec_t, HOLD>, total: f32, rs: CeRow, k: GradCoef }
+// registers each), the capped values, max and smoothing sum from them;
+// without a softcap each register then keeps exp(x - m), so the gradient
+// takes one exp per element, not two. The registers are the caller's
+// array, not a field of a returned struct: lavapipe copied such a struct on
+// every use (CE 5.4x slower than softmax at 1048576x32). Serves every option.
+struct HeldStats { total: f32, rs: CeRow, k: GradCoef }
 
-fn ce_held_row(seg: Seg) -> HeldRow {
+fn ce_held_row(seg: Seg, h: ptr<function, array<vec_t, HOLD>>) -> HeldStats {
     let src = row_src(params.base_a, min(seg.row, params.rows - 1u));
-    let smoothing = params.smoothing > 0.0;
+    let smoothing = has_smoothing();
     // The smoothing sum relative to the row's first logit, as `ce_chunk`.
     var r = 0.0;
     if (smoothing) { r = ce_reference(src); }
-    var hr: HeldRow;
     var mx = neg_inf();
     var wacc = bsum_empty();
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            hr.x[k] = load_logits(src, i);
-            let xc = capped(hr.x[k]);
+            (*h)[k] = load_logits(src, i);
+            let xc = capped((*h)[k]);
             mx = max(mx, hmax(masked(xc, i, neg_inf())));
             if (smoothing) {
                 wacc = bsum_push(wacc, hsum(masked(class_weights(i) * (xc - vec_t(r)), i, 0.0)));
@@ -424,112 +428,127 @@ fn ce_held_row(seg: Seg) -> HeldRow {
     }
     let m = seg_max(seg.tid, mx);
     let wsum = seg_sum(seg.tid, bsum_total(wacc));
+    let keep_exp = !has_softcap();
     var s = 0.0;
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            s += hsum(exp_from_max(masked(capped(hr.x[k]), i, neg_inf()), m));
+            let e = exp_from_max(masked(capped((*h)[k]), i, neg_inf()), m);
+            s += hsum(e);
+            if (keep_exp) { (*h)[k] = e; }
         }
     }
-    hr.total = seg_sum(seg.tid, s);
-    hr.rs = ce_finish(seg, RowStat(m, hr.total), wsum, r);
-    write_row(seg, hr.rs);
-    hr.k = grad_coef(hr.rs);
-    return hr;
+    var hs: HeldStats;
+    hs.total = seg_sum(seg.tid, s);
+    hs.rs = ce_finish(seg, RowStat(m, hs.total), wsum, r);
+    write_row(seg, hs.rs);
+    hs.k = grad_coef(hs.rs);
+    return hs;
 }
 
-// The gradient of held vector `j` (row vector `i`): p = exp(x' - m) / s,
-// the softcap's value and slope from one exp. A row with NaN or infinite
-// logits takes p = exp((x' - m) - log s), as the streaming path does, so
-// its NaNs land in the same places.
-fn held_grad(hr: HeldRow, j: u32, i: u32) -> vec_t {
-    var cx = hr.x[j];
-    var slope = vec_t(1.0);
+// The gradient of a held vector (row vector `i`), from its register `v`:
+// exp(x - m) without a softcap, the raw logit with one (whose value and
+// slope come from one exp). p = exp(x' - m) / s. A row with NaN or
+// infinite logits gets its NaNs where the streaming path's
+// p = exp((x' - m) - log s) puts them: at the elements equal to an
+// infinite max (there exp(x' - m) is exactly 1; elsewhere 0); a NaN max
+// makes s NaN, so the whole row. A select, not a branch: lavapipe runs
+// both sides of a branch whose lanes disagree.
+fn held_grad(hs: HeldStats, v: vec_t, i: u32) -> vec_t {
+    // exp(x' - m) is at most 1, so a finite row compares against 2: never.
+    let nan_at = vec_t(select(2.0, 1.0, !is_finite(hs.rs.m + hs.rs.ls)));
     if (has_softcap()) {
-        let both = softcap_both(cx, params.softcap);
-        cx = both.value;
-        slope = both.slope;
+        let both = softcap_both(v, params.softcap);
+        let e = exp_from_max(both.value, hs.rs.m);
+        let p = select(e / vec_t(hs.total), vec_t(nan()), e == nan_at);
+        return grad_from_p(hs.rs, hs.k, i, p, both.slope);
     }
-    var p = exp_from_max(cx, hr.rs.m) / vec_t(hr.total);
-    if (!is_finite(hr.rs.m + hr.rs.ls)) {
-        p = exp((cx - vec_t(hr.rs.m)) - vec_t(hr.rs.ls));
-    }
-    return grad_from_p(hr.rs, hr.k, i, p, slope);
+    let p = select(v / vec_t(hs.total), vec_t(nan()), v == nan_at);
+    return grad_from_p(hs.rs, hs.k, i, p, vec_t(1.0));
 }
 
+// Entry points branch only on what every lane agrees on (the launch, the
+// options) and never `return` from inside a branch: lavapipe runs the code
+// past such a return, and both sides of a branch whose lanes disagree,
+// under masks. A per-row branch around the gradient loops made
+// cross-entropy 4 to 5x slower than softmax at 1048576x32 there.
 @compute @workgroup_size(WG)
 fn ce_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
-        let hr = ce_held_row(seg);
+        var h: array<vec_t, HOLD>;
+        let hs = ce_held_row(seg, &h);
         let dst = row_src(params.base_out, seg.row);
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_grad(dst, i, held_grad(hr, j, i));
+                store_grad(dst, i, held_grad(hs, h[j], i));
             }
         }
-        return;
-    }
-    let rs = ce_row(seg);
-    write_row(seg, rs);
-    let k = grad_coef(rs);
-    let src = row_src(params.base_a, seg.row);
-    let dst = row_src(params.base_out, seg.row);
-    // The target's vector, by its owner, before any store (in place, the
-    // loops below overwrite it).
-    let yv = u32(max(rs.label, 0)) / VW;
-    let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
-    var xy = vec_t(0.0);
-    if (owns_y) { xy = load_logits(src, yv); }
-    let path = grad_path(rs, k);
-    if (path == GRAD_SOFTCAP) {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_grad(dst, i, grad_softcap(rs, k, load_logits(src, i)));
-        }
-    } else if (path == GRAD_PLAIN) {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_grad(dst, i, grad_plain(rs, k, load_logits(src, i)));
-        }
     } else {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_grad(dst, i, grad_at(rs, k, i, load_logits(src, i)));
+        let rs = ce_row(seg);
+        write_row(seg, rs);
+        let k = grad_coef(rs);
+        let src = row_src(params.base_a, seg.row);
+        let dst = row_src(params.base_out, seg.row);
+        // The target's vector, by its owner, before any store (in place, the
+        // loops below overwrite it).
+        let yv = u32(max(rs.label, 0)) / VW;
+        let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
+        var xy = vec_t(0.0);
+        if (owns_y) { xy = load_logits(src, yv); }
+        let path = grad_path();
+        if (path == GRAD_SOFTCAP) {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_grad(dst, i, grad_softcap(rs, k, load_logits(src, i)));
+            }
+        } else if (path == GRAD_PLAIN) {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_grad(dst, i, grad_plain(rs, k, load_logits(src, i)));
+            }
+        } else {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_grad(dst, i, grad_at(rs, k, i, load_logits(src, i)));
+            }
         }
+        // The fast paths leave out the one-hot term: the owner rewrites the
+        // target's vector (same invocation, so after its own store).
+        if (path != GRAD_GENERAL && owns_y) { store_grad(dst, yv, grad_at(rs, k, yv, xy)); }
     }
-    // The fast paths leave out the one-hot term: the owner rewrites the
-    // target's vector (same invocation, so after its own store).
-    if (path != GRAD_GENERAL && owns_y) { store_grad(dst, yv, grad_at(rs, k, yv, xy)); }
 }
 
-// How a streamed row's gradient is computed, one test per row instead of
-// per vector (a branch inside the loop costs lavapipe as much as the work):
-// without class weights (or without smoothing) and not ignored, g = a p - c
-// everywhere but the target's vector, through the softcap's slope if any.
+// How a streamed row's gradient is computed, chosen from the options alone
+// (the same for every lane) and not per vector: without class weights
+// and smoothing together, g = a p - c everywhere but the target's vector,
+// through the softcap's slope if any; an ignored row's coefficients are
+// all 0, and a select (not a branch) makes its gradient exactly 0.
 const GRAD_GENERAL: u32 = 0u;
 const GRAD_PLAIN: u32 = 1u;
 const GRAD_SOFTCAP: u32 = 2u;
 
-fn grad_path(rs: CeRow, k: GradCoef) -> u32 {
-    if (rs.ignored || (k.c != 0.0 && has_weights())) { return GRAD_GENERAL; }
+fn grad_path() -> u32 {
+    if (has_weights() && has_smoothing()) { return GRAD_GENERAL; }
     return select(GRAD_PLAIN, GRAD_SOFTCAP, has_softcap());
 }
 
 fn grad_plain(rs: CeRow, k: GradCoef, x: vec_t) -> vec_t {
-    return vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)) - vec_t(k.c);
+    let g = vec_t(k.a) * exp((x - vec_t(rs.m)) - vec_t(rs.ls)) - vec_t(k.c);
+    return select(g, vec_t(0.0), rs.ignored);
 }
 
 // The softcap's value and slope from one exp.
 fn grad_softcap(rs: CeRow, k: GradCoef, x: vec_t) -> vec_t {
     let both = softcap_both(x, params.softcap);
     let p = exp((both.value - vec_t(rs.m)) - vec_t(rs.ls));
-    return (vec_t(k.a) * p - vec_t(k.c)) * both.slope;
+    return select((vec_t(k.a) * p - vec_t(k.c)) * both.slope, vec_t(0.0), rs.ignored);
 }
 
 @compute @workgroup_size(WG)
 fn ce_loss_grad_in_place(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
-        let hr = ce_held_row(seg);
+        var h: array<vec_t, HOLD>;
+        let hs = ce_held_row(seg, &h);
         let src = row_src(params.base_a, seg.row);
         // Every thread's reads of the row (its vectors, x[0], x[y]) precede
         // this barrier; the row is written from the registers after it.
@@ -538,47 +557,47 @@ fn ce_loss_grad_in_place(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_logits(src, i, held_grad(hr, j, i));
+                store_logits(src, i, held_grad(hs, h[j], i));
             }
         }
-        return;
-    }
-    var rs: CeRow;
-    if (split_rows()) {
-        // `ce_loss` wrote the row's results before this pass; reading the
-        // row's target or first logit here would race with the chunks of
-        // other workgroups overwriting them.
-        rs = ce_row_merged(seg);
     } else {
-        rs = ce_row(seg);
-        write_row(seg, rs);
+        var rs: CeRow;
+        if (split_rows()) {
+            // `ce_loss` wrote the row's results before this pass; reading the
+            // row's target or first logit here would race with the chunks of
+            // other workgroups overwriting them.
+            rs = ce_row_merged(seg);
+        } else {
+            rs = ce_row(seg);
+            write_row(seg, rs);
+        }
+        let k = grad_coef(rs);
+        let src = row_src(params.base_a, seg.row);
+        // Every thread's reads of this row in ce_row (x[0], x[y], the stats pass)
+        // precede this barrier; storageBarrier orders them against the writes below.
+        storageBarrier();
+        workgroupBarrier();
+        // As `ce_loss_grad`, so that both give the same bits.
+        let yv = u32(max(rs.label, 0)) / VW;
+        let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
+        var xy = vec_t(0.0);
+        if (owns_y) { xy = load_logits(src, yv); }
+        let path = grad_path();
+        if (path == GRAD_SOFTCAP) {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_logits(src, i, grad_softcap(rs, k, load_logits(src, i)));
+            }
+        } else if (path == GRAD_PLAIN) {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_logits(src, i, grad_plain(rs, k, load_logits(src, i)));
+            }
+        } else {
+            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+                store_logits(src, i, grad_at(rs, k, i, load_logits(src, i)));
+            }
+        }
+        if (path != GRAD_GENERAL && owns_y) { store_logits(src, yv, grad_at(rs, k, yv, xy)); }
     }
-    let k = grad_coef(rs);
-    let src = row_src(params.base_a, seg.row);
-    // Every thread's reads of this row in ce_row (x[0], x[y], the stats pass)
-    // precede this barrier; storageBarrier orders them against the writes below.
-    storageBarrier();
-    workgroupBarrier();
-    // As `ce_loss_grad`, so that both give the same bits.
-    let yv = u32(max(rs.label, 0)) / VW;
-    let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
-    var xy = vec_t(0.0);
-    if (owns_y) { xy = load_logits(src, yv); }
-    let path = grad_path(rs, k);
-    if (path == GRAD_SOFTCAP) {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_logits(src, i, grad_softcap(rs, k, load_logits(src, i)));
-        }
-    } else if (path == GRAD_PLAIN) {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_logits(src, i, grad_plain(rs, k, load_logits(src, i)));
-        }
-    } else {
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_logits(src, i, grad_at(rs, k, i, load_logits(src, i)));
-        }
-    }
-    if (path != GRAD_GENERAL && owns_y) { store_logits(src, yv, grad_at(rs, k, yv, xy)); }
 }
 
 // Compensated sums of one block of row losses (ce, z) (see `fold_records`).
@@ -630,7 +649,7 @@ fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
         var z_part = z_total;
         if (params.reduction == REDUCTION_MEAN) {
             ce_part = ce_total / scalars[0];
-            z_part = select(0.0, z_total / scalars[1], params.z_loss > 0.0);
+            z_part = select(0.0, z_total / scalars[1], has_z_loss());
         }
         result[0] = ce_part + z_part;
         result[1] = z_part;
@@ -704,7 +723,7 @@ fn soft_finish(c: SoftChunk) -> SoftRow {
     let ls = log(st.s);
     let lse = st.m + ls;
     var z = 0.0;
-    if (params.z_loss > 0.0) {
+    if (has_z_loss()) {
         z = params.z_loss * lse * lse;
     }
     return SoftRow(st.m, ls, c.b, c.b * ((st.m - c.r) + ls) - c.a, z);
@@ -773,7 +792,7 @@ fn soft_grad_scale() -> f32 {
 // The z-loss part apart from k (B p - w q'): where p = q' (C = 1, or a
 // perfect fit) that difference is 0 exactly and the z part keeps its digits.
 fn soft_z_scale(rs: SoftRow) -> f32 {
-    if (params.z_loss <= 0.0) { return 0.0; }
+    if (!has_z_loss()) { return 0.0; }
     let mean = params.reduction == REDUCTION_MEAN;
     return select(params.grad_scale, params.grad_scale / scalars[1], mean) * 2.0 * params.z_loss * (rs.m + rs.ls);
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::{Kernel, Launch, Pipeline, PipelineCache, Reduce, Variant};
+use crate::kernels::{Kernel, Launch, Pipeline, PipelineCache, Reduce, Spec, Variant};
 use crate::tuning::{RowTuning, SubgroupSizes};
 
 /// Options for [`GpuContext::with_options`]. Plain data; `Default` picks the
@@ -488,12 +488,13 @@ impl GpuContext {
         )
     }
 
-    /// The cached pipeline for a kernel variant and launch shape, built on first use.
+    /// The cached pipeline for a kernel variant, launch shape and options, built on first use.
     pub(crate) fn pipeline(
         &self,
         kernel: Kernel,
         variant: Variant,
         launch: Launch,
+        spec: Spec,
     ) -> Result<Arc<Pipeline>> {
         if !kernel.family().accepts(variant) {
             return Err(crate::Error::Unsupported {
@@ -515,9 +516,12 @@ impl GpuContext {
             &self.device,
             self.adapter_name(),
             &self.deferred,
-            kernel,
-            variant,
-            launch,
+            crate::kernels::PipelineKey {
+                kernel,
+                variant,
+                launch,
+                spec,
+            },
         )
     }
 

@@ -186,6 +186,34 @@ fn flag_constants_match_the_declaration() {
     }
 }
 
+/// Every family holds `common.wgsl`'s option bits and the overrides the
+/// host sets when it builds a pipeline (`build_pipeline`).
+#[test]
+fn spec_constants_and_overrides_match_the_declaration() {
+    let declared: BTreeSet<(String, u32)> = flags::spec::ALL
+        .iter()
+        .map(|&(n, v)| (n.to_string(), v))
+        .collect();
+    for family in Family::ALL {
+        let (module, _, _) = module(family, family.variants()[0]);
+        assert_eq!(
+            constants(&module, &["SPEC_"]),
+            declared,
+            "{}: WGSL SPEC_ constants (left) differ from kernels::flags::spec (right)",
+            family.file_name()
+        );
+        let overrides: BTreeSet<String> = module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.clone())
+            .collect();
+        let set: BTreeSet<String> = ["WG", "TPR", "SPEC_KNOWN", "SPEC_ON"]
+            .map(String::from)
+            .into();
+        assert_eq!(overrides, set, "{}: overrides", family.file_name());
+    }
+}
+
 #[test]
 fn params_layout_matches_the_host_struct() {
     let (module, _, _) = module(Family::Softmax, Variant::all()[0]);

@@ -571,6 +571,23 @@ pub(crate) mod flags {
         ];
     }
 
+    /// `common.wgsl`: the option bits of a pipeline's `SPEC_KNOWN` and
+    /// `SPEC_ON` overrides ([`super::Spec`]).
+    pub mod spec {
+        pub const SPEC_WEIGHTS: u32 = 1;
+        pub const SPEC_SOFTCAP: u32 = 2;
+        pub const SPEC_SMOOTHING: u32 = 4;
+        pub const SPEC_Z_LOSS: u32 = 8;
+        /// Every constant, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[
+            ("SPEC_WEIGHTS", SPEC_WEIGHTS),
+            ("SPEC_SOFTCAP", SPEC_SOFTCAP),
+            ("SPEC_SMOOTHING", SPEC_SMOOTHING),
+            ("SPEC_Z_LOSS", SPEC_Z_LOSS),
+        ];
+    }
+
     /// `binary.wgsl`.
     pub mod binary {
         pub const FLAG_WEIGHT_COLS: u32 = 1;
@@ -1198,17 +1215,63 @@ impl Kernel {
     }
 }
 
+/// Options a pipeline is built for (the `SPEC_KNOWN` / `SPEC_ON` overrides
+/// in `common.wgsl`): an option whose bit is in `known` is fixed at `on`'s
+/// bit, and the compiler drops the code of the other case; an option not
+/// in `known` is read from the uniform when the kernel runs. Why: lavapipe
+/// runs both sides of a branch on the uniform under masks, so the code of
+/// every absent option cost time (cross-entropy 2.9x slower than the kernel
+/// built for its options at 1048576x32; BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Spec {
+    pub known: u32,
+    pub on: u32,
+}
+
+impl Spec {
+    /// Options read when the kernel runs.
+    pub(crate) const GENERIC: Spec = Spec { known: 0, on: 0 };
+
+    /// What `kernel` is built for when it runs with `params`: the
+    /// cross-entropy family's options (class weights or per-class alpha,
+    /// softcap, label smoothing, z-loss), fixed; other families read theirs.
+    pub(crate) fn for_kernel(kernel: Kernel, params: &Params) -> Spec {
+        use flags::cross_entropy::{FLAG_SOFTCAP, FLAG_WEIGHTS};
+        use flags::spec::*;
+        if kernel.family() != Family::CrossEntropy {
+            return Spec::GENERIC;
+        }
+        let bit = |on: bool, b: u32| if on { b } else { 0 };
+        Spec {
+            known: SPEC_WEIGHTS | SPEC_SOFTCAP | SPEC_SMOOTHING | SPEC_Z_LOSS,
+            on: bit(params.flags & FLAG_WEIGHTS != 0, SPEC_WEIGHTS)
+                | bit(params.flags & FLAG_SOFTCAP != 0, SPEC_SOFTCAP)
+                | bit(params.smoothing > 0.0, SPEC_SMOOTHING)
+                | bit(params.z_loss > 0.0, SPEC_Z_LOSS),
+        }
+    }
+}
+
 /// A built pipeline and the bind group layout it was built with.
 pub(crate) struct Pipeline {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
 }
 
-/// Builds each (kernel, variant) pipeline on first use and keeps it.
+/// What a pipeline is built for: one per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub kernel: Kernel,
+    pub variant: Variant,
+    pub launch: Launch,
+    pub spec: Spec,
+}
+
+/// Builds each pipeline on first use and keeps it.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(Family, Variant), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Kernel, Variant, Launch), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
 impl PipelineCache {
@@ -1222,17 +1285,21 @@ impl PipelineCache {
         device: &wgpu::Device,
         adapter: &str,
         deferred: &crate::scope::Deferred,
-        kernel: Kernel,
-        variant: Variant,
-        launch: Launch,
+        key: PipelineKey,
     ) -> Result<Arc<Pipeline>> {
+        let PipelineKey {
+            kernel,
+            variant,
+            launch,
+            spec,
+        } = key;
         let poisoned = || Error::Gpu {
             kernel: kernel.entry_point().to_string(),
             adapter: adapter.to_string(),
             message: "pipeline cache lock poisoned by a panic on another thread".into(),
         };
         let mut pipelines = self.pipelines.lock().map_err(|_| poisoned())?;
-        if let Some(p) = pipelines.get(&(kernel, variant, launch)) {
+        if let Some(p) = pipelines.get(&key) {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -1249,13 +1316,13 @@ impl PipelineCache {
                     })
                 })
                 .clone();
-            build_pipeline(device, &module, kernel, variant.aliasing, launch)
+            build_pipeline(device, &module, kernel, variant.aliasing, launch, spec)
         };
         // Known at once on native; in the browser a broken pipeline is
         // reported by the next awaited call instead.
         let what = || {
             format!(
-                "building {} ({variant:?}, {launch:?})",
+                "building {} ({variant:?}, {launch:?}, {spec:?})",
                 kernel.entry_point()
             )
         };
@@ -1278,7 +1345,7 @@ impl PipelineCache {
             });
         }
         let built = Arc::new(built);
-        pipelines.insert((kernel, variant, launch), built.clone());
+        pipelines.insert(key, built.clone());
         Ok(built)
     }
 }
@@ -1289,6 +1356,7 @@ fn build_pipeline(
     kernel: Kernel,
     aliasing: Aliasing,
     launch: Launch,
+    spec: Spec,
 ) -> Pipeline {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
         .bindings()
@@ -1328,6 +1396,8 @@ fn build_pipeline(
             constants: &[
                 ("WG", f64::from(launch.workgroup_size)),
                 ("TPR", f64::from(launch.threads_per_row)),
+                ("SPEC_KNOWN", f64::from(spec.known)),
+                ("SPEC_ON", f64::from(spec.on)),
             ],
             // Every kernel writes workgroup memory before reading it; zeroing it
             // first costs a loop and a barrier per workgroup (measurable on lavapipe).

@@ -677,3 +677,59 @@ fn assert_loss_and_grad(
         &want.grad,
     );
 }
+
+/// Rows held in registers (issue 17; on the CPU table up to 256 columns
+/// since the fifth session, on the GPU table up to 32768) keep exp(x - max)
+/// in their registers, and a row with an infinite or NaN logit gets its
+/// NaNs by a select where the streaming path's exp((x - m) - lse) puts
+/// them: at +inf entries of a row whose max is +inf, everywhere in a row of
+/// only -inf or holding NaN; finite entries beside a +inf get 0. Separate
+/// and in place, with and without a softcap (which bounds every logit), on
+/// both tables, against the reference: NaN must meet NaN.
+#[test]
+fn held_rows_with_infinite_or_nan_logits_match_the_reference() {
+    let Some(own) = gpu() else { return };
+    let gpu_table =
+        common::gpu_with_tuning(wgpu_loss::RowTuning::default().fitted_to(own.limits()));
+    let tables: Vec<&GpuContext> = std::iter::once(own).chain(gpu_table.as_ref()).collect();
+    let mut rng = Rng::new(9090);
+    for ctx in tables {
+        for classes in [5, 32, 128, 256, 1000] {
+            let rows = 6;
+            let mut x = rng.vec_normal(rows * classes, 2.0);
+            x[classes + 3] = f32::INFINITY; // row 1: one +inf
+            x[2 * classes + 1] = f32::INFINITY; // row 2: two +inf
+            x[2 * classes + classes - 1] = f32::INFINITY;
+            x[3 * classes..4 * classes].fill(f32::NEG_INFINITY); // row 3: only -inf
+            x[4 * classes + classes / 2] = f32::NAN; // row 4: a NaN
+            x[5 * classes] = f32::NEG_INFINITY; // row 5: one -inf, finite max
+            let t: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+            for softcap in [None, Some(5.0)] {
+                let opts = CrossEntropyOptions {
+                    reduction: Reduction::None,
+                    softcap,
+                    ..Default::default()
+                };
+                let want = reference::cross_entropy(&x, &t, classes, &opts).unwrap();
+                let tag = format!(
+                    "{} [{rows}, {classes}] softcap {softcap:?}",
+                    ctx.adapter_name()
+                );
+                for request in [
+                    wgpu_loss::Request::LossAndGrad,
+                    wgpu_loss::Request::LossAndGradInPlace,
+                ] {
+                    let got =
+                        wgpu_loss::block_on(ctx.cross_entropy(&x, &t, classes, &opts, request))
+                            .unwrap();
+                    assert_close(&format!("{tag} {request:?} loss"), &got.loss, &want.loss);
+                    assert_close(
+                        &format!("{tag} {request:?} grad"),
+                        got.grad.as_deref().unwrap(),
+                        &want.grad,
+                    );
+                }
+            }
+        }
+    }
+}

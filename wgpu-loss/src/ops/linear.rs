@@ -25,7 +25,7 @@ use crate::kernels::flags::linear::{FLAG_ACCUMULATE, FLAG_BIAS, FLAG_LHS_F32};
 use crate::kernels::flags::linear_cross_entropy as lce_flags;
 use crate::kernels::slot::{cross_entropy as ce, linear as mm, linear_cross_entropy as lce};
 use crate::kernels::{
-    slot, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
+    slot, Kernel, Launch, Reduce, Slot, Spec, Storage, Variant, VecWidth, WORKGROUP_SIZE,
 };
 use crate::loss::cross_entropy::{CrossEntropyOptions, CrossEntropyOutput};
 use crate::loss::linear_cross_entropy::{
@@ -446,7 +446,7 @@ impl GpuContext {
         entries: Vec<(Slot, wgpu::BindingResource<'_>)>,
         groups: (u32, u32),
     ) -> Result<()> {
-        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
+        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP, Spec::GENERIC)?;
         let uniform = self.params_buffer(kernel.entry_point(), params);
         // The plan counts each bound operand once (tiles re-read from cache).
         let mut traffic = crate::plan::Traffic::default();

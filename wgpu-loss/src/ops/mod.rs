@@ -11,7 +11,7 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 pub(crate) use crate::kernels::Params;
 use crate::kernels::{
-    slot, Aliasing, Kernel, Launch, Reduce, Slot, Storage, Variant, VecWidth, WORKGROUP_SIZE,
+    slot, Aliasing, Kernel, Launch, Reduce, Slot, Spec, Storage, Variant, VecWidth, WORKGROUP_SIZE,
 };
 use crate::plan::Traffic;
 use crate::pool::{PooledBuffer, Scratch};
@@ -346,11 +346,14 @@ impl GpuContext {
             storage,
             reduce,
         };
-        let pipeline = self.pipeline(kernel, variant, launch)?;
+        let pipeline = self.pipeline(kernel, variant, launch, Spec::for_kernel(kernel, &params))?;
         let mut passes = Vec::new();
         if splits > 1 {
             for &k in kernel.split_passes() {
-                passes.push((self.pipeline(k, variant, launch)?, k));
+                passes.push((
+                    self.pipeline(k, variant, launch, Spec::for_kernel(k, &params))?,
+                    k,
+                ));
             }
         }
         passes.push((pipeline, kernel));
@@ -705,7 +708,12 @@ impl GpuContext {
             storage: Storage::F32,
             reduce: Reduce::Workgroup,
         };
-        let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP)?;
+        let pipeline = self.pipeline(
+            kernel,
+            variant,
+            Launch::WHOLE_WORKGROUP,
+            Spec::for_kernel(kernel, &params),
+        )?;
         let uniform = self.params_buffer("wgpu-loss params", &params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: slot::PARAMS.index,
@@ -788,6 +796,7 @@ impl GpuContext {
                 reduce: Reduce::Workgroup,
             },
             Launch::WHOLE_WORKGROUP,
+            Spec::GENERIC,
         )?;
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1) as u64;
         let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
