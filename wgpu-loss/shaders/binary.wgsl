@@ -30,7 +30,12 @@ const OP_BCE_PROB: u32 = 0u;
 const OP_BCE_LOGITS: u32 = 1u;
 const OP_SIGMOID_FOCAL: u32 = 2u;
 
-fn has(flag: u32) -> bool { return (params.flags & flag) != 0u; }
+fn has(flag: u32) -> bool { return spec_or(flag << SPEC_BINARY_SHIFT, (params.flags & flag) != 0u); }
+
+// Vectors each invocation walks (`ELEMENT_VECTORS` in kernels.rs): one
+// workgroup sum, whose barriers cost lavapipe a switch of every
+// invocation, serves WG * EV vectors.
+const EV: u32 = 8u;
 
 // Vector i of the window starts at column (i * VW) % C; C % VW == 0 keeps a vector inside one row.
 fn column_vec(i: u32) -> u32 { return ((i * VW) % params.cols) / VW; }
@@ -123,7 +128,7 @@ fn sigmoid_focal(x: vec_t, y: vec_t) -> Elem {
     var loss = ce;
     var g = (vec_t(1.0) - y) * p - y * sg.pc;
     let gamma = params.gamma;
-    if (gamma != 0.0) {
+    if (spec_or(SPEC_GAMMA, gamma != 0.0)) {
         // q = 1 - p_t = y (1 - p) + (1 - y) p, without forming 1 - p_t.
         let q = y * sg.pc + (vec_t(1.0) - y) * p;
         let zero_q = q == vec_t(0.0);
@@ -148,30 +153,35 @@ fn sigmoid_focal(x: vec_t, y: vec_t) -> Elem {
 
 fn run_elements(op: u32, lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>) {
     let group = row_of(wid, nwg);
-    let groups = (params.rows * (params.cols / VW) + WG - 1u) / WG;
-    if (group >= groups) { return; }
     let n = params.rows * (params.cols / VW);
-    let i = group * WG + lid.x;
+    let groups = (n + WG * EV - 1u) / (WG * EV);
     var acc = 0.0;
-    if (i < n) {
-        let x = inputs[params.base_a / VW + i];
-        let y = targets[params.base_b / VW + i];
-        var e: Elem;
-        switch op {
-            case 0u: { e = bce_prob(x, y, weight_at(i)); }
-            case 1u: { e = bce_logits(x, y, weight_at(i), pos_weight_at(i)); }
-            default: { e = sigmoid_focal(x, y); }
+    // No `return` before the barriers of the sum: lavapipe runs the code
+    // past a return under masks anyway.
+    if (group < groups) {
+        for (var k = 0u; k < EV; k++) {
+            let i = (group * EV + k) * WG + lid.x;
+            if (i < n) {
+                let x = inputs[params.base_a / VW + i];
+                let y = targets[params.base_b / VW + i];
+                var e: Elem;
+                switch op {
+                    case 0u: { e = bce_prob(x, y, weight_at(i)); }
+                    case 1u: { e = bce_logits(x, y, weight_at(i), pos_weight_at(i)); }
+                    default: { e = sigmoid_focal(x, y); }
+                }
+                if (has(FLAG_WRITE_LOSS)) {
+                    loss_out[params.base_out / VW + i] = e.loss;
+                }
+                if (has(FLAG_WRITE_GRAD)) {
+                    grad[params.base_d / VW + i] = e.grad * vec_t(params.grad_scale / params.denominator);
+                }
+                acc += hsum(e.loss);
+            }
         }
-        if (has(FLAG_WRITE_LOSS)) {
-            loss_out[params.base_out / VW + i] = e.loss;
-        }
-        if (has(FLAG_WRITE_GRAD)) {
-            grad[params.base_d / VW + i] = e.grad * vec_t(params.grad_scale / params.denominator);
-        }
-        acc = hsum(e.loss);
     }
     let total = wg_reduce_sum(lid.x, acc);
-    if (lid.x == 0u) {
+    if (lid.x == 0u && group < groups) {
         partials[params.row_base + group] = total;
     }
 }

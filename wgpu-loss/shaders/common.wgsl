@@ -20,6 +20,8 @@ const SPEC_WEIGHTS: u32 = 1u;
 const SPEC_SOFTCAP: u32 = 2u;
 const SPEC_SMOOTHING: u32 = 4u;
 const SPEC_Z_LOSS: u32 = 8u;
+const SPEC_GAMMA: u32 = 16u;         // binary.wgsl: gamma != 0
+const SPEC_BINARY_SHIFT: u32 = 8u;   // binary.wgsl: its FLAG_ bits, this far up
 fn spec_or(bit: u32, when_run: bool) -> bool {
     if ((SPEC_KNOWN & bit) != 0u) { return (SPEC_ON & bit) != 0u; }
     return when_run;

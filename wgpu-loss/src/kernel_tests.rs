@@ -351,3 +351,14 @@ fn kernels_the_plan_counts_as_held_have_a_held_path() {
         );
     }
 }
+
+#[test]
+fn element_vectors_is_the_binary_shaders_ev() {
+    let (module, _, _) = module(Family::Binary, Family::Binary.variants()[0]);
+    let ev: BTreeSet<(String, u32)> = constants(&module, &["EV"]);
+    assert_eq!(
+        ev,
+        BTreeSet::from([("EV".to_string(), super::ELEMENT_VECTORS)]),
+        "binary.wgsl's EV against kernels::ELEMENT_VECTORS"
+    );
+}

@@ -578,6 +578,10 @@ pub(crate) mod flags {
         pub const SPEC_SOFTCAP: u32 = 2;
         pub const SPEC_SMOOTHING: u32 = 4;
         pub const SPEC_Z_LOSS: u32 = 8;
+        /// The binary losses' `params.gamma != 0` (sigmoid focal).
+        pub const SPEC_GAMMA: u32 = 16;
+        /// The binary losses' flags sit this far up.
+        pub const SPEC_BINARY_SHIFT: u32 = 8;
         /// Every constant, by its WGSL name.
         #[cfg(test)]
         pub const ALL: &[(&str, u32)] = &[
@@ -585,6 +589,8 @@ pub(crate) mod flags {
             ("SPEC_SOFTCAP", SPEC_SOFTCAP),
             ("SPEC_SMOOTHING", SPEC_SMOOTHING),
             ("SPEC_Z_LOSS", SPEC_Z_LOSS),
+            ("SPEC_GAMMA", SPEC_GAMMA),
+            ("SPEC_BINARY_SHIFT", SPEC_BINARY_SHIFT),
         ];
     }
 
@@ -596,6 +602,8 @@ pub(crate) mod flags {
         pub const FLAG_WRITE_LOSS: u32 = 8;
         pub const FLAG_WRITE_GRAD: u32 = 16;
         pub const FLAG_ALPHA: u32 = 32;
+        /// Every flag above.
+        pub const ALL_FLAGS: u32 = 63;
         /// Every constant of the file, by its WGSL name.
         #[cfg(test)]
         pub const ALL: &[(&str, u32)] = &[
@@ -1215,6 +1223,10 @@ impl Kernel {
     }
 }
 
+/// Vectors each invocation of an element-wise kernel walks (`EV` in
+/// `binary.wgsl`), in a fixed order.
+pub(crate) const ELEMENT_VECTORS: u32 = 8;
+
 /// Options a pipeline is built for (the `SPEC_KNOWN` / `SPEC_ON` overrides
 /// in `common.wgsl`): an option whose bit is in `known` is fixed at `on`'s
 /// bit, and the compiler drops the code of the other case; an option not
@@ -1238,10 +1250,19 @@ impl Spec {
     pub(crate) fn for_kernel(kernel: Kernel, params: &Params) -> Spec {
         use flags::cross_entropy::{FLAG_SOFTCAP, FLAG_WEIGHTS};
         use flags::spec::*;
+        let bit = |on: bool, b: u32| if on { b } else { 0 };
+        if kernel.family() == Family::Binary {
+            // Its flags, shifted clear of the cross-entropy bits, and gamma.
+            let all = flags::binary::ALL_FLAGS;
+            return Spec {
+                known: all << SPEC_BINARY_SHIFT | SPEC_GAMMA,
+                on: (params.flags & all) << SPEC_BINARY_SHIFT
+                    | bit(params.gamma != 0.0, SPEC_GAMMA),
+            };
+        }
         if kernel.family() != Family::CrossEntropy {
             return Spec::GENERIC;
         }
-        let bit = |on: bool, b: u32| if on { b } else { 0 };
         Spec {
             known: SPEC_WEIGHTS | SPEC_SOFTCAP | SPEC_SMOOTHING | SPEC_Z_LOSS,
             on: bit(params.flags & FLAG_WEIGHTS != 0, SPEC_WEIGHTS)

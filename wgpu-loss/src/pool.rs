@@ -11,6 +11,12 @@ use std::sync::{Arc, Mutex};
 
 /// Idle buffers kept per (size class, usage); beyond that, returned buffers are destroyed.
 const IDLE_PER_CLASS: usize = 4;
+/// ... for classes of at most [`SMALL_CLASS`] bytes: a call's small scratch
+/// (records, partial sums, unused outputs) shares a few classes, and two
+/// encoders in flight at once held more than four of one, so a loop of
+/// them kept destroying and creating one.
+const IDLE_PER_SMALL_CLASS: usize = 32;
+const SMALL_CLASS: u64 = 64 << 10;
 /// Idle bytes kept in all; beyond that, returned buffers are destroyed.
 const IDLE_BYTES_CAP: u64 = 1 << 30;
 
@@ -119,7 +125,12 @@ impl BufferPool {
         if self.idle_bytes.load(Ordering::Relaxed) + size <= IDLE_BYTES_CAP {
             if let Ok(mut idle) = self.idle.lock() {
                 let list = idle.entry((size, buffer.usage())).or_default();
-                if list.len() < IDLE_PER_CLASS {
+                let keep = if size <= SMALL_CLASS {
+                    IDLE_PER_SMALL_CLASS
+                } else {
+                    IDLE_PER_CLASS
+                };
+                if list.len() < keep {
                     list.push(buffer);
                     self.idle_bytes.fetch_add(size, Ordering::Relaxed);
                     self.idle_buffers.fetch_add(1, Ordering::Relaxed);

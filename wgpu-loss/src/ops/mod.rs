@@ -235,7 +235,7 @@ impl GpuContext {
     /// With `VecWidth::Scalar` this is an upper bound for any layout.
     pub(crate) fn element_groups(&self, rows: usize, cols: usize, width: VecWidth) -> Result<u64> {
         let lanes = width.lanes() as u64;
-        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * lanes;
+        let per_group = element_group_items(lanes);
         Ok(self
             .windows(rows, cols)?
             .iter()
@@ -368,7 +368,7 @@ impl GpuContext {
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
-        let per_group = u64::from(crate::kernels::WORKGROUP_SIZE) * width.lanes() as u64;
+        let per_group = element_group_items(width.lanes() as u64);
         let mut groups_done = 0u64;
         for (r0, n) in windows {
             let groups = match grid {
@@ -1138,6 +1138,14 @@ impl GpuContext {
 /// its own offset and indexed from 0, which is what keeps WGSL's `u32` element
 /// indices in range for any total size: a window holds at most one binding
 /// (capped at 1 GiB, 2^28 f32).
+/// Elements one workgroup of an element-wise kernel covers: each of its
+/// `WORKGROUP_SIZE` invocations walks `kernels::ELEMENT_VECTORS` vectors of
+/// `lanes` elements, so one workgroup-memory sum (its barriers cost lavapipe
+/// a switch of every invocation) serves that many.
+pub(crate) fn element_group_items(lanes: u64) -> u64 {
+    u64::from(WORKGROUP_SIZE) * lanes * u64::from(crate::kernels::ELEMENT_VECTORS)
+}
+
 pub(crate) fn row_windows(
     rows: usize,
     rows_per_window: usize,
