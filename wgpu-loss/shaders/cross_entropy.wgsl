@@ -814,8 +814,12 @@ fn ce_soft_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
         soft_held_grad(seg);
-        return;
+    } else {
+        soft_streamed_grad(seg);
     }
+}
+
+fn soft_streamed_grad(seg: Seg) {
     let rs = soft_row(seg);
     write_soft_row(seg, rs);
     let k = soft_grad_scale();
@@ -948,25 +952,34 @@ fn focal_loss_grad(ids: Ids) {
         }
         let m = seg_max(seg.tid, mx);
         var s = 0.0;
+        // The registers keep exp(x - m): one exp per element, as `ce_held_row`.
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
-            if (i < seg.end) { s += hsum(exp_from_max(masked(x[j], i, neg_inf()), m)); }
+            if (i < seg.end) {
+                x[j] = exp_from_max(masked(x[j], i, neg_inf()), m);
+                s += hsum(x[j]);
+            }
         }
         let total = seg_sum(seg.tid, s);
         let rs = focal_finish(seg, RowStat(m, total));
         write_focal_row(seg, rs);
         let k = focal_grad_scale(rs);
+        // A non-finite row's NaNs by a select, as `held_grad`.
+        let nan_at = vec_t(select(2.0, 1.0, !is_finite(rs.m + rs.ls)));
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                var p = exp_from_max(x[j], m) / vec_t(total);
-                if (!is_finite(rs.m + rs.ls)) { p = exp((x[j] - vec_t(rs.m)) - vec_t(rs.ls)); }
+                let p = select(x[j] / vec_t(total), vec_t(nan()), x[j] == nan_at);
                 let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
                 store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
             }
         }
-        return;
+    } else {
+        focal_streamed_grad(seg, src, dst, y);
     }
+}
+
+fn focal_streamed_grad(seg: Seg, src: u32, dst: u32, y: vec_u) {
     let rs = focal_row(seg);
     write_focal_row(seg, rs);
     let k = focal_grad_scale(rs);

@@ -100,15 +100,15 @@ fn softmax_forward(ids: Ids) {
                 store_mat_out(dst, i, select(vec_t(nan()), h[k] / vec_t(total), ok));
             }
         }
-        return;
-    }
-    let st = x_row_stat(seg, src);
-    let ls = log(st.s);
-    // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
-    let ok = is_finite(st.m + ls);
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls));
-        store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+    } else {
+        let st = x_row_stat(seg, src);
+        let ls = log(st.s);
+        // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
+        let ok = is_finite(st.m + ls);
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+            let y = exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls));
+            store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+        }
     }
 }
 
@@ -134,14 +134,14 @@ fn log_softmax_forward(ids: Ids) {
                 store_mat_out(dst, i, select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
             }
         }
-        return;
-    }
-    let st = x_row_stat(seg, src);
-    let ls = log(st.s);
-    let ok = is_finite(st.m + ls);
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let y = (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls);
-        store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+    } else {
+        let st = x_row_stat(seg, src);
+        let ls = log(st.s);
+        let ok = is_finite(st.m + ls);
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+            let y = (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls);
+            store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+        }
     }
 }
 
