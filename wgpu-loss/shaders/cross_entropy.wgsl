@@ -497,28 +497,17 @@ fn ce_loss_grad(ids: Ids) {
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
-        let path = grad_path();
-        if (path == GRAD_SOFTCAP) {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_grad(dst, i, grad_softcap(rs, k, load_logits(src, i)));
-            }
-        } else if (path == GRAD_PLAIN) {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_grad(dst, i, grad_plain(rs, k, load_logits(src, i)));
-            }
-        } else {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_grad(dst, i, grad_at(rs, k, i, load_logits(src, i)));
-            }
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+            store_grad(dst, i, streamed_grad(rs, k, i, load_logits(src, i)));
         }
         // The fast paths leave out the one-hot term: the owner rewrites the
         // target's vector (same invocation, so after its own store).
-        if (path != GRAD_GENERAL && owns_y) { store_grad(dst, yv, grad_at(rs, k, yv, xy)); }
+        if (grad_path() != GRAD_GENERAL && owns_y) { store_grad(dst, yv, grad_at(rs, k, yv, xy)); }
     }
 }
 
 // How a streamed row's gradient is computed, chosen from the options alone
-// (the same for every lane) and not per vector: without class weights
+// (the same for every lane, fixed when the pipeline is built): without class weights
 // and smoothing together, g = a p - c everywhere but the target's vector,
 // through the softcap's slope if any; an ignored row's coefficients are
 // all 0, and a select (not a branch) makes its gradient exactly 0.
@@ -529,6 +518,16 @@ const GRAD_SOFTCAP: u32 = 2u;
 fn grad_path() -> u32 {
     if (has_weights() && has_smoothing()) { return GRAD_GENERAL; }
     return select(GRAD_PLAIN, GRAD_SOFTCAP, has_softcap());
+}
+
+// The gradient of streamed vector `i` (logits `x`) by the row's path. The
+// path depends on the options alone, which the pipeline is built for
+// (`spec_or`), so the compiler keeps one of the three.
+fn streamed_grad(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
+    let path = grad_path();
+    if (path == GRAD_SOFTCAP) { return grad_softcap(rs, k, x); }
+    if (path == GRAD_PLAIN) { return grad_plain(rs, k, x); }
+    return grad_at(rs, k, i, x);
 }
 
 fn grad_plain(rs: CeRow, k: GradCoef, x: vec_t) -> vec_t {
@@ -582,21 +581,10 @@ fn ce_loss_grad_in_place(ids: Ids) {
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
-        let path = grad_path();
-        if (path == GRAD_SOFTCAP) {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_logits(src, i, grad_softcap(rs, k, load_logits(src, i)));
-            }
-        } else if (path == GRAD_PLAIN) {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_logits(src, i, grad_plain(rs, k, load_logits(src, i)));
-            }
-        } else {
-            for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-                store_logits(src, i, grad_at(rs, k, i, load_logits(src, i)));
-            }
+        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
+            store_logits(src, i, streamed_grad(rs, k, i, load_logits(src, i)));
         }
-        if (path != GRAD_GENERAL && owns_y) { store_logits(src, yv, grad_at(rs, k, yv, xy)); }
+        if (grad_path() != GRAD_GENERAL && owns_y) { store_logits(src, yv, grad_at(rs, k, yv, xy)); }
     }
 }
 
