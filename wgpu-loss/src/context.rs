@@ -222,10 +222,10 @@ impl GpuContext {
     /// [`GpuContext::from_device_with_adapter`] with options, for an
     /// embedder who tunes the kernels on its own device: `row_tuning`
     /// (checked against the device's limits, as [`GpuContext::with_options`]
-    /// checks it), `max_binding_bytes` and `poison_outputs` apply; the
-    /// adapter-picking fields (`backend`, `power_preference`) have nothing
-    /// to pick and are ignored. `adapter: None` takes the generic GPU tuning
-    /// where `row_tuning` is `None`.
+    /// checks it), `max_binding_bytes` and `poison_outputs` apply;
+    /// `power_preference` has no adapter to pick and is ignored, and so is
+    /// the `WGPU_LOSS_ROW_TUNING` variable. Without `row_tuning` the table
+    /// picks by `adapter` (`None`: the generic GPU tuning).
     ///
     /// ```no_run
     /// # async fn run(device: wgpu::Device, queue: wgpu::Queue) -> wgpu_loss::Result<()> {

@@ -1246,12 +1246,18 @@ impl Spec {
 
     /// What `kernel` is built for when it runs with `params`: the
     /// cross-entropy family's options (class weights or per-class alpha,
-    /// softcap, label smoothing, z-loss), fixed; other families read theirs.
+    /// softcap, label smoothing, z-loss) and the binary losses' flags and
+    /// `gamma != 0`, fixed; the binary reductions and other families read
+    /// theirs (they have none worth a pipeline of its own).
     pub(crate) fn for_kernel(kernel: Kernel, params: &Params) -> Spec {
         use flags::cross_entropy::{FLAG_SOFTCAP, FLAG_WEIGHTS};
         use flags::spec::*;
         let bit = |on: bool, b: u32| if on { b } else { 0 };
-        if kernel.family() == Family::Binary {
+        let element_wise = matches!(
+            kernel,
+            Kernel::BceProbElements | Kernel::BceLogitsElements | Kernel::SigmoidFocalElements
+        );
+        if element_wise {
             // Its flags, shifted clear of the cross-entropy bits, and gamma.
             let all = flags::binary::ALL_FLAGS;
             return Spec {
