@@ -161,8 +161,8 @@ fn run_plan(
                     .iter()
                     .map(|d| {
                         format!(
-                            "{{\"kernel\":\"{}\",\"workgroups\":{},\"items_per_workgroup\":{},\"bytes_read\":{},\"bytes_written\":{}}}",
-                            d.kernel, d.workgroups, d.items_per_workgroup, d.bytes_read, d.bytes_written
+                            "{{\"kernel\":\"{}\",\"workgroups\":{},\"items_per_workgroup\":{},\"bytes_read\":{},\"bytes_written\":{},\"load_bytes\":{}}}",
+                            d.kernel, d.workgroups, d.items_per_workgroup, d.bytes_read, d.bytes_written, d.load_bytes
                         )
                     })
                     .collect();
@@ -176,17 +176,18 @@ fn run_plan(
             }
             println!("\n{} {rows}x{cols}", op.name());
             println!(
-                "  {:<30} {:>10} {:>10} {:>12} {:>12}",
-                "kernel", "workgroups", "items/wg", "read MB", "written MB"
+                "  {:<30} {:>10} {:>10} {:>12} {:>12} {:>7}",
+                "kernel", "workgroups", "items/wg", "read MB", "written MB", "load B"
             );
             for d in &plan {
                 println!(
-                    "  {:<30} {:>10} {:>10} {:>12.3} {:>12.3}",
+                    "  {:<30} {:>10} {:>10} {:>12.3} {:>12.3} {:>7}",
                     d.kernel,
                     d.workgroups,
                     d.items_per_workgroup,
                     d.bytes_read as f64 / 1e6,
-                    d.bytes_written as f64 / 1e6
+                    d.bytes_written as f64 / 1e6,
+                    d.load_bytes
                 );
             }
             println!(

@@ -677,7 +677,10 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     let resident = classes.as_ref().map_or(0, |c| c.len() as u64 * 8)
         + (cols as u64 * 4) * (u64::from(class_weight.is_some()) + u64::from(pos.is_some()));
     let budget = args.memory_budget.unwrap_or(stream::DEFAULT_MEMORY_BUDGET);
-    let window = stream::window_rows(rows, per_row, budget, resident, 1)?.min(MAX_WINDOW_ROWS);
+    // Windows of whole fours of rows: a row that is not whole vec4s is split
+    // into vectors by its offset modulo 4, which then stays what it is in
+    // one window of every row, so any windows give that window's bits.
+    let window = stream::window_rows(rows, per_row, budget, resident, 4)?.min(MAX_WINDOW_ROWS);
     let windows = plan_windows(rows, window);
 
     prepare_out(&args.out, &all_out, element)?;

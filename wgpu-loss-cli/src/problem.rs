@@ -554,7 +554,9 @@ impl Problem {
 
     /// The problem in windows of `window_rows` rows, each run by `run`
     /// (e.g. `|p, r| p.run_fast_with(r)`), as `eval` streams it
-    /// ([`WindowPlan`]): the same bits for any window size.
+    /// ([`WindowPlan`]): the same bits for any window size on the CPU, and
+    /// on the GPU for any multiple of 4 rows (a row that is not whole vec4s
+    /// is split into vectors by its offset modulo 4, as `eval` keeps it).
     pub fn run_windows(
         &self,
         window_rows: usize,

@@ -115,24 +115,50 @@ fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x;
 // Rows of a matrix array (the width preludes say how it holds vectors): the
 // row `row` of a window starting at element `base` begins at array index
 // `row_src(base, row)`, its vector i is at `vec_at(src, i)`, and it has
-// `row_vecs()` vectors. Where gathered, a row may start mid-vector of the
-// buffer's own alignment and its last vector's lanes past C are masked.
+// `row_vecs()` vectors. Where gathered or edged, a row's vectors are matrix
+// A's aligned ones: the lanes of its first vector before its start
+// (`row_phase` of them) and of its last past its end are masked.
 fn row_src(base: u32, row: u32) -> u32 {
     if (GATHER) { return base + row * params.cols; }
+    if (EDGED) { return (base + row * params.cols) / VW; }
     return base / VW + row * (params.cols / VW);
 }
-fn row_vecs() -> u32 { return (params.cols + VW - 1u) / VW; }
-fn vec_at(src: u32, i: u32) -> u32 { return src + i * MSTRIDE; }
 
-// `x` with the lanes of vector i that lie past the row's end set to `fill`
-// (only a gathered row's last vector has such lanes).
+// Lanes of the row's first vector that precede it in matrix A (gathered and
+// edged rows; 0 otherwise), set by `seg_of` for the row this invocation
+// works on. The host binds edged kernels only where every matrix of a row
+// has the same phase; gathered loads take any matrix's elements by column.
+var<private> row_phase: u32 = 0u;
+
+fn set_row_phase(row: u32) {
+    if (GATHER || EDGED) { row_phase = (params.base_a + row * params.cols) % VW; }
+}
+
+fn row_vecs() -> u32 { return (params.cols + row_phase + VW - 1u) / VW; }
+
+// The most vectors any row of the dispatch has (rows differ by phase): what
+// decides the held path, which must be the same for every row.
+fn most_row_vecs() -> u32 { return (params.cols + select(0u, VW - 1u, GATHER || EDGED) + VW - 1u) / VW; }
+
+fn vec_at(src: u32, i: u32) -> u32 { return src + i * MSTRIDE - select(0u, row_phase, GATHER); }
+
+// The columns of vector i's lanes. Head lanes of an edged row wrap around to
+// huge values, past every row's end.
+fn col_of(i: u32) -> vec_u { return vec_u(i * VW) + LANE - vec_u(row_phase); }
+
+// The vector, and the lane of it, that hold column c.
+fn vec_of_col(c: u32) -> u32 { return (c + row_phase) / VW; }
+fn lane_of_col(c: u32) -> u32 { return (c + row_phase) % VW; }
+
+// `x` with the lanes of vector i that lie outside the row set to `fill`
+// (only a gathered or edged row's first and last vectors have such lanes).
 fn masked(x: vec_t, i: u32, fill: f32) -> vec_t {
-    if (!GATHER) { return x; }
-    return select(vec_t(fill), x, vec_u(i * VW) + LANE < vec_u(params.cols));
+    if (!GATHER && !EDGED) { return x; }
+    return select(vec_t(fill), x, col_of(i) < vec_u(params.cols));
 }
 
 // Whether lane k of vector i is a column of the row.
-fn lane_in_row(i: u32, k: u32) -> bool { return i * VW + k < params.cols; }
+fn lane_in_row(i: u32, k: u32) -> bool { return i * VW + k - row_phase < params.cols; }
 
 // Blocked reductions over N items, so that no pass of one workgroup walks all
 // of them: workgroup g of a `*_partial` pass owns items [g S, (g + 1) S),
@@ -170,6 +196,7 @@ fn seg_of(ids: Ids) -> Seg {
     let row = index / splits;
     let chunk = index % splits;
     let live = row < params.rows;
+    set_row_phase(min(row, params.rows - 1u));
     let n = row_vecs();
     let per = (n + splits - 1u) / splits;
     let first = select(0u, min(chunk * per, n), live);
@@ -190,7 +217,7 @@ fn split_rows() -> bool { return params.splits > 1u; }
 const HOLD: u32 = 8u;
 
 fn holds_rows() -> bool {
-    return !split_rows() && (row_vecs() + TPR - 1u) / TPR <= HOLD;
+    return !split_rows() && (most_row_vecs() + TPR - 1u) / TPR <= HOLD;
 }
 
 // A lane's k-th held vector is the row's vector `held_index(seg, k)`.

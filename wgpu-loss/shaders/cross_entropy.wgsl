@@ -8,7 +8,7 @@
 // Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
 //   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
 
-@group(0) @binding(1) var<storage, read_write> logits: array<mat_t>;   // read_write so the in-place kernel can overwrite it
+@group(0) @binding(1) var<storage, read_write> logits: array<src_t>;   // read_write so the in-place kernel can overwrite it
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> weights: array<fvec_t>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;    // [D, kept rows, W, 0]
@@ -42,11 +42,16 @@ fn class_weight(j: u32) -> f32 {
 // [0, C) that is not ignore_index makes its row's loss and gradient NaN.
 fn target_valid(t: i32) -> bool { return t >= 0 && u32(t) < params.cols; }
 
-// The weights of vector i's columns (0 past the row's end).
+// The weights of vector i's columns (0 outside the row).
 fn class_weights(i: u32) -> vec_t {
     if (has_weights()) {
-        let j = vec_at(0u, i);
-        return masked(fvec(weights[j], weights[j + MSTEP], weights[j + 2u * MSTEP], weights[j + 3u * MSTEP]), i, 0.0);
+        if (GATHER || EDGED) {
+            // Columns shifted by the row's phase: four weights by column,
+            // each index kept inside the array.
+            let c = min(col_of(i), vec_u(params.cols - 1u));
+            return masked(vec_of(class_weight(ulane(c, 0u)), class_weight(ulane(c, 1u)), class_weight(ulane(c, 2u)), class_weight(ulane(c, 3u))), i, 0.0);
+        }
+        return fvec(weights[i], weights[i], weights[i], weights[i]);
     }
     return vec_t(1.0);
 }
@@ -61,32 +66,31 @@ fn load_logits(src: u32, i: u32) -> vec_t {
 }
 
 fn load_soft_targets(src: u32, i: u32) -> vec_t {
-    let j = vec_at(src, i);
-    return fvec(soft_targets[j], soft_targets[j + MSTEP], soft_targets[j + 2u * MSTEP], soft_targets[j + 3u * MSTEP]);
+    let j = fvec_at(src, i);
+    return fvec(soft_targets[j], soft_targets[j + FSTEP], soft_targets[j + 2u * FSTEP], soft_targets[j + 3u * FSTEP]);
 }
 
-// Gathered rows store lane by lane, never past the row's end.
+// Gathered and edged rows store lane by lane, never outside the row. The
+// in-place kernel is never built edged (`src_t` is the loads' vector there).
 fn store_logits(dst: u32, i: u32, v: vec_t) {
-    if (!MAT_STORES) { return; }
-    let j = vec_at(dst, i);
+    if (!MAT_STORES || EDGED) { return; }
     if (GATHER) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { logits[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { logits[mat_index(lane_at(dst, i, k))] = src_lane(v, k); }
         }
     } else {
-        logits[j] = pack_mat(v);
+        logits[vec_at(dst, i)] = pack_src(v);
     }
 }
 
 fn store_grad(dst: u32, i: u32, v: vec_t) {
     if (!MAT_STORES) { return; }
-    let j = vec_at(dst, i);
-    if (GATHER) {
+    if (GATHER || EDGED) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { grad[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { grad[mat_index(lane_at(dst, i, k))] = mat_lane(v, k); }
         }
     } else {
-        grad[j] = pack_mat(v);
+        grad[vec_at(dst, i)] = pack_mat(v);
     }
 }
 
@@ -261,7 +265,7 @@ fn ce_chunk(seg: Seg, src: u32, r: f32) -> CeChunk {
 
 // The smoothing sum's reference logit: x'[0] of the row, or 0 if not finite.
 fn ce_reference(src: u32) -> f32 {
-    let r0 = lane(capped(load_logits(src, 0u)), 0u);
+    let r0 = lane(capped(load_logits(src, vec_of_col(0u))), lane_of_col(0u));
     return select(0.0, r0, is_finite(r0));
 }
 
@@ -319,7 +323,7 @@ fn ce_finish(seg: Seg, st: RowStat, wsum: f32, r: f32) -> CeRow {
         ce = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let xy = lane(capped(load_logits(src, y / VW)), y % VW);
+        let xy = lane(capped(load_logits(src, vec_of_col(y))), lane_of_col(y));
         ce = (1.0 - eps) * class_weight(y) * ((st.m - xy) + ls);
         if (smoothing) {
             ce += (eps / f32(params.cols)) * (scalars[2] * ((st.m - r) + ls) - wsum);
@@ -377,7 +381,7 @@ fn grad_at(rs: CeRow, k: GradCoef, i: u32, x: vec_t) -> vec_t {
 
 // g = (a p - b [j = y] - c w) * slope, zero on ignored rows.
 fn grad_from_p(rs: CeRow, k: GradCoef, i: u32, p: vec_t, slope: vec_t) -> vec_t {
-    let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == vec_u(u32(max(rs.label, 0))));
+    let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == vec_u(u32(max(rs.label, 0))));
     var g = grad_core(k, p, onehot);
     if (k.c != 0.0) {
         g -= vec_t(k.c) * class_weights(i);
@@ -492,7 +496,7 @@ fn ce_loss_grad(ids: Ids) {
         let dst = row_src(params.base_out, seg.row);
         // The target's vector, by its owner, before any store (in place, the
         // loops below overwrite it).
-        let yv = u32(max(rs.label, 0)) / VW;
+        let yv = vec_of_col(u32(max(rs.label, 0)));
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
@@ -576,7 +580,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
         storageBarrier();
         workgroupBarrier();
         // As `ce_loss_grad`, so that both give the same bits.
-        let yv = u32(max(rs.label, 0)) / VW;
+        let yv = vec_of_col(u32(max(rs.label, 0)));
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
@@ -663,8 +667,7 @@ fn soft_chunk(seg: Seg) -> SoftChunk {
     let row = min(seg.row, params.rows - 1u);
     let src = row_src(params.base_a, row);
     let qsrc = row_src(params.base_b, row);
-    let r0 = lane(capped(load_logits(src, 0u)), 0u);
-    let r = select(0.0, r0, is_finite(r0));
+    let r = ce_reference(src);
     var acc = stat_empty();
     var a_acc = bsum_empty();
     var b_acc = bsum_empty();
@@ -695,9 +698,8 @@ fn soft_row(seg: Seg) -> SoftRow {
     if (split_rows()) {
         // Every chunk took A relative to the same r, the row's first logit.
         let row = min(seg.row, params.rows - 1u);
-        let r0 = lane(capped(load_logits(row_src(params.base_a, row), 0u)), 0u);
         let p = merged_partials(row);
-        c = SoftChunk(RowStat(p.x, p.y), p.z, p.w, select(0.0, r0, is_finite(r0)));
+        c = SoftChunk(RowStat(p.x, p.y), p.z, p.w, ce_reference(row_src(params.base_a, row)));
     } else {
         c = soft_chunk(seg);
     }
@@ -724,8 +726,7 @@ fn soft_held_grad(seg: Seg) {
     let src = row_src(params.base_a, row);
     let qsrc = row_src(params.base_b, row);
     let dst = row_src(params.base_out, seg.row);
-    let r0 = lane(capped(load_logits(src, 0u)), 0u);
-    let r = select(0.0, r0, is_finite(r0));
+    let r = ce_reference(src);
     var x: array<vec_t, HOLD>;
     var mx = neg_inf();
     var a_acc = bsum_empty();
@@ -881,7 +882,7 @@ fn focal_finish(seg: Seg, st: RowStat) -> FocalRow {
         f = nan();
     } else if (!ignored) {
         let y = u32(t);
-        let lp = (lane(load_logits(src, y / VW), y % VW) - st.m) - ls;
+        let lp = (lane(load_logits(src, vec_of_col(y)), lane_of_col(y)) - st.m) - ls;
         let p = exp(lp);
         // max() would turn a NaN row (NaN or inf - inf in the logits) into q = 0 and
         // a loss of 0; keep the NaN so the row reports it.
@@ -957,7 +958,7 @@ fn focal_loss_grad(ids: Ids) {
             let i = held_index(seg, j);
             if (i < seg.end) {
                 let p = select(x[j] / vec_t(total), vec_t(nan()), x[j] == nan_at);
-                let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
+                let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
                 store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
             }
         }
@@ -972,7 +973,7 @@ fn focal_streamed_grad(seg: Seg, src: u32, dst: u32, y: vec_u) {
     let k = focal_grad_scale(rs);
     for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
         let p = exp((load_logits(src, i) - vec_t(rs.m)) - vec_t(rs.ls));
-        let onehot = select(vec_t(0.0), vec_t(1.0), vec_u(i * VW) + LANE == y);
+        let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
         store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
     }
 }

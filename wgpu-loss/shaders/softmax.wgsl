@@ -2,8 +2,8 @@
 // Each row belongs to TPR threads of a workgroup (`seg_of`); every matrix is
 // row-major [rows, cols].
 
-@group(0) @binding(1) var<storage, read> mat_a: array<mat_t>;      // x (forward, lse backward) or y (backward)
-@group(0) @binding(2) var<storage, read> mat_b: array<mat_t>;      // dy (softmax / log-softmax backward)
+@group(0) @binding(1) var<storage, read> mat_a: array<src_t>;      // x (forward, lse backward) or y (backward)
+@group(0) @binding(2) var<storage, read> mat_b: array<src_t>;      // dy (softmax / log-softmax backward)
 @group(0) @binding(3) var<storage, read> row_a: array<f32>;        // lse per row (lse backward)
 @group(0) @binding(4) var<storage, read> row_b: array<f32>;        // dy per row (lse backward)
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
@@ -22,16 +22,15 @@ fn load_mat_b(src: u32, i: u32) -> vec_t {
     return mat_vec(mat_b[mat_index(j)], mat_b[mat_index(j + MSTEP)], mat_b[mat_index(j + 2u * MSTEP)], mat_b[mat_index(j + 3u * MSTEP)], j);
 }
 
-// Gathered rows store lane by lane, never past the row's end.
+// Gathered and edged rows store lane by lane, never outside the row.
 fn store_mat_out(dst: u32, i: u32, v: vec_t) {
     if (!MAT_STORES) { return; }
-    let j = vec_at(dst, i);
-    if (GATHER) {
+    if (GATHER || EDGED) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { mat_out[mat_index(j + k * MSTEP)] = mat_lane(v, k); }
+            if (lane_in_row(i, k)) { mat_out[mat_index(lane_at(dst, i, k))] = mat_lane(v, k); }
         }
     } else {
-        mat_out[j] = pack_mat(v);
+        mat_out[vec_at(dst, i)] = pack_mat(v);
     }
 }
 @group(0) @binding(6) var<storage, read_write> row_out: array<f32>;

@@ -544,8 +544,9 @@ impl GpuContext {
 
     /// Runs `f` and returns, with its result, every dispatch recorded on this
     /// context while it ran (from any thread), in recording order: the
-    /// traffic plan of the encode calls `f` makes. Recording changes nothing
-    /// that is encoded.
+    /// traffic plan of the encode calls `f` makes. Recordings may overlap
+    /// (threads sharing a context, or one inside another): each gets every
+    /// dispatch of its own span. Recording changes nothing that is encoded.
     ///
     /// ```
     /// # fn main() -> Result<(), wgpu_loss::Error> {
@@ -573,9 +574,9 @@ impl GpuContext {
     /// # Ok(()) }
     /// ```
     pub fn record_plan<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<crate::plan::Dispatch>) {
-        self.plan.start();
+        let id = self.plan.start();
         let result = f();
-        (result, self.plan.take())
+        (result, self.plan.take(id))
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

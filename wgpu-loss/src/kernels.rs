@@ -104,9 +104,9 @@ impl Family {
         {
             return false;
         }
-        // Gathered rows: the two row-kernel files, whose matrices go through
+        // Gathered and edged rows: the two row-kernel files, whose matrices go through
         // accessors (`load_*`, `store_*`).
-        if variant.width == VecWidth::Vec4Gathered
+        if matches!(variant.width, VecWidth::Vec4Gathered | VecWidth::Vec4Edged)
             && !matches!(self, Family::Softmax | Family::CrossEntropy)
         {
             return false;
@@ -153,21 +153,54 @@ pub enum VecWidth {
     /// One `vec4<f32>` per load: rows whose length and offsets are multiples of 4.
     Vec4,
     /// Four columns per vector from four scalar loads, for the softmax family
-    /// and the row losses where rows are not whole vec4s (an odd C): the
-    /// arithmetic stays four-wide; a row's last vector masks its lanes past C.
+    /// and the row losses where rows are not whole vec4s (an odd C) and
+    /// `Vec4Edged` does not apply: the arithmetic stays four-wide, and the
+    /// vectors split a row as the edged variant's do, so both give the
+    /// same bits.
     Vec4Gathered,
+    /// The buffer's own aligned vec4s for rows that are not whole vec4s,
+    /// where every matrix of the kernel starts at the same offset modulo 4:
+    /// one 16-byte load a vector, the lanes of a row's first and last
+    /// vectors that belong to its neighbours masked; outputs stored lane by
+    /// lane. Not for kernels that store into an input matrix.
+    Vec4Edged,
 }
 
 impl VecWidth {
     /// Both widths.
     #[cfg(test)]
-    pub const ALL: [VecWidth; 3] = [VecWidth::Scalar, VecWidth::Vec4, VecWidth::Vec4Gathered];
+    pub const ALL: [VecWidth; 4] = [
+        VecWidth::Scalar,
+        VecWidth::Vec4,
+        VecWidth::Vec4Gathered,
+        VecWidth::Vec4Edged,
+    ];
 
     /// Scalars per load.
     pub fn lanes(self) -> usize {
         match self {
             VecWidth::Scalar => 1,
-            VecWidth::Vec4 | VecWidth::Vec4Gathered => 4,
+            VecWidth::Vec4 | VecWidth::Vec4Gathered | VecWidth::Vec4Edged => 4,
+        }
+    }
+
+    /// The most vectors a row of `cols` spans: a gathered or edged row may
+    /// start mid-vector and so span one more than `cols / 4` rounded up.
+    pub fn row_vectors(self, cols: usize) -> u64 {
+        match self {
+            VecWidth::Vec4Gathered | VecWidth::Vec4Edged => (cols as u64 + 3).div_ceil(4),
+            w => (cols as u64).div_ceil(w.lanes() as u64),
+        }
+    }
+
+    /// Bytes one load of a matrix of `storage` moves at this width (the
+    /// traffic plan's `load_bytes`): gathered bf16 loads the word its
+    /// element sits in.
+    pub fn load_bytes(self, storage: Storage) -> u64 {
+        match (self, storage) {
+            (VecWidth::Vec4 | VecWidth::Vec4Edged, s) => 4 * s.bytes(),
+            (VecWidth::Vec4Gathered, Storage::Bf16) => 4,
+            (_, s) => s.bytes(),
         }
     }
 
@@ -186,6 +219,7 @@ impl VecWidth {
             VecWidth::Scalar => include_str!("../shaders/prelude/width_scalar.wgsl"),
             VecWidth::Vec4 => include_str!("../shaders/prelude/width_vec4.wgsl"),
             VecWidth::Vec4Gathered => include_str!("../shaders/prelude/width_vec4_gathered.wgsl"),
+            VecWidth::Vec4Edged => include_str!("../shaders/prelude/width_vec4_edged.wgsl"),
         }
     }
 }
@@ -293,6 +327,15 @@ impl Storage {
         match (self, width) {
             (Storage::F32, VecWidth::Vec4Gathered) => {
                 include_str!("../shaders/prelude/storage_f32_gathered.wgsl")
+            }
+            (Storage::F32, VecWidth::Vec4Edged) => {
+                include_str!("../shaders/prelude/storage_f32_edged.wgsl")
+            }
+            (Storage::F16, VecWidth::Vec4Edged) => {
+                include_str!("../shaders/prelude/storage_f16_edged.wgsl")
+            }
+            (Storage::Bf16, VecWidth::Vec4Edged) => {
+                include_str!("../shaders/prelude/storage_bf16_edged.wgsl")
             }
             (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
             (Storage::F16, VecWidth::Scalar) => {
@@ -935,6 +978,13 @@ impl Kernel {
     /// whose elements need nothing of the rest of their row.
     pub fn splits_rows(self) -> bool {
         !self.split_passes().is_empty() || self == Kernel::LogsumexpBackward
+    }
+
+    /// Whether this entry point stores into a matrix it also loads from
+    /// (cross-entropy's in-place gradient, over the logits): such a kernel
+    /// is never built edged, where loads and stores see different types.
+    pub(crate) fn stores_into_input(self) -> bool {
+        self == Kernel::CrossEntropyLossGradInPlace
     }
 
     /// Whether `slot` is an input (bound read-only unless aliasing).

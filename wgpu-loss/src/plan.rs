@@ -28,6 +28,12 @@ pub struct Dispatch {
     pub bytes_read: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Bytes one load of the dispatch's matrix operands moves: 16 for four
+    /// f32 (whole vec4 rows, or edged ones), 8 for four 16-bit values, the
+    /// element's own size (or the `u32` word a bf16 sits in) where rows are
+    /// gathered or scalar; 0 where the dispatch loads no matrix (blocked
+    /// reductions and their folds, exports).
+    pub load_bytes: u64,
 }
 
 /// What a dispatch moves, as the code that records it knows it.
@@ -36,38 +42,57 @@ pub(crate) struct Traffic {
     pub items_per_workgroup: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    pub load_bytes: u64,
 }
 
-/// The dispatches noted while a [`crate::GpuContext::record_plan`] runs.
+/// The dispatches noted while each [`crate::GpuContext::record_plan`] runs:
+/// one list per recording in progress, so that recordings on threads that
+/// share a context, or nested ones, each get every dispatch of their span.
 #[derive(Debug, Default)]
-pub(crate) struct PlanRecorder(Mutex<Option<Vec<Dispatch>>>);
+pub(crate) struct PlanRecorder(Mutex<Recordings>);
+
+#[derive(Debug, Default)]
+struct Recordings {
+    next_id: u64,
+    open: Vec<(u64, Vec<Dispatch>)>,
+}
 
 impl PlanRecorder {
     pub(crate) fn note(&self, kernel: &'static str, workgroups: u64, traffic: Traffic) {
-        if let Ok(mut slot) = self.0.lock() {
-            if let Some(plan) = slot.as_mut() {
+        if let Ok(mut rec) = self.0.lock() {
+            for (_, plan) in rec.open.iter_mut() {
                 plan.push(Dispatch {
                     kernel,
                     workgroups,
                     items_per_workgroup: traffic.items_per_workgroup,
                     bytes_read: traffic.bytes_read,
                     bytes_written: traffic.bytes_written,
+                    load_bytes: traffic.load_bytes,
                 });
             }
         }
     }
 
-    pub(crate) fn start(&self) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(Vec::new());
+    /// Opens a recording; [`PlanRecorder::take`] with the returned id closes it.
+    pub(crate) fn start(&self) -> u64 {
+        match self.0.lock() {
+            Ok(mut rec) => {
+                let id = rec.next_id;
+                rec.next_id += 1;
+                rec.open.push((id, Vec::new()));
+                id
+            }
+            Err(_) => u64::MAX,
         }
     }
 
-    pub(crate) fn take(&self) -> Vec<Dispatch> {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take())
-            .unwrap_or_default()
+    pub(crate) fn take(&self, id: u64) -> Vec<Dispatch> {
+        let Ok(mut rec) = self.0.lock() else {
+            return Vec::new();
+        };
+        match rec.open.iter().position(|(i, _)| *i == id) {
+            Some(at) => rec.open.swap_remove(at).1,
+            None => Vec::new(),
+        }
     }
 }

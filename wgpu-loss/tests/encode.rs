@@ -1317,3 +1317,117 @@ fn gathered_rows_in_windows_that_start_mid_vector() {
         );
     }
 }
+
+/// The row kernel's loads, in bytes, from a plan (`Dispatch::load_bytes`).
+fn load_bytes_of(plan: &[wgpu_loss::Dispatch], kernel: &str) -> u64 {
+    plan.iter()
+        .find(|d| d.kernel == kernel)
+        .unwrap_or_else(|| panic!("no {kernel} in the plan: {plan:?}"))
+        .load_bytes
+}
+
+/// Rows that are not whole vec4s (an odd C: each row at another phase of
+/// the buffer's vec4s) are read edged, 16-byte loads of the buffer's own
+/// vec4s, where every matrix's last vector lies inside its buffer, and
+/// gathered, four scalar loads, where one would run past its end (here:
+/// buffers of exactly the data). Both split a row into the same vectors, so
+/// they give the same bits; the plan says which one ran. Every
+/// cross-entropy option, and the softmax.
+#[test]
+fn edged_and_gathered_rows_give_the_same_bits() {
+    let Some(ctx) = &common::own_gpu() else {
+        return;
+    };
+    let mut rng = Rng::new(5151);
+    for (rows, classes) in [(9, 1001), (7, 13), (6, 3), (3, 50257)] {
+        let n = rows * classes;
+        let x = rng.vec_normal(n, 3.0);
+        let t: Vec<i32> = (0..rows)
+            .map(|i| {
+                if i == 1 {
+                    -100
+                } else {
+                    rng.below(classes) as i32
+                }
+            })
+            .collect();
+        let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        let host_options = CrossEntropyOptions {
+            weight: Some(&w[..]),
+            label_smoothing: 0.1,
+            z_loss: 1e-3,
+            softcap: Some(6.0),
+            ..Default::default()
+        };
+        let want = wgpu_loss::reference::cross_entropy(&x, &t, classes, &host_options).unwrap();
+        let want_y = wgpu_loss::reference::softmax(&x, rows, classes).unwrap();
+        // Edged: views in an arena, one element of room after each output.
+        let mut a = Arena::new(ctx, (n as u64 + 8) * 4 * 5 + 8192);
+        let (xo, to, wo, lo) = (a.put(ctx, &x), a.put(ctx, &t), a.put(ctx, &w), a.reserve(2));
+        let (go, yo) = (a.reserve(n + 1), a.reserve(n + 1));
+        // Gathered: a buffer each, exactly the data.
+        let exact = |label, bytes: &[u8]| {
+            use wgpu::util::DeviceExt;
+            ctx.device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: USAGE,
+                })
+        };
+        let poison = vec![common::POISON; n];
+        let (xb, gb, yb) = (
+            exact("logits", bytemuck::cast_slice(&x)),
+            exact("grad", bytemuck::cast_slice(&poison)),
+            exact("softmax", bytemuck::cast_slice(&poison)),
+        );
+        let weight = GpuTensor::f32_vector(&a.buffer, wo, classes);
+        let options = host_options.with_weight(Some(&weight));
+        let m = |b, o| GpuTensor::f32_matrix(b, o, rows, classes);
+        let mut got = Vec::new();
+        for (load, (x_view, g_view, y_view)) in [
+            (16, (m(&a.buffer, xo), m(&a.buffer, go), m(&a.buffer, yo))),
+            (4, (m(&xb, 0), m(&gb, 0), m(&yb, 0))),
+        ] {
+            let tag = format!("{rows}x{classes}, loads of {load} bytes");
+            let views = CrossEntropyViews {
+                logits: x_view,
+                targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+                loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+                grad: GradOutput::Into(g_view),
+                lse: None,
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            let (result, plan) = ctx.record_plan(|| {
+                ctx.encode_cross_entropy(&mut enc, &views, &options)?;
+                ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x_view, &y_view)
+            });
+            result.unwrap();
+            submit(ctx, enc);
+            assert_eq!(load_bytes_of(&plan, "ce_loss_grad"), load, "{tag}");
+            assert_eq!(load_bytes_of(&plan, "softmax_forward"), load, "{tag}");
+            let loss = read(ctx, &a.buffer, lo, 1);
+            let g = read(ctx, g_view.buffer, g_view.offset, n);
+            let y = read(ctx, y_view.buffer, y_view.offset, n);
+            assert_close(&format!("{tag} loss"), &loss, &want.loss);
+            assert_close(&format!("{tag} grad"), &g, &want.grad);
+            assert_close(&format!("{tag} softmax"), &y, &want_y);
+            got.push((bits(&loss), bits(&g), bits(&y)));
+        }
+        let tag = format!("{rows}x{classes}");
+        for (o, what) in [(go, "grad"), (yo, "softmax")] {
+            let past = read(ctx, &a.buffer, o + n as u64 * 4, 1)[0];
+            assert_eq!(
+                past.to_bits(),
+                common::POISON.to_bits(),
+                "{tag}: edged {what} wrote past its last row"
+            );
+        }
+        assert!(got[0].0 == got[1].0, "{tag}: loss, edged against gathered");
+        assert!(got[0].1 == got[1].1, "{tag}: grad, edged against gathered");
+        assert!(
+            got[0].2 == got[1].2,
+            "{tag}: softmax, edged against gathered"
+        );
+    }
+}

@@ -408,6 +408,7 @@ impl GpuContext {
                 items_per_workgroup: u64::from(WORKGROUP_SIZE),
                 bytes_read: rows as u64 * 16,
                 bytes_written: rows as u64 * 4 * args.len().saturating_sub(1) as u64,
+                load_bytes: 0,
             },
         )
     }

@@ -448,8 +448,12 @@ impl GpuContext {
     ) -> Result<()> {
         let pipeline = self.pipeline(kernel, variant, Launch::WHOLE_WORKGROUP, Spec::GENERIC)?;
         let uniform = self.params_buffer(kernel.entry_point(), params);
-        // The plan counts each bound operand once (tiles re-read from cache).
-        let mut traffic = crate::plan::Traffic::default();
+        // The plan counts each bound operand once (tiles re-read from cache);
+        // the products and the fused kernels load scalars.
+        let mut traffic = crate::plan::Traffic {
+            load_bytes: variant.width.load_bytes(variant.storage),
+            ..Default::default()
+        };
         for (s, resource) in &entries {
             if let wgpu::BindingResource::Buffer(b) = resource {
                 let bytes = b.size.map_or(b.buffer.size() - b.offset, |n| n.get());

@@ -42,7 +42,7 @@ pub(crate) fn fold_plan(items: usize) -> (u32, usize) {
 }
 
 /// Which `Params` base field a matrix operand's window offset goes into.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Base {
     A,
     B,
@@ -156,6 +156,26 @@ pub(crate) fn aliasing(kernel: Kernel, bound: &[(Slot, &wgpu::Buffer)]) -> Alias
     } else {
         Aliasing::Separate
     }
+}
+
+/// Whether a row kernel can read rows that are not whole vec4s as the
+/// buffer's aligned vec4s (`VecWidth::Vec4Edged`): it stores into no matrix
+/// it loads; every matrix starts at the same offset modulo 4, so a row has
+/// one phase for all of them, and one of them is matrix A, whose base gives
+/// that phase; and every matrix's last vector lies inside its buffer.
+fn edged_fits(kernel: Kernel, rows: usize, cols: usize, matrices: &[MatrixArg<'_>]) -> bool {
+    let stores_into_input = std::iter::once(kernel)
+        .chain(kernel.split_passes().iter().copied())
+        .any(Kernel::stores_into_input);
+    let phase = |m: &MatrixArg<'_>| m.offset % 4;
+    !stores_into_input
+        && matrices.iter().any(|m| m.base == Base::A)
+        && matrices.iter().all(|m| phase(m) == phase(&matrices[0]))
+        && matrices.iter().all(|m| {
+            let vector = 4 * m.storage.bytes();
+            let end = (m.offset + rows as u64 * cols as u64) * m.storage.bytes();
+            end.div_ceil(vector) * vector <= m.buffer.size()
+        })
 }
 
 fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
@@ -293,17 +313,27 @@ impl GpuContext {
             })
             .collect();
         let storage = if staged { Storage::F32 } else { storage };
-        // Row kernels of the softmax family and the row losses gather four
-        // columns a vector where rows are not whole vec4s.
-        let gathered = Variant {
-            width: VecWidth::Vec4Gathered,
+        // Row kernels of the softmax family and the row losses take rows that
+        // are not whole vec4s four columns a vector: edged (the buffer's
+        // aligned vec4s) where they can, else gathered.
+        let row_width = |width| Variant {
+            width,
             aliasing: Aliasing::Separate,
             storage,
             reduce: Reduce::Workgroup,
         };
         let width = match width {
-            VecWidth::Scalar if grid == Grid::PerRow && kernel.family().accepts(gathered) => {
-                VecWidth::Vec4Gathered
+            VecWidth::Scalar if grid == Grid::PerRow => {
+                if !staged
+                    && kernel.family().accepts(row_width(VecWidth::Vec4Edged))
+                    && edged_fits(kernel, rows, cols, matrices)
+                {
+                    VecWidth::Vec4Edged
+                } else if kernel.family().accepts(row_width(VecWidth::Vec4Gathered)) {
+                    VecWidth::Vec4Gathered
+                } else {
+                    VecWidth::Scalar
+                }
             }
             w => w,
         };
@@ -315,7 +345,7 @@ impl GpuContext {
             .collect();
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
-        let vecs = cols.div_ceil(width.lanes()) as u64;
+        let vecs = width.row_vectors(cols);
         let splits = match grid {
             Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits(rows as u64, vecs),
             _ => 1,
@@ -393,8 +423,14 @@ impl GpuContext {
                 let eb = m.storage.bytes();
                 let start = m.offset + r0 as u64 * cols64;
                 let start_bytes = start * eb / align * align;
-                // Bindings are whole 4-byte words; f16 views are checked to have room.
-                let end_bytes = ((start + n as u64 * cols64) * eb).div_ceil(4) * 4;
+                // Bindings are whole 4-byte words; f16 views are checked to have
+                // room. Edged windows end on a whole vector (`edged_fits`).
+                let word = if width == VecWidth::Vec4Edged {
+                    4 * eb
+                } else {
+                    4
+                };
+                let end_bytes = ((start + n as u64 * cols64) * eb).div_ceil(word) * word;
                 let mut base = (start - start_bytes / eb) as u32;
                 if let Some(stage) = stage {
                     staged_windows.push((m, stage, (start_bytes, end_bytes - start_bytes), base));
@@ -485,6 +521,7 @@ impl GpuContext {
             for (pipe, k) in passes.iter().map(|(p, k)| (p, *k)) {
                 let mut traffic = Traffic {
                     items_per_workgroup,
+                    load_bytes: width.load_bytes(storage),
                     ..Traffic::default()
                 };
                 for (m, &bytes) in matrices.iter().zip(&matrix_bytes) {
@@ -582,6 +619,7 @@ impl GpuContext {
             items_per_workgroup: span.min(items as u64),
             bytes_read: items as u64 * item_bytes,
             bytes_written: records as u64 * 16,
+            load_bytes: 0,
         };
         self.encode_grid(
             encoder,
@@ -598,6 +636,7 @@ impl GpuContext {
             items_per_workgroup: records as u64,
             bytes_read: records as u64 * 16,
             bytes_written: 16,
+            load_bytes: 0,
         };
         self.encode_single(encoder, fold, width, &args, params, traffic)
     }
@@ -644,6 +683,7 @@ impl GpuContext {
                 packed_bytes + wide_bytes
             },
             bytes_written: if widen { wide_bytes } else { packed_bytes },
+            load_bytes: 4,
         };
         self.encode_grid(
             encoder,
@@ -851,6 +891,7 @@ impl GpuContext {
                     items_per_workgroup: per_group,
                     bytes_read: n * 4,
                     bytes_written: n * 4,
+                    load_bytes: width.load_bytes(Storage::F32),
                 },
             );
             start += n;

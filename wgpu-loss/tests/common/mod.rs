@@ -36,6 +36,12 @@ pub fn gpu() -> Option<&'static GpuContext> {
     CTX.get_or_init(|| make(ContextOptions::default())).as_ref()
 }
 
+/// A context of its own, for tests whose traffic plans
+/// (`GpuContext::record_plan`) must not see other tests' dispatches.
+pub fn own_gpu() -> Option<GpuContext> {
+    make(ContextOptions::default())
+}
+
 /// A context whose storage bindings are capped at `bytes`, to force row windows on small inputs.
 pub fn gpu_with_binding_cap(bytes: u64) -> Option<GpuContext> {
     make(ContextOptions {
