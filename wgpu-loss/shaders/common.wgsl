@@ -129,9 +129,96 @@ fn row_src(base: u32, row: u32) -> u32 {
 // works on. The host binds edged kernels only where every matrix of a row
 // has the same phase; gathered loads take any matrix's elements by column.
 var<private> row_phase: u32 = 0u;
+// The row (of the window) this invocation works on, for `edge_slot`.
+var<private> phase_row: u32 = 0u;
+// The row's first and last vectors where they are shared (`edge_slot`), else NOT_EDGE.
+var<private> head_edge: u32 = 0xffffffffu;
+var<private> tail_edge: u32 = 0xffffffffu;
 
 fn set_row_phase(row: u32) {
-    if (GATHER || EDGED) { row_phase = (params.base_a + row * params.cols) % VW; }
+    if (GATHER || EDGED) {
+        row_phase = (params.base_a + row * params.cols) % VW;
+        phase_row = row;
+        head_edge = select(NOT_EDGE, 0u, row_phase != 0u);
+        tail_edge = select(NOT_EDGE, row_vecs() - 1u, (row_phase + params.cols) % VW != 0u);
+    }
+}
+
+// Edged rows store whole vectors, but a row's first and last vectors share
+// lanes with its neighbours (when its phase, or its end's, is not 0): a
+// store of either would race with the neighbour's workgroup. Kernels put
+// those two vectors here instead (`edge_slot`: [2 row] the first, [2 row +
+// 1] the last, of the window's rows), and a pass after them (`*_edges`)
+// merges each shared vector from both rows' records and stores it whole,
+// one invocation a vector. The host keeps edged rows at least 8 columns
+// long, so a vector holds lanes of at most two rows.
+@group(0) @binding(12) var<storage, read_write> edge_vecs: array<vec_t>;
+
+const NOT_EDGE: u32 = 0xffffffffu;
+
+// Where vector i of the current row goes in `edge_vecs`, or NOT_EDGE.
+fn edge_slot(i: u32) -> u32 {
+    if (!EDGED) { return NOT_EDGE; }
+    return select(select(NOT_EDGE, 2u * phase_row + 1u, i == tail_edge), 2u * phase_row, i == head_edge);
+}
+
+// Streamed stores: a lane's vectors of its segment without the row's shared
+// ones, from `loop_start` while below `loop_stop`, TPR apart, stored whole
+// (`store_*_whole`); then the shared ones that are this lane's
+// (`shared_vec`, e = 0 the first, 1 the last), through `edge_slot`. One
+// store a vector in the loop: lavapipe runs both sides of a branch, so a
+// choice of store inside it cost two (4096x50257: 328 against 300 ms).
+fn loop_start(seg: Seg) -> u32 {
+    let s = seg.first + seg.lane;
+    return select(s, s + TPR, s == head_edge);
+}
+
+fn loop_stop(seg: Seg) -> u32 {
+    return select(seg.end, tail_edge, tail_edge >= seg.first && tail_edge < seg.end);
+}
+
+fn shared_vec(seg: Seg, e: u32) -> u32 {
+    let v = select(head_edge, tail_edge, e == 1u);
+    let mine = v != NOT_EDGE && v >= seg.first && v < seg.end && (v - seg.first) % TPR == seg.lane;
+    return select(NOT_EDGE, v, mine);
+}
+
+// The shared vectors of window row r (a `*_edges` pass): its first, merged
+// with row r - 1's last (or, for the window's first row, with what memory
+// holds there: the previous window's last row, already final), and, for
+// the window's last row, its last, merged with what memory holds past it.
+// `old_first` and `old_last` are the matrix's current vectors there;
+// `merge` says which vectors to store (bit 0 the first, bit 1 the last).
+struct EdgeStores { first: u32, last: u32, first_v: vec_t, last_v: vec_t, keep_first: vec_u, keep_last: vec_u, merge: u32 }
+
+fn edge_stores(r: u32, dst: u32) -> EdgeStores {
+    set_row_phase(r);
+    var e: EdgeStores;
+    e.first = dst;
+    e.last = dst + row_vecs() - 1u;
+    e.merge = 0u;
+    let end = (row_phase + params.cols) % VW;
+    if (row_phase != 0u) {
+        e.merge = 1u;
+        // Lanes from row_phase on are row r's; below it, row r - 1's.
+        e.first_v = edge_vecs[2u * r];
+        e.keep_first = select(vec_u(0u), vec_u(1u), LANE >= vec_u(row_phase));
+        if (r > 0u) {
+            e.first_v = select(edge_vecs[2u * r - 1u], e.first_v, LANE >= vec_u(row_phase));
+            e.keep_first = vec_u(1u);
+        }
+    }
+    if (r + 1u == params.rows && end != 0u) {
+        e.merge = e.merge | 2u;
+        e.last_v = edge_vecs[2u * r + 1u];
+        e.keep_last = select(vec_u(0u), vec_u(1u), LANE < vec_u(end));
+    }
+    return e;
+}
+
+// One invocation per row of the window (`*_edges`).
+fn edge_row(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return row_of(wid, nwg) * WG + lid.x;
 }
 
 fn row_vecs() -> u32 { return (params.cols + row_phase + VW - 1u) / VW; }

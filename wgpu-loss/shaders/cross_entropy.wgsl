@@ -8,7 +8,7 @@
 // Row i's loss, with x' = softcap(x), lse = logsumexp(x'), eps = label smoothing:
 //   ce_i = (1-eps) w[y] (lse - x'[y]) + (eps/C) (W lse - sum_c w[c] x'[c]),  z_i = z lse^2
 
-@group(0) @binding(1) var<storage, read_write> logits: array<src_t>;   // read_write so the in-place kernel can overwrite it
+@group(0) @binding(1) var<storage, read_write> logits: array<mat_t>;   // read_write so the in-place kernel can overwrite it
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read> weights: array<fvec_t>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;    // [D, kept rows, W, 0]
@@ -70,22 +70,42 @@ fn load_soft_targets(src: u32, i: u32) -> vec_t {
     return fvec(soft_targets[j], soft_targets[j + FSTEP], soft_targets[j + 2u * FSTEP], soft_targets[j + 3u * FSTEP]);
 }
 
-// Gathered and edged rows store lane by lane, never outside the row. The
-// in-place kernel is never built edged (`src_t` is the loads' vector there).
+// Gathered rows store lane by lane, never outside the row; edged rows
+// store whole vectors, and their shared first and last ones through
+// `edge_vecs` (`edge_slot` in common.wgsl).
 fn store_logits(dst: u32, i: u32, v: vec_t) {
-    if (!MAT_STORES || EDGED) { return; }
+    let slot = edge_slot(i);
+    if (slot != NOT_EDGE) {
+        edge_vecs[slot] = v;
+    } else {
+        store_logits_whole(dst, i, v);
+    }
+}
+
+fn store_logits_whole(dst: u32, i: u32, v: vec_t) {
+    if (!MAT_STORES) { return; }
     if (GATHER) {
         for (var k = 0u; k < VW; k++) {
-            if (lane_in_row(i, k)) { logits[mat_index(lane_at(dst, i, k))] = src_lane(v, k); }
+            if (lane_in_row(i, k)) { logits[mat_index(lane_at(dst, i, k))] = mat_lane(v, k); }
         }
     } else {
-        logits[vec_at(dst, i)] = pack_src(v);
+        logits[vec_at(dst, i)] = pack_mat(v);
     }
 }
 
 fn store_grad(dst: u32, i: u32, v: vec_t) {
+    let slot = edge_slot(i);
+    if (slot != NOT_EDGE) {
+        edge_vecs[slot] = v;
+    } else {
+        store_grad_whole(dst, i, v);
+    }
+}
+
+// A vector that is not shared (`loop_start` in common.wgsl).
+fn store_grad_whole(dst: u32, i: u32, v: vec_t) {
     if (!MAT_STORES) { return; }
-    if (GATHER || EDGED) {
+    if (GATHER) {
         for (var k = 0u; k < VW; k++) {
             if (lane_in_row(i, k)) { grad[mat_index(lane_at(dst, i, k))] = mat_lane(v, k); }
         }
@@ -500,8 +520,12 @@ fn ce_loss_grad(ids: Ids) {
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_grad(dst, i, streamed_grad(rs, k, i, load_logits(src, i)));
+        for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+            store_grad_whole(dst, i, streamed_grad(rs, k, i, load_logits(src, i)));
+        }
+        for (var e = 0u; e < 2u; e++) {
+            let i = shared_vec(seg, e);
+            if (i != NOT_EDGE) { store_grad(dst, i, streamed_grad(rs, k, i, load_logits(src, i))); }
         }
         // The fast paths leave out the one-hot term: the owner rewrites the
         // target's vector (same invocation, so after its own store).
@@ -584,8 +608,12 @@ fn ce_loss_grad_in_place(ids: Ids) {
         let owns_y = yv >= seg.first && yv < seg.end && (yv - seg.first) % TPR == seg.lane;
         var xy = vec_t(0.0);
         if (owns_y) { xy = load_logits(src, yv); }
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            store_logits(src, i, streamed_grad(rs, k, i, load_logits(src, i)));
+        for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+            store_logits_whole(src, i, streamed_grad(rs, k, i, load_logits(src, i)));
+        }
+        for (var e = 0u; e < 2u; e++) {
+            let i = shared_vec(seg, e);
+            if (i != NOT_EDGE) { store_logits(src, i, streamed_grad(rs, k, i, load_logits(src, i))); }
         }
         if (grad_path() != GRAD_GENERAL && owns_y) { store_logits(src, yv, grad_at(rs, k, yv, xy)); }
     }
@@ -815,12 +843,20 @@ fn soft_streamed_grad(seg: Seg) {
     let src = row_src(params.base_a, seg.row);
     let qsrc = row_src(params.base_b, seg.row);
     let dst = row_src(params.base_out, seg.row);
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let x = load_logits(src, i);
-        let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
-        let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
-        store_grad(dst, i, g * cap_slope(x));
+    for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+        store_grad_whole(dst, i, soft_streamed_vec(rs, k, kz, src, qsrc, i));
     }
+    for (var e = 0u; e < 2u; e++) {
+        let i = shared_vec(seg, e);
+        if (i != NOT_EDGE) { store_grad(dst, i, soft_streamed_vec(rs, k, kz, src, qsrc, i)); }
+    }
+}
+
+fn soft_streamed_vec(rs: SoftRow, k: f32, kz: f32, src: u32, qsrc: u32, i: u32) -> vec_t {
+    let x = load_logits(src, i);
+    let p = exp((capped(x) - vec_t(rs.m)) - vec_t(rs.ls));
+    let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
+    return g * cap_slope(x);
 }
 
 // ---- Multiclass (softmax) focal loss: l_i = -alpha[y] (1 - p_y)^gamma log p_y, zero on ignored
@@ -971,11 +1007,19 @@ fn focal_streamed_grad(seg: Seg, src: u32, dst: u32, y: vec_u) {
     let rs = focal_row(seg);
     write_focal_row(seg, rs);
     let k = focal_grad_scale(rs);
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        let p = exp((load_logits(src, i) - vec_t(rs.m)) - vec_t(rs.ls));
-        let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
-        store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+    for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+        store_grad_whole(dst, i, focal_streamed_vec(rs, k, src, y, i));
     }
+    for (var e = 0u; e < 2u; e++) {
+        let i = shared_vec(seg, e);
+        if (i != NOT_EDGE) { store_grad(dst, i, focal_streamed_vec(rs, k, src, y, i)); }
+    }
+}
+
+fn focal_streamed_vec(rs: FocalRow, k: f32, src: u32, y: vec_u, i: u32) -> vec_t {
+    let p = exp((load_logits(src, i) - vec_t(rs.m)) - vec_t(rs.ls));
+    let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
+    return select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored);
 }
 
 // Copies per-row results out of the internal row buffer into the caller's
@@ -992,4 +1036,34 @@ fn ce_export(
     let v = row_out[i];
     if ((params.flags & FLAG_EXPORT_LOSS) != 0u) { loss_rows[i] = v.x + v.y; }
     if ((params.flags & FLAG_EXPORT_LSE) != 0u) { lse_rows[i] = v.z; }
+}
+
+// Edged rows' shared vectors into the gradient (see `edge_stores`).
+@compute @workgroup_size(WG)
+fn ce_edges(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = min(edge_row(wid, nwg, lid), params.rows - 1u);
+    let e = edge_stores(r, row_src(params.base_out, r));
+    if (edge_row(wid, nwg, lid) < params.rows && MAT_STORES) {
+        if ((e.merge & 1u) != 0u) { grad[e.first] = mat_merge(grad[e.first], pack_mat(e.first_v), e.keep_first); }
+        if ((e.merge & 2u) != 0u) { grad[e.last] = mat_merge(grad[e.last], pack_mat(e.last_v), e.keep_last); }
+    }
+}
+
+// The same, in place: into the logits.
+@compute @workgroup_size(WG)
+fn ce_edges_in_place(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = min(edge_row(wid, nwg, lid), params.rows - 1u);
+    let e = edge_stores(r, row_src(params.base_a, r));
+    if (edge_row(wid, nwg, lid) < params.rows && MAT_STORES) {
+        if ((e.merge & 1u) != 0u) { logits[e.first] = mat_merge(logits[e.first], pack_mat(e.first_v), e.keep_first); }
+        if ((e.merge & 2u) != 0u) { logits[e.last] = mat_merge(logits[e.last], pack_mat(e.last_v), e.keep_last); }
+    }
 }

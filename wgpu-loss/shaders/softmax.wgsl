@@ -2,8 +2,8 @@
 // Each row belongs to TPR threads of a workgroup (`seg_of`); every matrix is
 // row-major [rows, cols].
 
-@group(0) @binding(1) var<storage, read> mat_a: array<src_t>;      // x (forward, lse backward) or y (backward)
-@group(0) @binding(2) var<storage, read> mat_b: array<src_t>;      // dy (softmax / log-softmax backward)
+@group(0) @binding(1) var<storage, read> mat_a: array<mat_t>;      // x (forward, lse backward) or y (backward)
+@group(0) @binding(2) var<storage, read> mat_b: array<mat_t>;      // dy (softmax / log-softmax backward)
 @group(0) @binding(3) var<storage, read> row_a: array<f32>;        // lse per row (lse backward)
 @group(0) @binding(4) var<storage, read> row_b: array<f32>;        // dy per row (lse backward)
 @group(0) @binding(5) var<storage, read_write> mat_out: array<mat_t>;
@@ -22,10 +22,22 @@ fn load_mat_b(src: u32, i: u32) -> vec_t {
     return mat_vec(mat_b[mat_index(j)], mat_b[mat_index(j + MSTEP)], mat_b[mat_index(j + 2u * MSTEP)], mat_b[mat_index(j + 3u * MSTEP)], j);
 }
 
-// Gathered and edged rows store lane by lane, never outside the row.
+// Gathered rows store lane by lane, never outside the row; edged rows
+// store whole vectors, and their shared first and last ones through
+// `edge_vecs` (`edge_slot` in common.wgsl).
 fn store_mat_out(dst: u32, i: u32, v: vec_t) {
+    let slot = edge_slot(i);
+    if (slot != NOT_EDGE) {
+        edge_vecs[slot] = v;
+    } else {
+        store_mat_out_whole(dst, i, v);
+    }
+}
+
+// A vector that is not shared (`loop_start` in common.wgsl).
+fn store_mat_out_whole(dst: u32, i: u32, v: vec_t) {
     if (!MAT_STORES) { return; }
-    if (GATHER || EDGED) {
+    if (GATHER) {
         for (var k = 0u; k < VW; k++) {
             if (lane_in_row(i, k)) { mat_out[mat_index(lane_at(dst, i, k))] = mat_lane(v, k); }
         }
@@ -104,9 +116,12 @@ fn softmax_forward(ids: Ids) {
         let ls = log(st.s);
         // PyTorch: a row that holds NaN or +inf, or only -inf, is NaN throughout.
         let ok = is_finite(st.m + ls);
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let y = exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls));
-            store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+        for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+            store_mat_out_whole(dst, i, select(vec_t(nan()), exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls)), ok));
+        }
+        for (var e = 0u; e < 2u; e++) {
+            let i = shared_vec(seg, e);
+            if (i != NOT_EDGE) { store_mat_out(dst, i, select(vec_t(nan()), exp((load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls)), ok)); }
         }
     }
 }
@@ -137,9 +152,12 @@ fn log_softmax_forward(ids: Ids) {
         let st = x_row_stat(seg, src);
         let ls = log(st.s);
         let ok = is_finite(st.m + ls);
-        for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-            let y = (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls);
-            store_mat_out(dst, i, select(vec_t(nan()), y, ok));
+        for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+            store_mat_out_whole(dst, i, select(vec_t(nan()), (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls), ok));
+        }
+        for (var e = 0u; e < 2u; e++) {
+            let i = shared_vec(seg, e);
+            if (i != NOT_EDGE) { store_mat_out(dst, i, select(vec_t(nan()), (load_mat_a(src, i) - vec_t(st.m)) - vec_t(ls), ok)); }
         }
     }
 }
@@ -185,8 +203,12 @@ fn softmax_backward(ids: Ids) {
     } else {
         dot = dot_y_dy(seg);
     }
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        store_mat_out(dst, i, load_mat_a(src_y, i) * (load_mat_b(src_dy, i) - vec_t(dot)));
+    for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+        store_mat_out_whole(dst, i, load_mat_a(src_y, i) * (load_mat_b(src_dy, i) - vec_t(dot)));
+    }
+    for (var e = 0u; e < 2u; e++) {
+        let i = shared_vec(seg, e);
+        if (i != NOT_EDGE) { store_mat_out(dst, i, load_mat_a(src_y, i) * (load_mat_b(src_dy, i) - vec_t(dot))); }
     }
 }
 
@@ -220,8 +242,12 @@ fn log_softmax_backward(ids: Ids) {
         total = sum_dy(seg);
     }
     let src_dy = row_src(params.base_b, seg.row);
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        store_mat_out(dst, i, load_mat_b(src_dy, i) - exp(load_mat_a(src_y, i)) * vec_t(total));
+    for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+        store_mat_out_whole(dst, i, load_mat_b(src_dy, i) - exp(load_mat_a(src_y, i)) * vec_t(total));
+    }
+    for (var e = 0u; e < 2u; e++) {
+        let i = shared_vec(seg, e);
+        if (i != NOT_EDGE) { store_mat_out(dst, i, load_mat_b(src_dy, i) - exp(load_mat_a(src_y, i)) * vec_t(total)); }
     }
 }
 
@@ -234,7 +260,26 @@ fn logsumexp_backward(ids: Ids) {
     let at = params.row_base + min(seg.row, params.rows - 1u);
     let lse = row_a[at];
     let g = row_b[at];
-    for (var i = seg.first + seg.lane; i < seg.end; i += TPR) {
-        store_mat_out(dst, i, vec_t(g) * exp(load_mat_a(src, i) - vec_t(lse)));
+    for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
+        store_mat_out_whole(dst, i, vec_t(g) * exp(load_mat_a(src, i) - vec_t(lse)));
+    }
+    for (var e = 0u; e < 2u; e++) {
+        let i = shared_vec(seg, e);
+        if (i != NOT_EDGE) { store_mat_out(dst, i, vec_t(g) * exp(load_mat_a(src, i) - vec_t(lse))); }
+    }
+}
+
+// Edged rows' shared vectors into the output (see `edge_stores`).
+@compute @workgroup_size(WG)
+fn softmax_edges(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = min(edge_row(wid, nwg, lid), params.rows - 1u);
+    let e = edge_stores(r, row_src(params.base_out, r));
+    if (edge_row(wid, nwg, lid) < params.rows && MAT_STORES) {
+        if ((e.merge & 1u) != 0u) { mat_out[e.first] = mat_merge(mat_out[e.first], pack_mat(e.first_v), e.keep_first); }
+        if ((e.merge & 2u) != 0u) { mat_out[e.last] = mat_merge(mat_out[e.last], pack_mat(e.last_v), e.keep_last); }
     }
 }

@@ -328,20 +328,13 @@ impl Storage {
             (Storage::F32, VecWidth::Vec4Gathered) => {
                 include_str!("../shaders/prelude/storage_f32_gathered.wgsl")
             }
-            (Storage::F32, VecWidth::Vec4Edged) => {
-                include_str!("../shaders/prelude/storage_f32_edged.wgsl")
-            }
-            (Storage::F16, VecWidth::Vec4Edged) => {
-                include_str!("../shaders/prelude/storage_f16_edged.wgsl")
-            }
-            (Storage::Bf16, VecWidth::Vec4Edged) => {
-                include_str!("../shaders/prelude/storage_bf16_edged.wgsl")
-            }
+
             (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
             (Storage::F16, VecWidth::Scalar) => {
                 include_str!("../shaders/prelude/storage_f16_scalar.wgsl")
             }
-            (Storage::F16, VecWidth::Vec4) => {
+            // Edged rows hold whole vectors, as whole vec4 rows do.
+            (Storage::F16, VecWidth::Vec4 | VecWidth::Vec4Edged) => {
                 include_str!("../shaders/prelude/storage_f16_vec4.wgsl")
             }
             (Storage::F16, VecWidth::Vec4Gathered) => {
@@ -461,6 +454,8 @@ pub(crate) mod slot {
     pub const PARAMS: Slot = slot_at(0, "params");
     /// Split-row records (`common.wgsl`).
     pub const CHUNK_STATS: Slot = slot_at(11, "chunk_stats");
+    /// Edged rows' shared vectors (`common.wgsl`).
+    pub const EDGE_VECS: Slot = slot_at(12, "edge_vecs");
 
     /// `softmax.wgsl`.
     pub mod softmax {
@@ -822,12 +817,18 @@ pub enum Kernel {
     Bf16Widen,
     /// `bf16_narrow`: f32 scratch back into a bf16 window, rounded to nearest even.
     Bf16Narrow,
+    /// `softmax_edges`: edged rows' shared vectors into the softmax family's output.
+    SoftmaxEdges,
+    /// `ce_edges`: edged rows' shared vectors into the gradient.
+    CrossEntropyEdges,
+    /// `ce_edges_in_place`: edged rows' shared vectors into the logits (in place).
+    CrossEntropyEdgesInPlace,
 }
 
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 39] = [
+    pub const ALL: [Kernel; 42] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -867,6 +868,9 @@ impl Kernel {
         Kernel::LinearCrossEntropyBiasGrad,
         Kernel::Bf16Widen,
         Kernel::Bf16Narrow,
+        Kernel::SoftmaxEdges,
+        Kernel::CrossEntropyEdges,
+        Kernel::CrossEntropyEdgesInPlace,
     ];
 
     /// The shader file this kernel lives in.
@@ -881,7 +885,8 @@ impl Kernel {
             | LogsumexpBackward
             | SoftmaxPartial
             | SoftmaxBackwardPartial
-            | LogSoftmaxBackwardPartial => Family::Softmax,
+            | LogSoftmaxBackwardPartial
+            | SoftmaxEdges => Family::Softmax,
             CrossEntropyDenominatorPartial
             | CrossEntropyDenominator
             | CrossEntropyLoss
@@ -895,7 +900,9 @@ impl Kernel {
             | FocalLossGrad
             | CrossEntropyExport
             | CrossEntropyPartial
-            | CrossEntropySoftPartial => Family::CrossEntropy,
+            | CrossEntropySoftPartial
+            | CrossEntropyEdges
+            | CrossEntropyEdgesInPlace => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReducePartial
             | BinaryReduce => Family::Binary,
             Copy | Bf16Widen | Bf16Narrow => Family::Copy,
@@ -950,6 +957,9 @@ impl Kernel {
             LinearCrossEntropyMerge => "lce_merge",
             LinearCrossEntropyGrad => "lce_grad",
             LinearCrossEntropyBiasGrad => "lce_bias_grad",
+            SoftmaxEdges => "softmax_edges",
+            CrossEntropyEdges => "ce_edges",
+            CrossEntropyEdgesInPlace => "ce_edges_in_place",
         }
     }
 
@@ -980,11 +990,18 @@ impl Kernel {
         !self.split_passes().is_empty() || self == Kernel::LogsumexpBackward
     }
 
-    /// Whether this entry point stores into a matrix it also loads from
-    /// (cross-entropy's in-place gradient, over the logits): such a kernel
-    /// is never built edged, where loads and stores see different types.
-    pub(crate) fn stores_into_input(self) -> bool {
-        self == Kernel::CrossEntropyLossGradInPlace
+    /// The pass that stores edged rows' shared vectors (`edge_stores` in
+    /// `common.wgsl`) into the matrix at `slot`, for a kernel that writes it.
+    pub(crate) fn edges_into(slot: Slot) -> Option<Kernel> {
+        if slot == slot::softmax::MAT_OUT {
+            Some(Kernel::SoftmaxEdges)
+        } else if slot == slot::cross_entropy::GRAD {
+            Some(Kernel::CrossEntropyEdges)
+        } else if slot == slot::cross_entropy::LOGITS {
+            Some(Kernel::CrossEntropyEdgesInPlace)
+        } else {
+            None
+        }
     }
 
     /// Whether `slot` is an input (bound read-only unless aliasing).
@@ -1000,7 +1017,11 @@ impl Kernel {
         self.bindings()
             .iter()
             .any(|&(b, access)| b == slot && access == Access::ReadWrite)
-            && (slot != slot::cross_entropy::LOGITS || self == Kernel::CrossEntropyLossGradInPlace)
+            && (slot != slot::cross_entropy::LOGITS
+                || matches!(
+                    self,
+                    Kernel::CrossEntropyLossGradInPlace | Kernel::CrossEntropyEdgesInPlace
+                ))
     }
 
     /// Whether `slot` is a matrix this entry point (and its split passes)
@@ -1060,14 +1081,30 @@ impl Kernel {
     pub(crate) fn bindings(self) -> &'static [(Slot, Access)] {
         use slot::{
             binary as bin, copy, cross_entropy as ce, linear as mm, linear_cross_entropy as lce,
-            softmax as sm, CHUNK_STATS, PARAMS,
+            softmax as sm, CHUNK_STATS, EDGE_VECS, PARAMS,
         };
         use Kernel::*;
         match self {
+            SoftmaxEdges => &[
+                (PARAMS, Uniform),
+                (sm::MAT_OUT, ReadWrite),
+                (EDGE_VECS, ReadWrite),
+            ],
+            CrossEntropyEdges => &[
+                (PARAMS, Uniform),
+                (ce::GRAD, ReadWrite),
+                (EDGE_VECS, ReadWrite),
+            ],
+            CrossEntropyEdgesInPlace => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (EDGE_VECS, ReadWrite),
+            ],
             SoftmaxForward | LogSoftmaxForward => &[
                 (PARAMS, Uniform),
                 (sm::MAT_A, Read),
                 (sm::MAT_OUT, ReadWrite),
+                (EDGE_VECS, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             LogsumexpForward => &[
@@ -1086,6 +1123,7 @@ impl Kernel {
                 (sm::MAT_A, Read),
                 (sm::MAT_B, Read),
                 (sm::MAT_OUT, ReadWrite),
+                (EDGE_VECS, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             SoftmaxBackwardPartial => &[
@@ -1105,6 +1143,7 @@ impl Kernel {
                 (sm::ROW_A, Read),
                 (sm::ROW_B, Read),
                 (sm::MAT_OUT, ReadWrite),
+                (EDGE_VECS, ReadWrite),
             ],
             CrossEntropyDenominatorPartial => &[
                 (PARAMS, Uniform),
@@ -1139,6 +1178,7 @@ impl Kernel {
                 (ce::SCALARS, ReadWrite),
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
+                (EDGE_VECS, ReadWrite),
                 (ce::SOFT_TARGETS, Read),
                 (CHUNK_STATS, ReadWrite),
             ],
@@ -1168,7 +1208,7 @@ impl Kernel {
                 (ce::LOSS_ROWS, ReadWrite),
                 (ce::LSE_ROWS, ReadWrite),
             ],
-            CrossEntropyLoss | CrossEntropyLossGradInPlace => &[
+            CrossEntropyLoss => &[
                 (PARAMS, Uniform),
                 (ce::LOGITS, ReadWrite),
                 (ce::TARGETS, Read),
@@ -1176,6 +1216,16 @@ impl Kernel {
                 (ce::SCALARS, ReadWrite),
                 (ce::ROW_OUT, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
+            ],
+            CrossEntropyLossGradInPlace => &[
+                (PARAMS, Uniform),
+                (ce::LOGITS, ReadWrite),
+                (ce::TARGETS, Read),
+                (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
+                (ce::ROW_OUT, ReadWrite),
+                (CHUNK_STATS, ReadWrite),
+                (EDGE_VECS, ReadWrite),
             ],
             FocalLoss => &[
                 (PARAMS, Uniform),
@@ -1199,6 +1249,7 @@ impl Kernel {
                 (ce::SCALARS, ReadWrite),
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
+                (EDGE_VECS, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             FocalLossGrad => &[
@@ -1209,6 +1260,7 @@ impl Kernel {
                 (ce::SCALARS, ReadWrite),
                 (ce::ROW_OUT, ReadWrite),
                 (ce::GRAD, ReadWrite),
+                (EDGE_VECS, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyReducePartial => &[

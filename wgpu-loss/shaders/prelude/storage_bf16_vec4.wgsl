@@ -21,7 +21,10 @@ fn mat_lane(v: vec_t, k: u32) -> mat_t { return pack_mat(v); }
 // Array index of element (or vector) e, and whether matrices may be stored.
 fn mat_index(e: u32) -> u32 { return e; }
 const MAT_STORES: bool = true;
-// Input matrices hold what output matrices hold (see `storage_f32_edged.wgsl`).
-alias src_t = mat_t;
-fn pack_src(v: vec_t) -> src_t { return pack_mat(v); }
-fn src_lane(v: vec_t, k: u32) -> src_t { return mat_lane(v, k); }
+// `fresh` where `keep_fresh` is set, else `old`, by the bits (edged rows' shared
+// vectors): each lane is a half of one of the two words.
+fn mat_merge(old: mat_t, fresh: mat_t, keep_fresh: vec_u) -> mat_t {
+    let m = select(vec4<u32>(0u), vec4<u32>(0xffffu), keep_fresh != vec4<u32>(0u));
+    let mask = vec2<u32>(m.x | (m.y << 16u), m.z | (m.w << 16u));
+    return (old & ~mask) | (fresh & mask);
+}

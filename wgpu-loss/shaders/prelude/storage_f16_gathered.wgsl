@@ -9,7 +9,5 @@ fn mat_lane(v: vec_t, k: u32) -> mat_t { return mat_t(v[k]); }
 // Array index of element (or vector) e, and whether matrices may be stored.
 fn mat_index(e: u32) -> u32 { return e; }
 const MAT_STORES: bool = true;
-// Input matrices hold what output matrices hold (see `storage_f32_edged.wgsl`).
-alias src_t = mat_t;
-fn pack_src(v: vec_t) -> src_t { return pack_mat(v); }
-fn src_lane(v: vec_t, k: u32) -> src_t { return mat_lane(v, k); }
+// Edged rows' merge (`storage_f32.wgsl`); gathered rows never merge.
+fn mat_merge(old: mat_t, fresh: mat_t, keep_fresh: vec_u) -> mat_t { return fresh; }

@@ -158,17 +158,16 @@ pub(crate) fn aliasing(kernel: Kernel, bound: &[(Slot, &wgpu::Buffer)]) -> Alias
     }
 }
 
-/// Whether a row kernel can read rows that are not whole vec4s as the
-/// buffer's aligned vec4s (`VecWidth::Vec4Edged`): it stores into no matrix
-/// it loads; every matrix starts at the same offset modulo 4, so a row has
-/// one phase for all of them, and one of them is matrix A, whose base gives
-/// that phase; and every matrix's last vector lies inside its buffer.
-fn edged_fits(kernel: Kernel, rows: usize, cols: usize, matrices: &[MatrixArg<'_>]) -> bool {
-    let stores_into_input = std::iter::once(kernel)
-        .chain(kernel.split_passes().iter().copied())
-        .any(Kernel::stores_into_input);
+/// Whether a row kernel can take rows that are not whole vec4s as the
+/// buffer's aligned vec4s (`VecWidth::Vec4Edged`): rows of at least
+/// [`EDGED_MIN_COLS`] columns, so that a vector holds lanes of at most two
+/// rows (the `*_edges` pass merges those); every matrix starts at the same
+/// offset modulo 4, so a row has one phase for all of them, and one of them
+/// is matrix A, whose base gives that phase; and every matrix's last vector
+/// lies inside its buffer, so its window can be bound whole vectors long.
+fn edged_fits(rows: usize, cols: usize, matrices: &[MatrixArg<'_>]) -> bool {
     let phase = |m: &MatrixArg<'_>| m.offset % 4;
-    !stores_into_input
+    cols >= EDGED_MIN_COLS
         && matrices.iter().any(|m| m.base == Base::A)
         && matrices.iter().all(|m| phase(m) == phase(&matrices[0]))
         && matrices.iter().all(|m| {
@@ -177,6 +176,10 @@ fn edged_fits(kernel: Kernel, rows: usize, cols: usize, matrices: &[MatrixArg<'_
             end.div_ceil(vector) * vector <= m.buffer.size()
         })
 }
+
+/// The shortest rows that run edged; shorter ones that are not whole vec4s
+/// are gathered.
+const EDGED_MIN_COLS: usize = 8;
 
 fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::TooLarge {
@@ -297,7 +300,18 @@ impl GpuContext {
                     .iter()
                     .any(|m| m.storage == Storage::Bf16 && k.writes(m.binding))
             });
-        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar && stores_bf16;
+        // Rows that are not whole vec4s: edged (the buffer's aligned vec4s)
+        // where they can be, for the softmax family and the row losses.
+        let edged = width == VecWidth::Scalar
+            && grid == Grid::PerRow
+            && kernel.family().accepts(Variant {
+                width: VecWidth::Vec4Edged,
+                aliasing: Aliasing::Separate,
+                storage,
+                reduce: Reduce::Workgroup,
+            })
+            && edged_fits(rows, cols, matrices);
+        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar && !edged && stores_bf16;
         let most_rows = self
             .windows(rows, cols)?
             .iter()
@@ -313,27 +327,17 @@ impl GpuContext {
             })
             .collect();
         let storage = if staged { Storage::F32 } else { storage };
-        // Row kernels of the softmax family and the row losses take rows that
-        // are not whole vec4s four columns a vector: edged (the buffer's
-        // aligned vec4s) where they can, else gathered.
-        let row_width = |width| Variant {
-            width,
+        // Else gathered: four scalar loads a vector.
+        let gathered = Variant {
+            width: VecWidth::Vec4Gathered,
             aliasing: Aliasing::Separate,
             storage,
             reduce: Reduce::Workgroup,
         };
         let width = match width {
-            VecWidth::Scalar if grid == Grid::PerRow => {
-                if !staged
-                    && kernel.family().accepts(row_width(VecWidth::Vec4Edged))
-                    && edged_fits(kernel, rows, cols, matrices)
-                {
-                    VecWidth::Vec4Edged
-                } else if kernel.family().accepts(row_width(VecWidth::Vec4Gathered)) {
-                    VecWidth::Vec4Gathered
-                } else {
-                    VecWidth::Scalar
-                }
+            VecWidth::Scalar if edged => VecWidth::Vec4Edged,
+            VecWidth::Scalar if grid == Grid::PerRow && kernel.family().accepts(gathered) => {
+                VecWidth::Vec4Gathered
             }
             w => w,
         };
@@ -395,6 +399,27 @@ impl GpuContext {
             true => Some(self.scratch("wgpu-loss split-row partials", partial_bytes)),
             false => None,
         };
+        // Edged rows' shared vectors: two f32 vectors a row of the largest
+        // window, merged into each matrix a kernel wrote by its `*_edges` pass.
+        let binds_edges = |k: Kernel| k.bindings().iter().any(|&(b, _)| b == slot::EDGE_VECS);
+        let edge_bytes = most * 32;
+        let edges = (width == VecWidth::Vec4Edged && passes.iter().any(|&(_, k)| binds_edges(k)))
+            .then(|| self.scratch("wgpu-loss edged rows' shared vectors", edge_bytes));
+        let mut edge_passes = Vec::new();
+        if edges.is_some() {
+            for m in matrices {
+                if let Some(k) = passes
+                    .iter()
+                    .any(|&(_, k)| k.writes(m.binding))
+                    .then(|| Kernel::edges_into(m.binding))
+                    .flatten()
+                {
+                    let pipeline =
+                        self.pipeline(k, variant, Launch::WHOLE_WORKGROUP, Spec::GENERIC)?;
+                    edge_passes.push((pipeline, k));
+                }
+            }
+        }
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let max_dim = self.limits().max_compute_workgroups_per_dimension.max(1);
         let cols64 = cols as u64;
@@ -502,6 +527,20 @@ impl GpuContext {
                     resource,
                 });
             }
+            if passes.iter().any(|&(_, k)| binds_edges(k)) {
+                let resource = match &edges {
+                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(edge_bytes),
+                    }),
+                    None => self.placeholder_rw.as_entire_binding(),
+                };
+                entries.push(wgpu::BindGroupEntry {
+                    binding: slot::EDGE_VECS.index,
+                    resource,
+                });
+            }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
             let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
             let matrix_elems = n as u64 * cols64;
@@ -570,6 +609,41 @@ impl GpuContext {
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(gx, gy, 1);
                 self.plan.note(k.entry_point(), groups, traffic);
+            }
+            // Edged rows: the shared vectors, one invocation a row.
+            for (pipe, k) in &edge_passes {
+                let used: Vec<wgpu::BindGroupEntry> = entries
+                    .iter()
+                    .filter(|e| k.bindings().iter().any(|&(b, _)| b.index == e.binding))
+                    .cloned()
+                    .collect();
+                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(k.entry_point()),
+                    layout: &pipe.layout,
+                    entries: &used,
+                });
+                let edge_groups = (n as u64).div_ceil(u64::from(WORKGROUP_SIZE));
+                let (ex, ey) = self.grid(edge_groups as usize)?;
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(k.entry_point()),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(ex, ey, 1);
+                drop(pass);
+                // The records in; at most two vectors a row read and written.
+                let vector = width.load_bytes(storage);
+                self.plan.note(
+                    k.entry_point(),
+                    edge_groups,
+                    Traffic {
+                        items_per_workgroup: u64::from(WORKGROUP_SIZE),
+                        bytes_read: n as u64 * (32 + 2 * vector),
+                        bytes_written: n as u64 * 2 * vector,
+                        load_bytes: vector,
+                    },
+                );
             }
             for &(m, stage, range, base) in &staged_windows {
                 if passes.iter().any(|&(_, k)| k.writes(m.binding)) {
