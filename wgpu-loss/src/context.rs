@@ -63,6 +63,10 @@ pub struct GpuContext {
     /// buffer of its own, since wgpu refuses one buffer in a read-only and a
     /// read-write binding of the same dispatch.
     pub(crate) placeholder_rw: wgpu::Buffer,
+    /// Bound as the shared-vector records of a kernel whose rows are not
+    /// edged: another buffer, since WebGPU refuses two read-write bindings
+    /// of one buffer whose ranges overlap.
+    pub(crate) placeholder_edges: wgpu::Buffer,
     /// Set by the device-lost callback (devices this crate created).
     lost: Arc<std::sync::Mutex<Option<String>>>,
     /// Error scopes an `encode_*` call popped but could not read yet.
@@ -291,8 +295,15 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let placeholder_edges = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-loss edged-row placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Self {
             placeholder_rw,
+            placeholder_edges,
             #[cfg(not(target_arch = "wasm32"))]
             poller: Poller::start(device.clone()),
             deferred: Default::default(),

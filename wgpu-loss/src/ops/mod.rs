@@ -534,7 +534,7 @@ impl GpuContext {
                         offset: 0,
                         size: wgpu::BufferSize::new(edge_bytes),
                     }),
-                    None => self.placeholder_rw.as_entire_binding(),
+                    None => self.placeholder_edges.as_entire_binding(),
                 };
                 entries.push(wgpu::BindGroupEntry {
                     binding: slot::EDGE_VECS.index,
