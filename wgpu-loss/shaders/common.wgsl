@@ -187,8 +187,10 @@ fn shared_vec(seg: Seg, e: u32) -> u32 {
 // with row r - 1's last (or, for the window's first row, with what memory
 // holds there: the previous window's last row, already final), and, for
 // the window's last row, its last, merged with what memory holds past it.
-// `old_first` and `old_last` are the matrix's current vectors there;
-// `merge` says which vectors to store (bit 0 the first, bit 1 the last).
+// `first` and `last` are their indices, `first_v` and `last_v` their new
+// values, `keep_first` and `keep_last` the lanes of those to store (the
+// others keep their bits, `mat_merge`); `merge` says which vectors to
+// store (bit 0 the first, bit 1 the last).
 struct EdgeStores { first: u32, last: u32, first_v: vec_t, last_v: vec_t, keep_first: vec_u, keep_last: vec_u, merge: u32 }
 
 fn edge_stores(r: u32, dst: u32) -> EdgeStores {

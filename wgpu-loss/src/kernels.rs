@@ -159,10 +159,11 @@ pub enum VecWidth {
     /// same bits.
     Vec4Gathered,
     /// The buffer's own aligned vec4s for rows that are not whole vec4s,
-    /// where every matrix of the kernel starts at the same offset modulo 4:
-    /// one 16-byte load a vector, the lanes of a row's first and last
-    /// vectors that belong to its neighbours masked; outputs stored lane by
-    /// lane. Not for kernels that store into an input matrix.
+    /// of at least 8 columns, where every matrix of the kernel starts at
+    /// the same offset modulo 4: one 16-byte load or store a vector (8 for
+    /// 16-bit storage), the lanes of a row's first and last vectors that
+    /// belong to its neighbours masked. Those two vectors are stored through
+    /// `edge_vecs` and merged by the `*_edges` pass after the kernel.
     Vec4Edged,
 }
 

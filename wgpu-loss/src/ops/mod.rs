@@ -191,13 +191,15 @@ fn to_u32(v: u64, what: &'static str, limit_name: &'static str) -> Result<u32> {
 }
 
 impl GpuContext {
-    /// Rows that fit in one binding window of `cols` f32 columns, after alignment slack.
+    /// Rows that fit in one binding window of `cols` f32 columns, after
+    /// slack for the window's aligned start and for an edged window's end,
+    /// rounded up to a whole vector (at most 16 bytes).
     pub(crate) fn rows_per_window(&self, cols: usize) -> Result<usize> {
         let row_bytes = (cols as u64)
             .checked_mul(4)
             .ok_or(Error::ShapeOverflow { rows: 1, cols })?;
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
-        let usable = self.max_binding_bytes().saturating_sub(align);
+        let usable = self.max_binding_bytes().saturating_sub(align + 16);
         let rows = usable / row_bytes;
         if rows == 0 {
             return Err(Error::RowTooLarge {
