@@ -177,6 +177,28 @@ fn edged_fits(rows: usize, cols: usize, matrices: &[MatrixArg<'_>]) -> bool {
         })
 }
 
+/// The binding of a kernel's scratch at `slot`, `bytes` of it (pooled
+/// buffers may be larger than asked), or of `placeholder` where the dispatch
+/// has none.
+fn scratch_entry<'a>(
+    slot: Slot,
+    scratch: &'a Option<Scratch>,
+    bytes: u64,
+    placeholder: &'a wgpu::Buffer,
+) -> wgpu::BindGroupEntry<'a> {
+    wgpu::BindGroupEntry {
+        binding: slot.index,
+        resource: match scratch {
+            Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b,
+                offset: 0,
+                size: wgpu::BufferSize::new(bytes),
+            }),
+            None => placeholder.as_entire_binding(),
+        },
+    }
+}
+
 /// The shortest rows that run edged; shorter ones that are not whole vec4s
 /// are gathered.
 const EDGED_MIN_COLS: usize = 8;
@@ -515,33 +537,20 @@ impl GpuContext {
                 .iter()
                 .any(|&(b, _)| b == slot::CHUNK_STATS)
             {
-                let resource = match &partials {
-                    // Pooled buffers may be larger than asked: bind what the records need.
-                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(partial_bytes),
-                    }),
-                    None => self.placeholder_rw.as_entire_binding(),
-                };
-                entries.push(wgpu::BindGroupEntry {
-                    binding: slot::CHUNK_STATS.index,
-                    resource,
-                });
+                entries.push(scratch_entry(
+                    slot::CHUNK_STATS,
+                    &partials,
+                    partial_bytes,
+                    &self.placeholder_rw,
+                ));
             }
             if passes.iter().any(|&(_, k)| binds_edges(k)) {
-                let resource = match &edges {
-                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(edge_bytes),
-                    }),
-                    None => self.placeholder_edges.as_entire_binding(),
-                };
-                entries.push(wgpu::BindGroupEntry {
-                    binding: slot::EDGE_VECS.index,
-                    resource,
-                });
+                entries.push(scratch_entry(
+                    slot::EDGE_VECS,
+                    &edges,
+                    edge_bytes,
+                    &self.placeholder_edges,
+                ));
             }
             let gx = to_u32(groups, "workgroups", "u32 workgroups")?.min(max_dim);
             let gy = to_u32(groups, "workgroups", "u32 workgroups")?.div_ceil(gx);
