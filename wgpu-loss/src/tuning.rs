@@ -149,8 +149,11 @@ impl RowTuning {
                     // rows too few to give every core work, are cut into
                     // chunks of one lane each (32 to a workgroup of 32).
                     // lavapipe measured 64x262144 1.3x and 1x1M 1.7x faster
-                    // split (BENCHMARKS.md, 2026-12-01, fifth session).
-                    split_vectors: 8192,
+                    // split (BENCHMARKS.md, 2026-12-01, fifth session), and
+                    // 64x262144 1.07x faster again in chunks of 16384
+                    // vectors than 8192 (sixth session): the occupancy rule
+                    // already gives every core work.
+                    split_vectors: 16384,
                     split_rows_below: 1024,
                     occupancy_workgroups: 256,
                     min_split_vectors: 1024,
@@ -493,7 +496,7 @@ mod tests {
         assert_eq!(cpu.splits(4096, 8192), 1);
         assert_eq!(cpu.splits(512, 8192), 1);
         assert_eq!(cpu.splits(64, 8192), 4); // 64 rows alone: 2 workgroups
-        assert_eq!(cpu.splits(64, 65_536), 8); // 64 x 262144 as vec4
+        assert_eq!(cpu.splits(64, 65_536), 4); // 64 x 262144 as vec4: 256 chunks
         assert_eq!(cpu.splits(1, 250_000), 244); // one row of 1M classes
         assert_eq!(cpu.splits(2048, 65_536), 1); // many rows fill the cores
     }
