@@ -52,6 +52,7 @@ pub(crate) enum Base {
 }
 
 /// A `[rows, cols]` f32 matrix operand starting `offset` elements into `buffer`.
+#[derive(Clone, Copy)]
 pub(crate) struct MatrixArg<'a> {
     pub binding: Slot,
     pub buffer: &'a wgpu::Buffer,
@@ -326,15 +327,58 @@ impl GpuContext {
             });
         // Rows that are not whole vec4s: edged (the buffer's aligned vec4s)
         // where they can be, for the softmax family and the row losses.
-        let edged = width == VecWidth::Scalar
+        let can_edge = width == VecWidth::Scalar
             && grid == Grid::PerRow
             && kernel.family().accepts(Variant {
                 width: VecWidth::Vec4Edged,
                 aliasing: Aliasing::Separate,
                 storage,
                 reduce: Reduce::Workgroup,
-            })
-            && edged_fits(rows, cols, matrices);
+            });
+        if can_edge
+            && rows > 1
+            && !edged_fits(rows, cols, matrices)
+            && edged_fits(rows - 1, cols, matrices)
+        {
+            // Only the last row's last vector runs past its buffer (a view
+            // of exactly the data, say): every row but it edged, it
+            // gathered, which splits it into the same vectors (same bits).
+            self.encode_windows(
+                encoder,
+                RowLaunch {
+                    rows: rows - 1,
+                    ..launch
+                },
+                grid,
+            )?;
+            let skip = (rows as u64 - 1) * cols as u64;
+            let last: Vec<MatrixArg<'_>> = matrices
+                .iter()
+                .map(|m| MatrixArg {
+                    offset: m.offset + skip,
+                    ..*m
+                })
+                .collect();
+            let params = Params {
+                row_base: to_u32(
+                    u64::from(params.row_base) + rows as u64 - 1,
+                    "row index",
+                    "u32 rows",
+                )?,
+                ..params
+            };
+            return self.encode_windows(
+                encoder,
+                RowLaunch {
+                    rows: 1,
+                    matrices: &last,
+                    params,
+                    ..launch
+                },
+                grid,
+            );
+        }
+        let edged = can_edge && edged_fits(rows, cols, matrices);
         let staged = storage == Storage::Bf16 && width == VecWidth::Scalar && !edged && stores_bf16;
         let most_rows = self
             .windows(rows, cols)?
