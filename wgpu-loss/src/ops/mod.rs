@@ -645,48 +645,14 @@ impl GpuContext {
                         traffic.bytes_read += records;
                     }
                 }
-                // A pass binds what its layout names: the partial pass a subset.
-                let used: Vec<wgpu::BindGroupEntry> = entries
-                    .iter()
-                    .filter(|e| k.bindings().iter().any(|&(b, _)| b.index == e.binding))
-                    .cloned()
-                    .collect();
-                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(k.entry_point()),
-                    layout: &pipe.layout,
-                    entries: &used,
-                });
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(k.entry_point()),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipe.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(gx, gy, 1);
+                self.record_pass(encoder, pipe, k, &entries, (gx, gy));
                 self.plan.note(k.entry_point(), groups, traffic);
             }
             // Edged rows: the shared vectors, one invocation a row.
             for (pipe, k) in &edge_passes {
-                let used: Vec<wgpu::BindGroupEntry> = entries
-                    .iter()
-                    .filter(|e| k.bindings().iter().any(|&(b, _)| b.index == e.binding))
-                    .cloned()
-                    .collect();
-                let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(k.entry_point()),
-                    layout: &pipe.layout,
-                    entries: &used,
-                });
                 let edge_groups = (n as u64).div_ceil(u64::from(WORKGROUP_SIZE));
                 let (ex, ey) = self.grid(edge_groups as usize)?;
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(k.entry_point()),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipe.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(ex, ey, 1);
-                drop(pass);
+                self.record_pass(encoder, pipe, *k, &entries, (ex, ey));
                 // The records in; at most two vectors a row read and written.
                 let vector = width.load_bytes(storage);
                 self.plan.note(
@@ -716,6 +682,36 @@ impl GpuContext {
             groups_done += groups;
         }
         Ok(groups_done)
+    }
+
+    /// Records one compute pass of `kernel` over `groups` workgroups, bound
+    /// to the entries its layout names (a split row's partial pass, or the
+    /// edges pass, binds a subset of the row kernel's).
+    fn record_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipe: &crate::kernels::Pipeline,
+        kernel: Kernel,
+        entries: &[wgpu::BindGroupEntry<'_>],
+        (gx, gy): (u32, u32),
+    ) {
+        let used: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .filter(|e| kernel.bindings().iter().any(|&(b, _)| b.index == e.binding))
+            .cloned()
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry_point()),
+            layout: &pipe.layout,
+            entries: &used,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry_point()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipe.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
     }
 
     /// Records a blocked reduction over `items` (see `fold_records` in
