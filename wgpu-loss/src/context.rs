@@ -482,8 +482,14 @@ impl GpuContext {
     /// where rows are split, threads per row (or chunk), rows (or chunks) per
     /// workgroup, workgroup size and reduction mode.
     pub fn describe_row_plan(&self, rows: usize, cols: usize) -> String {
-        // Four columns a vector (gathered where C is not a multiple of 4).
-        let vecs = cols.div_ceil(4) as u64;
+        // Four columns a vector; where C is not a multiple of 4, rows are
+        // edged or gathered and may span one vector more (`row_vectors`).
+        let width = if cols.is_multiple_of(4) {
+            crate::kernels::VecWidth::Vec4
+        } else {
+            crate::kernels::VecWidth::Vec4Edged
+        };
+        let vecs = width.row_vectors(cols);
         let splits = self.row_tuning.splits(rows as u64, vecs);
         let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
         let (split, unit) = if splits > 1 {

@@ -13,8 +13,9 @@
 //!    and the conversions the row kernels' accessors use (`mat_vec`,
 //!    `mat_lane`, `mat_index`, `MAT_STORES`);
 //! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t`, the horizontal
-//!    helpers, and how matrix arrays hold vectors (`GATHER`, `MSTRIDE`,
-//!    `MSTEP`: one vector per element, or four scalars per vector);
+//!    helpers, and how matrix arrays hold vectors (`GATHER`, `EDGED`,
+//!    `MSTRIDE`, `MSTEP`: one vector per element, or four scalars per
+//!    vector; edged rows start at their phase in an aligned vector);
 //! 3. the reduction prelude (`reduce_*.wgsl`): the entry points' `Ids`,
 //!    `thread_of` and the row-segment reductions `seg_sum` / `seg_max` / `seg_stat`;
 //! 4. `shaders/common.wgsl`: `Params`, the split-row records and the online
@@ -96,8 +97,8 @@ impl Family {
     /// reduce through workgroup memory; the fused kernels' logits are always
     /// the crate's own f32 workspace.
     pub fn accepts(self, variant: Variant) -> bool {
-        // bf16 is for the softmax family and the row losses: whole vec4s, or
-        // gathered for reading (its stores compiled out); never scalar.
+        // bf16 is for the softmax family and the row losses: whole vec4s,
+        // edged, or gathered for reading (its stores compiled out); never scalar.
         if variant.storage == Storage::Bf16
             && (variant.width == VecWidth::Scalar
                 || matches!(self, Family::Linear | Family::LinearCrossEntropy))
@@ -302,10 +303,11 @@ pub enum Storage {
     F32,
     /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
     F16,
-    /// bfloat16, packed two to a `u32` (needs no feature). Whole vec4s load
-    /// and store packed; other rows are read gathered by kernels that store
-    /// no matrix, and staged through f32 (`bf16_widen` / `bf16_narrow`) for
-    /// kernels that do: two invocations would store the halves of one word.
+    /// bfloat16, packed two to a `u32` (needs no feature). Whole vec4s and
+    /// edged rows load and store packed; gathered rows are read in place by
+    /// kernels that store no matrix, and staged through f32 (`bf16_widen` /
+    /// `bf16_narrow`) for kernels that do: two invocations would store the
+    /// halves of one word.
     Bf16,
 }
 

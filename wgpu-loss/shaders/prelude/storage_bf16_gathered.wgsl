@@ -1,6 +1,6 @@
 // bf16 matrices, gathered (`Storage::Bf16`, `VecWidth::Vec4Gathered`):
-// packed words read by element, for rows that are not whole vec4s (GPT-2's
-// 50257, say). Reads only: two invocations would store the two halves of
+// packed words read by element, for rows that are not whole vec4s and not
+// edged (under 8 columns, or a last row ending past its buffer). Reads only: two invocations would store the two halves of
 // one word, so kernels that store a matrix run on f32 copies
 // (`bf16_widen` / `bf16_narrow`); here the stores are compiled out.
 alias mat_t = u32;

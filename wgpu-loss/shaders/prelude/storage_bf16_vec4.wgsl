@@ -1,10 +1,10 @@
 // bf16 matrices, four columns per 8-byte load (`Storage::Bf16`,
 // `VecWidth::Vec4`): two packed `u32` words, low half first (little-endian
 // order). A bf16 is the top half of an f32, so unpacking is a shift and needs
-// no feature; packing rounds to nearest even. Rows that are not whole vec4s
-// are read gathered (`storage_bf16_gathered.wgsl`) by kernels that store no
-// matrix, and otherwise staged through f32 by `bf16_widen` / `bf16_narrow`
-// (`shaders/copy.wgsl`).
+// no feature; packing rounds to nearest even. Edged rows (`VecWidth::Vec4Edged`)
+// use this prelude too. Gathered rows are read by `storage_bf16_gathered.wgsl`
+// in kernels that store no matrix, and otherwise staged through f32 by
+// `bf16_widen` / `bf16_narrow` (`shaders/copy.wgsl`).
 alias mat_t = vec2<u32>;
 fn unpack_mat(w: mat_t) -> vec_t {
     return vec4<f32>(

@@ -315,9 +315,10 @@ impl GpuContext {
             .map(|m| m.storage)
             .find(|&s| s != Storage::F32)
             .unwrap_or(Storage::F32);
-        // bf16 rows that are not whole vec4s are read gathered, in place,
-        // by kernels that store no bf16 matrix; kernels that do run on f32
-        // copies of each window: no invocation can store half of a u32.
+        // Gathered bf16 rows (below) are read in place by kernels that store
+        // no bf16 matrix; kernels that do run on f32 copies of each window:
+        // no invocation can store half of a u32. Edged bf16 rows store whole
+        // words, and the words rows share go through the edges pass.
         let stores_bf16 = std::iter::once(kernel)
             .chain(kernel.split_passes().iter().copied())
             .any(|k| {
