@@ -52,8 +52,9 @@
 //!
 //! Tensors of a dtype burn's device cannot store are refused ([`Error::DType`]):
 //! burn hands out a bf16 tensor where CubeCL compiles WGSL, which has no
-//! bf16, but the kernel that should fill it never runs. f16 works where the
-//! adapter has `shader-f16`.
+//! bf16, but the kernel that should fill it never runs. f16 works where burn
+//! can hold an f16 tensor (CubeCL asks for `shader-f16`); this crate's
+//! kernels read and write f16 as packed words and need no feature.
 //!
 //! Class-index targets of any int dtype are read as i32; other int dtypes
 //! are cast once.

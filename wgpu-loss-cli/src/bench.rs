@@ -350,8 +350,8 @@ fn half_bits(values: &[f32], dtype: DType) -> Vec<u16> {
 
 impl<'a> ResidentOp<'a> {
     /// Uploads `input` for `op` with logits (and gradient) stored as `dtype`
-    /// (`F32`, `F16` or `BF16`; f16 needs `SHADER_F16`; both 16-bit types
-    /// are offered for the softmax family and the row losses).
+    /// (`F32`, `F16` or `BF16`; both 16-bit types are offered for the
+    /// softmax family and the row losses, on every adapter).
     pub fn new(ctx: &'a GpuContext, op: Op, input: &BenchInput, dtype: DType) -> Result<Self> {
         let (rows, cols) = (input.rows, input.cols);
         if dtype == DType::I32 || (dtype != DType::F32 && op.is_elementwise()) {
@@ -359,14 +359,6 @@ impl<'a> ResidentOp<'a> {
                 what: "this dtype for this op",
                 adapter: ctx.adapter_name().to_string(),
                 missing: "a 16-bit path (binary losses take f32)",
-            }
-            .into());
-        }
-        if dtype == DType::F16 && !ctx.features().contains(wgpu::Features::SHADER_F16) {
-            return Err(wgpu_loss::Error::Unsupported {
-                what: "f16 tensors",
-                adapter: ctx.adapter_name().to_string(),
-                missing: "SHADER_F16",
             }
             .into());
         }

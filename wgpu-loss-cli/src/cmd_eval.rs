@@ -686,9 +686,11 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
     prepare_out(&args.out, &all_out, element)?;
     let mut files = OutputFiles::default();
     let outputs = create_outputs(&args.out, &mut files, &streamed_out, element)?;
-    // bf16 logits stay bf16 on the GPU: half the bytes of widening them.
+    // 16-bit logits stay 16-bit on the GPU (every adapter takes both):
+    // half the bytes of widening them.
     let gpu_dtype = match input.file.element {
         Element::Bf16 => wgpu_loss::DType::BF16,
+        Element::F16 => wgpu_loss::DType::F16,
         _ => wgpu_loss::DType::F32,
     };
     let mut inputs = vec![StreamIn {

@@ -232,9 +232,10 @@ pub struct Problem {
     /// Scalar options.
     pub settings: Settings,
     /// How the GPU stores the matrices (input, upstream gradient, matrix
-    /// results) of the softmax family and the row losses: `F32`, or `BF16`
-    /// for logits read from bf16 files (exact, since the values came from
-    /// bf16; an f32 upstream gradient is rounded). Binary losses stay f32.
+    /// results) of the softmax family and the row losses: `F32`, or `F16` /
+    /// `BF16` for logits read from f16 / bf16 files (exact, since the values
+    /// came from those types; an f32 upstream gradient is rounded). Binary
+    /// losses stay f32.
     pub gpu_dtype: DType,
 }
 

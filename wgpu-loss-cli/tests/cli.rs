@@ -717,10 +717,8 @@ fn bench_gpu_rows(args: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn bench_f16_runs_where_the_adapter_has_it() {
-    let Some(ctx) = gpu() else { return };
-    if !ctx.features().contains(wgpu::Features::SHADER_F16) {
-        eprintln!("SKIPPED: adapter lacks SHADER_F16");
+fn bench_f16_runs() {
+    if gpu().is_none() {
         return;
     }
     let rows = bench_gpu_rows(&[

@@ -337,8 +337,17 @@ fn outputs_take_the_input_dtype_and_no_grad_writes_no_gradient() {
         npy_bytes("<f8", &[rows, cols], bytemuck::cast_slice(&f64s)),
     )
     .expect("f64");
-    let bf: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
-    write_bf16_logits(&p.join("m.safetensors"), &bf, rows, cols);
+    let bf: Vec<u16> = x
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_bits())
+        .collect();
+    write_16bit_logits(
+        &p.join("m.safetensors"),
+        safetensors::Dtype::BF16,
+        &bf,
+        rows,
+        cols,
+    );
     write_i64(&p.join("t.npy"), &t);
     let descr = |path: &Path| {
         let bytes = std::fs::read(path).expect("read");
@@ -795,15 +804,22 @@ fn windows_under_an_occupancy_splitting_tuning_give_the_same_bits() {
     );
 }
 
-/// A safetensors file holding one BF16 tensor, `logits`, of `[rows, cols]`.
-fn write_bf16_logits(path: &Path, values: &[half::bf16], rows: usize, cols: usize) {
+/// A safetensors file holding one 16-bit tensor (`dtype` BF16 or F16),
+/// `logits`, of `[rows, cols]`, from its bit patterns.
+fn write_16bit_logits(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    bits: &[u16],
+    rows: usize,
+    cols: usize,
+) {
     let st = safetensors::serialize(
         vec![(
             "logits".to_string(),
             safetensors::tensor::TensorView::new(
-                safetensors::Dtype::BF16,
+                dtype,
                 vec![rows, cols],
-                bytemuck::cast_slice(values),
+                bytemuck::cast_slice(bits),
             )
             .expect("view"),
         )],
@@ -813,56 +829,81 @@ fn write_bf16_logits(path: &Path, values: &[half::bf16], rows: usize, cols: usiz
     std::fs::write(path, st).expect("write");
 }
 
-/// BF16 logits stay bf16 on the GPU: the gradient comes back as bf16
-/// values (every one exact in bf16, which an f32 run's would not be),
-/// written as f32, and within the bf16 tolerance of the f64 reference; the
-/// loss is f32. C = 8 runs the packed kernels, C = 7 the staged ones.
+/// BF16 and F16 logits stay 16-bit on the GPU: the gradient comes back as
+/// values of that type (every one exact in it, which an f32 run's would not
+/// be), written as f32 (`--output-dtype f32`), and within that type's
+/// tolerance of the f64 reference; the loss is f32. C = 8 runs the packed
+/// kernels, C = 9 edged rows, C = 7 the staged ones.
 #[test]
-fn eval_keeps_bf16_logits_bf16_on_the_gpu() {
+fn eval_keeps_16bit_logits_16bit_on_the_gpu() {
     let Some(_) = gpu() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
     let p = dir.path();
-    for cols in [8usize, 7] {
-        let rows = 9;
-        let x: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
-            .collect();
-        let bf: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        let xb: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
-        let t: Vec<i64> = (0..rows as i64).map(|r| r % cols as i64).collect();
-        write_bf16_logits(&p.join("m.safetensors"), &bf, rows, cols);
-        write_i64(&p.join("t.npy"), &t);
-        let out = format!("--out=o{cols}");
-        let r = eval(
-            p,
-            &[
-                "cross-entropy",
-                "--input=m.safetensors:logits",
-                "--target=t.npy",
-                "--reduction=none",
-                &out,
-            ],
-        );
-        assert!(r.ok, "{}", r.stderr);
-        let options = wgpu_loss::CrossEntropyOptions {
-            reduction: wgpu_loss::Reduction::None,
-            ..Default::default()
-        };
-        let want = wgpu_loss::reference::cross_entropy(&xb, &t, cols, &options).expect("reference");
-        let loss = floats(&p.join(format!("o{cols}/loss.npy")));
-        if let Some(m) = wgpu_loss::F32_TOLERANCE.first_mismatch(&loss, &want.loss) {
-            panic!("C={cols} loss: {m}");
-        }
-        let grad = floats(&p.join(format!("o{cols}/grad.npy")));
-        if let Some(m) = wgpu_loss::BF16_TOLERANCE.first_mismatch(&grad, &want.grad) {
-            panic!("C={cols} grad: {m}");
-        }
-        for (i, &g) in grad.iter().enumerate() {
-            assert_eq!(
-                half::bf16::from_f32(g).to_f32(),
-                g,
-                "C={cols} grad index {i}: {g} is not a bf16 value, so the GPU did not store bf16"
+    type Round = fn(f32) -> (u16, f32);
+    let types: [(&str, safetensors::Dtype, Round, wgpu_loss::Tolerance); 2] = [
+        (
+            "bf16",
+            safetensors::Dtype::BF16,
+            |v| {
+                let h = half::bf16::from_f32(v);
+                (h.to_bits(), h.to_f32())
+            },
+            wgpu_loss::BF16_TOLERANCE,
+        ),
+        (
+            "f16",
+            safetensors::Dtype::F16,
+            |v| {
+                let h = half::f16::from_f32(v);
+                (h.to_bits(), h.to_f32())
+            },
+            wgpu_loss::F16_TOLERANCE,
+        ),
+    ];
+    for (name, dtype, round, tolerance) in types {
+        for cols in [8usize, 9, 7] {
+            let rows = 9;
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
+                .collect();
+            let (bits, xr): (Vec<u16>, Vec<f32>) = x.iter().map(|&v| round(v)).unzip();
+            let t: Vec<i64> = (0..rows as i64).map(|r| r % cols as i64).collect();
+            write_16bit_logits(&p.join("m.safetensors"), dtype, &bits, rows, cols);
+            write_i64(&p.join("t.npy"), &t);
+            let out = format!("--out=o{name}{cols}");
+            let r = eval(
+                p,
+                &[
+                    "cross-entropy",
+                    "--input=m.safetensors:logits",
+                    "--target=t.npy",
+                    "--reduction=none",
+                    "--output-dtype=f32",
+                    &out,
+                ],
             );
+            assert!(r.ok, "{}", r.stderr);
+            let options = wgpu_loss::CrossEntropyOptions {
+                reduction: wgpu_loss::Reduction::None,
+                ..Default::default()
+            };
+            let want =
+                wgpu_loss::reference::cross_entropy(&xr, &t, cols, &options).expect("reference");
+            let loss = floats(&p.join(format!("o{name}{cols}/loss.npy")));
+            if let Some(m) = wgpu_loss::F32_TOLERANCE.first_mismatch(&loss, &want.loss) {
+                panic!("{name} C={cols} loss: {m}");
+            }
+            let grad = floats(&p.join(format!("o{name}{cols}/grad.npy")));
+            if let Some(m) = tolerance.first_mismatch(&grad, &want.grad) {
+                panic!("{name} C={cols} grad: {m}");
+            }
+            for (i, &g) in grad.iter().enumerate() {
+                assert_eq!(
+                    round(g).1,
+                    g,
+                    "{name} C={cols} grad index {i}: {g} is not a {name} value, so the GPU did not store {name}"
+                );
+            }
         }
     }
 }

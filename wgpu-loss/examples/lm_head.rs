@@ -3,10 +3,11 @@
 //! chunk of them at a time inside the op.
 //!
 //! Hidden states `H` are fixed features of `N` tokens; the targets come from
-//! a hidden "teacher" head. Each step records into one command encoder the
-//! crate's `encode_linear_cross_entropy` (loss, `dW`, `db`) and two SGD
-//! passes (`examples/lm_head_sgd.wgsl`), and submits once. Only the loss is
-//! read back, every few steps.
+//! a hidden "teacher" head. The crate's `encode_linear_cross_entropy`
+//! (loss, `dW`, `db`) is prepared once (`GpuContext::prepare`); each step
+//! records it, with two SGD passes (`examples/lm_head_sgd.wgsl`), into one
+//! command encoder and submits once, creating no buffer or bind group. Only
+//! the loss is read back, every few steps.
 //!
 //! `cargo run --release --example lm_head -- [steps]`
 
@@ -145,10 +146,14 @@ pub fn train(
         workspace_bytes: Some(64 * V as u64 * 4),
         ..Default::default()
     };
+    // Recorded once: every step replays the same dispatches over the same
+    // buffers (the weights the SGD passes update), creating nothing.
+    let loss_and_grads =
+        ctx.prepare(|encoder| ctx.encode_linear_cross_entropy(encoder, &views, &options))?;
     let mut losses = Vec::new();
     for step in 1..=steps {
         let mut encoder = device.create_command_encoder(&Default::default());
-        ctx.encode_linear_cross_entropy(&mut encoder, &views, &options)?;
+        loss_and_grads.encode(&mut encoder);
         for (bind_group, groups) in &updates {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&sgd);

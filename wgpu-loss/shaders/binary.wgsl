@@ -220,7 +220,9 @@ fn binary_reduce_partial(
         neumaier(&s, &c, partials[i]);
     }
     let total = wg_reduce_sum(tid, s + c);
-    if (tid == 0u) {
+    if (tid == 0u && single_block(nwg)) {
+        binary_reduce_finish(total + 0.0);
+    } else if (tid == 0u) {
         chunk_stats[g] = vec4<f32>(total, 0.0, 0.0, 0.0);
     }
 }
@@ -237,7 +239,12 @@ fn binary_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let total = wg_reduce_sum(tid, s + c);
     if (tid == 0u) {
-        result[0] = select(total, total / params.denominator, params.reduction == REDUCTION_MEAN);
-        result[1] = 0.0;
+        binary_reduce_finish(total);
     }
+}
+
+// result = [loss, 0] from the total of every block.
+fn binary_reduce_finish(total: f32) {
+    result[0] = select(total, total / params.denominator, params.reduction == REDUCTION_MEAN);
+    result[1] = 0.0;
 }

@@ -112,6 +112,12 @@ fn softcap_both(v: vec_t, c: f32) -> Capped {
 // Index of this workgroup in a 2-D grid (x wraps at the dispatch limit).
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
 
+// Whether a blocked reduction's partial pass is its only block: then it
+// finishes the reduction itself and the host records no fold. Its totals
+// are those the fold would compute from its one record (the fold adds only
+// zeros to it, which turns -0 into +0: the finishing adds 0.0 too).
+fn single_block(nwg: vec3<u32>) -> bool { return nwg.x * nwg.y == 1u; }
+
 // Rows of a matrix array (the width preludes say how it holds vectors): the
 // row `row` of a window starting at element `base` begins at array index
 // `row_src(base, row)`, its vector i is at `vec_at(src, i)`, and it has
@@ -261,9 +267,13 @@ fn fold_records(n: u32) -> u32 {
 }
 
 // Neumaier's compensated step: adds v to the sum (*s, *c) (the true sum is *s + *c).
+// Once the sum is infinite (or NaN) the carry keeps what it had: its step
+// would compute inf - inf, and turn an infinite sum (an infinite row loss,
+// an overflow) into NaN.
 fn neumaier(s: ptr<function, f32>, c: ptr<function, f32>, v: f32) {
     let t = *s + v;
-    *c += select((v - t) + *s, (*s - t) + v, abs(*s) >= abs(v));
+    let carry = select((v - t) + *s, (*s - t) + v, abs(*s) >= abs(v));
+    *c += select(0.0, carry, abs(t) <= 3.4028234663852886e38);
     *s = t;
 }
 
@@ -436,4 +446,48 @@ fn bf16_bits(b: vec4<u32>) -> vec4<u32> {
     let nan = (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
     let rounded = (b + vec4<u32>(0x7fffu) + ((b >> vec4<u32>(16u)) & vec4<u32>(1u))) >> vec4<u32>(16u);
     return select(rounded, (b >> vec4<u32>(16u)) | vec4<u32>(0x40u), nan);
+}
+
+// The two bf16 of a packed word, low half first, as f32 (exact: a bf16 is
+// the top half of an f32).
+fn bf16_pair(w: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));
+}
+
+// f32 bits to f16 bits (in the low half), rounded to nearest even, as
+// `half::f16::from_f32` does, in integer arithmetic: WGSL leaves the
+// rounding of `f16(x)` and `pack2x16float` to the implementation, and gives
+// `pack2x16float` no defined result past the f16 range. Past 65520 the
+// result is infinity, NaN stays NaN (quiet, its payload's top bits kept),
+// and below 2^-14 the value becomes a subnormal, rounded to nearest even too.
+fn f16_bits(b: vec4<u32>) -> vec4<u32> {
+    let a = b & vec4<u32>(0x7fffffffu);
+    let sign = (b >> vec4<u32>(16u)) & vec4<u32>(0x8000u);
+    // Normal f16: rebias the exponent (127 to 15) and round away 13 bits.
+    let normal = (a - vec4<u32>(0x38000000u) + vec4<u32>(0xfffu) + ((a >> vec4<u32>(13u)) & vec4<u32>(1u)))
+        >> vec4<u32>(13u);
+    // Subnormal f16 (below 2^-14): the value in units of 2^-24 (exact: a
+    // power-of-two scale), and `round` rounds half to even.
+    let subnormal = vec4<u32>(round(min(bitcast<vec4<f32>>(a) * 16777216.0, vec4<f32>(2048.0))));
+    var h = select(subnormal, normal, a >= vec4<u32>(0x38800000u));
+    h = select(h, vec4<u32>(0x7c00u), a >= vec4<u32>(0x477ff000u));
+    // NaN: quiet, with the top of its payload, as `half` keeps it.
+    h = select(h, vec4<u32>(0x7e00u) | ((a >> vec4<u32>(13u)) & vec4<u32>(0x3ffu)), a > vec4<u32>(0x7f800000u));
+    return sign | h;
+}
+
+// The two f16 of a packed word, low half first, as f32 (exact, subnormals
+// included; no `enable f16` needed). Integer arithmetic and one exact
+// subtraction, not `unpack2x16float`, which lavapipe runs an element at a time.
+fn f16_pair(w: u32) -> vec2<f32> {
+    let h = vec2<u32>(w & 0xffffu, w >> 16u);
+    let shifted = (h & vec2<u32>(0x7fffu)) << vec2<u32>(13u);
+    let exponent = shifted & vec2<u32>(0x0f800000u);
+    // Rebias the exponent (15 to 127); infinity and NaN go to 255.
+    var bits = shifted + vec2<u32>(0x38000000u);
+    bits = select(bits, bits + vec2<u32>(0x38000000u), exponent == vec2<u32>(0x0f800000u));
+    // Zero and subnormals: 2^-14 (1 + m / 1024) - 2^-14 = m 2^-24, exactly.
+    let small = bitcast<vec2<f32>>(bits + vec2<u32>(0x00800000u)) - vec2<f32>(6.103515625e-05);
+    let magnitude = select(bitcast<vec2<u32>>(bitcast<vec2<f32>>(bits)), bitcast<vec2<u32>>(small), exponent == vec2<u32>(0u));
+    return bitcast<vec2<f32>>(magnitude | ((h & vec2<u32>(0x8000u)) << vec2<u32>(16u)));
 }

@@ -161,9 +161,24 @@ fn ce_denominator_partial(
     let d_total = wg_reduce_sum(tid, d);
     let w_total = wg_reduce_sum(tid, w);
     if (tid == 0u) {
-        // At most WG fold_span <= 2^17 rows: the count is exact in f32.
-        chunk_stats[g] = vec4<f32>(d_total, f32(kept_total), w_total, 0.0);
+        if (single_block(nwg)) {
+            ce_denominator_finish(d_total + 0.0, kept_total, w_total + 0.0);
+        } else {
+            // At most WG fold_span <= 2^17 rows: the count is exact in f32.
+            chunk_stats[g] = vec4<f32>(d_total, f32(kept_total), w_total, 0.0);
+        }
     }
+}
+
+// scalars = [D, kept rows, W, 0] from the totals of every block.
+fn ce_denominator_finish(d_total: f32, kept_total: u32, w_total: f32) {
+    // Without weights (or for focal loss, whose mean is over kept rows) D is
+    // the kept-row count, exact as an integer.
+    let by_count = !has_weights() || (params.flags & FLAG_MEAN_BY_COUNT) != 0u;
+    scalars[0] = select(d_total, f32(kept_total), by_count);
+    scalars[1] = f32(kept_total);
+    scalars[2] = select(f32(params.cols), w_total, has_weights());
+    scalars[3] = 0.0;
 }
 
 // Folds the blocks' records into scalars = [D, kept rows, W, 0].
@@ -175,7 +190,8 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
     var kept = 0u;
     var w = 0.0;
     var w_carry = 0.0;
-    let n = fold_records(max(params.total_rows, row_vecs()));
+    // Blocks cover the rows, and the class weights' vectors where there are weights.
+    let n = fold_records(select(params.total_rows, max(params.total_rows, row_vecs()), has_weights()));
     for (var g = tid; g < n; g += WG) {
         let r = chunk_stats[g];
         neumaier(&d, &d_carry, r.x);
@@ -186,13 +202,7 @@ fn ce_denominator(@builtin(local_invocation_id) lid: vec3<u32>) {
     let d_total = wg_reduce_sum(tid, d + d_carry);
     let w_total = wg_reduce_sum(tid, w + w_carry);
     if (tid == 0u) {
-        // Without weights (or for focal loss, whose mean is over kept rows) D is
-        // the kept-row count, exact as an integer.
-        let by_count = !has_weights() || (params.flags & FLAG_MEAN_BY_COUNT) != 0u;
-        scalars[0] = select(d_total, f32(kept_total), by_count);
-        scalars[1] = f32(kept_total);
-        scalars[2] = select(f32(params.cols), w_total, has_weights());
-        scalars[3] = 0.0;
+        ce_denominator_finish(d_total, kept_total, w_total);
     }
 }
 
@@ -642,7 +652,9 @@ fn ce_reduce_partial(
     }
     let ce_total = wg_reduce_sum(tid, ce + ce_c);
     let z_total = wg_reduce_sum(tid, z + z_c);
-    if (tid == 0u) {
+    if (tid == 0u && single_block(nwg)) {
+        ce_reduce_finish(ce_total + 0.0, z_total + 0.0);
+    } else if (tid == 0u) {
         chunk_stats[g] = vec4<f32>(ce_total, z_total, 0.0, 0.0);
     }
 }
@@ -664,15 +676,20 @@ fn ce_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
     let ce_total = wg_reduce_sum(tid, ce + ce_c);
     let z_total = wg_reduce_sum(tid, z + z_c);
     if (tid == 0u) {
-        var ce_part = ce_total;
-        var z_part = z_total;
-        if (params.reduction == REDUCTION_MEAN) {
-            ce_part = ce_total / scalars[0];
-            z_part = select(0.0, z_total / scalars[1], has_z_loss());
-        }
-        result[0] = ce_part + z_part;
-        result[1] = z_part;
+        ce_reduce_finish(ce_total, z_total);
     }
+}
+
+// result = [loss, z-loss part] from the totals of every block.
+fn ce_reduce_finish(ce_total: f32, z_total: f32) {
+    var ce_part = ce_total;
+    var z_part = z_total;
+    if (params.reduction == REDUCTION_MEAN) {
+        ce_part = ce_total / scalars[0];
+        z_part = select(0.0, z_total / scalars[1], has_z_loss());
+    }
+    result[0] = ce_part + z_part;
+    result[1] = z_part;
 }
 
 // ---- Probability targets: q' = (1-eps) q + eps/C, l_i = -sum_c w[c] q'_c lp_c (+ z lse^2),

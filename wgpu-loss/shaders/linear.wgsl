@@ -37,12 +37,13 @@ fn load_a(m: u32, k: u32) -> f32 {
     if (m >= params.rows || k >= params.inner) { return 0.0; }
     let i = params.base_a + m * params.lhs_row + k * params.lhs_col;
     if ((params.flags & FLAG_LHS_F32) != 0u) { return lhs_f32[i]; }
-    return f32(lhs[i]);
+    return mat_scalar(lhs[mat_index(i)], i);
 }
 
 fn load_b(k: u32, n: u32) -> f32 {
     if (k >= params.inner || n >= params.cols) { return 0.0; }
-    return f32(rhs[params.base_b + k * params.rhs_row + n * params.rhs_col]);
+    let i = params.base_b + k * params.rhs_row + n * params.rhs_col;
+    return mat_scalar(rhs[mat_index(i)], i);
 }
 
 // Vector `v` of each tile: k `v / 16`, rows (columns) 4·(v % 16) .. +3 of
@@ -596,19 +597,4 @@ fn store_row(m: u32, n: u32, v: vec4<f32>) {
     store_one(m, n + 1u, v.y);
     store_one(m, n + 2u, v.z);
     store_one(m, n + 3u, v.w);
-}
-
-// f32 results (accumulated in f32 across chunks) into an f16 tensor:
-// out_mat[base_out + i] = lhs_f32[base_a + i] for i < cols.
-@group(0) @binding(6) var<storage, read_write> out_mat: array<mat_t>;
-
-@compute @workgroup_size(WG)
-fn narrow(
-    @builtin(local_invocation_index) tid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = row_of(wid, nwg) * WG + tid;
-    if (i >= params.cols) { return; }
-    out_mat[params.base_out + i] = mat_t(lhs_f32[params.base_a + i]);
 }

@@ -57,6 +57,8 @@ pub struct GpuContext {
     pub(crate) uniforms: crate::pool::UniformCache,
     /// Dispatches noted while [`GpuContext::record_plan`] runs.
     pub(crate) plan: crate::plan::PlanRecorder,
+    /// Open [`GpuContext::prepare`] captures.
+    pub(crate) captures: crate::prepared::Captures,
     /// Bound where a kernel's optional input (class weights) is absent.
     pub(crate) placeholder: wgpu::Buffer,
     /// Bound as the split-row records of a kernel whose rows are whole: a
@@ -139,8 +141,7 @@ impl Poller {
 
 /// Features the kernels can use when the adapter has them.
 fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP
+    wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
@@ -325,6 +326,7 @@ impl GpuContext {
             constants: Default::default(),
             uniforms: Default::default(),
             plan: Default::default(),
+            captures: Default::default(),
             placeholder,
             lost: Arc::default(),
         }
@@ -438,7 +440,7 @@ impl GpuContext {
             "{head}\n  max_storage_buffer_binding_size {} B, max_buffer_size {} B, binding window used {} B\n  \
              max_compute_workgroups_per_dimension {}, max_compute_invocations_per_workgroup {}, \
              max_compute_workgroup_storage_size {} B, min_storage_buffer_offset_alignment {}\n  \
-             features: shader-f16 {}, subgroup {}{}, timestamp-query {} (inside encoders {})",
+             features: subgroup {}{}, timestamp-query {} (inside encoders {})",
             l.max_storage_buffer_binding_size,
             l.max_buffer_size,
             self.binding_bytes,
@@ -446,7 +448,6 @@ impl GpuContext {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroup_storage_size,
             l.min_storage_buffer_offset_alignment,
-            self.features.contains(wgpu::Features::SHADER_F16),
             self.features.contains(wgpu::Features::SUBGROUP),
             match &self.adapter_info {
                 Some(i) => format!(" (size {}..{})", i.subgroup_min_size, i.subgroup_max_size),
@@ -520,15 +521,6 @@ impl GpuContext {
                 missing: "a shader variant for this width, storage and reduction",
             });
         }
-        if variant.storage == crate::kernels::Storage::F16
-            && !self.features.contains(wgpu::Features::SHADER_F16)
-        {
-            return Err(crate::Error::Unsupported {
-                what: "f16 tensors",
-                adapter: self.adapter_name().to_string(),
-                missing: "the SHADER_F16 feature",
-            });
-        }
         self.pipelines.get(
             &self.device,
             self.adapter_name(),
@@ -591,9 +583,62 @@ impl GpuContext {
     /// # Ok(()) }
     /// ```
     pub fn record_plan<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<crate::plan::Dispatch>) {
-        let id = self.plan.start();
+        let recording = self.plan.start();
         let result = f();
-        (result, self.plan.take(id))
+        (result, recording.take())
+    }
+
+    /// Records the dispatches of the `encode_*` calls `record` makes, once,
+    /// into an encoder that is never submitted, and keeps them: the returned
+    /// [`crate::Prepared`] encodes them into any encoder, as often as
+    /// wanted, without creating a bind group, a uniform or a scratch buffer.
+    /// For a loop that runs the same op on the same views every step (new
+    /// data written into the same buffers), so that its steady state
+    /// allocates nothing. Errors of `record` come back as they are; its
+    /// value (what `encode_linear_cross_entropy` says of its scratch, say)
+    /// is dropped: capture it in the closure to keep it.
+    ///
+    /// Only what is recorded into the encoder `record` is given is kept:
+    /// not what other threads record on the context meanwhile, nor the work
+    /// of a host API call made inside `record` (it records into encoders of
+    /// its own and submits them at once).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), wgpu_loss::Error> {
+    /// use wgpu_loss::{block_on, GpuContext, GpuTensor, SoftmaxOp};
+    /// let ctx = block_on(GpuContext::new())?;
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    /// let buffer = |size| ctx.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None, size, usage, mapped_at_creation: false,
+    /// });
+    /// let (x, y) = (buffer(8 * 100 * 4), buffer(8 * 100 * 4));
+    /// let step = ctx.prepare(|encoder| {
+    ///     ctx.encode_softmax(
+    ///         encoder,
+    ///         SoftmaxOp::Softmax,
+    ///         &GpuTensor::f32_matrix(&x, 0, 8, 100),
+    ///         &GpuTensor::f32_matrix(&y, 0, 8, 100),
+    ///     )
+    /// })?;
+    /// let made = ctx.encode_buffers_created();
+    /// for batch in 0..3 {
+    ///     ctx.queue().write_buffer(&x, 0, bytemuck::cast_slice(&[batch as f32; 800]));
+    ///     let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    ///     step.encode(&mut encoder);
+    ///     ctx.queue().submit([encoder.finish()]);
+    /// }
+    /// // Nothing was created after the first recording.
+    /// assert_eq!(ctx.encode_buffers_created(), made);
+    /// # Ok(()) }
+    /// ```
+    pub fn prepare<R>(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<R>,
+    ) -> Result<crate::Prepared> {
+        let mut encoder = self.encoder("wgpu-loss prepare (never submitted)");
+        let capture = self.captures.open(&encoder);
+        record(&mut encoder)?;
+        Ok(capture.finish())
     }
 
     /// Pipelines built so far. Repeated calls of the same op do not add to it.

@@ -8,10 +8,12 @@
 //! ([`Variant`]) is that file with preludes from `shaders/prelude/` in front,
 //! concatenated in this order:
 //!
-//! 1. the storage prelude (`storage_*.wgsl`): `mat_t`, the matrices' element
-//!    type, `enable f16;` where it is f16 (an `enable` must open the module),
-//!    and the conversions the row kernels' accessors use (`mat_vec`,
-//!    `mat_lane`, `mat_index`, `MAT_STORES`);
+//! 1. the storage prelude: for f16 and bf16 their element conversions
+//!    (`half_f16.wgsl`, `half_bf16.wgsl`: `half_pair`, `half_bits`), then
+//!    `storage_*.wgsl`: `mat_t`, the matrices' array element (16-bit types
+//!    are packed into `u32` words, so no variant needs `enable f16`), and
+//!    the conversions the kernels' accessors use (`mat_vec`, `mat_lane`,
+//!    `mat_index`, `mat_scalar`, `MAT_STORES`);
 //! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t`, the horizontal
 //!    helpers, and how matrix arrays hold vectors (`GATHER`, `EDGED`,
 //!    `MSTRIDE`, `MSTEP`: one vector per element, or four scalars per
@@ -102,6 +104,14 @@ impl Family {
         if variant.storage == Storage::Bf16
             && (variant.width == VecWidth::Scalar
                 || matches!(self, Family::Linear | Family::LinearCrossEntropy))
+        {
+            return false;
+        }
+        // f16 row kernels take the same widths as bf16 (packed words are
+        // stored whole or not at all); the matrix product reads f16 scalars.
+        if variant.storage == Storage::F16
+            && variant.width == VecWidth::Scalar
+            && matches!(self, Family::Softmax | Family::CrossEntropy)
         {
             return false;
         }
@@ -201,7 +211,7 @@ impl VecWidth {
     pub fn load_bytes(self, storage: Storage) -> u64 {
         match (self, storage) {
             (VecWidth::Vec4 | VecWidth::Vec4Edged, s) => 4 * s.bytes(),
-            (VecWidth::Vec4Gathered, Storage::Bf16) => 4,
+            (VecWidth::Vec4Gathered, Storage::F16 | Storage::Bf16) => 4,
             (_, s) => s.bytes(),
         }
     }
@@ -301,12 +311,13 @@ impl Launch {
 pub enum Storage {
     /// 32-bit floats.
     F32,
-    /// 16-bit floats (needs the adapter's `SHADER_F16` feature).
+    /// IEEE 16-bit floats, packed two to a `u32` (needs no feature: no
+    /// `enable f16`, no `SHADER_F16`). Stored as bf16 is.
     F16,
     /// bfloat16, packed two to a `u32` (needs no feature). Whole vec4s and
     /// edged rows load and store packed; gathered rows are read in place by
-    /// kernels that store no matrix, and staged through f32 (`bf16_widen` /
-    /// `bf16_narrow`) for kernels that do: two invocations would store the
+    /// kernels that store no matrix, and staged through f32 (`half_widen` /
+    /// `half_narrow`) for kernels that do: two invocations would store the
     /// halves of one word.
     Bf16,
 }
@@ -324,32 +335,38 @@ impl Storage {
         }
     }
 
-    /// `mat_t` (and `enable f16;`, which must open the module) for this
-    /// storage type at this width.
-    fn prelude(self, width: VecWidth) -> &'static str {
-        match (self, width) {
+    /// Whether elements are 16 bits, packed two to a `u32` word.
+    pub fn is_half(self) -> bool {
+        matches!(self, Storage::F16 | Storage::Bf16)
+    }
+
+    /// The storage prelude for this type at this width: the 16-bit types'
+    /// element conversions (`half_pair`, `half_bits`), then `mat_t` and the
+    /// accessors the kernels use.
+    fn prelude(self, width: VecWidth) -> [&'static str; 2] {
+        let element = match self {
+            Storage::F32 => "",
+            Storage::F16 => include_str!("../shaders/prelude/half_f16.wgsl"),
+            Storage::Bf16 => include_str!("../shaders/prelude/half_bf16.wgsl"),
+        };
+        let layout = match (self, width) {
             (Storage::F32, VecWidth::Vec4Gathered) => {
                 include_str!("../shaders/prelude/storage_f32_gathered.wgsl")
             }
-
             (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
-            (Storage::F16, VecWidth::Scalar) => {
-                include_str!("../shaders/prelude/storage_f16_scalar.wgsl")
-            }
+            // The matrix product's f16 operands (no row kernel is scalar, and
+            // no bf16 kernel: `Family::accepts`).
+            (_, VecWidth::Scalar) => include_str!("../shaders/prelude/storage_half_scalar.wgsl"),
             // Edged rows hold whole vectors, as whole vec4 rows do.
-            (Storage::F16, VecWidth::Vec4 | VecWidth::Vec4Edged) => {
-                include_str!("../shaders/prelude/storage_f16_vec4.wgsl")
+            (_, VecWidth::Vec4 | VecWidth::Vec4Edged) => {
+                include_str!("../shaders/prelude/storage_half_vec4.wgsl")
             }
-            (Storage::F16, VecWidth::Vec4Gathered) => {
-                include_str!("../shaders/prelude/storage_f16_gathered.wgsl")
+            // Gathered 16-bit rows read packed words by element and store nothing.
+            (_, VecWidth::Vec4Gathered) => {
+                include_str!("../shaders/prelude/storage_half_gathered.wgsl")
             }
-            // Gathered bf16 rows read packed words by element and store
-            // nothing; no scalar bf16 variant exists (`Family::accepts`).
-            (Storage::Bf16, VecWidth::Vec4Gathered) => {
-                include_str!("../shaders/prelude/storage_bf16_gathered.wgsl")
-            }
-            (Storage::Bf16, _) => include_str!("../shaders/prelude/storage_bf16_vec4.wgsl"),
-        }
+        };
+        [element, layout]
     }
 }
 
@@ -421,9 +438,9 @@ pub fn shader_source(family: Family, variant: Variant) -> String {
         storage,
         reduce,
     } = variant;
+    let [element, layout] = storage.prelude(width);
     let source = format!(
-        "{}// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?} variant)\n{}\n{}\n{}\n{}",
-        storage.prelude(width),
+        "{element}{layout}// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?} variant)\n{}\n{}\n{}\n{}",
         family.file_name(),
         width.prelude(),
         reduce.prelude(),
@@ -516,7 +533,6 @@ pub(crate) mod slot {
         pub const RHS: Slot = slot_at(3, "rhs");
         pub const BIAS: Slot = slot_at(4, "bias");
         pub const OUT: Slot = slot_at(5, "out");
-        pub const OUT_MAT: Slot = slot_at(6, "out_mat");
     }
 
     /// `linear_cross_entropy.wgsl`.
@@ -581,6 +597,15 @@ pub(crate) mod flags {
             ("FLAG_EXPORT_LSE", FLAG_EXPORT_LSE),
             ("REDUCTION_MEAN", super::REDUCTION_MEAN),
         ];
+    }
+
+    /// `copy.wgsl`.
+    pub mod copy {
+        /// `half_widen` / `half_narrow`: the packed words are f16, not bf16.
+        pub const FLAG_F16: u32 = 1;
+        /// Every constant of the file, by its WGSL name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u32)] = &[("FLAG_F16", FLAG_F16)];
     }
 
     /// `linear.wgsl`.
@@ -793,8 +818,6 @@ pub enum Kernel {
     MatmulWide,
     /// `matmul_wide_short`: `matmul_wide` with 64x128 tiles, for outputs of 64 to 127 rows.
     MatmulWideShort,
-    /// `narrow`: f32 results into an f16 tensor.
-    Narrow,
     /// `lce_records`: per-row records of a shard's logits chunk.
     LinearCrossEntropyRecords,
     /// `lce_merge`: per-row records of every shard into row losses and lse.
@@ -816,10 +839,12 @@ pub enum Kernel {
     SoftmaxBackwardPartial,
     /// `log_softmax_backward_partial`: per-chunk sums of `dy` of split rows.
     LogSoftmaxBackwardPartial,
-    /// `bf16_widen`: a bf16 window into f32 scratch (bf16 rows that are not whole vec4s).
-    Bf16Widen,
-    /// `bf16_narrow`: f32 scratch back into a bf16 window, rounded to nearest even.
-    Bf16Narrow,
+    /// `half_widen`: an f16 or bf16 window into f32 scratch (16-bit rows
+    /// that are neither whole vec4s nor edged).
+    HalfWiden,
+    /// `half_narrow`: f32 values into an f16 or bf16 window, rounded to
+    /// nearest even (staged rows, and the matrix product's f16 results).
+    HalfNarrow,
     /// `softmax_edges`: edged rows' shared vectors into the softmax family's output.
     SoftmaxEdges,
     /// `ce_edges`: edged rows' shared vectors into the gradient.
@@ -831,7 +856,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel.
     #[cfg(test)]
-    pub const ALL: [Kernel; 42] = [
+    pub const ALL: [Kernel; 41] = [
         Kernel::SoftmaxForward,
         Kernel::LogSoftmaxForward,
         Kernel::LogsumexpForward,
@@ -864,13 +889,12 @@ impl Kernel {
         Kernel::Matmul,
         Kernel::MatmulWide,
         Kernel::MatmulWideShort,
-        Kernel::Narrow,
         Kernel::LinearCrossEntropyRecords,
         Kernel::LinearCrossEntropyMerge,
         Kernel::LinearCrossEntropyGrad,
         Kernel::LinearCrossEntropyBiasGrad,
-        Kernel::Bf16Widen,
-        Kernel::Bf16Narrow,
+        Kernel::HalfWiden,
+        Kernel::HalfNarrow,
         Kernel::SoftmaxEdges,
         Kernel::CrossEntropyEdges,
         Kernel::CrossEntropyEdgesInPlace,
@@ -908,8 +932,8 @@ impl Kernel {
             | CrossEntropyEdgesInPlace => Family::CrossEntropy,
             BceProbElements | BceLogitsElements | SigmoidFocalElements | BinaryReducePartial
             | BinaryReduce => Family::Binary,
-            Copy | Bf16Widen | Bf16Narrow => Family::Copy,
-            Matmul | MatmulWide | MatmulWideShort | Narrow => Family::Linear,
+            Copy | HalfWiden | HalfNarrow => Family::Copy,
+            Matmul | MatmulWide | MatmulWideShort => Family::Linear,
             LinearCrossEntropyRecords
             | LinearCrossEntropyMerge
             | LinearCrossEntropyGrad
@@ -945,8 +969,8 @@ impl Kernel {
             BinaryReduce => "binary_reduce",
             CrossEntropyExport => "ce_export",
             Copy => "copy",
-            Bf16Widen => "bf16_widen",
-            Bf16Narrow => "bf16_narrow",
+            HalfWiden => "half_widen",
+            HalfNarrow => "half_narrow",
             SoftmaxPartial => "softmax_partial",
             CrossEntropyPartial => "ce_partial",
             CrossEntropySoftPartial => "ce_soft_partial",
@@ -955,7 +979,6 @@ impl Kernel {
             Matmul => "matmul",
             MatmulWide => "matmul_wide",
             MatmulWideShort => "matmul_wide_short",
-            Narrow => "narrow",
             LinearCrossEntropyRecords => "lce_records",
             LinearCrossEntropyMerge => "lce_merge",
             LinearCrossEntropyGrad => "lce_grad",
@@ -1148,10 +1171,13 @@ impl Kernel {
                 (sm::MAT_OUT, ReadWrite),
                 (EDGE_VECS, ReadWrite),
             ],
+            // A partial pass that is its reduction's only block finishes it
+            // (`single_block`): it binds what the fold writes.
             CrossEntropyDenominatorPartial => &[
                 (PARAMS, Uniform),
                 (ce::TARGETS, Read),
                 (ce::WEIGHTS, Read),
+                (ce::SCALARS, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyDenominator => &[
@@ -1198,6 +1224,7 @@ impl Kernel {
             BinaryReducePartial => &[
                 (PARAMS, Uniform),
                 (bin::PARTIALS, ReadWrite),
+                (bin::RESULT, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             BinaryReduce => &[
@@ -1269,6 +1296,8 @@ impl Kernel {
             CrossEntropyReducePartial => &[
                 (PARAMS, Uniform),
                 (ce::ROW_OUT, ReadWrite),
+                (ce::SCALARS, ReadWrite),
+                (ce::RESULT, ReadWrite),
                 (CHUNK_STATS, ReadWrite),
             ],
             CrossEntropyReduce => &[
@@ -1278,7 +1307,7 @@ impl Kernel {
                 (CHUNK_STATS, ReadWrite),
             ],
             Copy => &[(PARAMS, Uniform), (copy::SRC, Read), (copy::DST, ReadWrite)],
-            Bf16Widen | Bf16Narrow => &[
+            HalfWiden | HalfNarrow => &[
                 (PARAMS, Uniform),
                 (copy::PACKED, ReadWrite),
                 (copy::WIDE, ReadWrite),
@@ -1290,11 +1319,6 @@ impl Kernel {
                 (mm::RHS, Read),
                 (mm::BIAS, Read),
                 (mm::OUT, ReadWrite),
-            ],
-            Narrow => &[
-                (PARAMS, Uniform),
-                (mm::LHS_F32, Read),
-                (mm::OUT_MAT, ReadWrite),
             ],
             LinearCrossEntropyRecords => &[
                 (PARAMS, Uniform),

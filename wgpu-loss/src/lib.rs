@@ -71,6 +71,7 @@ pub mod loss;
 mod ops;
 mod plan;
 mod pool;
+mod prepared;
 pub mod reference;
 mod scope;
 mod tensor;
@@ -95,6 +96,7 @@ pub use ops::linear::{
 };
 pub use plan::Dispatch;
 pub use pool::{EncodeBuffers, PoolStats};
+pub use prepared::Prepared;
 pub use tensor::{
     BinaryViews, CrossEntropyViews, DType, FocalViews, GpuTensor, GradOutput, HostFloat,
     ProbTargetViews,

@@ -73,9 +73,10 @@ impl PlanRecorder {
         }
     }
 
-    /// Opens a recording; [`PlanRecorder::take`] with the returned id closes it.
-    pub(crate) fn start(&self) -> u64 {
-        match self.0.lock() {
+    /// Opens a recording; it closes when [`Recording::take`] returns its
+    /// dispatches, or when it drops (a recording closure that panicked).
+    pub(crate) fn start(&self) -> Recording<'_> {
+        let id = match self.0.lock() {
             Ok(mut rec) => {
                 let id = rec.next_id;
                 rec.next_id += 1;
@@ -83,10 +84,11 @@ impl PlanRecorder {
                 id
             }
             Err(_) => u64::MAX,
-        }
+        };
+        Recording { recorder: self, id }
     }
 
-    pub(crate) fn take(&self, id: u64) -> Vec<Dispatch> {
+    fn close(&self, id: u64) -> Vec<Dispatch> {
         let Ok(mut rec) = self.0.lock() else {
             return Vec::new();
         };
@@ -94,5 +96,55 @@ impl PlanRecorder {
             Some(at) => rec.open.swap_remove(at).1,
             None => Vec::new(),
         }
+    }
+}
+
+/// One open recording of a [`PlanRecorder`].
+pub(crate) struct Recording<'a> {
+    recorder: &'a PlanRecorder,
+    id: u64,
+}
+
+impl Recording<'_> {
+    /// Closes the recording and returns its dispatches.
+    pub(crate) fn take(self) -> Vec<Dispatch> {
+        self.recorder.close(self.id)
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        // After `take` this finds nothing to close.
+        self.recorder.close(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PlanRecorder, Traffic};
+
+    fn open_count(r: &PlanRecorder) -> usize {
+        r.0.lock().map(|rec| rec.open.len()).unwrap_or(usize::MAX)
+    }
+
+    /// A recording whose closure panics closes anyway, so it does not go on
+    /// collecting every later dispatch; nested recordings each get theirs.
+    #[test]
+    fn recordings_close_when_taken_or_dropped() {
+        let r = PlanRecorder::default();
+        let outer = r.start();
+        r.note("a", 1, Traffic::default());
+        let inner = r.start();
+        r.note("b", 1, Traffic::default());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _dropped = r.start();
+            panic!("a recording closure panics");
+        }));
+        assert!(caught.is_err());
+        assert_eq!(open_count(&r), 2, "the panicked recording is still open");
+        let kernels = |v: Vec<super::Dispatch>| v.iter().map(|d| d.kernel).collect::<Vec<_>>();
+        assert_eq!(kernels(inner.take()), ["b"]);
+        assert_eq!(kernels(outer.take()), ["a", "b"]);
+        assert_eq!(open_count(&r), 0);
     }
 }

@@ -243,6 +243,9 @@ pub struct EncodeBuffers {
     /// from a pool after the first calls of a shape, and constants shared
     /// by content, so a loop of calls of one shape stops creating them.
     pub scratch: u64,
+    /// Bind groups: one per dispatch an `encode_*` call records, none when
+    /// a [`crate::Prepared`] encodes them again.
+    pub bind_groups: u64,
 }
 
 /// Uniform buffers by their bytes, and the counts behind [`EncodeBuffers`].
@@ -251,6 +254,7 @@ pub(crate) struct UniformCache {
     buffers: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     uniforms: AtomicU64,
     scratch: AtomicU64,
+    bind_groups: AtomicU64,
 }
 
 impl UniformCache {
@@ -279,12 +283,17 @@ impl UniformCache {
         self.scratch.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn count_bind_group(&self) {
+        self.bind_groups.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Uniforms made, and scratch made outside the encode pool (`pooled`:
     /// the encode pool's creations).
     pub(crate) fn counts(&self, pooled: u64) -> EncodeBuffers {
         EncodeBuffers {
             uniforms: self.uniforms.load(Ordering::Relaxed),
             scratch: self.scratch.load(Ordering::Relaxed) + pooled,
+            bind_groups: self.bind_groups.load(Ordering::Relaxed),
         }
     }
 }

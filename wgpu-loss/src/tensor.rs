@@ -10,8 +10,10 @@ pub enum DType {
     /// 32-bit float.
     F32,
     /// 16-bit float: logits, probabilities and gradients of the softmax
-    /// family and the row losses, on adapters with `SHADER_F16` (arithmetic
-    /// stays f32).
+    /// family and the row losses, and the fused linear + cross-entropy's
+    /// hidden states and classifier, on every adapter (packed two to a
+    /// `u32` word, so no `SHADER_F16` is needed; arithmetic stays f32;
+    /// stores round to nearest even). Rows are handled as for `BF16`.
     F16,
     /// bfloat16 (the top half of an f32): logits, probabilities and
     /// gradients of the softmax family and the row losses, on every adapter
@@ -45,8 +47,8 @@ impl DType {
 }
 
 /// An element type the host API takes matrices in (logits, probabilities,
-/// upstream gradients): `f32`, [`half::bf16`] (every adapter) or
-/// [`half::f16`] (adapters with `SHADER_F16`). The GPU stores the matrices,
+/// upstream gradients): `f32`, [`half::bf16`] or [`half::f16`] (every
+/// adapter: no shader feature is needed). The GPU stores the matrices,
 /// and writes matrix results, in this type; arithmetic is f32 either way, and
 /// results come back widened to f32 (exactly).
 pub trait HostFloat: bytemuck::Pod + Send + Sync + sealed::Sealed {

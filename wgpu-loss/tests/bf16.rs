@@ -1,7 +1,7 @@
 //! bf16 logits and gradients through GPU views: bf16 storage on every
 //! adapter, f32 arithmetic, checked against the f64 reference on the same
 //! bf16-rounded inputs. Rows of whole vec4s run the packed kernels; other
-//! layouts (odd C) run the f32 kernels between `bf16_widen` and `bf16_narrow`.
+//! layouts (odd C) run the f32 kernels between `half_widen` and `half_narrow`.
 
 mod common;
 
@@ -498,7 +498,7 @@ fn host_api_takes_bf16_slices() {
 }
 
 /// bf16 rows that are not whole vec4s run in place, with no f32 copy (as
-/// the plan shows: no `bf16_widen`): kernels that store no matrix (losses
+/// the plan shows: no `half_widen`): kernels that store no matrix (losses
 /// alone, logsumexp) at any C; kernels that store a gradient where rows
 /// are edged (C >= 8: whole packed words stored, the words rows share
 /// merged by `ce_edges`), staged through f32 below that. (Windows that
@@ -543,7 +543,7 @@ fn bf16_rows_of_an_odd_c_are_read_in_place_by_loss_only_kernels() {
             &want.loss,
         );
         assert!(
-            !plan.iter().any(|d| d.kernel == "bf16_widen"),
+            !plan.iter().any(|d| d.kernel == "half_widen"),
             "{tag}: the loss alone staged the logits: {plan:?}"
         );
         let focal = FocalOptions {
@@ -595,19 +595,6 @@ fn bf16_rows_of_an_odd_c_are_read_in_place_by_loss_only_kernels() {
             &want.grad,
             BF16_TOLERANCE,
         );
-        let staged = plan.iter().any(|d| d.kernel == "bf16_widen")
-            && plan.iter().any(|d| d.kernel == "bf16_narrow");
-        let merged = plan.iter().any(|d| d.kernel == "ce_edges");
-        if classes >= 8 {
-            assert!(
-                !staged && merged,
-                "{tag}: the gradient was staged: {plan:?}"
-            );
-        } else {
-            assert!(
-                staged && !merged,
-                "{tag}: the gradient was not staged: {plan:?}"
-            );
-        }
+        common::assert_gradient_staged_only_under_8_columns(&tag, classes, &plan);
     }
 }

@@ -191,6 +191,8 @@ fn awkward_shapes() {
         (9, 3),
         (4, 257),
         (3, 4099),
+        // The class weights span more reduction blocks than the rows.
+        (3, 16_385),
         (8, 50_257),
         (4, 131_072),
         (2, 1_000_003),
@@ -730,6 +732,113 @@ fn held_rows_with_infinite_or_nan_logits_match_the_reference() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A reduction of at most one block (4096 rows) finishes in its partial
+/// pass, with no fold recorded; one more row makes a second block and a
+/// fold. The fold of blocks whose second holds only an ignored row adds
+/// zeros, so both give the same bits: loss, `mean` denominator, gradient.
+#[test]
+fn single_block_reductions_finish_in_the_partial_pass_with_the_folds_bits() {
+    let Some(ctx) = common::own_gpu() else {
+        return;
+    };
+    let classes = 24;
+    let mut rng = Rng::new(77);
+    let c = case(&mut rng, 4097, classes, -100);
+    let mut targets = c.targets.clone();
+    targets[4096] = -100;
+    for (reduction, eps, weight) in [
+        (Reduction::Mean, 0.0, None),
+        (Reduction::Mean, 0.1, Some(&c.weight[..])),
+        (Reduction::Sum, 0.0, None),
+    ] {
+        let opts = CrossEntropyOptions {
+            weight,
+            label_smoothing: eps,
+            reduction,
+            z_loss: 1e-4,
+            ..Default::default()
+        };
+        let run = |rows: usize| {
+            ctx.record_plan(|| {
+                wgpu_loss::block_on(ctx.cross_entropy(
+                    &c.logits[..rows * classes],
+                    &targets[..rows],
+                    classes,
+                    &opts,
+                    wgpu_loss::Request::LossAndGrad,
+                ))
+                .unwrap()
+            })
+        };
+        let ((one, one_plan), (two, two_plan)) = (run(4096), run(4097));
+        let kernels = |p: &[wgpu_loss::Dispatch]| p.iter().map(|d| d.kernel).collect::<Vec<_>>();
+        let tag = format!("{reduction:?} smoothing {eps} weights {}", weight.is_some());
+        for fold in ["ce_reduce", "ce_denominator"] {
+            let wanted = reduction == Reduction::Mean || fold == "ce_reduce";
+            assert!(
+                !kernels(&one_plan).contains(&fold),
+                "{tag}: {:?}",
+                kernels(&one_plan)
+            );
+            assert_eq!(
+                kernels(&two_plan).contains(&fold),
+                wanted,
+                "{tag}: {:?}",
+                kernels(&two_plan)
+            );
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one.loss), bits(&two.loss), "{tag}: loss");
+        assert_eq!(bits(&one.z_loss), bits(&two.z_loss), "{tag}: z-loss");
+        let (g1, g2) = (one.grad.unwrap(), two.grad.unwrap());
+        assert_eq!(bits(&g1), bits(&g2[..4096 * classes]), "{tag}: gradient");
+        let want = reference::cross_entropy(
+            &c.logits[..4096 * classes],
+            &targets[..4096],
+            classes,
+            &opts,
+        )
+        .unwrap();
+        assert_close(&format!("{tag} loss"), &one.loss, &want.loss);
+    }
+}
+
+/// An infinite row loss (the target's logit is -inf) makes `sum` and
+/// `mean` infinite, as PyTorch's are, not NaN: the compensated sums carry
+/// nothing from an infinite partial (inf - inf would be NaN). With one
+/// reduction block (37 rows) and with several and a fold (5000 rows).
+#[test]
+fn an_infinite_row_loss_reduces_to_infinity_not_nan() {
+    let Some(ctx) = gpu() else { return };
+    let classes = 16;
+    for rows in [37, 5000] {
+        let mut rng = Rng::new(88 + rows as u64);
+        let mut x = rng.vec_normal(rows * classes, 1.0);
+        let t: Vec<i64> = (0..rows).map(|r| (r % classes) as i64).collect();
+        x[3 * classes + 3] = f32::NEG_INFINITY; // row 3's target logit
+        for reduction in [Reduction::Sum, Reduction::Mean] {
+            let opts = CrossEntropyOptions {
+                reduction,
+                z_loss: 1e-4,
+                ..Default::default()
+            };
+            let want = reference::cross_entropy(&x, &t, classes, &opts).unwrap();
+            assert!(want.loss[0].is_infinite(), "{}", want.loss[0]);
+            let got = wgpu_loss::block_on(ctx.cross_entropy(
+                &x,
+                &t,
+                classes,
+                &opts,
+                wgpu_loss::Request::Loss,
+            ))
+            .unwrap();
+            let tag = format!("{rows} rows {reduction:?}");
+            assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+            assert_close(&format!("{tag} z-loss"), &got.z_loss, &want.z_loss);
         }
     }
 }

@@ -1002,7 +1002,12 @@ fn pooled_scratch_is_reused_across_encoders_in_any_submission_order() {
         assert_eq!(bits(&read(ctx, &a.buffer, l2, 1)), bits(&alone_2));
     }
     let after = ctx.encode_buffers_created();
-    assert_eq!(after, before, "steady state created buffers");
+    // Bind groups are made per call (`GpuContext::prepare` avoids them).
+    assert_eq!(
+        (after.uniforms, after.scratch),
+        (before.uniforms, before.scratch),
+        "steady state created buffers"
+    );
     assert!(ctx.describe_row_plan(rows, classes).contains("rows split"));
 }
 
@@ -1467,5 +1472,185 @@ fn edged_and_gathered_rows_give_the_same_bits() {
             got[0].2 == got[1].2,
             "{tag}: softmax, edged against gathered"
         );
+    }
+}
+
+/// `GpuContext::prepare`: cross-entropy (odd C, so edged rows and their
+/// edges pass; smoothing, z-loss and softcap), softmax and the matrix
+/// product, recorded once and encoded
+/// again for three batches written into the same buffers. Each replay
+/// creates no bind group, uniform or scratch buffer, matches the reference
+/// on that batch's data, and equals the same calls encoded afresh, bit for
+/// bit.
+#[test]
+fn prepared_dispatches_replay_new_data_without_creating_anything() {
+    use wgpu_loss::{reference, LinearShape, LinearViews, F32_TOLERANCE};
+    let Some(ctx) = &common::own_gpu() else {
+        return;
+    };
+    let (rows, classes, d) = (37, 1001, 24);
+    let mut a = Arena::new(
+        ctx,
+        (rows * classes * 4 * 4 + rows * d * 8 + classes * d * 4) as u64 + 65536,
+    );
+    let mut rng = Rng::new(707);
+    let t: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
+    let to = a.put(ctx, &t);
+    let (xo, go, yo, lo) = (
+        a.reserve(rows * classes),
+        a.reserve(rows * classes),
+        a.reserve(rows * classes),
+        a.reserve(2),
+    );
+    let (ho, wo, zo) = (
+        a.reserve(rows * d),
+        a.reserve(classes * d),
+        a.reserve(rows * classes),
+    );
+    let m = |o| GpuTensor::f32_matrix(&a.buffer, o, rows, classes);
+    let opts = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        z_loss: 1e-4,
+        softcap: Some(20.0),
+        ..Default::default()
+    };
+    let ce = CrossEntropyViews {
+        logits: m(xo),
+        targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+        loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+        grad: GradOutput::Into(m(go)),
+        lse: None,
+    };
+    let linear = LinearViews {
+        input: GpuTensor::f32_matrix(&a.buffer, ho, rows, d),
+        weight: GpuTensor::f32_matrix(&a.buffer, wo, classes, d),
+        bias: None,
+        output: m(zo),
+    };
+    let record = |enc: &mut wgpu::CommandEncoder| {
+        ctx.encode_cross_entropy(enc, &ce, &opts.with_weight(None))?;
+        ctx.encode_softmax(enc, SoftmaxOp::Softmax, &m(xo), &m(yo))?;
+        ctx.encode_linear(enc, &linear)
+    };
+    let step = ctx.prepare(record).unwrap();
+    // Another thread recording on the context meanwhile is not captured,
+    // nor a host API call inside the closure.
+    let other = ctx
+        .prepare(|enc| {
+            ctx.encode_softmax(enc, SoftmaxOp::Softmax, &m(xo), &m(yo))?;
+            wgpu_loss::block_on(ctx.log_softmax(&[0.5f32; 24], 3, 8))?;
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut enc = ctx.device().create_command_encoder(&Default::default());
+                    ctx.encode_linear(&mut enc, &linear).unwrap();
+                });
+            });
+            Ok(())
+        })
+        .unwrap();
+    let alone = ctx
+        .prepare(|enc| ctx.encode_softmax(enc, SoftmaxOp::Softmax, &m(xo), &m(yo)))
+        .unwrap();
+    assert_eq!(other.kernels(), alone.kernels());
+    assert!(!other.kernels().iter().any(|k| k.starts_with("matmul")));
+    assert!(
+        step.kernels().contains(&"ce_edges") && step.kernels().contains(&"softmax_forward"),
+        "{:?}",
+        step.kernels()
+    );
+    let outputs = [
+        (go, rows * classes),
+        (yo, rows * classes),
+        (lo, 1),
+        (zo, rows * classes),
+    ];
+    let poison = |a: &Arena| {
+        for &(o, n) in &outputs {
+            ctx.queue()
+                .write_buffer(&a.buffer, o, bytemuck::cast_slice(&vec![common::POISON; n]));
+        }
+    };
+    let read_all = |a: &Arena| -> Vec<Vec<f32>> {
+        outputs
+            .iter()
+            .map(|&(o, n)| read(ctx, &a.buffer, o, n))
+            .collect()
+    };
+    for batch in 0..3u64 {
+        let mut rng = Rng::new(710 + batch);
+        let x = rng.vec_normal(rows * classes, 3.0);
+        let (h, w) = (
+            rng.vec_normal(rows * d, 1.0),
+            rng.vec_normal(classes * d, 1.0),
+        );
+        for (o, v) in [(xo, &x), (ho, &h), (wo, &w)] {
+            ctx.queue()
+                .write_buffer(&a.buffer, o, bytemuck::cast_slice(v));
+        }
+        poison(&a);
+        let before = ctx.encode_buffers_created();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        step.encode(&mut enc);
+        submit(ctx, enc);
+        assert_eq!(
+            ctx.encode_buffers_created(),
+            before,
+            "batch {batch}: the replay created something"
+        );
+        let replayed = read_all(&a);
+        let t64: Vec<i64> = t.iter().map(|&v| i64::from(v)).collect();
+        let want = reference::cross_entropy(&x, &t64, classes, &opts).unwrap();
+        assert_close(&format!("batch {batch} loss"), &replayed[2], &want.loss);
+        common::assert_within(
+            &format!("batch {batch} grad"),
+            &replayed[0],
+            &want.grad,
+            F32_TOLERANCE,
+        );
+        common::assert_within(
+            &format!("batch {batch} softmax"),
+            &replayed[1],
+            &reference::softmax(&x, rows, classes).unwrap(),
+            F32_TOLERANCE,
+        );
+        let shape = LinearShape {
+            rows,
+            hidden: d,
+            classes,
+        };
+        let terms = (0..rows * classes)
+            .map(|i| {
+                let (n, c) = (i / classes, i % classes);
+                (0..d)
+                    .map(|k| f64::from(h[n * d + k]).abs() * f64::from(w[c * d + k]).abs())
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max);
+        let z_want = reference::linear(&h, &w, None, shape).unwrap();
+        if let Some(m) = F32_TOLERANCE.first_mismatch_at_scale(
+            &replayed[3],
+            &z_want,
+            wgpu_loss::tolerance::product_scale(d, terms),
+        ) {
+            panic!("batch {batch} linear: {m}");
+        }
+        // The same calls encoded afresh: the same bits, and one bind group
+        // created per dispatch the prepared step replays.
+        poison(&a);
+        let before = ctx.encode_buffers_created();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        record(&mut enc).unwrap();
+        submit(ctx, enc);
+        assert_eq!(
+            ctx.encode_buffers_created().bind_groups - before.bind_groups,
+            step.kernels().len() as u64
+        );
+        for (i, (r, f)) in replayed.iter().zip(read_all(&a)).enumerate() {
+            assert_eq!(
+                bits(r),
+                bits(&f),
+                "batch {batch}, output {i}: replay differs from a fresh encode"
+            );
+        }
     }
 }

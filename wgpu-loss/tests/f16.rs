@@ -1,15 +1,24 @@
-//! f16 logits and gradients through GPU views: f16 storage, f32 arithmetic,
-//! checked against the f64 reference on the same f16-rounded inputs.
+//! f16 logits and gradients through GPU views: f16 storage packed two to a
+//! `u32` word on every adapter (no `SHADER_F16`), f32 arithmetic, checked
+//! against the f64 reference on the same f16-rounded inputs. Whole vec4
+//! rows and edged rows (odd C of 8 or more) run the packed kernels; rows
+//! under 8 columns run the f32 kernels between `half_widen` and `half_narrow`.
 
 mod common;
 
-use common::{assert_close, assert_within, gpu, read_bytes, Arena, Rng, POISON};
+use common::{
+    assert_close, assert_within, gpu, gpu_with_binding_cap, gpu_with_tuning, read_bytes, Arena, Rng,
+};
 use half::f16;
 use wgpu_loss::reference;
 use wgpu_loss::{
-    CrossEntropyOptions, CrossEntropyViews, Error, GpuContext, GpuTensor, GradOutput, Reduction,
-    SoftmaxOp, F16_TOLERANCE,
+    CrossEntropyOptions, CrossEntropyViews, GpuContext, GpuTensor, GradOutput, Reduction,
+    RowTuning, SoftmaxOp, F16_TOLERANCE,
 };
+
+/// A NaN with a payload no kernel writes: an output element left unwritten
+/// fails every comparison, and one past a view must keep these bits.
+const F16_POISON: f16 = f16::from_bits(0x7E01);
 
 fn to_f16(x: &[f32]) -> Vec<f16> {
     x.iter().map(|&v| f16::from_f32(v)).collect()
@@ -24,28 +33,69 @@ fn read_f16(ctx: &GpuContext, a: &Arena, offset: u64, elems: usize) -> Vec<f32> 
     widen(bytemuck::cast_slice(&bytes[..elems * 2]))
 }
 
-/// Room for an f16 output, filled with f16 poison so an unwritten element shows.
+/// Room for an f16 output and one element past it, all poison: the element
+/// past the end must survive (an odd-length view ends mid-word).
 fn reserve_f16(ctx: &GpuContext, a: &mut Arena, elems: usize) -> u64 {
-    a.put(ctx, &vec![f16::from_f32(POISON); elems.max(2)])
+    a.put(ctx, &vec![F16_POISON; elems + 1])
 }
 
-fn has_f16(ctx: &GpuContext) -> bool {
-    ctx.features().contains(wgpu::Features::SHADER_F16)
+fn assert_guard_kept(ctx: &GpuContext, a: &Arena, offset: u64, elems: usize, what: &str) {
+    let bytes = read_bytes(ctx, &a.buffer, offset, (elems as u64 + 1) * 2);
+    let past = bytemuck::cast_slice::<u8, u16>(&bytes[..(elems + 1) * 2])[elems];
+    assert_eq!(
+        past,
+        F16_POISON.to_bits(),
+        "{what}: the f16 element past the view (index {elems}) was overwritten"
+    );
 }
+
+/// Shapes: whole vec4s, edged odd rows, and short rows (staged).
+const SHAPES: [(usize, usize); 6] = [(13, 1000), (9, 257), (6, 9), (4, 1), (3, 4), (5, 3)];
 
 #[test]
 fn softmax_family_in_f16() {
     let Some(ctx) = gpu() else { return };
-    if !has_f16(ctx) {
-        eprintln!("SKIPPED f16 kernels: adapter {} lacks SHADER_F16 (the Unsupported error is tested below)", ctx.adapter_name());
+    softmax_family_in_f16_on(ctx, &SHAPES, 110);
+}
+
+/// Staged rows across binding windows: a window of an odd C starts mid-word,
+/// so the widen and narrow kernels meet a half that belongs to the window before.
+#[test]
+fn staged_f16_rows_across_binding_windows() {
+    let Some(ctx) = gpu_with_binding_cap(64 * 1024) else {
         return;
+    };
+    softmax_family_in_f16_on(&ctx, &[(171, 257), (40, 1001), (301, 5)], 115);
+    cross_entropy_in_f16_on(&ctx, &[(301, 5)], 117);
+}
+
+/// The GPU table, forced: rows held in registers (read once) and rows split
+/// into chunks with a partial pass, whole and edged.
+#[test]
+fn held_and_split_f16_rows() {
+    let Some(ctx) = gpu_with_tuning(RowTuning::default()) else {
+        return;
+    };
+    softmax_family_in_f16_on(&ctx, &[(5, 2048), (3, 2047)], 150);
+    cross_entropy_in_f16_on(&ctx, &[(5, 2048), (3, 2047)], 152);
+    let Some(ctx) = gpu_with_tuning(common::splitting_tuning()) else {
+        return;
+    };
+    for (rows, cols) in [(3, 8192), (2, 8191)] {
+        let plan = ctx.describe_row_plan(rows, cols);
+        assert!(plan.contains("rows split"), "{rows}x{cols}: {plan}");
     }
-    for (i, (rows, cols)) in [(13, 1000), (9, 257), (4, 1)].into_iter().enumerate() {
-        let mut rng = Rng::new(110 + i as u64);
+    softmax_family_in_f16_on(&ctx, &[(3, 8192), (2, 8191)], 154);
+    cross_entropy_in_f16_on(&ctx, &[(3, 8192), (2, 8191)], 156);
+}
+
+fn softmax_family_in_f16_on(ctx: &GpuContext, shapes: &[(usize, usize)], seed: u64) {
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(seed + i as u64);
         let x = to_f16(&rng.vec_normal(rows * cols, 3.0));
         let dy = to_f16(&rng.vec_normal(rows * cols, 1.0));
         let (xf, dyf) = (widen(&x), widen(&dy));
-        let mut a = Arena::new(ctx, (rows * cols * 16 + rows * 8) as u64);
+        let mut a = Arena::new(ctx, (rows * cols * 16 + rows * 8 + 64) as u64);
         let (xo, dyo) = (a.put(ctx, &x), a.put(ctx, &dy));
         let (yo, lyo, g1o, g2o) = (
             reserve_f16(ctx, &mut a, rows * cols),
@@ -69,6 +119,9 @@ fn softmax_family_in_f16() {
         .unwrap();
         ctx.queue().submit([enc.finish()]);
         let tag = format!("[{rows}, {cols}]");
+        for (o, what) in [(yo, "softmax"), (lyo, "log_softmax")] {
+            assert_guard_kept(ctx, &a, o, rows * cols, &format!("f16 {what} {tag}"));
+        }
         let y = read_f16(ctx, &a, yo, rows * cols);
         assert_within(
             &format!("f16 softmax {tag}"),
@@ -104,6 +157,9 @@ fn softmax_family_in_f16() {
             &reference::softmax_backward(&y, &dyf, rows, cols).unwrap(),
             F16_TOLERANCE,
         );
+        for (o, what) in [(g1o, "softmax backward"), (g2o, "log_softmax backward")] {
+            assert_guard_kept(ctx, &a, o, rows * cols, &format!("f16 {what} {tag}"));
+        }
         let g2 = read_f16(ctx, &a, g2o, rows * cols);
         assert_within(
             &format!("f16 log_softmax backward {tag}"),
@@ -117,20 +173,17 @@ fn softmax_family_in_f16() {
 #[test]
 fn cross_entropy_with_f16_logits_and_gradient() {
     let Some(ctx) = gpu() else { return };
-    if !has_f16(ctx) {
-        eprintln!(
-            "SKIPPED f16 kernels: adapter {} lacks SHADER_F16",
-            ctx.adapter_name()
-        );
-        return;
-    }
-    for (i, (rows, classes)) in [(21, 512), (7, 1001)].into_iter().enumerate() {
-        let mut rng = Rng::new(120 + i as u64);
+    cross_entropy_in_f16_on(ctx, &[(21, 512), (7, 1001), (6, 3)], 120);
+}
+
+fn cross_entropy_in_f16_on(ctx: &GpuContext, shapes: &[(usize, usize)], seed: u64) {
+    for (i, &(rows, classes)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(seed + i as u64);
         let x = to_f16(&rng.vec_normal(rows * classes, 3.0));
         let xf = widen(&x);
         let t: Vec<i32> = (0..rows)
             .map(|r| {
-                if r == 2 {
+                if r == 2 % rows {
                     -100
                 } else {
                     rng.below(classes) as i32
@@ -142,7 +195,7 @@ fn cross_entropy_with_f16_logits_and_gradient() {
             (true, Reduction::Sum),
             (false, Reduction::None),
         ] {
-            let mut a = Arena::new(ctx, (rows * classes * 8 + rows * 16) as u64);
+            let mut a = Arena::new(ctx, (rows * classes * 8 + rows * 16 + 64) as u64);
             let (xo, to) = (a.put(ctx, &x), a.put(ctx, &t));
             let go = if in_place {
                 xo
@@ -178,16 +231,23 @@ fn cross_entropy_with_f16_logits_and_gradient() {
                 format!("f16 cross-entropy [{rows}, {classes}] in_place={in_place} {reduction:?}");
             let loss = common::read(ctx, &a.buffer, lo, loss_len);
             assert_close(&format!("{tag} loss"), &loss[..want.loss.len()], &want.loss);
+            if !in_place {
+                assert_guard_kept(ctx, &a, go, rows * classes, &tag);
+            }
             let g = read_f16(ctx, &a, go, rows * classes);
             assert_within(&format!("{tag} grad"), &g, &want.grad, F16_TOLERANCE);
         }
     }
 }
 
+/// f16 needs no shader feature: on a device created without `SHADER_F16`
+/// (as an embedding program might have), the softmax family and
+/// cross-entropy run on f16 views and match the reference.
 #[test]
-fn f16_without_shader_f16_is_unsupported_not_a_panic() {
-    let Some(shared) = gpu() else { return };
-    // A device created without SHADER_F16, as an embedding program might have.
+fn f16_runs_without_shader_f16() {
+    if gpu().is_none() {
+        return;
+    }
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter =
@@ -200,30 +260,14 @@ fn f16_without_shader_f16_is_unsupported_not_a_panic() {
     .expect("device");
     let ctx = GpuContext::from_device(device, queue);
     assert!(!ctx.features().contains(wgpu::Features::SHADER_F16));
-    let _ = shared;
-    let mut a = Arena::new(&ctx, 4096);
-    let xo = a.put(&ctx, &to_f16(&[0.5; 32]));
-    let yo = a.reserve(32);
-    let mut enc = ctx.device().create_command_encoder(&Default::default());
-    let x = GpuTensor::f16_matrix(&a.buffer, xo, 4, 8);
-    let y = GpuTensor::f16_matrix(&a.buffer, yo, 4, 8);
-    match ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &x, &y) {
-        Err(e @ Error::Unsupported { .. }) => assert!(e.to_string().contains("SHADER_F16"), "{e}"),
-        other => panic!("expected Unsupported, got {other:?}"),
-    }
+    softmax_family_in_f16_on(&ctx, &[(4, 8), (6, 9), (5, 3)], 140);
+    cross_entropy_in_f16_on(&ctx, &[(4, 8), (6, 9)], 142);
 }
 
-/// The host API takes `half::f16` slices where the adapter has `SHADER_F16`.
+/// The host API takes `half::f16` slices.
 #[test]
 fn host_api_takes_f16_slices() {
     let Some(ctx) = gpu() else { return };
-    if !has_f16(ctx) {
-        eprintln!(
-            "SKIPPED f16 host API: adapter {} lacks SHADER_F16",
-            ctx.adapter_name()
-        );
-        return;
-    }
     let (rows, cols) = (5, 33);
     let mut rng = Rng::new(130);
     let x = to_f16(&rng.vec_normal(rows * cols, 2.0));
@@ -253,4 +297,38 @@ fn host_api_takes_f16_slices() {
         &want.grad,
         F16_TOLERANCE,
     );
+}
+
+/// f16 gradients of an odd C of 8 or more are stored packed, in place (the
+/// plan shows `ce_edges` and no staging); under 8 columns they are staged
+/// through f32 (`half_widen`, `half_narrow`). Both match the reference.
+#[test]
+fn f16_gradients_are_staged_only_under_8_columns() {
+    let Some(ctx) = common::own_gpu() else { return };
+    for (rows, classes) in [(7, 9), (5, 1001), (6, 3)] {
+        let mut rng = Rng::new(160 + classes as u64);
+        let x = to_f16(&rng.vec_normal(rows * classes, 2.0));
+        let xf = widen(&x);
+        let t: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+        let opts = CrossEntropyOptions::default();
+        let (out, plan) = ctx.record_plan(|| {
+            wgpu_loss::block_on(ctx.cross_entropy(
+                &x,
+                &t,
+                classes,
+                &opts,
+                wgpu_loss::Request::LossAndGrad,
+            ))
+        });
+        let out = out.unwrap();
+        let want = reference::cross_entropy(&xf, &t, classes, &opts).unwrap();
+        let tag = format!("f16 [{rows}, {classes}]");
+        assert_within(
+            &format!("{tag} grad"),
+            &out.grad.unwrap(),
+            &want.grad,
+            F16_TOLERANCE,
+        );
+        common::assert_gradient_staged_only_under_8_columns(&tag, classes, &plan);
+    }
 }

@@ -923,19 +923,60 @@ fn reductions_over_many_blocks_match_the_reference() {
             reduction,
             ..Default::default()
         };
-        let want = reference::binary_cross_entropy_with_logits(&x, &y, cols, &opts).unwrap();
-        let got = wgpu_loss::block_on(ctx.binary_cross_entropy_with_logits(
-            &x,
-            &y,
-            cols,
+        bce_logits_loss_matches_the_reference(
+            ctx,
+            (&x, &y, cols),
             &opts,
-            wgpu_loss::Request::Loss,
-        ))
-        .unwrap();
-        assert_close(
             &format!("bce_logits [{rows}, {cols}] {reduction:?} loss"),
-            &got.loss,
-            &want.loss,
         );
+    }
+}
+
+/// The GPU's BCE-with-logits loss (no gradient) against the reference's,
+/// which it returns.
+fn bce_logits_loss_matches_the_reference(
+    ctx: &wgpu_loss::GpuContext,
+    (x, y, cols): (&[f32], &[f32], usize),
+    opts: &BinaryLossOptions<'_>,
+    tag: &str,
+) -> Vec<f64> {
+    let want = reference::binary_cross_entropy_with_logits(x, y, cols, opts).unwrap();
+    let got = wgpu_loss::block_on(ctx.binary_cross_entropy_with_logits(
+        x,
+        y,
+        cols,
+        opts,
+        wgpu_loss::Request::Loss,
+    ))
+    .unwrap();
+    assert_close(tag, &got.loss, &want.loss);
+    want.loss
+}
+
+/// An infinite element loss (logit +inf, target 0) makes `sum` and `mean`
+/// infinite, as PyTorch's are, not NaN, whether the element partials fold
+/// in one block or several.
+#[test]
+fn an_infinite_element_loss_reduces_to_infinity_not_nan() {
+    let Some(ctx) = gpu() else { return };
+    let cols = 64;
+    for rows in [3, 20_000] {
+        let mut rng = Rng::new(99 + rows as u64);
+        let mut x = rng.vec_normal(rows * cols, 1.0);
+        let y: Vec<f32> = (0..rows * cols).map(|i| (i % 2) as f32).collect();
+        x[4] = f32::INFINITY; // target 0
+        for reduction in [Reduction::Sum, Reduction::Mean] {
+            let opts = BinaryLossOptions {
+                reduction,
+                ..Default::default()
+            };
+            let want = bce_logits_loss_matches_the_reference(
+                ctx,
+                (&x, &y, cols),
+                &opts,
+                &format!("{rows} rows {reduction:?}"),
+            );
+            assert!(want[0].is_infinite(), "{}", want[0]);
+        }
     }
 }

@@ -385,6 +385,34 @@ async fn the_encode_api_records_into_the_callers_encoder() {
     let want = reference::cross_entropy(&x, &t64, cols, &host_options).unwrap();
     assert_close("encoded loss", &loss[..1], &want.loss);
     assert_close("encoded grad", &grad, &want.grad);
+
+    // The same call prepared once and encoded again on fresh logits (the
+    // gradient is in place): the same bits, nothing created by the replay.
+    let step = ctx
+        .prepare(|encoder| {
+            ctx.encode_cross_entropy(encoder, &views, &options.with_weight(Some(&weight)))
+        })
+        .expect("prepare");
+    ctx.queue()
+        .write_buffer(&buffer, xo, bytemuck::cast_slice(&x));
+    let made = ctx.encode_buffers_created();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    step.encode(&mut encoder);
+    ctx.queue().submit([encoder.finish()]);
+    ctx.check_errors().await.expect("no device error");
+    assert_eq!(
+        ctx.encode_buffers_created(),
+        made,
+        "the replay created something"
+    );
+    let replayed = read(&ctx, &buffer, xo, rows * cols).await;
+    assert!(
+        replayed
+            .iter()
+            .zip(&host_grad)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "prepared and host gradient bits"
+    );
 }
 
 /// Bad input is the crate's `Error`, not a panic or a console exception.
@@ -442,18 +470,11 @@ async fn bad_input_comes_back_as_the_crates_error() {
     assert_eq!(y, vec![0.5, 0.5]);
 }
 
-/// f16 storage where the adapter has it; a visible skip line where not (the
-/// software adapters Chromium ships have no `shader-f16`).
+/// f16 storage in the browser, which needs no `shader-f16` (the software
+/// adapter Chromium ships has none): f16 is packed into `u32` words.
 #[wasm_bindgen_test]
-async fn f16_softmax_where_the_adapter_has_it() {
+async fn f16_softmax_and_cross_entropy_without_shader_f16() {
     let Some(ctx) = gpu().await else { return };
-    if !ctx.features().contains(wgpu::Features::SHADER_F16) {
-        console_log!(
-            "SKIPPED f16: adapter {:?} lacks shader-f16",
-            ctx.adapter_name()
-        );
-        return;
-    }
     let (rows, cols) = (4, 300);
     let x: Vec<f32> = Rng(15).vec(rows * cols, 3.0);
     let bits: Vec<u16> = x.iter().map(|&v| f16_bits(v)).collect();
@@ -486,6 +507,33 @@ async fn f16_softmax_where_the_adapter_has_it() {
         "f16 softmax",
         &out,
         &reference::softmax(&xr, rows, cols).unwrap(),
+        F16_TOLERANCE,
+    );
+    // Cross-entropy with an f16 gradient at an odd C (edged rows, packed
+    // words shared by neighbouring rows), through the host API.
+    let (rows, classes) = (7, 301);
+    let x: Vec<wgpu_loss::half::f16> = Rng(16)
+        .vec(rows * classes, 3.0)
+        .iter()
+        .map(|&v| wgpu_loss::half::f16::from_f32(v))
+        .collect();
+    let xr: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let t: Vec<i64> = (0..rows as i64)
+        .map(|r| (r * 43) % classes as i64)
+        .collect();
+    let opts = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
+    let out = ctx
+        .cross_entropy(&x, &t, classes, &opts, wgpu_loss::Request::LossAndGrad)
+        .await
+        .expect("f16 cross-entropy");
+    let want = reference::cross_entropy(&xr, &t, classes, &opts).unwrap();
+    assert_within(
+        "f16 cross-entropy grad",
+        &out.grad.expect("grad"),
+        &want.grad,
         F16_TOLERANCE,
     );
 }

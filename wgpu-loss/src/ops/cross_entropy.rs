@@ -289,8 +289,17 @@ impl GpuContext {
             ],
             &[WholeArg::new(ce::SCALARS, &p.scalars)],
             p.params,
-            // Targets per row (class weights are in cache).
-            (rows.max(p.classes / p.width.lanes()), 4),
+            // Targets per row (class weights are in cache), and blocks that
+            // cover the weights' vectors where there are weights (as the
+            // fold's `fold_records` counts them).
+            (
+                if p.weights.is_some() {
+                    rows.max(p.classes.div_ceil(p.width.lanes()))
+                } else {
+                    rows
+                },
+                4,
+            ),
         )
     }
 

@@ -393,6 +393,20 @@ impl GpuContext {
     /// The binding of `m` (elements of `bytes` each): its aligned byte range
     /// and the element offset of `m.first` inside it.
     fn window<'a>(&self, m: &Mat<'a>, bytes: u64) -> Result<(wgpu::BindingResource<'a>, u32)> {
+        let ((offset, size), base) = self.window_range(m, bytes)?;
+        Ok((
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: m.buffer,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            }),
+            base,
+        ))
+    }
+
+    /// The byte range `(offset, size)` that binds `m` (elements of `bytes`
+    /// each), and the element index of its first element in that binding.
+    fn window_range(&self, m: &Mat<'_>, bytes: u64) -> Result<((u64, u64), u32)> {
         let align = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let start = m.first * bytes / align * align;
         let end = ((m.first + m.elems.max(1)) * bytes).div_ceil(4) * 4;
@@ -412,14 +426,7 @@ impl GpuContext {
                 limit_name: "u32 indices",
                 limit: u64::from(u32::MAX),
             })?;
-        Ok((
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: m.buffer,
-                offset: start,
-                size: wgpu::BufferSize::new(size),
-            }),
-            base,
-        ))
+        Ok(((start, size), base))
     }
 
     fn variant(
@@ -476,19 +483,7 @@ impl GpuContext {
                     resource,
                 }),
         );
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry_point()),
-            layout: &pipeline.layout,
-            entries: &all,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry_point()),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
-        drop(pass);
+        self.run_dispatch(encoder, kernel.entry_point(), &pipeline, &all, groups);
         self.plan.note(
             kernel.entry_point(),
             u64::from(groups.0) * u64::from(groups.1),
@@ -1095,41 +1090,34 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records `dst = src` from an f32 buffer into an f16 view, in windows.
+    /// Records `dst = src` from an f32 buffer into an f16 view, in windows
+    /// (`half_narrow`: each invocation stores one whole packed word).
     fn encode_narrow(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         src: &wgpu::Buffer,
         dst: &GpuTensor<'_>,
     ) -> Result<()> {
-        let total = dst.len();
-        let per = ((self.usable_binding() / 4) as usize).max(1);
-        let bound = [(mm::LHS_F32, src), (mm::OUT_MAT, dst.buffer)];
-        let variant = self.variant(Kernel::Narrow, Storage::F16, &bound);
-        for e0 in (0..total).step_by(per) {
+        let total = dst.len() as u64;
+        let per = (self.usable_binding() / 4).max(1);
+        for e0 in (0..total).step_by(usize::try_from(per).unwrap_or(usize::MAX)) {
             let n = per.min(total - e0);
-            let (src_res, base_a) = self.window(
+            let (src_range, src_base) = self.window_range(
                 &Mat {
                     buffer: src,
-                    first: e0 as u64,
-                    elems: n as u64,
+                    first: e0,
+                    elems: n,
                 },
                 4,
             )?;
-            let (dst_res, base_out) = self.window(&view_mat(dst).sub(e0 as u64, n as u64), 2)?;
-            let params = Params {
-                cols: u32_of(n, "elements")?,
-                base_a,
-                base_out,
-                ..Params::default()
-            };
-            self.dispatch(
+            let (dst_range, dst_base) = self.window_range(&view_mat(dst).sub(e0, n), 2)?;
+            self.encode_half_stage(
                 encoder,
-                Kernel::Narrow,
-                variant,
-                &params,
-                vec![(mm::LHS_F32, src_res), (mm::OUT_MAT, dst_res)],
-                self.grid(n.div_ceil(WORKGROUP_SIZE as usize))?,
+                Kernel::HalfNarrow,
+                Storage::F16,
+                (dst.buffer, dst_range, dst_base),
+                (src, Some(src_range), src_base),
+                n,
             )?;
         }
         Ok(())

@@ -315,16 +315,16 @@ impl GpuContext {
             .map(|m| m.storage)
             .find(|&s| s != Storage::F32)
             .unwrap_or(Storage::F32);
-        // Gathered bf16 rows (below) are read in place by kernels that store
-        // no bf16 matrix; kernels that do run on f32 copies of each window:
-        // no invocation can store half of a u32. Edged bf16 rows store whole
-        // words, and the words rows share go through the edges pass.
-        let stores_bf16 = std::iter::once(kernel)
+        // Gathered 16-bit rows (below) are read in place by kernels that
+        // store no 16-bit matrix; kernels that do run on f32 copies of each
+        // window: no invocation can store half of a u32. Edged 16-bit rows
+        // store whole words, and the words rows share go through the edges pass.
+        let stores_half = std::iter::once(kernel)
             .chain(kernel.split_passes().iter().copied())
             .any(|k| {
                 matrices
                     .iter()
-                    .any(|m| m.storage == Storage::Bf16 && k.writes(m.binding))
+                    .any(|m| m.storage.is_half() && k.writes(m.binding))
             });
         // Rows that are not whole vec4s: edged (the buffer's aligned vec4s)
         // where they can be, for the softmax family and the row losses.
@@ -380,7 +380,7 @@ impl GpuContext {
             );
         }
         let edged = can_edge && edged_fits(rows, cols, matrices);
-        let staged = storage == Storage::Bf16 && width == VecWidth::Scalar && !edged && stores_bf16;
+        let staged = storage.is_half() && width == VecWidth::Scalar && !edged && stores_half;
         let most_rows = self
             .windows(rows, cols)?
             .iter()
@@ -390,8 +390,11 @@ impl GpuContext {
         let stages: Vec<Option<Scratch>> = matrices
             .iter()
             .map(|m| {
-                (staged && m.storage == Storage::Bf16).then(|| {
-                    self.scratch("wgpu-loss bf16 staging", most_rows as u64 * cols as u64 * 4)
+                (staged && m.storage.is_half()).then(|| {
+                    self.scratch(
+                        "wgpu-loss 16-bit staging",
+                        most_rows as u64 * cols as u64 * 4,
+                    )
                 })
             })
             .collect();
@@ -545,13 +548,12 @@ impl GpuContext {
             let window_elems = n as u64 * cols64;
             for &(m, stage, range, base) in &staged_windows {
                 if !kernel.stores_only(m.binding) {
-                    self.encode_bf16_stage(
+                    self.encode_half_stage(
                         encoder,
-                        Kernel::Bf16Widen,
-                        m.buffer,
-                        range,
-                        stage,
-                        base,
+                        Kernel::HalfWiden,
+                        m.storage,
+                        (m.buffer, range, base),
+                        (stage, None, 0),
                         window_elems,
                     )?;
                 }
@@ -669,13 +671,12 @@ impl GpuContext {
             }
             for &(m, stage, range, base) in &staged_windows {
                 if passes.iter().any(|&(_, k)| k.writes(m.binding)) {
-                    self.encode_bf16_stage(
+                    self.encode_half_stage(
                         encoder,
-                        Kernel::Bf16Narrow,
-                        m.buffer,
-                        range,
-                        stage,
-                        base,
+                        Kernel::HalfNarrow,
+                        m.storage,
+                        (m.buffer, range, base),
+                        (stage, None, 0),
                         window_elems,
                     )?;
                 }
@@ -701,18 +702,37 @@ impl GpuContext {
             .filter(|e| kernel.bindings().iter().any(|&(b, _)| b.index == e.binding))
             .cloned()
             .collect();
+        self.run_dispatch(encoder, kernel.entry_point(), pipe, &used, (gx, gy));
+    }
+
+    /// Creates the bind group of one dispatch and records it in a compute
+    /// pass of its own: every dispatch the crate records goes through here,
+    /// so the bind groups are counted ([`crate::EncodeBuffers`]) and a
+    /// [`crate::GpuContext::prepare`] open on `encoder` keeps them.
+    pub(crate) fn run_dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &'static str,
+        pipe: &crate::kernels::Pipeline,
+        entries: &[wgpu::BindGroupEntry<'_>],
+        (gx, gy): (u32, u32),
+    ) {
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry_point()),
+            label: Some(label),
             layout: &pipe.layout,
-            entries: &used,
+            entries,
         });
+        self.uniforms.count_bind_group();
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry_point()),
+            label: Some(label),
             timestamp_writes: None,
         });
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(gx, gy, 1);
+        drop(pass);
+        self.captures
+            .note(encoder, label, &pipe.pipeline, &bind_group, (gx, gy));
     }
 
     /// Records a blocked reduction over `items` (see `fold_records` in
@@ -739,7 +759,10 @@ impl GpuContext {
             fold_span,
             ..params
         };
+        // The partial pass binds the fold's outputs too: as the only block
+        // it finishes the reduction itself (`single_block`), and no fold runs.
         let mut args = partial_args.to_vec();
+        args.extend_from_slice(fold_args);
         args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
         let traffic = Traffic {
             items_per_workgroup: span.min(items as u64),
@@ -756,6 +779,9 @@ impl GpuContext {
             self.grid(records)?,
             traffic,
         )?;
+        if records == 1 {
+            return Ok(());
+        }
         let mut args = fold_args.to_vec();
         args.push(WholeArg::new(slot::CHUNK_STATS, &stats));
         let traffic = Traffic {
@@ -767,26 +793,32 @@ impl GpuContext {
         self.encode_single(encoder, fold, width, &args, params, traffic)
     }
 
-    /// Records `bf16_widen` or `bf16_narrow` (`shaders/copy.wgsl`) between
-    /// elements `[base, base + elems)` of the bf16 window `range` of
-    /// `packed` and f32 elements `[0, elems)` of `wide`.
-    #[allow(clippy::too_many_arguments)]
-    fn encode_bf16_stage(
+    /// Records `half_widen` or `half_narrow` (`shaders/copy.wgsl`) between
+    /// elements `[base, base + elems)` of the 16-bit window `range` of
+    /// `packed` (f16 or bf16, as `storage` says) and f32 elements
+    /// `[wide_base, wide_base + elems)` of `wide` (bound whole, or at
+    /// `wide_range`).
+    pub(crate) fn encode_half_stage(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: Kernel,
-        packed: &wgpu::Buffer,
-        (offset, size): (u64, u64),
-        wide: &wgpu::Buffer,
-        base: u32,
+        storage: Storage,
+        (packed, (offset, size), base): (&wgpu::Buffer, (u64, u64), u32),
+        (wide, wide_range, wide_base): (&wgpu::Buffer, Option<(u64, u64)>, u32),
         elems: u64,
     ) -> Result<()> {
         let words = (u64::from(base) + elems).div_ceil(2) - u64::from(base) / 2;
         let groups =
             usize::try_from(words.div_ceil(u64::from(WORKGROUP_SIZE))).unwrap_or(usize::MAX);
         let params = Params {
-            base_a: base,
-            cols: to_u32(elems, "bf16 window elements", "u32 elements")?,
+            base_out: base,
+            base_a: wide_base,
+            cols: to_u32(elems, "16-bit window elements", "u32 elements")?,
+            flags: if storage == Storage::F16 {
+                crate::kernels::flags::copy::FLAG_F16
+            } else {
+                0
+            },
             ..Params::default()
         };
         let args = [
@@ -795,12 +827,16 @@ impl GpuContext {
                 buffer: packed,
                 range: Some((offset, size)),
             },
-            WholeArg::new(slot::copy::WIDE, wide),
+            WholeArg {
+                binding: slot::copy::WIDE,
+                buffer: wide,
+                range: wide_range,
+            },
         ];
         // Widen reads the words and writes f32; narrow reads f32 and the
         // words, and writes the words.
         let (packed_bytes, wide_bytes) = (words * 4, elems * 4);
-        let widen = kernel == Kernel::Bf16Widen;
+        let widen = kernel == Kernel::HalfWiden;
         let traffic = Traffic {
             items_per_workgroup: u64::from(WORKGROUP_SIZE) * 2,
             bytes_read: if widen {
@@ -891,18 +927,7 @@ impl GpuContext {
                 resource: w.resource(self.limits().max_storage_buffer_binding_size),
             });
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry_point()),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry_point()),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        self.run_dispatch(encoder, kernel.entry_point(), &pipeline, &entries, groups);
         self.plan.note(
             kernel.entry_point(),
             u64::from(groups.0) * u64::from(groups.1),
@@ -981,10 +1006,14 @@ impl GpuContext {
                 offset: start * 4,
                 size: wgpu::BufferSize::new(n * 4),
             };
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("copy"),
-                layout: &pipeline.layout,
-                entries: &[
+            let groups = n.div_ceil(per_group);
+            let gx = groups.min(max_dim);
+            let gy = groups.div_ceil(gx);
+            self.run_dispatch(
+                encoder,
+                Kernel::Copy.entry_point(),
+                &pipeline,
+                &[
                     wgpu::BindGroupEntry {
                         binding: slot::PARAMS.index,
                         resource: uniform.as_entire_binding(),
@@ -998,18 +1027,8 @@ impl GpuContext {
                         resource: wgpu::BindingResource::Buffer(range(dst)),
                     },
                 ],
-            });
-            let groups = n.div_ceil(per_group);
-            let gx = groups.min(max_dim);
-            let gy = groups.div_ceil(gx);
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("copy"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
-            drop(pass);
+                (gx as u32, gy as u32),
+            );
             self.plan.note(
                 Kernel::Copy.entry_point(),
                 groups,
@@ -1391,5 +1410,191 @@ mod tests {
         assert!((rows as u64) * (cols as u64) > u64::from(u32::MAX));
         // The dispatch limit caps a window too.
         assert!(row_windows(10, 1000, 2).iter().all(|&(_, n)| n <= 4));
+    }
+
+    /// A context on the default adapter, or `None` after a skip line
+    /// (outside CI: under `CI=true` a missing adapter fails).
+    fn gpu() -> Option<crate::GpuContext> {
+        match crate::block_on(crate::GpuContext::with_options(Default::default())) {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                assert!(
+                    !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                    "CI=true but no GPU adapter: {e}"
+                );
+                eprintln!("SKIPPED (no GPU adapter: {e})");
+                None
+            }
+        }
+    }
+
+    /// Runs `half_widen` or `half_narrow` over elements `[base, base + elems)`
+    /// of `packed` and `[wide_base, wide_base + elems)` of `wide`; returns
+    /// both buffers after.
+    #[allow(clippy::too_many_arguments)]
+    fn run_half_stage(
+        ctx: &crate::GpuContext,
+        kernel: crate::kernels::Kernel,
+        storage: crate::kernels::Storage,
+        packed: &[u16],
+        wide: &[f32],
+        base: u32,
+        wide_base: u32,
+        elems: u64,
+    ) -> (Vec<u16>, Vec<f32>) {
+        let p = ctx.upload("test packed", packed);
+        let w = ctx.upload("test wide", wide);
+        let mut encoder = ctx.encoder("test half stage");
+        let packed_bytes = (packed.len() as u64 * 2).div_ceil(4) * 4;
+        ctx.encode_half_stage(
+            &mut encoder,
+            kernel,
+            storage,
+            (&p, (0, packed_bytes), base),
+            (&w, None, wide_base),
+            elems,
+        )
+        .expect("records");
+        let ps = ctx.stage(&mut encoder, &p, packed_bytes);
+        let ws = ctx.stage(&mut encoder, &w, wide.len() as u64 * 4);
+        ctx.queue.submit([encoder.finish()]);
+        let words: Vec<u32> =
+            crate::block_on(ctx.read_back(&ps, packed.len().div_ceil(2))).expect("read");
+        let halves: Vec<u16> = bytemuck::cast_slice(&words)[..packed.len()].to_vec();
+        let wide = crate::block_on(ctx.read_back(&ws, wide.len())).expect("read");
+        (halves, wide)
+    }
+
+    /// f32 bit patterns that probe every rounding case of f32 to f16 and
+    /// bf16 (ties either way, subnormals, the overflow edge, NaN, zeros),
+    /// then seeded random patterns over every exponent.
+    fn probe_values() -> Vec<f32> {
+        let mut v: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -(1.0 + 2f32.powi(-11) + 2f32.powi(-20)),
+            65504.0,
+            65519.996,
+            65520.0,
+            -65520.0,
+            1.0e6,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            2f32.powi(-14),
+            2f32.powi(-14) * (1.0 - 2f32.powi(-12)),
+            2f32.powi(-24),
+            2f32.powi(-25),
+            -2f32.powi(-25),
+            1.5 * 2f32.powi(-25),
+            3.0 * 2f32.powi(-25),
+            5.0 * 2f32.powi(-25),
+            2f32.powi(-25) * (1.0 + 2f32.powi(-20)),
+            2f32.powi(-26),
+            1.0e-40,
+            f32::MIN_POSITIVE,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            3.0e38,
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..65536 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            v.push(f32::from_bits((state >> 16) as u32));
+        }
+        v
+    }
+
+    /// `half_widen` turns every one of the 65,536 f16 and bf16 patterns into
+    /// its exact f32 (NaN stays NaN), and `half_narrow` rounds f32 to the
+    /// nearest even f16 and bf16 as the `half` crate does, bit for bit, in
+    /// words shared with elements outside the range, which keep their bits.
+    #[test]
+    fn half_staging_converts_exactly_and_rounds_to_nearest_even() {
+        use crate::kernels::{Kernel, Storage};
+        let Some(ctx) = gpu() else { return };
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let guard = 0xABCDu16;
+        for storage in [Storage::F16, Storage::Bf16] {
+            let exact = |h: u16| match storage {
+                Storage::F16 => half::f16::from_bits(h).to_f32(),
+                _ => half::bf16::from_bits(h).to_f32(),
+            };
+            let nearest = |x: f32| match storage {
+                Storage::F16 => half::f16::from_f32(x).to_bits(),
+                _ => half::bf16::from_f32(x).to_bits(),
+            };
+            // Widen from element 1 on (element 0 shares word 0 with element
+            // 1) into f32 elements from 3 on, the 3 before them guards.
+            let n = all.len() as u64 - 1;
+            let guard_f32 = -1234.5f32;
+            let (_, wide) = run_half_stage(
+                &ctx,
+                Kernel::HalfWiden,
+                storage,
+                &all,
+                &vec![guard_f32; all.len() + 3],
+                1,
+                3,
+                n,
+            );
+            assert_eq!(
+                wide[..3],
+                [guard_f32; 3],
+                "{storage:?}: wide elements before the range changed"
+            );
+            for (i, &h) in all.iter().enumerate().skip(1) {
+                let (got, want) = (wide[i + 2], exact(h));
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{storage:?} widen index {i} (bits {h:#06x}): actual {got:e}, expected {want:e}"
+                );
+            }
+            // Narrow into elements [1, 1 + len) of words whose other halves are guards.
+            let values = probe_values();
+            let packed = vec![guard; values.len() + 2];
+            // From f32 elements 2 on (the first two are not to be read).
+            let wide: Vec<f32> = [f32::NAN, f32::NAN]
+                .iter()
+                .chain(&values)
+                .copied()
+                .collect();
+            let (halves, _) = run_half_stage(
+                &ctx,
+                Kernel::HalfNarrow,
+                storage,
+                &packed,
+                &wide,
+                1,
+                2,
+                values.len() as u64,
+            );
+            assert_eq!(
+                halves[0], guard,
+                "{storage:?}: element before the range changed"
+            );
+            assert_eq!(
+                halves[values.len() + 1],
+                guard,
+                "{storage:?}: element after the range changed"
+            );
+            for (i, &x) in values.iter().enumerate() {
+                // NaN included: quiet, with the payload `half` keeps.
+                let (got, want) = (halves[i + 1], nearest(x));
+                assert!(
+                    got == want,
+                    "{storage:?} narrow index {i} ({x:e}, bits {:#010x}): actual {got:#06x}, expected {want:#06x}, difference {} steps",
+                    x.to_bits(),
+                    i32::from(got) - i32::from(want)
+                );
+            }
+        }
     }
 }

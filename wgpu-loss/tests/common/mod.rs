@@ -222,3 +222,29 @@ pub fn read_bytes(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, bytes: u
         .expect("poll");
     staging.get_mapped_range(..).expect("mapped")[..bytes as usize].to_vec()
 }
+
+/// A 16-bit cross-entropy gradient's plan: rows of 8 columns or more are
+/// stored packed, in place (`ce_edges` merges the words rows share where C
+/// is odd, and nothing is staged); under 8 columns the gradient is staged
+/// through f32 (`half_widen`, `half_narrow`). For odd C only.
+#[track_caller]
+pub fn assert_gradient_staged_only_under_8_columns(
+    tag: &str,
+    classes: usize,
+    plan: &[wgpu_loss::Dispatch],
+) {
+    let ran = |k: &str| plan.iter().any(|d| d.kernel == k);
+    let staged = ran("half_widen") && ran("half_narrow");
+    let merged = ran("ce_edges");
+    if classes >= 8 {
+        assert!(
+            !staged && merged,
+            "{tag}: the gradient was staged: {plan:?}"
+        );
+    } else {
+        assert!(
+            staged && !merged,
+            "{tag}: the gradient was not staged: {plan:?}"
+        );
+    }
+}

@@ -1,19 +1,15 @@
-// bf16 matrices, four columns per 8-byte load (`Storage::Bf16`,
-// `VecWidth::Vec4`): two packed `u32` words, low half first (little-endian
-// order). A bf16 is the top half of an f32, so unpacking is a shift and needs
-// no feature; packing rounds to nearest even. Edged rows (`VecWidth::Vec4Edged`)
-// use this prelude too. Gathered rows are read by `storage_bf16_gathered.wgsl`
-// in kernels that store no matrix, and otherwise staged through f32 by
-// `bf16_widen` / `bf16_narrow` (`shaders/copy.wgsl`).
+// 16-bit matrices (`Storage::F16`, `Storage::Bf16`), four columns per 8-byte
+// load (`VecWidth::Vec4`, and edged rows, `VecWidth::Vec4Edged`): two packed
+// `u32` words, low half first (little-endian order), so neither type needs a
+// shader feature. `half_pair` and `half_bits` (`half_f16.wgsl`,
+// `half_bf16.wgsl`) convert; packing rounds to nearest even. Gathered rows
+// are read by `storage_half_gathered.wgsl` in kernels that store no matrix,
+// and otherwise staged through f32 by `half_widen` / `half_narrow`
+// (`shaders/copy.wgsl`).
 alias mat_t = vec2<u32>;
-fn unpack_mat(w: mat_t) -> vec_t {
-    return vec4<f32>(
-        bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u),
-        bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u),
-    );
-}
+fn unpack_mat(w: mat_t) -> vec_t { return vec4<f32>(half_pair(w.x), half_pair(w.y)); }
 fn pack_mat(v: vec_t) -> mat_t {
-    let h = bf16_bits(bitcast<vec4<u32>>(v));
+    let h = half_bits(bitcast<vec4<u32>>(v));
     return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
 }
 fn mat_vec(a: mat_t, b: mat_t, c: mat_t, d: mat_t, j: u32) -> vec_t { return unpack_mat(a); }
