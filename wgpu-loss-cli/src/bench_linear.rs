@@ -2,10 +2,14 @@
 //! against the crate's own matrix product at the same shape, in the same
 //! run, with the memory the op allocates next to what materialised logits
 //! would take, and a sample of rows checked against the f64 reference.
+//! Hidden states and classifier are f32, f16 or bf16 on the GPU (the
+//! fused op's gradients in the same type); the reference and the CPU
+//! column see the same rounded values.
 
 use std::time::{Duration, Instant};
 
 use wgpu_loss::tolerance::product_scale;
+use wgpu_loss::DType;
 use wgpu_loss::{
     CrossEntropyOptions, CrossEntropyViews, GpuContext, GpuTensor, GradOutput, Layout,
     LinearCrossEntropyOptions, LinearCrossEntropyViews, LinearShape, LinearViews, MatmulOptions,
@@ -104,8 +108,11 @@ fn time(
 }
 
 /// What to run besides the fused op and the matrix product.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LinearBenchPlan {
+    /// Storage type of the hidden states, the classifier and the fused
+    /// op's gradients: F32, F16 or BF16.
+    pub dtype: DType,
     /// Timed runs after a warm-up per path.
     pub iters: usize,
     /// Rows whose lse is checked against the f64 reference (0: none).
@@ -120,6 +127,62 @@ pub struct LinearBenchPlan {
     pub loss_only: bool,
 }
 
+impl Default for LinearBenchPlan {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            iters: 1,
+            check_rows: 0,
+            workspace_bytes: None,
+            unfused: false,
+            cpu: false,
+            loss_only: false,
+        }
+    }
+}
+
+/// `x` rounded to `dtype` (nearest even), as f32, and its bytes in that type
+/// padded to whole 4-byte words (what a buffer write moves).
+fn stored(x: &mut [f32], dtype: DType) -> Vec<u8> {
+    let mut bytes: Vec<u8> = match dtype {
+        DType::F16 => x
+            .iter_mut()
+            .flat_map(|v| {
+                let h = half::f16::from_f32(*v);
+                *v = h.to_f32();
+                h.to_bits().to_le_bytes()
+            })
+            .collect(),
+        DType::BF16 => x
+            .iter_mut()
+            .flat_map(|v| {
+                let h = half::bf16::from_f32(*v);
+                *v = h.to_f32();
+                h.to_bits().to_le_bytes()
+            })
+            .collect(),
+        _ => bytemuck::cast_slice(x).to_vec(),
+    };
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes
+}
+
+/// A `[rows, cols]` view of `dtype` elements from element `first` of `buffer`.
+fn matrix(
+    buffer: &wgpu::Buffer,
+    dtype: DType,
+    first: usize,
+    rows: usize,
+    cols: usize,
+) -> GpuTensor<'_> {
+    let offset = first as u64 * dtype.size();
+    match dtype {
+        DType::F16 => GpuTensor::f16_matrix(buffer, offset, rows, cols),
+        DType::BF16 => GpuTensor::bf16_matrix(buffer, offset, rows, cols),
+        _ => GpuTensor::f32_matrix(buffer, offset, rows, cols),
+    }
+}
+
 /// Runs the bench at one shape (see [`LinearBenchPlan`]).
 pub fn bench_linear_cross_entropy(
     ctx: &GpuContext,
@@ -127,6 +190,7 @@ pub fn bench_linear_cross_entropy(
     plan: LinearBenchPlan,
 ) -> Result<LinearReport> {
     let LinearBenchPlan {
+        dtype,
         iters,
         check_rows,
         workspace_bytes,
@@ -137,9 +201,9 @@ pub fn bench_linear_cross_entropy(
         hidden: d,
         classes: v,
     } = shape;
-    let (h, w, b, t) = inputs(shape);
-    let hb = buffer_with(ctx, "hidden", &h);
-    let wb = buffer_with(ctx, "classifier", &w);
+    let (mut h, mut w, b, t) = inputs(shape);
+    let hb = buffer_with(ctx, "hidden", &stored(&mut h, dtype));
+    let wb = buffer_with(ctx, "classifier", &stored(&mut w, dtype));
     let bb = buffer_with(ctx, "bias", &b);
     let tb = buffer_with(ctx, "targets", &t);
     let product = 2.0 * rows as f64 * d as f64 * v as f64;
@@ -158,8 +222,8 @@ pub fn bench_linear_cross_entropy(
             ctx.encode_linear(
                 enc,
                 &LinearViews {
-                    input: GpuTensor::f32_matrix(&hb, (r0 * d) as u64 * 4, n, d),
-                    weight: GpuTensor::f32_matrix(&wb, 0, v, d),
+                    input: matrix(&hb, dtype, r0 * d, n, d),
+                    weight: matrix(&wb, dtype, 0, v, d),
                     bias: Some(GpuTensor::f32_vector(&bb, 0, v)),
                     output: GpuTensor::f32_matrix(&zb, 0, n, v),
                 },
@@ -176,8 +240,8 @@ pub fn bench_linear_cross_entropy(
     let loss = buffer(ctx, "loss", 8);
     let lse = buffer(ctx, "lse", rows as u64 * 4);
     let views = LinearCrossEntropyViews {
-        hidden: GpuTensor::f32_matrix(&hb, 0, rows, d),
-        classifier: GpuTensor::f32_matrix(&wb, 0, v, d),
+        hidden: matrix(&hb, dtype, 0, rows, d),
+        classifier: matrix(&wb, dtype, 0, v, d),
         bias: Some(GpuTensor::f32_vector(&bb, 0, v)),
         targets: GpuTensor::i32_vector(&tb, 0, rows),
         loss: GpuTensor::f32_vector(&loss, 0, 2),
@@ -231,13 +295,14 @@ pub fn bench_linear_cross_entropy(
     ];
     let mut scratch = loss_scratch;
     if !plan.loss_only {
-        let dh = buffer(ctx, "dH", (rows * d) as u64 * 4);
-        let dw = buffer(ctx, "dW", (v * d) as u64 * 4);
-        let db = buffer(ctx, "db", v as u64 * 4);
+        // The gradients in the inputs' type, as a training step keeps them.
+        let dh = buffer(ctx, "dH", (rows * d) as u64 * dtype.size());
+        let dw = buffer(ctx, "dW", (v * d) as u64 * dtype.size());
+        let db = buffer(ctx, "db", v as u64 * dtype.size());
         let grad_views = LinearCrossEntropyViews {
-            grad_hidden: Some(GpuTensor::f32_matrix(&dh, 0, rows, d)),
-            grad_classifier: Some(GpuTensor::f32_matrix(&dw, 0, v, d)),
-            grad_bias: Some(GpuTensor::f32_vector(&db, 0, v)),
+            grad_hidden: Some(matrix(&dh, dtype, 0, rows, d)),
+            grad_classifier: Some(matrix(&dw, dtype, 0, v, d)),
+            grad_bias: Some(matrix(&db, dtype, 0, v, 1)),
             ..views
         };
         let fused_grads = time(ctx, iters, |enc| {
@@ -251,7 +316,8 @@ pub fn bench_linear_cross_entropy(
         });
     }
     // The unfused path: logits in memory, cross-entropy's gradient over
-    // them, two products for dH and dW and one against ones for db.
+    // them, two products for dH and dW and one against ones for db (f32
+    // gradients: a product's output is f32).
     let logits_bytes = (rows * v) as u64 * 4;
     let unfused_bytes = if !plan.unfused {
         Err("not asked for".to_string())
@@ -279,8 +345,8 @@ pub fn bench_linear_cross_entropy(
             ctx.encode_linear(
                 enc,
                 &LinearViews {
-                    input: GpuTensor::f32_matrix(&hb, 0, rows, d),
-                    weight: GpuTensor::f32_matrix(&wb, 0, v, d),
+                    input: matrix(&hb, dtype, 0, rows, d),
+                    weight: matrix(&wb, dtype, 0, v, d),
                     bias: Some(GpuTensor::f32_vector(&bb, 0, v)),
                     output: z,
                 },
@@ -305,7 +371,7 @@ pub fn bench_linear_cross_entropy(
                     enc,
                     &MatmulViews {
                         a: z,
-                        b: GpuTensor::f32_matrix(&wb, 0, v, d),
+                        b: matrix(&wb, dtype, 0, v, d),
                         out: GpuTensor::f32_matrix(&dh, 0, rows, d),
                     },
                     &MatmulOptions::default(),
@@ -318,7 +384,7 @@ pub fn bench_linear_cross_entropy(
                     enc,
                     &MatmulViews {
                         a: z,
-                        b: GpuTensor::f32_matrix(&hb, 0, rows, d),
+                        b: matrix(&hb, dtype, 0, rows, d),
                         out: GpuTensor::f32_matrix(&dw, 0, v, d),
                     },
                     &transposed,

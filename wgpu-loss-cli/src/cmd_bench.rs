@@ -50,7 +50,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Storage type of logits and gradients on the GPU: f32, f16 or bf16
-    /// (arithmetic stays f32; the binary losses are f32 only).
+    /// (arithmetic stays f32; the binary losses are f32 only). For
+    /// linear-cross-entropy: of the hidden states, the classifier and the
+    /// fused op's gradients.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// One JSON object per line and measurement instead of a table.
@@ -314,12 +316,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                 .into(),
         );
     }
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => return Err(format!("--dtype {other}: expected f32, f16 or bf16")),
-    };
+    let dtype = parse_dtype(&args.dtype)?;
     let ops = parse_ops(&args.ops)?;
     let options = BenchOptions {
         settings: args.options.settings(),
@@ -529,11 +526,7 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
     if rows == 0 || classes == 0 || hidden == 0 {
         return Err("--rows, --cols and --hidden must be at least 1".into());
     }
-    if args.dtype != "f32" {
-        return Err(
-            "--op linear-cross-entropy benches f32 (f16 runs through the encode API; the fused loss has no bf16 path)".into(),
-        );
-    }
+    let dtype = parse_dtype(&args.dtype)?;
     let ctx = wgpu_loss::block_on(GpuContext::new()).map_err(|e| {
         format!("{e}; bench --op linear-cross-entropy needs a GPU adapter (its CPU column runs beside the GPU paths); install mesa-vulkan-drivers for lavapipe")
     })?;
@@ -548,6 +541,7 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
         (false, None) => 4,
     };
     let plan = wgpu_loss_cli::bench_linear::LinearBenchPlan {
+        dtype,
         iters: args.iters.max(1),
         check_rows,
         workspace_bytes: args.workspace_bytes,
@@ -561,9 +555,10 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     if !args.json {
         println!(
-            "adapter: {} ({}); linear-cross-entropy N={rows} D={hidden} V={classes} f32; wall time, median of {} after a warm-up",
+            "adapter: {} ({}); linear-cross-entropy N={rows} D={hidden} V={classes} {} (hidden states, classifier, fused gradients); wall time, median of {} after a warm-up",
             ctx.adapter_name(),
             backend_of(Some(&ctx)),
+            args.dtype,
             args.iters.max(1)
         );
         println!(
@@ -575,7 +570,8 @@ fn run_linear(args: &BenchArgs) -> Result<ExitCode, String> {
         let ratio = t.median.as_secs_f64() / matmul;
         if args.json {
             println!(
-                "{{\"op\":\"linear-cross-entropy\",\"rows\":{rows},\"hidden\":{hidden},\"classes\":{classes},\"path\":\"{}\",\"median_ms\":{:.3},\"gflops\":{:.3},\"vs_matmul\":{:.3},\"adapter\":{:?}}}",
+                "{{\"op\":\"linear-cross-entropy\",\"rows\":{rows},\"hidden\":{hidden},\"classes\":{classes},\"dtype\":\"{}\",\"path\":\"{}\",\"median_ms\":{:.3},\"gflops\":{:.3},\"vs_matmul\":{:.3},\"adapter\":{:?}}}",
+                args.dtype,
                 t.path,
                 t.median.as_secs_f64() * 1e3,
                 t.gflops(),
@@ -766,4 +762,14 @@ fn draw_plot(path: &std::path::Path, rows: &[Row], adapter: &str) -> Result<(), 
         std::fs::remove_file(&tmp).ok();
         fail(e.to_string())
     })
+}
+
+/// `--dtype`'s value as a storage type.
+fn parse_dtype(name: &str) -> Result<DType, String> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("--dtype {other}: expected f32, f16 or bf16")),
+    }
 }

@@ -1182,7 +1182,8 @@ fn eval_linear_cross_entropy_matches_the_library() {
 }
 
 /// `bench --op linear-cross-entropy` on a tiny shape: every path as JSON,
-/// the memory line, and `--loss-only` leaving out the gradient paths.
+/// the memory line, `--loss-only` leaving out the gradient paths, and
+/// `--dtype f16` / `bf16`.
 #[test]
 fn bench_linear_cross_entropy_reports_every_path() {
     if gpu().is_none() {
@@ -1253,6 +1254,15 @@ fn bench_linear_cross_entropy_reports_every_path() {
     );
     let loss_only = run(&["--loss-only", "--no-cpu", "--no-unfused"]);
     assert_eq!(paths(&loss_only), ["matmul", "fused-loss"], "{loss_only:?}");
+    // 16-bit hidden states and classifier (45 and 350 elements: odd counts
+    // of packed halves); the run fails if its checked rows mismatch.
+    for dtype in ["f16", "bf16"] {
+        let lines = run(&["--dtype", dtype, "--check-rows", "9"]);
+        assert_eq!(paths(&lines).len(), 7, "{dtype}: {lines:?}");
+        for v in lines.iter().filter(|v| v.get("path").is_some()) {
+            assert_eq!(v["dtype"].as_str(), Some(dtype), "{v}");
+        }
+    }
     // The options of this op are refused elsewhere.
     let out = wgpu_loss()
         .args([

@@ -99,19 +99,10 @@ impl Family {
     /// reduce through workgroup memory; the fused kernels' logits are always
     /// the crate's own f32 workspace.
     pub fn accepts(self, variant: Variant) -> bool {
-        // bf16 is for the softmax family and the row losses: whole vec4s,
-        // edged, or gathered for reading (its stores compiled out); never scalar.
-        if variant.storage == Storage::Bf16
-            && (variant.width == VecWidth::Scalar
-                || matches!(self, Family::Linear | Family::LinearCrossEntropy))
-        {
-            return false;
-        }
-        // f16 row kernels take the same widths as bf16 (packed words are
-        // stored whole or not at all); the matrix product reads f16 scalars.
-        if variant.storage == Storage::F16
-            && variant.width == VecWidth::Scalar
-            && matches!(self, Family::Softmax | Family::CrossEntropy)
+        // 16-bit row kernels take whole vec4s, edged or gathered rows (packed
+        // words are stored whole or not at all), never scalar rows; only the
+        // matrix product reads 16-bit scalars from their words.
+        if variant.storage.is_half() && variant.width == VecWidth::Scalar && self != Family::Linear
         {
             return false;
         }
@@ -354,8 +345,8 @@ impl Storage {
                 include_str!("../shaders/prelude/storage_f32_gathered.wgsl")
             }
             (Storage::F32, _) => include_str!("../shaders/prelude/storage_f32.wgsl"),
-            // The matrix product's f16 operands (no row kernel is scalar, and
-            // no bf16 kernel: `Family::accepts`).
+            // The matrix product's 16-bit operands (no row kernel is scalar:
+            // `Family::accepts`).
             (_, VecWidth::Scalar) => include_str!("../shaders/prelude/storage_half_scalar.wgsl"),
             // Edged rows hold whole vectors, as whole vec4 rows do.
             (_, VecWidth::Vec4 | VecWidth::Vec4Edged) => {
@@ -391,9 +382,6 @@ impl Variant {
         for width in VecWidth::ALL {
             for aliasing in Aliasing::ALL {
                 for storage in Storage::ALL {
-                    if storage == Storage::Bf16 && width == VecWidth::Scalar {
-                        continue;
-                    }
                     for reduce in Reduce::ALL {
                         out.push(Variant {
                             width,

@@ -27,7 +27,9 @@
 /// result (times the result's sensitivity to the product: for a loss, the
 /// weight on the row; for a gradient product, the magnitude of what it is
 /// multiplied with). This is the rule's only growth with `K`; the pair
-/// ([`F32_TOLERANCE`]) stays the same.
+/// stays the output's: [`F32_TOLERANCE`], or [`F16_TOLERANCE`] /
+/// [`BF16_TOLERANCE`] for gradients stored in 16 bits (the product's
+/// inputs, rounded to 16 bits, are what the reference sees).
 pub const PRODUCT_ULPS: f64 = 16.0;
 
 /// The scale `S` at which a result downstream of a product of depth

@@ -68,11 +68,17 @@ fn logit_terms(p: &Problem) -> f64 {
 
 #[track_caller]
 fn check(what: &str, actual: &[f32], expected: &[f64], scale: f64) {
+    check_at(what, actual, expected, scale, F32_TOLERANCE);
+}
+
+/// [`check`] with the tolerance pair of the output's storage type.
+#[track_caller]
+fn check_at(what: &str, actual: &[f32], expected: &[f64], scale: f64, tol: wgpu_loss::Tolerance) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     if let Some(i) = actual.iter().position(|v| v.to_bits() == POISON.to_bits()) {
         panic!("{what}: element {i} was never written (still holds the poison value)");
     }
-    if let Some(m) = F32_TOLERANCE.first_mismatch_at_scale(actual, expected, scale) {
+    if let Some(m) = tol.first_mismatch_at_scale(actual, expected, scale) {
         panic!("{what}: {m} (product scale {scale:e})");
     }
 }
@@ -87,6 +93,20 @@ fn check_fused(
     out: &LinearCrossEntropyOutput,
     r: &LinearCrossEntropyReference,
 ) {
+    check_fused_at(what, p, options, out, r, F32_TOLERANCE);
+}
+
+/// [`check_fused`] with the gradients held to `grad_tol` (their storage
+/// type's pair; the loss and lse are f32 outputs).
+#[track_caller]
+fn check_fused_at(
+    what: &str,
+    p: &Problem,
+    options: &CrossEntropyOptions<'_>,
+    out: &LinearCrossEntropyOutput,
+    r: &LinearCrossEntropyReference,
+    grad_tol: wgpu_loss::Tolerance,
+) {
     let s = LinearScales::of(
         &p.hidden,
         &p.classifier,
@@ -98,23 +118,31 @@ fn check_fused(
     check(&format!("{what} loss"), &out.loss, &r.loss, s.loss);
     check(&format!("{what} lse"), &out.lse, &r.lse, s.lse);
     if let Some(g) = &out.grad_hidden {
-        check(
+        check_at(
             &format!("{what} grad_hidden"),
             g,
             &r.grad_hidden,
             s.grad_hidden,
+            grad_tol,
         );
     }
     if let Some(g) = &out.grad_classifier {
-        check(
+        check_at(
             &format!("{what} grad_classifier"),
             g,
             &r.grad_classifier,
             s.grad_classifier,
+            grad_tol,
         );
     }
     if let Some(g) = &out.grad_bias {
-        check(&format!("{what} grad_bias"), g, &r.grad_bias, s.grad_bias);
+        check_at(
+            &format!("{what} grad_bias"),
+            g,
+            &r.grad_bias,
+            s.grad_bias,
+            grad_tol,
+        );
     }
 }
 
@@ -776,59 +804,140 @@ fn reference_gradients_match_finite_differences() {
     }
 }
 
+/// The storage types of the fused op's tests: hidden states and classifier
+/// in one type, gradients in that type or in f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Storage {
+    /// `x` rounded to this type (to nearest even), as f32.
+    fn round(self, x: f32) -> f32 {
+        match self {
+            Storage::F32 => x,
+            Storage::F16 => half::f16::from_f32(x).to_f32(),
+            Storage::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Places `x`, rounded to this type, in the arena.
+    fn put(self, ctx: &GpuContext, a: &mut common::Arena, x: &[f32]) -> u64 {
+        match self {
+            Storage::F32 => a.put(ctx, x),
+            Storage::F16 => {
+                let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+                a.put(ctx, &h)
+            }
+            Storage::Bf16 => {
+                let h: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                a.put(ctx, &h)
+            }
+        }
+    }
+
+    /// Room for `elems` outputs of this type, poisoned with a NaN of this
+    /// type (an element never written widens to NaN, which fails).
+    fn reserve(self, ctx: &GpuContext, a: &mut common::Arena, elems: usize) -> u64 {
+        match self {
+            Storage::F32 => a.reserve(elems),
+            Storage::F16 => a.put(ctx, &vec![half::f16::from_bits(0x7E01); elems]),
+            Storage::Bf16 => a.put(ctx, &vec![half::bf16::from_bits(0x7FC1); elems]),
+        }
+    }
+
+    fn matrix<'a>(
+        self,
+        buffer: &'a wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        cols: usize,
+    ) -> wgpu_loss::GpuTensor<'a> {
+        use wgpu_loss::GpuTensor;
+        match self {
+            Storage::F32 => GpuTensor::f32_matrix(buffer, offset, rows, cols),
+            Storage::F16 => GpuTensor::f16_matrix(buffer, offset, rows, cols),
+            Storage::Bf16 => GpuTensor::bf16_matrix(buffer, offset, rows, cols),
+        }
+    }
+
+    /// Reads `elems` values of this type, widened to f32.
+    fn read(self, ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, elems: usize) -> Vec<f32> {
+        if self == Storage::F32 {
+            return common::read(ctx, buffer, offset, elems);
+        }
+        let bytes = common::read_bytes(ctx, buffer, offset, elems as u64 * 2);
+        bytemuck::cast_slice::<u8, u16>(&bytes[..elems * 2])
+            .iter()
+            .map(|&b| match self {
+                Storage::F16 => half::f16::from_bits(b).to_f32(),
+                _ => half::bf16::from_bits(b).to_f32(),
+            })
+            .collect()
+    }
+
+    /// The tolerance pair of an output stored in this type.
+    fn tolerance(self) -> wgpu_loss::Tolerance {
+        match self {
+            Storage::F32 => F32_TOLERANCE,
+            Storage::F16 => wgpu_loss::F16_TOLERANCE,
+            Storage::Bf16 => wgpu_loss::BF16_TOLERANCE,
+        }
+    }
+}
+
 /// The encode API over one arena buffer holding every tensor at its own
-/// aligned offset (so every kernel runs its shared-buffer variant), with f32
-/// and with f16 hidden states and classifier.
+/// aligned offset (so every kernel runs its shared-buffer variant): hidden
+/// states and classifier in f32, f16 and bf16, with the gradients in the
+/// inputs' type (rounded once from an f32 shadow) or in f32. The reference
+/// sees the rounded inputs the GPU reads; 16-bit gradients are held to
+/// their type's tolerance pair at the product rule's scale.
 #[test]
-fn encode_api_in_one_buffer_f32_and_f16() {
+fn encode_api_in_one_buffer_every_storage() {
     use common::{read, Arena};
-    use half::f16;
     use wgpu_loss::{GpuTensor, LinearCrossEntropyViews};
     let Some(ctx) = gpu() else { return };
-    for half_storage in [false, true] {
+    for (case, (inputs, grads)) in [
+        (Storage::F32, Storage::F32),
+        (Storage::F16, Storage::F32),
+        (Storage::F16, Storage::F16),
+        (Storage::Bf16, Storage::F32),
+        (Storage::Bf16, Storage::Bf16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (rows, d, v) = (21, 10, 203);
-        let mut p = problem(20 + half_storage as u64, rows, d, v, true);
-        if half_storage {
-            // The reference sees the f16-rounded inputs the GPU reads.
-            for x in p.hidden.iter_mut().chain(p.classifier.iter_mut()) {
-                *x = f16::from_f32(*x).to_f32();
-            }
+        let mut p = problem(20 + case as u64, rows, d, v, true);
+        for x in p.hidden.iter_mut().chain(p.classifier.iter_mut()) {
+            *x = inputs.round(*x);
         }
         let targets: Vec<i32> = p.targets.iter().map(|&t| t as i32).collect();
         let mut a = Arena::new(ctx, ((rows * d + v * d) * 8 + v * 8 + rows * 16) as u64);
-        let (ho, wo) = if half_storage {
-            let h: Vec<f16> = p.hidden.iter().map(|&x| f16::from_f32(x)).collect();
-            let w: Vec<f16> = p.classifier.iter().map(|&x| f16::from_f32(x)).collect();
-            (a.put(ctx, &h), a.put(ctx, &w))
-        } else {
-            (a.put(ctx, &p.hidden), a.put(ctx, &p.classifier))
-        };
+        let (ho, wo) = (
+            inputs.put(ctx, &mut a, &p.hidden),
+            inputs.put(ctx, &mut a, &p.classifier),
+        );
         let bo = a.put(ctx, p.bias.as_deref().expect("bias"));
         let to = a.put(ctx, &targets);
-        let (lo, lseo, dho, dwo, dbo) = (
-            a.reserve(2),
-            a.reserve(rows),
-            a.reserve(rows * d),
-            a.reserve(v * d),
-            a.reserve(v),
+        let (lo, lseo) = (a.reserve(2), a.reserve(rows));
+        let (dho, dwo, dbo) = (
+            grads.reserve(ctx, &mut a, rows * d),
+            grads.reserve(ctx, &mut a, v * d),
+            grads.reserve(ctx, &mut a, v),
         );
-        let matrix = |o, r, c| {
-            if half_storage {
-                GpuTensor::f16_matrix(&a.buffer, o, r, c)
-            } else {
-                GpuTensor::f32_matrix(&a.buffer, o, r, c)
-            }
-        };
         let views = LinearCrossEntropyViews {
-            hidden: matrix(ho, rows, d),
-            classifier: matrix(wo, v, d),
+            hidden: inputs.matrix(&a.buffer, ho, rows, d),
+            classifier: inputs.matrix(&a.buffer, wo, v, d),
             bias: Some(GpuTensor::f32_vector(&a.buffer, bo, v)),
             targets: GpuTensor::i32_vector(&a.buffer, to, rows),
             loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
             lse: Some(GpuTensor::f32_vector(&a.buffer, lseo, rows)),
-            grad_hidden: Some(GpuTensor::f32_matrix(&a.buffer, dho, rows, d)),
-            grad_classifier: Some(GpuTensor::f32_matrix(&a.buffer, dwo, v, d)),
-            grad_bias: Some(GpuTensor::f32_vector(&a.buffer, dbo, v)),
+            grad_hidden: Some(grads.matrix(&a.buffer, dho, rows, d)),
+            grad_classifier: Some(grads.matrix(&a.buffer, dwo, v, d)),
+            grad_bias: Some(grads.matrix(&a.buffer, dbo, v, 1)),
         };
         let loss = CrossEntropyOptions {
             label_smoothing: 0.1,
@@ -853,17 +962,123 @@ fn encode_api_in_one_buffer_f32_and_f16() {
             loss: vec![loss_pair[0]],
             z_loss: vec![loss_pair[1]],
             lse: read(ctx, &a.buffer, lseo, rows),
-            grad_hidden: Some(read(ctx, &a.buffer, dho, rows * d)),
-            grad_classifier: Some(read(ctx, &a.buffer, dwo, v * d)),
-            grad_bias: Some(read(ctx, &a.buffer, dbo, v)),
+            grad_hidden: Some(grads.read(ctx, &a.buffer, dho, rows * d)),
+            grad_classifier: Some(grads.read(ctx, &a.buffer, dwo, v * d)),
+            grad_bias: Some(grads.read(ctx, &a.buffer, dbo, v)),
         };
-        let what = if half_storage {
-            "encode f16"
-        } else {
-            "encode f32"
-        };
-        check_fused(what, &p, &loss, &out, &reference_of(&p, &loss));
+        check_fused_at(
+            &format!("encode, {inputs:?} inputs, {grads:?} gradients"),
+            &p,
+            &loss,
+            &out,
+            &reference_of(&p, &loss),
+            grads.tolerance(),
+        );
     }
+}
+
+/// `encode_matmul` with 16-bit operands (both f16, both bf16, or an f32 `A`
+/// with a 16-bit `B`) in every layout, with bindings capped at 4 KiB so the
+/// operands are cut into blocks that start inside packed words. The
+/// expected products are the f64 products of the rounded operands.
+#[test]
+fn matmul_16bit_operands_in_blocks() {
+    use common::{read, Arena};
+    use wgpu_loss::{Accumulate, GpuTensor, Layout, MatmulOptions, MatmulViews};
+    let Some(ctx) = gpu_with_binding_cap(4 << 10) else {
+        return;
+    };
+    let (m, k, n) = (37, 71, 45);
+    let mut rng = Rng::new(31);
+    let (a0, b0) = (rng.vec_normal(m * k, 1.0), rng.vec_normal(k * n, 1.0));
+    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        (0..cols * rows)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect()
+    };
+    for (sa, sb) in [
+        (Storage::F16, Storage::F16),
+        (Storage::Bf16, Storage::Bf16),
+        (Storage::F32, Storage::F16),
+        (Storage::F32, Storage::Bf16),
+    ] {
+        let a: Vec<f32> = a0.iter().map(|&x| sa.round(x)).collect();
+        let b: Vec<f32> = b0.iter().map(|&x| sb.round(x)).collect();
+        let mut expected = vec![0.0f64; m * n];
+        let mut terms = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut t) = (0.0, 0.0);
+                for l in 0..k {
+                    let p = f64::from(a[i * k + l]) * f64::from(b[l * n + j]);
+                    s += p;
+                    t += p.abs();
+                }
+                expected[i * n + j] = s;
+                terms = terms.max(t);
+            }
+        }
+        for (la, lb) in [
+            (Layout::RowMajor, Layout::RowMajor),
+            (Layout::Transposed, Layout::Transposed),
+            (Layout::RowMajor, Layout::Transposed),
+        ] {
+            let (a_stored, a_shape) = match la {
+                Layout::RowMajor => (a.clone(), (m, k)),
+                Layout::Transposed => (transpose(&a, m, k), (k, m)),
+            };
+            let (b_stored, b_shape) = match lb {
+                Layout::RowMajor => (b.clone(), (k, n)),
+                Layout::Transposed => (transpose(&b, k, n), (n, k)),
+            };
+            let mut arena = Arena::new(&ctx, ((m * k + k * n + m * n) * 4) as u64);
+            let (ao, bo, oo) = (
+                sa.put(&ctx, &mut arena, &a_stored),
+                sb.put(&ctx, &mut arena, &b_stored),
+                arena.reserve(m * n),
+            );
+            let views = MatmulViews {
+                a: sa.matrix(&arena.buffer, ao, a_shape.0, a_shape.1),
+                b: sb.matrix(&arena.buffer, bo, b_shape.0, b_shape.1),
+                out: GpuTensor::f32_matrix(&arena.buffer, oo, m, n),
+            };
+            let options = MatmulOptions {
+                a: la,
+                b: lb,
+                accumulate: Accumulate::Overwrite,
+            };
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_matmul(&mut enc, &views, &options)
+                .expect("matmul");
+            ctx.queue().submit([enc.finish()]);
+            check(
+                &format!("matmul {sa:?} {la:?} x {sb:?} {lb:?}"),
+                &read(&ctx, &arena.buffer, oo, m * n),
+                &expected,
+                product_scale(k, terms),
+            );
+        }
+    }
+    // A 16-bit A takes a B of its own type.
+    let mut arena = Arena::new(&ctx, 4096);
+    let (ao, bo, oo) = (
+        Storage::Bf16.put(&ctx, &mut arena, &[1.0; 4]),
+        Storage::F16.put(&ctx, &mut arena, &[1.0; 4]),
+        arena.reserve(4),
+    );
+    let views = MatmulViews {
+        a: GpuTensor::bf16_matrix(&arena.buffer, ao, 2, 2),
+        b: GpuTensor::f16_matrix(&arena.buffer, bo, 2, 2),
+        out: GpuTensor::f32_matrix(&arena.buffer, oo, 2, 2),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let err = ctx
+        .encode_matmul(&mut enc, &views, &MatmulOptions::default())
+        .expect_err("bf16 A with f16 B");
+    assert!(
+        matches!(err, Error::InvalidView { name: "a", .. }) && err.to_string().contains("BF16"),
+        "{err}"
+    );
 }
 
 /// An output view that shares bytes with an input is refused, naming both.

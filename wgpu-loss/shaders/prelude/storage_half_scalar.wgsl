@@ -1,5 +1,5 @@
 // 16-bit matrices read one element at a time (`VecWidth::Scalar`): the
-// matrix product's f16 operands (`linear.wgsl`), packed two to a `u32` word,
+// matrix product's f16 and bf16 operands (`linear.wgsl`), packed two to a `u32` word,
 // low half first. Element e is half e & 1 of word e / 2 (`mat_index`,
 // `mat_scalar`). The row kernels never take this variant (`Family::accepts`).
 alias mat_t = u32;

@@ -24,8 +24,8 @@
 //! per-row records, and (for gradients) turns the chunk into `G` in place
 //! and multiplies it out. What it allocates beyond its inputs and outputs is
 //! the workspace, a 32-byte record per row of one chunk, and
-//! [`BYTES_PER_ROW`] bytes per row (plus an f32 shadow of any f16
-//! gradient): never `N·V`.
+//! [`BYTES_PER_ROW`] bytes per row (plus an f32 shadow of any f16 or
+//! bf16 gradient): never `N·V`.
 //!
 //! # Vocabulary shards
 //!

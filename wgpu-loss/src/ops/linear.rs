@@ -87,7 +87,7 @@ pub struct ScratchUse {
 /// The tensors of [`GpuContext::encode_linear`]: `output = input·weightᵀ + bias`.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearViews<'a> {
-    /// f32 or f16 `[N, D]`.
+    /// f32, f16 or bf16 `[N, D]`.
     pub input: GpuTensor<'a>,
     /// `[V, D]`, the input's dtype.
     pub weight: GpuTensor<'a>,
@@ -125,9 +125,10 @@ pub struct MatmulOptions {
 /// The tensors of [`GpuContext::encode_matmul`], `out = A·B`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulViews<'a> {
-    /// `A`, f32 or f16, stored as [`MatmulOptions::a`] says.
+    /// `A`, f32, f16 or bf16, stored as [`MatmulOptions::a`] says.
     pub a: GpuTensor<'a>,
-    /// `B`, f32 or f16 (f16 when `A` is), stored as [`MatmulOptions::b`] says.
+    /// `B`, f32, f16 or bf16 (16-bit when `A` is, and then `A`'s type),
+    /// stored as [`MatmulOptions::b`] says.
     pub b: GpuTensor<'a>,
     /// f32 `[M, N]`.
     pub out: GpuTensor<'a>,
@@ -138,7 +139,7 @@ pub struct MatmulViews<'a> {
 /// input or with each other.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearCrossEntropyViews<'a> {
-    /// f32 or f16 `[N, D]` hidden states.
+    /// f32, f16 or bf16 `[N, D]` hidden states.
     pub hidden: GpuTensor<'a>,
     /// `[V, D]` classifier weight, the hidden states' dtype.
     pub classifier: GpuTensor<'a>,
@@ -151,12 +152,13 @@ pub struct LinearCrossEntropyViews<'a> {
     pub loss: GpuTensor<'a>,
     /// Optional f32 `[N, 1]`: each row's logsumexp.
     pub lse: Option<GpuTensor<'a>>,
-    /// Optional `[N, D]`: `dH`. f32, or f16 (accumulated in an f32 shadow
+    /// Optional `[N, D]`: `dH`. f32, or f16 or bf16 (accumulated in an f32 shadow
     /// the call allocates, then rounded once).
     pub grad_hidden: Option<GpuTensor<'a>>,
-    /// Optional `[V, D]`: `dW`, f32 or f16 like `grad_hidden`.
+    /// Optional `[V, D]`: `dW`, f32, f16 or bf16 like `grad_hidden`.
     pub grad_classifier: Option<GpuTensor<'a>>,
-    /// Optional `[V, 1]`: `db` (needs `bias`), f32 or f16 like `grad_hidden`.
+    /// Optional `[V, 1]`: `db` (needs `bias`), f32, f16 or bf16 like
+    /// `grad_hidden`.
     pub grad_bias: Option<GpuTensor<'a>>,
 }
 
@@ -164,7 +166,7 @@ pub struct LinearCrossEntropyViews<'a> {
 /// shard's forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardRecordViews<'a> {
-    /// f32 or f16 `[N, D]` hidden states.
+    /// f32, f16 or bf16 `[N, D]` hidden states.
     pub hidden: GpuTensor<'a>,
     /// The shard's rows of the classifier, `[v1 - v0, D]`.
     pub classifier: GpuTensor<'a>,
@@ -192,7 +194,7 @@ pub struct MergeViews<'a> {
 /// The tensors of [`GpuContext::encode_shard_backward`]: one shard's gradients.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardBackwardViews<'a> {
-    /// f32 or f16 `[N, D]` hidden states.
+    /// f32, f16 or bf16 `[N, D]` hidden states.
     pub hidden: GpuTensor<'a>,
     /// The shard's rows of the classifier, `[v1 - v0, D]`.
     pub classifier: GpuTensor<'a>,
@@ -331,13 +333,16 @@ fn lce_params<W: ?Sized>(
     })
 }
 
-/// Gradients come back in f32 or f16 (from an f32 shadow).
+/// Gradients come back in f32, f16 or bf16 (16-bit ones from an f32 shadow).
 fn grad_dtype(name: &'static str, v: &GpuTensor<'_>) -> Result<DType> {
     match v.dtype {
-        DType::F32 | DType::F16 => Ok(v.dtype),
-        DType::I32 | DType::BF16 => Err(Error::InvalidView {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(v.dtype),
+        DType::I32 => Err(Error::InvalidView {
             name,
-            problem: format!("has dtype {:?}; these gradients are F32 or F16", v.dtype),
+            problem: format!(
+                "has dtype {:?}; these gradients are F32, F16 or BF16",
+                v.dtype
+            ),
         }),
     }
 }
@@ -704,10 +709,10 @@ impl GpuContext {
         names: (&'static str, &'static str, &'static str),
     ) -> Result<(LinearShape, Storage)> {
         let dtype = hidden.dtype;
-        if matches!(dtype, DType::I32 | DType::BF16) {
+        if dtype == DType::I32 {
             return Err(Error::InvalidView {
                 name: names.0,
-                problem: format!("has dtype {dtype:?}, expected F32 or F16"),
+                problem: format!("has dtype {dtype:?}, expected F32, F16 or BF16"),
             });
         }
         let shape = LinearShape {
@@ -797,8 +802,8 @@ impl GpuContext {
     /// Records `out = A·B` (or `out += A·B`) into `encoder`: the tiled
     /// product behind `linear` and the fused loss, with either operand
     /// stored transposed, f32 accumulation, any sizes (operands larger than
-    /// one binding in blocks). `A` may be f32 with `B` f16; otherwise both
-    /// share a dtype. Nothing is submitted.
+    /// one binding in blocks). `A` may be f32 with `B` f16 or bf16; otherwise
+    /// both share a dtype. Nothing is submitted.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -846,12 +851,14 @@ impl GpuContext {
             let (storage, lhs_f32) = match (a.dtype, b.dtype) {
                 (DType::F32, DType::F32) => (Storage::F32, false),
                 (DType::F16, DType::F16) => (Storage::F16, false),
+                (DType::BF16, DType::BF16) => (Storage::Bf16, false),
                 (DType::F32, DType::F16) => (Storage::F16, true),
+                (DType::F32, DType::BF16) => (Storage::Bf16, true),
                 (da, db) => {
                     return Err(Error::InvalidView {
                         name: "a",
                         problem: format!(
-                            "has dtype {da:?} with B {db:?}; supported: both F32, both F16, or F32 A with F16 B"
+                            "has dtype {da:?} with B {db:?}; supported: both F32, both F16, both BF16, or F32 A with a 16-bit B"
                         ),
                     })
                 }
@@ -1021,8 +1028,8 @@ impl GpuContext {
         Ok((chunk, segment))
     }
 
-    /// Records one pass (see the module docs). f16 gradient views get an
-    /// f32 shadow that the chunks accumulate into, narrowed at the end.
+    /// Records one pass (see the module docs). 16-bit gradient views get
+    /// an f32 shadow that the chunks accumulate into, narrowed at the end.
     fn encode_lce_pass(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -1040,18 +1047,20 @@ impl GpuContext {
                 ("grad_classifier", grads.classifier),
                 ("grad_bias", grads.bias),
             ] {
-                if g.is_some_and(|g| g.dtype == DType::F16) {
+                if let Some(g) = g.filter(|g| g.dtype.storage().is_half()) {
                     return Err(Error::InvalidView {
                         name,
-                        problem: "is f16; parameter_grads: Add accumulates into f32 gradients only"
-                            .into(),
+                        problem: format!(
+                            "is {:?}; parameter_grads: Add accumulates into f32 gradients only",
+                            g.dtype
+                        ),
                     });
                 }
             }
         }
         let shadow = |v: Option<GpuTensor<'_>>| {
-            v.filter(|v| v.dtype == DType::F16)
-                .map(|v| self.fresh_buffer("f32 shadow of an f16 gradient", v.len() as u64 * 4))
+            v.filter(|v| v.dtype.storage().is_half())
+                .map(|v| self.fresh_buffer("f32 shadow of a 16-bit gradient", v.len() as u64 * 4))
         };
         let (sh, sw, sb) = (
             shadow(grads.hidden),
@@ -1090,7 +1099,7 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records `dst = src` from an f32 buffer into an f16 view, in windows
+    /// Records `dst = src` from an f32 buffer into an f16 or bf16 view, in windows
     /// (`half_narrow`: each invocation stores one whole packed word).
     fn encode_narrow(
         &self,
@@ -1114,7 +1123,7 @@ impl GpuContext {
             self.encode_half_stage(
                 encoder,
                 Kernel::HalfNarrow,
-                Storage::F16,
+                dst.dtype.storage(),
                 (dst.buffer, dst_range, dst_base),
                 (src, Some(src_range), src_base),
                 n,
