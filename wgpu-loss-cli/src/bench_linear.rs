@@ -16,7 +16,7 @@ use wgpu_loss::{
     MatmulViews, ScratchUse, F32_TOLERANCE,
 };
 
-use crate::gpu::{buffer, buffer_with, encoder, read, submit_and_wait};
+use crate::gpu::{buffer, buffer_in, buffer_with, encoder, matrix, read, submit_and_wait};
 use crate::Result;
 
 /// One timed path of the linear + cross-entropy bench.
@@ -141,45 +141,14 @@ impl Default for LinearBenchPlan {
     }
 }
 
-/// `x` rounded to `dtype` (nearest even), as f32, and its bytes in that type
-/// padded to whole 4-byte words (what a buffer write moves).
-fn stored(x: &mut [f32], dtype: DType) -> Vec<u8> {
-    let mut bytes: Vec<u8> = match dtype {
-        DType::F16 => x
-            .iter_mut()
-            .flat_map(|v| {
-                let h = half::f16::from_f32(*v);
-                *v = h.to_f32();
-                h.to_bits().to_le_bytes()
-            })
-            .collect(),
-        DType::BF16 => x
-            .iter_mut()
-            .flat_map(|v| {
-                let h = half::bf16::from_f32(*v);
-                *v = h.to_f32();
-                h.to_bits().to_le_bytes()
-            })
-            .collect(),
-        _ => bytemuck::cast_slice(x).to_vec(),
-    };
-    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
-    bytes
-}
-
-/// A `[rows, cols]` view of `dtype` elements from element `first` of `buffer`.
-fn matrix(
-    buffer: &wgpu::Buffer,
-    dtype: DType,
-    first: usize,
-    rows: usize,
-    cols: usize,
-) -> GpuTensor<'_> {
-    let offset = first as u64 * dtype.size();
-    match dtype {
-        DType::F16 => GpuTensor::f16_matrix(buffer, offset, rows, cols),
-        DType::BF16 => GpuTensor::bf16_matrix(buffer, offset, rows, cols),
-        _ => GpuTensor::f32_matrix(buffer, offset, rows, cols),
+/// `x` rounded to `dtype` (nearest even): the values the GPU holds.
+fn round_to(x: &mut [f32], dtype: DType) {
+    for v in x {
+        *v = match dtype {
+            DType::F16 => half::f16::from_f32(*v).to_f32(),
+            DType::BF16 => half::bf16::from_f32(*v).to_f32(),
+            _ => *v,
+        };
     }
 }
 
@@ -201,9 +170,12 @@ pub fn bench_linear_cross_entropy(
         hidden: d,
         classes: v,
     } = shape;
+    // The reference and the CPU column see what the GPU holds.
     let (mut h, mut w, b, t) = inputs(shape);
-    let hb = buffer_with(ctx, "hidden", &stored(&mut h, dtype));
-    let wb = buffer_with(ctx, "classifier", &stored(&mut w, dtype));
+    round_to(&mut h, dtype);
+    round_to(&mut w, dtype);
+    let hb = buffer_in(ctx, "hidden", &h, dtype);
+    let wb = buffer_in(ctx, "classifier", &w, dtype);
     let bb = buffer_with(ctx, "bias", &b);
     let tb = buffer_with(ctx, "targets", &t);
     let product = 2.0 * rows as f64 * d as f64 * v as f64;

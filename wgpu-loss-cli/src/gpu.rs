@@ -3,7 +3,7 @@
 //! library must not. Device errors come back as the library's
 //! `Error::Gpu` naming what was recorded.
 
-use wgpu_loss::GpuContext;
+use wgpu_loss::{DType, GpuContext, GpuTensor};
 
 use crate::error::Result;
 
@@ -29,6 +29,43 @@ pub fn scoped<T>(ctx: &GpuContext, what: &str, f: impl FnOnce() -> Result<T>) ->
         .into());
     }
     Ok(out)
+}
+
+/// `x` in a new storage buffer as `dtype` elements: f32 as they are, f16
+/// or bf16 rounded to nearest even and packed two to a word (element 0 in
+/// the low half), padded to whole words.
+pub fn buffer_in(ctx: &GpuContext, label: &str, x: &[f32], dtype: DType) -> wgpu::Buffer {
+    let halves: Vec<u16> = match dtype {
+        DType::F16 => x
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect(),
+        DType::BF16 => x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect(),
+        _ => return buffer_with(ctx, label, x),
+    };
+    let mut words = vec![0u32; halves.len().div_ceil(2)];
+    bytemuck::cast_slice_mut::<u32, u16>(&mut words)[..halves.len()].copy_from_slice(&halves);
+    buffer_with(ctx, label, &words)
+}
+
+/// A `[rows, cols]` view of `dtype` elements (f32, f16 or bf16) starting at
+/// element `first` of `buffer`.
+pub fn matrix(
+    buffer: &wgpu::Buffer,
+    dtype: DType,
+    first: usize,
+    rows: usize,
+    cols: usize,
+) -> GpuTensor<'_> {
+    let offset = first as u64 * dtype.size();
+    match dtype {
+        DType::F16 => GpuTensor::f16_matrix(buffer, offset, rows, cols),
+        DType::BF16 => GpuTensor::bf16_matrix(buffer, offset, rows, cols),
+        _ => GpuTensor::f32_matrix(buffer, offset, rows, cols),
+    }
 }
 
 /// A storage buffer of at least `bytes` bytes (whole 16-byte words).

@@ -1181,6 +1181,124 @@ fn eval_linear_cross_entropy_matches_the_library() {
     );
 }
 
+/// `eval linear-cross-entropy` on hidden states and a classifier that are
+/// both bf16 or both f16 tensors of a safetensors file keeps them 16-bit on
+/// the GPU, with the results of the same values given as float32 files:
+/// every output the same bits once rounded to the output file's type
+/// (float32 for bf16 inputs, float16 for f16 ones).
+#[test]
+fn eval_linear_cross_entropy_on_16bit_heads() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let (n, d, v) = (11, 7, 45);
+    let mut rng = Rng::new(63);
+    let (h0, w0) = (rng.vec_normal(n * d, 1.0), rng.vec_normal(v * d, 0.5));
+    let t: Vec<i64> = (0..n).map(|_| rng.below(v) as i64).collect();
+    write_i64(&p.join("t.npy"), &t);
+    for (dtype, name) in [
+        (safetensors::Dtype::BF16, "bf16"),
+        (safetensors::Dtype::F16, "f16"),
+    ] {
+        let bits = |x: &[f32]| -> Vec<u16> {
+            x.iter()
+                .map(|&v| match dtype {
+                    safetensors::Dtype::BF16 => half::bf16::from_f32(v).to_bits(),
+                    _ => half::f16::from_f32(v).to_bits(),
+                })
+                .collect()
+        };
+        let widen = |b: &[u16]| -> Vec<f32> {
+            b.iter()
+                .map(|&b| match dtype {
+                    safetensors::Dtype::BF16 => half::bf16::from_bits(b).to_f32(),
+                    _ => half::f16::from_bits(b).to_f32(),
+                })
+                .collect()
+        };
+        let (hb, wb) = (bits(&h0), bits(&w0));
+        let st = safetensors::serialize(
+            vec![
+                (
+                    "hidden".to_string(),
+                    safetensors::tensor::TensorView::new(
+                        dtype,
+                        vec![n, d],
+                        bytemuck::cast_slice(&hb),
+                    )
+                    .expect("view"),
+                ),
+                (
+                    "lm_head.weight".to_string(),
+                    safetensors::tensor::TensorView::new(
+                        dtype,
+                        vec![v, d],
+                        bytemuck::cast_slice(&wb),
+                    )
+                    .expect("view"),
+                ),
+            ],
+            None,
+        )
+        .expect("serialize");
+        let model = format!("{name}.safetensors");
+        std::fs::write(p.join(&model), st).expect("write");
+        write_npy(&p.join("h32.npy"), &[n, d], &widen(&hb)).expect("h");
+        write_npy(&p.join("w32.npy"), &[v, d], &widen(&wb)).expect("w");
+        let options = ["--target", "t.npy", "--label-smoothing", "0.1"];
+        let (h_arg, w_arg) = (format!("{model}:hidden"), format!("{model}:lm_head.weight"));
+        let (ok, err) = eval(
+            p,
+            &[
+                &[
+                    "linear-cross-entropy",
+                    "--input",
+                    &h_arg,
+                    "--classifier",
+                    &w_arg,
+                ][..],
+                &options,
+                &["--out", name],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{name}: {err}");
+        let (ok, err) = eval(
+            p,
+            &[
+                &[
+                    "linear-cross-entropy",
+                    "--input",
+                    "h32.npy",
+                    "--classifier",
+                    "w32.npy",
+                ][..],
+                &options,
+                &["--out", "wide"],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{name} as float32: {err}");
+        for file in ["loss.npy", "grad.npy", "grad_classifier.npy"] {
+            let wide = floats(&p.join("wide").join(file)).1;
+            let expected: Vec<f32> = match dtype {
+                safetensors::Dtype::F16 => wide
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_f32())
+                    .collect(),
+                _ => wide,
+            };
+            same_bits(
+                &format!("{name} {file}"),
+                &floats(&p.join(name).join(file)).1,
+                &expected,
+            );
+        }
+    }
+}
+
 /// `bench --op linear-cross-entropy` on a tiny shape: every path as JSON,
 /// the memory line, `--loss-only` leaving out the gradient paths, and
 /// `--dtype f16` / `bf16`.
