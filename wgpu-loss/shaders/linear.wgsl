@@ -48,7 +48,10 @@ fn load_b(k: u32, n: u32) -> f32 {
 
 // Vector `v` of each tile: k `v / 16`, rows (columns) 4·(v % 16) .. +3 of
 // the k-slice at `k0`. Invocation `tid` (of 64) stages vectors tid + 64·s,
-// s = 0..3 (written out: see the loop note below).
+// s = 0..3, in a loop: written out four times, Chromium's WebGPU (Tint's
+// SPIR-V on lavapipe) took minutes to build the pipeline and its GPU process
+// was killed; the loop builds in well under a second (BENCHMARKS.md, "In the
+// browser: the product's pipeline").
 fn stage_one(v: u32, m0: u32, n0: u32, k0: u32) {
     let k = k0 + v / 16u;
     let q = (v % 16u) * 4u;
@@ -59,10 +62,9 @@ fn stage_one(v: u32, m0: u32, n0: u32, k0: u32) {
 }
 
 fn stage(tid: u32, m0: u32, n0: u32, k0: u32) {
-    stage_one(tid, m0, n0, k0);
-    stage_one(tid + 64u, m0, n0, k0);
-    stage_one(tid + 128u, m0, n0, k0);
-    stage_one(tid + 192u, m0, n0, k0);
+    for (var s = 0u; s < 4u; s = s + 1u) {
+        stage_one(tid + 64u * s, m0, n0, k0);
+    }
 }
 
 // One k of the tile: an 8x8 outer product into `acc` (row i: acc[2i], acc[2i + 1]).
@@ -89,9 +91,10 @@ fn mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
 }
 
-// The staging and k loops are written out: lavapipe stops an invocation's
-// loops after 65535 iterations in all, so the only loop over k is the tile
-// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
+// The k loop is written out: lavapipe stops an invocation's loops after
+// 65535 iterations in all, so the loops are the tile loop, one iteration per
+// 16 k, and the staging loop, four per tile (the host keeps `inner` <= 2^17
+// per dispatch).
 @compute @workgroup_size(64)
 fn matmul(
     @builtin(local_invocation_index) tid: u32,
@@ -218,7 +221,7 @@ fn wide_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>)
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
-// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
+// loop, one iteration per 16 k (the host keeps `inner` <= 2^17 per dispatch).
 @compute @workgroup_size(64)
 fn matmul_wide(
     @builtin(local_invocation_index) tid: u32,
@@ -422,7 +425,7 @@ fn short_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
-// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
+// loop, one iteration per 16 k (the host keeps `inner` <= 2^17 per dispatch).
 @compute @workgroup_size(32)
 fn matmul_wide_short(
     @builtin(local_invocation_index) tid: u32,

@@ -564,3 +564,180 @@ fn f16_value(h: u16) -> f32 {
         _ => sign * (1.0 + mant / 1024.0) * 2f32.powi(exp - 15),
     }
 }
+
+/// [`assert_within`] at the product rule's scale (`tolerance::LinearScales`).
+#[track_caller]
+fn assert_within_at(what: &str, actual: &[f32], expected: &[f64], scale: f64, tol: Tolerance) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    if let Some(i) = actual.iter().position(|v| v.to_bits() == POISON.to_bits()) {
+        panic!("{what}: element {i} was never written (still holds the poison value)");
+    }
+    if let Some(m) = tol.first_mismatch_at_scale(actual, expected, scale) {
+        panic!("{what}: {m} (product scale {scale:e})");
+    }
+}
+
+/// The fused linear + cross-entropy in the browser, the language-model head
+/// of a training step that never leaves the page: through the host API in
+/// f32 with every gradient, a workspace of a few rows (many chunks), shapes
+/// that fill no tile, and the options Gemma-style heads use; then through
+/// the encode API with bf16 hidden states, classifier and gradients (packed
+/// words: no feature needed), all against the f64 reference.
+#[wasm_bindgen_test]
+async fn fused_linear_cross_entropy_in_f32_and_bf16() {
+    use wgpu_loss::half::bf16;
+    use wgpu_loss::tolerance::LinearScales;
+    use wgpu_loss::{
+        LinearCrossEntropyOptions, LinearCrossEntropyOutput, LinearCrossEntropyViews, LinearGrads,
+        LinearShape, BF16_TOLERANCE,
+    };
+    let Some(ctx) = gpu().await else { return };
+    let (rows, d, v) = (37, 19, 301);
+    let shape = LinearShape {
+        rows,
+        hidden: d,
+        classes: v,
+    };
+    let mut rng = Rng(17);
+    let h0 = rng.vec(rows * d, 1.0);
+    let w0 = rng.vec(v * d, 0.5);
+    let b = rng.vec(v, 0.1);
+    let t: Vec<i64> = (0..rows)
+        .map(|r| {
+            if r % 7 == 3 {
+                -100
+            } else {
+                rng.below(v) as i64
+            }
+        })
+        .collect();
+    let loss = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        z_loss: 1e-3,
+        softcap: Some(30.0),
+        ..Default::default()
+    };
+    let check =
+        |what: &str, h: &[f32], w: &[f32], out: &LinearCrossEntropyOutput, grad_tol: Tolerance| {
+            let r = reference::linear_cross_entropy(h, w, Some(&b), &t, shape, &loss).unwrap();
+            let s = LinearScales::of(h, w, Some(&b), shape, &loss, &r);
+            let f32_at = |name: &str, a: &[f32], e: &[f64], scale: f64| {
+                assert_within_at(&format!("{what} {name}"), a, e, scale, F32_TOLERANCE)
+            };
+            f32_at("loss", &out.loss, &r.loss, s.loss);
+            f32_at("lse", &out.lse, &r.lse, s.lse);
+            f32_at(
+                "grad_bias",
+                out.grad_bias.as_deref().unwrap(),
+                &r.grad_bias,
+                s.grad_bias,
+            );
+            assert_within_at(
+                &format!("{what} grad_hidden"),
+                out.grad_hidden.as_deref().unwrap(),
+                &r.grad_hidden,
+                s.grad_hidden,
+                grad_tol,
+            );
+            assert_within_at(
+                &format!("{what} grad_classifier"),
+                out.grad_classifier.as_deref().unwrap(),
+                &r.grad_classifier,
+                s.grad_classifier,
+                grad_tol,
+            );
+        };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        workspace_bytes: Some(6 * v as u64 * 4),
+        ..Default::default()
+    };
+    let out = ctx
+        .linear_cross_entropy(&h0, &w0, Some(&b), &t, shape, &options, LinearGrads::ALL)
+        .await
+        .expect("fused linear + cross-entropy");
+    check("f32 host API", &h0, &w0, &out, F32_TOLERANCE);
+
+    // bf16 H, W, dH and dW in one buffer of the page's own, each at a
+    // 256-byte-aligned offset; bias, targets, loss, lse and db in f32.
+    let to_bf16 =
+        |x: &[f32]| -> Vec<u16> { x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect() };
+    let widen =
+        |x: &[u16]| -> Vec<f32> { x.iter().map(|&b| bf16::from_bits(b).to_f32()).collect() };
+    let (hb, wb) = (to_bf16(&h0), to_bf16(&w0));
+    let (h, w) = (widen(&hb), widen(&wb));
+    let t32: Vec<i32> = t.iter().map(|&x| x as i32).collect();
+    let at = |bytes: usize| bytes.div_ceil(256) as u64 * 256;
+    let (ho, wo) = (0, at(hb.len() * 2));
+    let bo = wo + at(wb.len() * 2);
+    let to = bo + at(v * 4);
+    let lo = to + at(rows * 4);
+    let lseo = lo + 256;
+    let dho = lseo + at(rows * 4);
+    let dwo = dho + at(rows * d * 2);
+    let dbo = dwo + at(v * d * 2);
+    let size = dbo + at(v * 4);
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bf16 head"),
+        size,
+        usage,
+        mapped_at_creation: false,
+    });
+    // Every output starts as bf16 NaN pairs (f32 outputs as NaN too).
+    let poison = vec![0x7FC1_7FC1u32; size as usize / 4];
+    ctx.queue()
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(&poison));
+    let put = |offset: u64, halves: &[u16]| {
+        let mut words = vec![0u32; halves.len().div_ceil(2)];
+        bytemuck::cast_slice_mut::<u32, u16>(&mut words)[..halves.len()].copy_from_slice(halves);
+        ctx.queue()
+            .write_buffer(&buffer, offset, bytemuck::cast_slice(&words));
+    };
+    put(ho, &hb);
+    put(wo, &wb);
+    ctx.queue()
+        .write_buffer(&buffer, bo, bytemuck::cast_slice(&b));
+    ctx.queue()
+        .write_buffer(&buffer, to, bytemuck::cast_slice(&t32));
+    let views = LinearCrossEntropyViews {
+        hidden: GpuTensor::bf16_matrix(&buffer, ho, rows, d),
+        classifier: GpuTensor::bf16_matrix(&buffer, wo, v, d),
+        bias: Some(GpuTensor::f32_vector(&buffer, bo, v)),
+        targets: GpuTensor::i32_vector(&buffer, to, rows),
+        loss: GpuTensor::f32_vector(&buffer, lo, 2),
+        lse: Some(GpuTensor::f32_vector(&buffer, lseo, rows)),
+        grad_hidden: Some(GpuTensor::bf16_matrix(&buffer, dho, rows, d)),
+        grad_classifier: Some(GpuTensor::bf16_matrix(&buffer, dwo, v, d)),
+        grad_bias: Some(GpuTensor::f32_vector(&buffer, dbo, v)),
+    };
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let encode_options = LinearCrossEntropyOptions {
+        loss: loss.with_weight(None),
+        workspace_bytes: options.workspace_bytes,
+        ..Default::default()
+    };
+    ctx.encode_linear_cross_entropy(&mut encoder, &views, &encode_options)
+        .expect("encode bf16");
+    ctx.queue().submit([encoder.finish()]);
+    let halves = |words: Vec<f32>, n: usize| -> Vec<f32> {
+        widen(&bytemuck::cast_slice::<f32, u16>(&words)[..n])
+    };
+    let loss_pair = read(&ctx, &buffer, lo, 2).await;
+    let out = LinearCrossEntropyOutput {
+        loss: vec![loss_pair[0]],
+        z_loss: vec![loss_pair[1]],
+        lse: read(&ctx, &buffer, lseo, rows).await,
+        grad_hidden: Some(halves(
+            read(&ctx, &buffer, dho, (rows * d).div_ceil(2)).await,
+            rows * d,
+        )),
+        grad_classifier: Some(halves(
+            read(&ctx, &buffer, dwo, (v * d).div_ceil(2)).await,
+            v * d,
+        )),
+        grad_bias: Some(read(&ctx, &buffer, dbo, v).await),
+    };
+    check("bf16 encode API", &h, &w, &out, BF16_TOLERANCE);
+}
