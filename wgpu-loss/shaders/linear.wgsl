@@ -49,8 +49,8 @@ fn load_b(k: u32, n: u32) -> f32 {
 // Vector `v` of each tile: k `v / 16`, rows (columns) 4·(v % 16) .. +3 of
 // the k-slice at `k0`. Invocation `tid` (of 64) stages vectors tid + 64·s,
 // s = 0..3, in a loop: written out four times, Chromium's WebGPU (Tint's
-// SPIR-V on lavapipe) took minutes to build the pipeline and its GPU process
-// was killed; the loop builds in well under a second (BENCHMARKS.md, "In the
+// SPIR-V on SwiftShader) took minutes to build the pipeline and its GPU
+// process was killed; the loop builds in well under a second (BENCHMARKS.md, "In the
 // browser: the product's pipeline").
 fn stage_one(v: u32, m0: u32, n0: u32, k0: u32) {
     let k = k0 + v / 16u;
