@@ -991,11 +991,6 @@ fn matmul_16bit_operands_in_blocks() {
     let (m, k, n) = (37, 71, 45);
     let mut rng = Rng::new(31);
     let (a0, b0) = (rng.vec_normal(m * k, 1.0), rng.vec_normal(k * n, 1.0));
-    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
-        (0..cols * rows)
-            .map(|i| x[(i % rows) * cols + i / rows])
-            .collect()
-    };
     for (sa, sb) in [
         (Storage::F16, Storage::F16),
         (Storage::Bf16, Storage::Bf16),
@@ -1004,33 +999,14 @@ fn matmul_16bit_operands_in_blocks() {
     ] {
         let a: Vec<f32> = a0.iter().map(|&x| sa.round(x)).collect();
         let b: Vec<f32> = b0.iter().map(|&x| sb.round(x)).collect();
-        let mut expected = vec![0.0f64; m * n];
-        let mut terms = 0.0f64;
-        for i in 0..m {
-            for j in 0..n {
-                let (mut s, mut t) = (0.0, 0.0);
-                for l in 0..k {
-                    let p = f64::from(a[i * k + l]) * f64::from(b[l * n + j]);
-                    s += p;
-                    t += p.abs();
-                }
-                expected[i * n + j] = s;
-                terms = terms.max(t);
-            }
-        }
+        let (expected, terms) = exact_product(&a, &b, (m, k, n));
         for (la, lb) in [
             (Layout::RowMajor, Layout::RowMajor),
             (Layout::Transposed, Layout::Transposed),
             (Layout::RowMajor, Layout::Transposed),
         ] {
-            let (a_stored, a_shape) = match la {
-                Layout::RowMajor => (a.clone(), (m, k)),
-                Layout::Transposed => (transpose(&a, m, k), (k, m)),
-            };
-            let (b_stored, b_shape) = match lb {
-                Layout::RowMajor => (b.clone(), (k, n)),
-                Layout::Transposed => (transpose(&b, k, n), (n, k)),
-            };
+            let (a_stored, a_shape) = stored_as(&a, la, m, k);
+            let (b_stored, b_shape) = stored_as(&b, lb, k, n);
             let mut arena = Arena::new(&ctx, ((m * k + k * n + m * n) * 4) as u64);
             let (ao, bo, oo) = (
                 sa.put(&ctx, &mut arena, &a_stored),
@@ -1113,24 +1089,9 @@ fn encode_refuses_outputs_over_inputs() {
     );
 }
 
-/// `encode_matmul` in every layout, overwrite then accumulate, with
-/// bindings capped at 4 KiB so every operand is cut into blocks.
-#[test]
-fn matmul_every_layout_in_blocks() {
-    use common::{read, Arena};
-    use wgpu_loss::{Accumulate, GpuTensor, Layout, MatmulOptions, MatmulViews};
-    let Some(ctx) = gpu_with_binding_cap(4 << 10) else {
-        return;
-    };
-    let (m, k, n) = (37, 70, 45);
-    let mut rng = Rng::new(30);
-    let a = rng.vec_normal(m * k, 1.0);
-    let b = rng.vec_normal(k * n, 1.0);
-    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
-        (0..cols * rows)
-            .map(|i| x[(i % rows) * cols + i / rows])
-            .collect()
-    };
+/// The f64 product of row-major `a` `[m, k]` and `b` `[k, n]`, and the
+/// largest `Σ_l |a·b|` over its elements (the product rule's term magnitude).
+fn exact_product(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> (Vec<f64>, f64) {
     let mut expected = vec![0.0f64; m * n];
     let mut terms = 0.0f64;
     for i in 0..m {
@@ -1145,20 +1106,49 @@ fn matmul_every_layout_in_blocks() {
             terms = terms.max(t);
         }
     }
+    (expected, terms)
+}
+
+/// Row-major `x` `[rows, cols]` as `layout` stores it, with its stored shape.
+fn stored_as(
+    x: &[f32],
+    layout: wgpu_loss::Layout,
+    rows: usize,
+    cols: usize,
+) -> (Vec<f32>, (usize, usize)) {
+    match layout {
+        wgpu_loss::Layout::RowMajor => (x.to_vec(), (rows, cols)),
+        wgpu_loss::Layout::Transposed => (
+            (0..cols * rows)
+                .map(|i| x[(i % rows) * cols + i / rows])
+                .collect(),
+            (cols, rows),
+        ),
+    }
+}
+
+/// `encode_matmul` in every layout, overwrite then accumulate, with
+/// bindings capped at 4 KiB so every operand is cut into blocks.
+#[test]
+fn matmul_every_layout_in_blocks() {
+    use common::{read, Arena};
+    use wgpu_loss::{Accumulate, GpuTensor, Layout, MatmulOptions, MatmulViews};
+    let Some(ctx) = gpu_with_binding_cap(4 << 10) else {
+        return;
+    };
+    let (m, k, n) = (37, 70, 45);
+    let mut rng = Rng::new(30);
+    let a = rng.vec_normal(m * k, 1.0);
+    let b = rng.vec_normal(k * n, 1.0);
+    let (expected, terms) = exact_product(&a, &b, (m, k, n));
     for (la, lb) in [
         (Layout::RowMajor, Layout::RowMajor),
         (Layout::Transposed, Layout::RowMajor),
         (Layout::RowMajor, Layout::Transposed),
         (Layout::Transposed, Layout::Transposed),
     ] {
-        let (a_stored, a_shape) = match la {
-            Layout::RowMajor => (a.clone(), (m, k)),
-            Layout::Transposed => (transpose(&a, m, k), (k, m)),
-        };
-        let (b_stored, b_shape) = match lb {
-            Layout::RowMajor => (b.clone(), (k, n)),
-            Layout::Transposed => (transpose(&b, k, n), (n, k)),
-        };
+        let (a_stored, a_shape) = stored_as(&a, la, m, k);
+        let (b_stored, b_shape) = stored_as(&b, lb, k, n);
         let mut arena = Arena::new(&ctx, ((m * k + k * n + m * n) * 4) as u64);
         let (ao, bo, oo) = (
             arena.put(&ctx, &a_stored),
