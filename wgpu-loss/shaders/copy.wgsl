@@ -17,7 +17,7 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 // 16-bit matrices (f16 with FLAG_F16, else bf16) whose rows are not whole
 // vec4s and are not edged (under 8 columns, say) run the f32 kernels on an
 // f32 copy: `half_widen` before, `half_narrow` after; `half_narrow` also
-// narrows the matrix product's f32 results into f16 tensors. Elements
+// narrows the matrix product's f32 results into 16-bit tensors. Elements
 // [base_out, base_out + cols) of `packed` are elements [base_a, base_a +
 // cols) of `wide`. One invocation owns one whole word, so the two halves of
 // a word are never written by two invocations, and a half outside the range

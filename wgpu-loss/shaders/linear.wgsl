@@ -91,10 +91,11 @@ fn mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 16>>) {
     (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
 }
 
-// The k loop is written out: lavapipe stops an invocation's loops after
-// 65535 iterations in all, so the loops are the tile loop, one iteration per
-// 16 k, and the staging loop, four per tile (the host keeps `inner` <= 2^17
-// per dispatch).
+// The multiply-adds of a tile's 16 k are written out: lavapipe stops an
+// invocation's loops after 65535 iterations in all, so the loops are the
+// tile loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per
+// dispatch), and the staging loop of four (a product of k = 300001 in one
+// dispatch is exact: tests/linear.rs).
 @compute @workgroup_size(64)
 fn matmul(
     @builtin(local_invocation_index) tid: u32,
@@ -221,7 +222,7 @@ fn wide_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>)
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
-// loop, one iteration per 16 k (the host keeps `inner` <= 2^17 per dispatch).
+// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
 @compute @workgroup_size(64)
 fn matmul_wide(
     @builtin(local_invocation_index) tid: u32,
@@ -425,7 +426,7 @@ fn short_mac(kk: u32, tx: u32, ty: u32, acc: ptr<function, array<vec4<f32>, 64>>
 
 // The staging and k loops are written out: lavapipe stops an invocation's
 // loops after 65535 iterations in all, so the only loop over k is the tile
-// loop, one iteration per 16 k (the host keeps `inner` <= 2^17 per dispatch).
+// loop, one iteration per 16 k (the host keeps `inner` <= 2^19 per dispatch).
 @compute @workgroup_size(32)
 fn matmul_wide_short(
     @builtin(local_invocation_index) tid: u32,

@@ -831,7 +831,7 @@ pub enum Kernel {
     /// that are neither whole vec4s nor edged).
     HalfWiden,
     /// `half_narrow`: f32 values into an f16 or bf16 window, rounded to
-    /// nearest even (staged rows, and the matrix product's f16 results).
+    /// nearest even (staged rows, and the matrix product's 16-bit results).
     HalfNarrow,
     /// `softmax_edges`: edged rows' shared vectors into the softmax family's output.
     SoftmaxEdges,

@@ -1586,3 +1586,33 @@ fn loss_only_in_vocabulary_parts_matches_the_reference() {
     }
     assert_eq!(used.workspace_bytes, (64 * v * 4) as u64, "{used:?}");
 }
+
+/// A product of `k` = 300,001 in one `matmul` dispatch (18,751 tiles of
+/// 16, each staged by a loop of four) within the product rule.
+#[test]
+fn matmul_over_a_k_past_one_dispatch() {
+    use common::{read, Arena};
+    use wgpu_loss::{GpuTensor, MatmulOptions, MatmulViews};
+    let Some(ctx) = gpu() else { return };
+    let (m, k, n) = (2, 300_001, 3);
+    let mut rng = Rng::new(32);
+    let (a, b) = (rng.vec_normal(m * k, 1.0), rng.vec_normal(k * n, 1.0));
+    let (expected, terms) = exact_product(&a, &b, (m, k, n));
+    let mut arena = Arena::new(ctx, ((m * k + k * n + m * n) * 4) as u64);
+    let (ao, bo, oo) = (arena.put(ctx, &a), arena.put(ctx, &b), arena.reserve(m * n));
+    let views = MatmulViews {
+        a: GpuTensor::f32_matrix(&arena.buffer, ao, m, k),
+        b: GpuTensor::f32_matrix(&arena.buffer, bo, k, n),
+        out: GpuTensor::f32_matrix(&arena.buffer, oo, m, n),
+    };
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    ctx.encode_matmul(&mut enc, &views, &MatmulOptions::default())
+        .expect("matmul");
+    ctx.queue().submit([enc.finish()]);
+    check(
+        "matmul, k = 300001",
+        &read(ctx, &arena.buffer, oo, m * n),
+        &expected,
+        product_scale(k, terms),
+    );
+}

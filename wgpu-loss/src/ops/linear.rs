@@ -38,9 +38,8 @@ use crate::ops::{Operand, Params, WholeArg};
 use crate::tensor::{spec, DType, GpuTensor};
 
 /// Most `k` one product dispatch sums: lavapipe stops an invocation's loops
-/// after 65535 iterations in all, and `matmul` runs five per 16 k (its tile
-/// loop and four staging iterations): 2^17 keeps it at 40960.
-const MAX_INNER: usize = 1 << 17;
+/// after 65535 iterations, and the kernel's k loop takes 16 per iteration.
+const MAX_INNER: usize = 1 << 19;
 
 /// Rows per chunk at most: `lce_bias_grad` walks a chunk's rows in one loop.
 const MAX_CHUNK_ROWS: usize = 32_768;
