@@ -339,6 +339,49 @@ fn a_300001_class_vocabulary() {
     check_fused("V=300001", &p, &loss, &out, &reference_of(&p, &loss));
 }
 
+/// The largest vocabulary, V = 1,000,000 (a 4 MB row of logits,
+/// chunks of a few rows in the default workspace), with gradients and with
+/// the loss alone (which on a CPU adapter walks the vocabulary in parts).
+#[test]
+fn a_million_class_vocabulary() {
+    let Some(ctx) = gpu() else { return };
+    let p = problem(19, 5, 3, 1_000_000, true);
+    let loss = CrossEntropyOptions {
+        label_smoothing: 0.05,
+        z_loss: 1e-4,
+        ..Default::default()
+    };
+    let options = LinearCrossEntropyOptions {
+        loss,
+        ..Default::default()
+    };
+    let r = reference_of(&p, &loss);
+    let out = run(ctx, &p, &options, LinearGrads::ALL);
+    check_fused("V=1000000", &p, &loss, &out, &r);
+    let out = run(ctx, &p, &options, LinearGrads::NONE);
+    check_fused("V=1000000, loss only", &p, &loss, &out, &r);
+}
+
+/// The largest hidden size, D = 16384 (the product rule's error
+/// grows with D), and one short of it (not a multiple of 4).
+#[test]
+fn hidden_sizes_up_to_16384() {
+    let Some(ctx) = gpu() else { return };
+    for (seed, d) in [(20, 16_384), (21, 16_383)] {
+        let p = problem(seed, 7, d, 69, true);
+        let loss = CrossEntropyOptions {
+            softcap: Some(20.0),
+            ..Default::default()
+        };
+        let options = LinearCrossEntropyOptions {
+            loss,
+            ..Default::default()
+        };
+        let out = run(ctx, &p, &options, LinearGrads::ALL);
+        check_fused(&format!("D={d}"), &p, &loss, &out, &reference_of(&p, &loss));
+    }
+}
+
 #[test]
 fn rows_past_the_dispatch_limit() {
     let Some(ctx) = gpu() else { return };
