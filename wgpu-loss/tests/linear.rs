@@ -1,8 +1,8 @@
 //! `linear` and the fused linear + cross-entropy against the f64 reference:
-//! awkward shapes, every option, chunked and segmented plans, a 300001-class
-//! vocabulary, masked classes, NaN rows, vocabulary shards, determinism and
-//! bad input. Comparisons use the tolerance policy's product rule
-//! (`tolerance::product_scale`).
+//! awkward shapes, every option, chunked and segmented plans, vocabularies of
+//! 300001 and 1,000,000 classes, hidden sizes to 16384, masked classes, NaN
+//! rows, vocabulary shards, determinism and bad input. Comparisons use the
+//! tolerance policy's product rule (`tolerance::product_scale`).
 
 mod common;
 
