@@ -881,6 +881,36 @@ impl Storage {
         }
     }
 
+    /// `x` rounded to this type, as the bytes a buffer holds (padded to
+    /// whole words, as `write_buffer` moves them).
+    fn bytes(self, x: &[f32]) -> Vec<u8> {
+        let mut b = match self {
+            Storage::F32 => bytemuck::cast_slice(x).to_vec(),
+            Storage::F16 => x
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            Storage::Bf16 => x
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        };
+        b.resize(b.len().div_ceil(4) * 4, 0);
+        b
+    }
+
+    /// `elems` NaNs of this type, as bytes: an output never written reads
+    /// back as NaN, which fails every comparison.
+    fn poison(self, elems: usize) -> Vec<u8> {
+        let mut b: Vec<u8> = match self {
+            Storage::F32 => bytemuck::cast_slice(&vec![common::POISON; elems]).to_vec(),
+            Storage::F16 => [0x01u8, 0x7E].repeat(elems),
+            Storage::Bf16 => [0xC1u8, 0x7F].repeat(elems),
+        };
+        b.resize(b.len().div_ceil(4) * 4, 0);
+        b
+    }
+
     /// Room for `elems` outputs of this type, poisoned with a NaN of this
     /// type (an element never written widens to NaN, which fails).
     fn reserve(self, ctx: &GpuContext, a: &mut common::Arena, elems: usize) -> u64 {
@@ -1017,6 +1047,131 @@ fn encode_api_in_one_buffer_every_storage() {
             &reference_of(&p, &loss),
             grads.tolerance(),
         );
+    }
+}
+
+/// The fused op recorded once by `GpuContext::prepare` and replayed for
+/// three batches written into the same buffers, as a training loop runs it:
+/// each replay creates nothing, matches the reference on its batch, and
+/// equals the same call encoded afresh bit for bit. In f32, and with bf16
+/// hidden states, classifier and gradients (whose f32 shadows the replay must
+/// start from zero again), over five-row chunks.
+#[test]
+fn prepared_fused_op_replays_new_batches() {
+    use common::{read, Arena};
+    use wgpu_loss::{GpuTensor, LinearCrossEntropyViews};
+    let Some(ctx) = &common::own_gpu() else {
+        return;
+    };
+    let (rows, d, v) = (23, 9, 157);
+    for storage in [Storage::F32, Storage::Bf16] {
+        let mut a = Arena::new(ctx, ((rows * d + v * d) * 8 + v * 8 + rows * 16) as u64);
+        let (ho, wo) = (a.reserve(rows * d), a.reserve(v * d));
+        let (bo, to) = (a.reserve(v), a.reserve(rows));
+        let (lo, lseo) = (a.reserve(2), a.reserve(rows));
+        let (dho, dwo, dbo) = (a.reserve(rows * d), a.reserve(v * d), a.reserve(v));
+        let views = LinearCrossEntropyViews {
+            hidden: storage.matrix(&a.buffer, ho, rows, d),
+            classifier: storage.matrix(&a.buffer, wo, v, d),
+            bias: Some(GpuTensor::f32_vector(&a.buffer, bo, v)),
+            targets: GpuTensor::i32_vector(&a.buffer, to, rows),
+            loss: GpuTensor::f32_vector(&a.buffer, lo, 2),
+            lse: Some(GpuTensor::f32_vector(&a.buffer, lseo, rows)),
+            grad_hidden: Some(storage.matrix(&a.buffer, dho, rows, d)),
+            grad_classifier: Some(storage.matrix(&a.buffer, dwo, v, d)),
+            grad_bias: Some(storage.matrix(&a.buffer, dbo, v, 1)),
+        };
+        let loss = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            z_loss: 1e-4,
+            softcap: Some(15.0),
+            ..Default::default()
+        };
+        let options = LinearCrossEntropyOptions {
+            loss: loss.with_weight(None),
+            workspace_bytes: Some(5 * v as u64 * 4),
+            ..Default::default()
+        };
+        let step = ctx
+            .prepare(|enc| ctx.encode_linear_cross_entropy(enc, &views, &options))
+            .expect("prepare");
+        let outputs = [
+            (lo, 2, Storage::F32),
+            (lseo, rows, Storage::F32),
+            (dho, rows * d, storage),
+            (dwo, v * d, storage),
+            (dbo, v, storage),
+        ];
+        let poison = || {
+            for &(o, n, s) in &outputs {
+                ctx.queue().write_buffer(&a.buffer, o, &s.poison(n));
+            }
+        };
+        let read_out = || {
+            let pair = read(ctx, &a.buffer, lo, 2);
+            LinearCrossEntropyOutput {
+                loss: vec![pair[0]],
+                z_loss: vec![pair[1]],
+                lse: read(ctx, &a.buffer, lseo, rows),
+                grad_hidden: Some(storage.read(ctx, &a.buffer, dho, rows * d)),
+                grad_classifier: Some(storage.read(ctx, &a.buffer, dwo, v * d)),
+                grad_bias: Some(storage.read(ctx, &a.buffer, dbo, v)),
+            }
+        };
+        for batch in 0..3u64 {
+            let mut p = problem(930 + batch, rows, d, v, true);
+            for x in p.hidden.iter_mut().chain(p.classifier.iter_mut()) {
+                *x = storage.round(*x);
+            }
+            let targets: Vec<i32> = p.targets.iter().map(|&t| t as i32).collect();
+            let q = ctx.queue();
+            q.write_buffer(&a.buffer, ho, &storage.bytes(&p.hidden));
+            q.write_buffer(&a.buffer, wo, &storage.bytes(&p.classifier));
+            q.write_buffer(
+                &a.buffer,
+                bo,
+                bytemuck::cast_slice(p.bias.as_deref().expect("bias")),
+            );
+            q.write_buffer(&a.buffer, to, bytemuck::cast_slice(&targets));
+            poison();
+            let before = ctx.encode_buffers_created();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            step.encode(&mut enc);
+            q.submit([enc.finish()]);
+            assert_eq!(
+                ctx.encode_buffers_created(),
+                before,
+                "{storage:?} batch {batch}: the replay created something"
+            );
+            let replayed = read_out();
+            check_fused_at(
+                &format!("{storage:?} batch {batch}, replayed"),
+                &p,
+                &loss,
+                &replayed,
+                &reference_of(&p, &loss),
+                storage.tolerance(),
+            );
+            poison();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            ctx.encode_linear_cross_entropy(&mut enc, &views, &options)
+                .expect("encode afresh");
+            q.submit([enc.finish()]);
+            let fresh = read_out();
+            let bits = |o: &LinearCrossEntropyOutput| -> Vec<u32> {
+                [&o.loss, &o.z_loss, &o.lse]
+                    .into_iter()
+                    .chain(o.grad_hidden.iter())
+                    .chain(o.grad_classifier.iter())
+                    .chain(o.grad_bias.iter())
+                    .flat_map(|v| v.iter().map(|x| x.to_bits()))
+                    .collect()
+            };
+            assert!(
+                bits(&replayed) == bits(&fresh),
+                "{storage:?} batch {batch}: the replay and a fresh encode differ in their bits"
+            );
+        }
     }
 }
 
