@@ -268,14 +268,20 @@ impl GpuContext {
             });
         }
         // Bindings are whole 4-byte words, so an f16 view needs its last word in the buffer.
-        let end = view.offset.checked_add(bytes.div_ceil(4) * 4);
+        let words = bytes.div_ceil(4) * 4;
+        let end = view.offset.checked_add(words);
         if end.is_none_or(|end| end > view.buffer.size()) {
+            let rounded = if words == bytes {
+                String::new()
+            } else {
+                format!(" (its {bytes} bytes rounded up to whole 4-byte words, as bound)")
+            };
             return Err(Error::InvalidView {
                 name,
                 problem: format!(
-                    "bytes {}..{} run past the end of its {}-byte buffer",
+                    "bytes {}..{}{rounded} run past the end of its {}-byte buffer",
                     view.offset,
-                    view.offset.saturating_add(view.bytes()),
+                    view.offset.saturating_add(words),
                     view.buffer.size()
                 ),
             });

@@ -506,6 +506,25 @@ fn bad_views_are_errors_that_name_the_view() {
         "output",
         "past the end",
     );
+    // 45 f16 values fill the 90 bytes of a buffer, but they bind as 23
+    // words (92 bytes): past the end, and the message says so in words.
+    let odd = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 90,
+        usage: USAGE,
+        mapped_at_creation: false,
+    });
+    let f16_out = GpuTensor::f16_matrix(&buf, 0, 5, 9);
+    check(
+        ctx.encode_softmax(
+            &mut enc,
+            SoftmaxOp::Softmax,
+            &GpuTensor::f16_matrix(&odd, 0, 5, 9),
+            &f16_out,
+        ),
+        "x",
+        "bytes 0..92 (its 90 bytes rounded up to whole 4-byte words, as bound) run past the end of its 90-byte buffer",
+    );
     let bad_usage = GpuTensor::f32_matrix(&no_storage, 0, 4, 8);
     check(
         ctx.encode_softmax(&mut enc, SoftmaxOp::Softmax, &bad_usage, &out),
