@@ -142,6 +142,22 @@ impl Default for LinearBenchPlan {
 }
 
 /// `x` rounded to `dtype` (nearest even): the values the GPU holds.
+/// Rows per block of the yardstick's product: a multiple of the product's
+/// 64-row tile whose H view starts at a multiple of the offset alignment for
+/// rows of `row_bytes` (16-bit rows of an odd D are 2·D bytes: 64 rows would
+/// leave the next block 128 bytes off a 256-byte alignment).
+fn block_step(row_bytes: u64, align: u64) -> usize {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let rows_for_alignment = align / gcd(align, row_bytes.max(1));
+    let step = 64 / gcd(64, rows_for_alignment) * rows_for_alignment;
+    usize::try_from(step).unwrap_or(usize::MAX)
+}
+
 fn round_to(x: &mut [f32], dtype: DType) {
     for v in x {
         *v = match dtype {
@@ -184,9 +200,12 @@ pub fn bench_linear_cross_entropy(
     // The yardstick: the crate's product making the logits, in row blocks
     // through one output buffer of at most one binding (the whole [N, V]
     // may exceed the device's buffer limit).
-    // Blocks of a multiple of 64 rows keep every block's H view aligned.
     let by_binding = (ctx.max_binding_bytes() / (v as u64 * 4)) as usize;
-    let block = (by_binding / 64 * 64).max(64).min(rows);
+    let step = block_step(
+        d as u64 * dtype.size(),
+        u64::from(ctx.limits().min_storage_buffer_offset_alignment),
+    );
+    let block = (by_binding / step * step).max(step).min(rows);
     let zb = buffer(ctx, "logits block", (block * v) as u64 * 4);
     let matmul = time(ctx, iters, |enc| {
         for r0 in (0..rows).step_by(block) {
@@ -414,4 +433,29 @@ pub fn bench_linear_cross_entropy(
         unfused_bytes,
         cpu_loss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_step;
+
+    #[test]
+    fn blocks_start_on_the_offset_alignment() {
+        for align in [4u64, 64, 256] {
+            for d in [1u64, 5, 64, 255, 1024, 2049] {
+                for size in [2u64, 4] {
+                    let step = block_step(d * size, align) as u64;
+                    assert_eq!(step % 64, 0, "d {d}, {size}-byte values, align {align}");
+                    assert_eq!(
+                        (step * d * size) % align,
+                        0,
+                        "d {d}, {size}-byte values, align {align}: step {step}"
+                    );
+                }
+            }
+        }
+        // The case that failed: f16 rows of an odd D under 256-byte alignment.
+        assert_eq!(block_step(5 * 2, 256), 128);
+        assert_eq!(block_step(5 * 4, 256), 64);
+    }
 }
