@@ -757,8 +757,28 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
             if weight_streamed {
                 problem.weight = Some(values.next().unwrap_or_default());
             }
-            if grad_streamed.is_some() {
-                problem.grad_output = Some(values.next().unwrap_or_default());
+            if let Some(len) = grad_streamed {
+                let g = values.next().unwrap_or_default();
+                // The softmax family's backward takes grad-output in the
+                // logits' type; f16 (unlike bf16) has too little range for
+                // every f32, and an infinity there would make NaN gradients.
+                if ctx.is_some() && gpu_dtype == wgpu_loss::DType::F16 && len == cols {
+                    if let Some(i) = g
+                        .iter()
+                        .position(|&v| v.is_finite() && half::f16::from_f32(v).is_infinite())
+                    {
+                        return Err(format!(
+                            "{}: value {} at row {}, column {} is beyond f16's range (+-65504), \
+                             and with f16 logits the gradient takes grad-output as f16; \
+                             give the logits as f32, or scale grad-output",
+                            args.grad_output.as_deref().unwrap_or("--grad-output"),
+                            g[i],
+                            w.first + i / cols,
+                            i % cols
+                        ));
+                    }
+                }
+                problem.grad_output = Some(g);
             }
             let outputs = match &ctx {
                 Some(ctx) => problem.run_gpu_sync_with(ctx, run),

@@ -427,6 +427,24 @@ fn bad_input_dir() -> tempfile::TempDir {
         b
     };
     std::fs::write(p.join("x64.npy"), x64).expect("write");
+    // f16 logits, and an f32 grad-output with one value past f16's range.
+    let x16 = {
+        let mut b = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[4, 10])
+            .writer(&mut b)
+            .begin_nd()
+            .expect("header");
+        w.extend(x.iter().map(|&v| half::f16::from_f32(v)))
+            .expect("data");
+        w.finish().expect("finish");
+        b
+    };
+    std::fs::write(p.join("x16.npy"), x16).expect("write");
+    let mut dy_big = vec![0.5f32; 40];
+    dy_big[27] = 1e5;
+    write_npy(&p.join("dy_big.npy"), &[4, 10], &dy_big).expect("dy");
     write_i64(&p.join("t.npy"), &[1, 0, 9, 3]);
     write_i64(&p.join("t_short.npy"), &[1, 0, 9]);
     write_i64(&p.join("t_range.npy"), &[1, 0, 10, 3]);
@@ -578,6 +596,14 @@ fn bad_input_is_one_clear_line_and_no_output() {
                 "-0.1",
             ],
             &["label_smoothing"],
+        ),
+        (
+            &["softmax", "--input=x16.npy", "--grad-output=dy_big.npy"],
+            &["dy_big.npy", "100000", "row 2, column 7", "f16"],
+        ),
+        (
+            &["log-softmax", "--input=x16.npy", "--grad-output=dy_big.npy"],
+            &["dy_big.npy", "row 2, column 7"],
         ),
         (
             &["softmax", "--input=x.npy", "--weight=w3.npy"],
