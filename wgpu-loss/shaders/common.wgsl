@@ -309,11 +309,13 @@ fn row_writer(seg: Seg) -> bool { return seg.live && seg.lane == 0u && seg.chunk
 fn split_rows() -> bool { return params.splits > 1u; }
 
 // Single-read rows: when every lane's share of a (whole) row is at most HOLD
-// vectors, kernels load the row into registers once, take the max, then
+// vectors (the storage prelude's: 8 f32 vectors, or 16 packed 16-bit ones),
+// kernels load the row into registers once, take the max, then
 // exp(x - max) and its sum from the registers, and write their output from
-// what is held: one read and one exp per element instead of two. The test
-// depends on the dispatch only, so a workgroup never mixes the two paths.
-const HOLD: u32 = 8u;
+// what is held: one read and one exp per element instead of two (f32) or
+// one read and two exps (16-bit, whose registers keep the packed values).
+// The test depends on the dispatch only, so a workgroup never mixes the
+// two paths.
 
 fn holds_rows() -> bool {
     return !split_rows() && (most_row_vecs() + TPR - 1u) / TPR <= HOLD;

@@ -435,12 +435,13 @@ fn ce_loss(ids: Ids) {
 // A held row: every lane's vectors of it read once into registers (only
 // the raw logits: a GPU holding 1024 invocations per workgroup has 64
 // registers each), the capped values, max and smoothing sum from them;
-// without a softcap each register then keeps exp(x - m), so the gradient
-// takes one exp per element, not two. The registers are the caller's
-// array (as softmax's `load_held`). Serves every option.
+// without a softcap each f32 register then keeps exp(x - m), so the
+// gradient takes one exp per element, not two (16-bit registers keep the
+// packed logits: `HOLD_KEEPS_F32`). The registers are the caller's array
+// (as softmax's `load_held`). Serves every option.
 struct HeldStats { total: f32, rs: CeRow, k: GradCoef }
 
-fn ce_held_row(seg: Seg, h: ptr<function, array<vec_t, HOLD>>) -> HeldStats {
+fn ce_held_row(seg: Seg, h: ptr<function, array<held_t, HOLD>>) -> HeldStats {
     let src = row_src(params.base_a, min(seg.row, params.rows - 1u));
     let smoothing = has_smoothing();
     // The smoothing sum relative to the row's first logit, as `ce_chunk`.
@@ -451,8 +452,9 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<vec_t, HOLD>>) -> HeldStats {
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            (*h)[k] = load_logits(src, i);
-            let xc = capped((*h)[k]);
+            let x = load_logits(src, i);
+            (*h)[k] = hold(x);
+            let xc = capped(x);
             mx = max(mx, hmax(masked(xc, i, neg_inf())));
             if (smoothing) {
                 wacc = bsum_push(wacc, hsum(masked(class_weights(i) * (xc - vec_t(r)), i, 0.0)));
@@ -461,14 +463,14 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<vec_t, HOLD>>) -> HeldStats {
     }
     let m = seg_max(seg.tid, mx);
     let wsum = seg_sum(seg.tid, bsum_total(wacc));
-    let keep_exp = !has_softcap();
+    let keep_exp = !has_softcap() && HOLD_KEEPS_F32;
     var s = 0.0;
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            let e = exp_from_max(masked(capped((*h)[k]), i, neg_inf()), m);
+            let e = exp_from_max(masked(capped(unhold((*h)[k])), i, neg_inf()), m);
             s += hsum(e);
-            if (keep_exp) { (*h)[k] = e; }
+            if (keep_exp) { (*h)[k] = hold(e); }
         }
     }
     var hs: HeldStats;
@@ -480,8 +482,8 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<vec_t, HOLD>>) -> HeldStats {
 }
 
 // The gradient of a held vector (row vector `i`), from its register `v`:
-// exp(x - m) without a softcap, the raw logit with one (whose value and
-// slope come from one exp). p = exp(x' - m) / s. A row with NaN or
+// exp(x - m) without a softcap where f32 registers keep it, else the raw
+// logit (a softcap's value and slope come from one exp). p = exp(x' - m) / s. A row with NaN or
 // infinite logits gets its NaNs where the streaming path's
 // p = exp((x' - m) - log s) puts them: at the elements equal to an
 // infinite max (there exp(x' - m) is exactly 1; elsewhere 0); a NaN max
@@ -496,7 +498,9 @@ fn held_grad(hs: HeldStats, v: vec_t, i: u32) -> vec_t {
         let p = select(e / vec_t(hs.total), vec_t(nan()), e == nan_at);
         return grad_from_p(hs.rs, hs.k, i, p, both.slope);
     }
-    let p = select(v / vec_t(hs.total), vec_t(nan()), v == nan_at);
+    var e = v;
+    if (!HOLD_KEEPS_F32) { e = exp_from_max(masked(v, i, neg_inf()), hs.rs.m); }
+    let p = select(e / vec_t(hs.total), vec_t(nan()), e == nan_at);
     return grad_from_p(hs.rs, hs.k, i, p, vec_t(1.0));
 }
 
@@ -509,13 +513,13 @@ fn held_grad(hs: HeldStats, v: vec_t, i: u32) -> vec_t {
 fn ce_loss_grad(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
-        var h: array<vec_t, HOLD>;
+        var h: array<held_t, HOLD>;
         let hs = ce_held_row(seg, &h);
         let dst = row_src(params.base_out, seg.row);
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_grad(dst, i, held_grad(hs, h[j], i));
+                store_grad(dst, i, held_grad(hs, unhold(h[j]), i));
             }
         }
     } else {
@@ -583,7 +587,7 @@ fn grad_softcap(rs: CeRow, k: GradCoef, x: vec_t) -> vec_t {
 fn ce_loss_grad_in_place(ids: Ids) {
     let seg = seg_of(ids);
     if (holds_rows()) {
-        var h: array<vec_t, HOLD>;
+        var h: array<held_t, HOLD>;
         let hs = ce_held_row(seg, &h);
         let src = row_src(params.base_a, seg.row);
         // Every thread's reads of the row (its vectors, x[0], x[y]) precede
@@ -593,7 +597,7 @@ fn ce_loss_grad_in_place(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_logits(src, i, held_grad(hs, h[j], i));
+                store_logits(src, i, held_grad(hs, unhold(h[j]), i));
             }
         }
     } else {
@@ -772,15 +776,16 @@ fn soft_held_grad(seg: Seg) {
     let qsrc = row_src(params.base_b, row);
     let dst = row_src(params.base_out, seg.row);
     let r = ce_reference(src);
-    var x: array<vec_t, HOLD>;
+    var x: array<held_t, HOLD>;
     var mx = neg_inf();
     var a_acc = bsum_empty();
     var b_acc = bsum_empty();
     for (var j = 0u; j < HOLD; j = j + 1u) {
         let i = held_index(seg, j);
         if (i < seg.end) {
-            x[j] = load_logits(src, i);
-            let v = capped(x[j]);
+            let xv = load_logits(src, i);
+            x[j] = hold(xv);
+            let v = capped(xv);
             mx = max(mx, hmax(masked(v, i, neg_inf())));
             let wq = class_weights(i) * soft_q(i, load_soft_targets(qsrc, i));
             a_acc = bsum_push(a_acc, hsum(masked(wq * (v - vec_t(r)), i, 0.0)));
@@ -793,7 +798,7 @@ fn soft_held_grad(seg: Seg) {
     var s = 0.0;
     for (var j = 0u; j < HOLD; j = j + 1u) {
         let i = held_index(seg, j);
-        if (i < seg.end) { s += hsum(exp_from_max(masked(capped(x[j]), i, neg_inf()), m)); }
+        if (i < seg.end) { s += hsum(exp_from_max(masked(capped(unhold(x[j])), i, neg_inf()), m)); }
     }
     let total = seg_sum(seg.tid, s);
     let rs = soft_finish(SoftChunk(RowStat(m, total), a, b, r));
@@ -803,7 +808,7 @@ fn soft_held_grad(seg: Seg) {
     for (var j = 0u; j < HOLD; j = j + 1u) {
         let i = held_index(seg, j);
         if (i < seg.end) {
-            var cx = x[j];
+            var cx = unhold(x[j]);
             var slope = vec_t(1.0);
             if (has_softcap()) {
                 let both = softcap_both(cx, params.softcap);
@@ -982,23 +987,25 @@ fn focal_loss_grad(ids: Ids) {
     let y = vec_u(u32(max(targets[params.row_base + min(seg.row, params.rows - 1u)], 0)));
     if (holds_rows()) {
         // The row read once into registers, as `ce_held_row`.
-        var x: array<vec_t, HOLD>;
+        var x: array<held_t, HOLD>;
         var mx = neg_inf();
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                x[j] = load_logits(src, i);
-                mx = max(mx, hmax(masked(x[j], i, neg_inf())));
+                let v = load_logits(src, i);
+                x[j] = hold(v);
+                mx = max(mx, hmax(masked(v, i, neg_inf())));
             }
         }
         let m = seg_max(seg.tid, mx);
         var s = 0.0;
-        // The registers keep exp(x - m): one exp per element, as `ce_held_row`.
+        // f32 registers keep exp(x - m): one exp per element, as `ce_held_row`.
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                x[j] = exp_from_max(masked(x[j], i, neg_inf()), m);
-                s += hsum(x[j]);
+                let e = exp_from_max(masked(unhold(x[j]), i, neg_inf()), m);
+                s += hsum(e);
+                if (HOLD_KEEPS_F32) { x[j] = hold(e); }
             }
         }
         let total = seg_sum(seg.tid, s);
@@ -1010,7 +1017,9 @@ fn focal_loss_grad(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                let p = select(x[j] / vec_t(total), vec_t(nan()), x[j] == nan_at);
+                var e = unhold(x[j]);
+                if (!HOLD_KEEPS_F32) { e = exp_from_max(masked(e, i, neg_inf()), m); }
+                let p = select(e / vec_t(total), vec_t(nan()), e == nan_at);
                 let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
                 store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
             }

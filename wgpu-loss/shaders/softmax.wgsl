@@ -73,14 +73,16 @@ fn softmax_partial(ids: Ids) {
     write_partial(seg, x_chunk_stat(seg, src), 0.0);
 }
 
-// A held row's max: its lanes' vectors loaded into `h`, reduced over the segment.
-fn load_held(seg: Seg, src: u32, h: ptr<function, array<vec_t, HOLD>>) -> f32 {
+// A held row's max: its lanes' vectors loaded into `h` (lanes outside the
+// row as -inf), reduced over the segment.
+fn load_held(seg: Seg, src: u32, h: ptr<function, array<held_t, HOLD>>) -> f32 {
     var mx = neg_inf();
     for (var k = 0u; k < HOLD; k = k + 1u) {
         let i = held_index(seg, k);
         if (i < seg.end) {
-            (*h)[k] = masked(load_mat_a(src, i), i, neg_inf());
-            mx = max(mx, hmax((*h)[k]));
+            let v = masked(load_mat_a(src, i), i, neg_inf());
+            (*h)[k] = hold(v);
+            mx = max(mx, hmax(v));
         }
     }
     return seg_max(seg.tid, mx);
@@ -94,13 +96,14 @@ fn softmax_forward(ids: Ids) {
     let src = row_src(params.base_a, seg.row);
     let dst = row_src(params.base_out, seg.row);
     if (holds_rows()) {
-        var h: array<vec_t, HOLD>;
+        var h: array<held_t, HOLD>;
         let m = load_held(seg, src, &h);
         var s = 0.0;
         for (var k = 0u; k < HOLD; k = k + 1u) {
             if (held_index(seg, k) < seg.end) {
-                h[k] = exp_from_max(h[k], m);
-                s += hsum(h[k]);
+                let e = exp_from_max(unhold(h[k]), m);
+                s += hsum(e);
+                if (HOLD_KEEPS_F32) { h[k] = hold(e); }
             }
         }
         let total = seg_sum(seg.tid, s);
@@ -108,7 +111,9 @@ fn softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                store_mat_out(dst, i, select(vec_t(nan()), h[k] / vec_t(total), ok));
+                var e = unhold(h[k]);
+                if (!HOLD_KEEPS_F32) { e = exp_from_max(e, m); }
+                store_mat_out(dst, i, select(vec_t(nan()), e / vec_t(total), ok));
             }
         }
     } else {
@@ -132,12 +137,12 @@ fn log_softmax_forward(ids: Ids) {
     let src = row_src(params.base_a, seg.row);
     let dst = row_src(params.base_out, seg.row);
     if (holds_rows()) {
-        var h: array<vec_t, HOLD>;
+        var h: array<held_t, HOLD>;
         let m = load_held(seg, src, &h);
         var s = 0.0;
         for (var k = 0u; k < HOLD; k = k + 1u) {
             if (held_index(seg, k) < seg.end) {
-                s += hsum(exp_from_max(h[k], m));
+                s += hsum(exp_from_max(unhold(h[k]), m));
             }
         }
         let ls = log(seg_sum(seg.tid, s));
@@ -145,7 +150,7 @@ fn log_softmax_forward(ids: Ids) {
         for (var k = 0u; k < HOLD; k = k + 1u) {
             let i = held_index(seg, k);
             if (i < seg.end) {
-                store_mat_out(dst, i, select(vec_t(nan()), (h[k] - vec_t(m)) - vec_t(ls), ok));
+                store_mat_out(dst, i, select(vec_t(nan()), (unhold(h[k]) - vec_t(m)) - vec_t(ls), ok));
             }
         }
     } else {

@@ -483,6 +483,12 @@ impl GpuContext {
     /// where rows are split, threads per row (or chunk), rows (or chunks) per
     /// workgroup, workgroup size and reduction mode.
     pub fn describe_row_plan(&self, rows: usize, cols: usize) -> String {
+        self.describe_row_plan_of(rows, cols, crate::DType::F32)
+    }
+
+    /// [`GpuContext::describe_row_plan`] for rows stored as `dtype` (whose
+    /// lanes may hold more vectors when 16-bit: [`RowTuning::held_vectors`]).
+    pub fn describe_row_plan_of(&self, rows: usize, cols: usize, dtype: crate::DType) -> String {
         // Four columns a vector; where C is not a multiple of 4, rows are
         // edged or gathered and may span one vector more (`row_vectors`).
         let width = if cols.is_multiple_of(4) {
@@ -491,15 +497,22 @@ impl GpuContext {
             crate::kernels::VecWidth::Vec4Edged
         };
         let vecs = width.row_vectors(cols);
-        let splits = self.row_tuning.splits(rows as u64, vecs);
+        let held = self.row_tuning.held_vectors(dtype);
+        let splits = self.row_tuning.splits_holding(rows as u64, vecs, held);
         let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
         let (split, unit) = if splits > 1 {
             (format!("rows split in {splits} chunks; "), "chunk")
         } else {
             (String::new(), "row")
         };
+        let chunk = vecs.div_ceil(u64::from(splits));
+        let reads = if splits == 1 && launch.vectors_per_thread(chunk) <= held {
+            "held in registers (read once)"
+        } else {
+            "streamed"
+        };
         format!(
-            "{rows}x{cols}: {split}{} threads per {unit}, {} {unit}s per workgroup of {}, {reduce:?} reduction",
+            "{rows}x{cols}: {split}{} threads per {unit}, {} {unit}s per workgroup of {}, {reduce:?} reduction, {reads}",
             launch.threads_per_row,
             launch.rows_per_workgroup(),
             launch.workgroup_size

@@ -13,7 +13,9 @@
 //!    `storage_*.wgsl`: `mat_t`, the matrices' array element (16-bit types
 //!    are packed into `u32` words, so no variant needs `enable f16`), and
 //!    the conversions the kernels' accessors use (`mat_vec`, `mat_lane`,
-//!    `mat_index`, `mat_scalar`, `MAT_STORES`);
+//!    `mat_index`, `mat_scalar`, `MAT_STORES`),
+//!    and the hold prelude (`hold_*.wgsl`, [`Hold`]): how a row read once
+//!    is held in registers (`HOLD`, `held_t`, `hold`, `unhold`);
 //! 2. the width prelude (`width_*.wgsl`): `VW`, `vec_t`, the horizontal
 //!    helpers, and how matrix arrays hold vectors (`GATHER`, `EDGED`,
 //!    `MSTRIDE`, `MSTEP`: one vector per element, or four scalars per
@@ -110,6 +112,14 @@ impl Family {
         // accessors (`load_*`, `store_*`).
         if matches!(variant.width, VecWidth::Vec4Gathered | VecWidth::Vec4Edged)
             && !matches!(self, Family::Softmax | Family::CrossEntropy)
+        {
+            return false;
+        }
+        // Packed held rows: 16-bit vec4 rows of the two row-kernel files.
+        if variant.hold == Hold::Packed
+            && (!variant.storage.is_half()
+                || variant.width == VecWidth::Scalar
+                || !matches!(self, Family::Softmax | Family::CrossEntropy))
         {
             return false;
         }
@@ -372,6 +382,8 @@ pub struct Variant {
     pub storage: Storage,
     /// How the threads of a row reduce.
     pub reduce: Reduce,
+    /// How the row kernels hold a row they read once.
+    pub hold: Hold,
 }
 
 impl Variant {
@@ -383,17 +395,55 @@ impl Variant {
             for aliasing in Aliasing::ALL {
                 for storage in Storage::ALL {
                     for reduce in Reduce::ALL {
-                        out.push(Variant {
-                            width,
-                            aliasing,
-                            storage,
-                            reduce,
-                        });
+                        for hold in Hold::ALL {
+                            out.push(Variant {
+                                width,
+                                aliasing,
+                                storage,
+                                reduce,
+                                hold,
+                            });
+                        }
                     }
                 }
             }
         }
         out
+    }
+}
+
+/// How a row kernel holds a row it reads once (`holds_rows` in
+/// `shaders/common.wgsl`), in registers: the hold prelude
+/// (`shaders/prelude/hold_*.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hold {
+    /// Up to 8 f32 vectors a lane (32768 columns on 1024 lanes), which may
+    /// keep exp(x - m): every storage type.
+    F32,
+    /// Up to 16 vectors a lane of f16 or bf16, packed as stored (two words
+    /// a vector: the registers of 8 f32 vectors), so rows of 65536 columns
+    /// on 1024 lanes are read once; exp(x - m) is recomputed.
+    Packed,
+}
+
+impl Hold {
+    /// Both.
+    #[cfg(test)]
+    pub const ALL: [Hold; 2] = [Hold::F32, Hold::Packed];
+
+    /// Vectors a lane holds (`HOLD`).
+    pub fn vectors(self) -> u64 {
+        match self {
+            Hold::F32 => crate::tuning::HELD_VECTORS,
+            Hold::Packed => crate::tuning::HELD_VECTORS_HALF,
+        }
+    }
+
+    fn prelude(self) -> &'static str {
+        match self {
+            Hold::F32 => include_str!("../shaders/prelude/hold_f32.wgsl"),
+            Hold::Packed => include_str!("../shaders/prelude/hold_packed.wgsl"),
+        }
     }
 }
 
@@ -425,10 +475,12 @@ pub fn shader_source(family: Family, variant: Variant) -> String {
         aliasing,
         storage,
         reduce,
+        hold,
     } = variant;
     let [element, layout] = storage.prelude(width);
     let source = format!(
-        "{element}{layout}// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?} variant)\n{}\n{}\n{}\n{}",
+        "{element}{layout}{}// {} ({width:?}, {aliasing:?}, {storage:?}, {reduce:?}, {hold:?} variant)\n{}\n{}\n{}\n{}",
+        hold.prelude(),
         family.file_name(),
         width.prelude(),
         reduce.prelude(),

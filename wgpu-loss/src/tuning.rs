@@ -72,12 +72,26 @@ pub struct RowTuning {
     /// `vectors_per_thread` decides. The CPU table sets one subgroup, so
     /// short rows are held without a barrier.
     pub held_threads_per_row: u32,
+    /// Hold f16 and bf16 rows packed as stored ([`HELD_VECTORS_HALF`]
+    /// vectors a lane in the registers of [`HELD_VECTORS`] f32 ones), so rows
+    /// of up to 65536 16-bit columns on 1024 lanes are read once; else they
+    /// are held as f32, as f32 rows are. On for GPUs; off on CPU adapters,
+    /// where lavapipe ran bf16 rows of 128 columns 1.3 to 2x slower packed
+    /// (BENCHMARKS.md, "16-bit rows held packed").
+    pub hold_half_packed: bool,
 }
 
-/// Vectors a lane holds of a row read once (`HOLD` in `shaders/common.wgsl`):
-/// a whole row whose lanes get at most this many is held in registers,
-/// which splitting would give up.
+/// Vectors a lane holds of an f32 row read once (`HOLD` in
+/// `shaders/prelude/storage_f32*.wgsl`): a whole row whose lanes get at most
+/// this many is held in registers, which splitting would give up. 32 f32
+/// registers a lane: 32768 columns on 1024 lanes.
 pub const HELD_VECTORS: u64 = 8;
+
+/// Vectors a lane holds of an f16 or bf16 row read once (`HOLD` in
+/// `shaders/prelude/storage_half_*.wgsl`): kept packed, two words a vector,
+/// so the same 32 registers as [`HELD_VECTORS`] f32 vectors hold 65536
+/// columns on 1024 lanes (issue 17: rows of 65536 16-bit columns read once).
+pub const HELD_VECTORS_HALF: u64 = 16;
 
 /// Most chunks one row is split into.
 pub const MAX_SPLITS: u32 = 1024;
@@ -99,6 +113,7 @@ impl Default for RowTuning {
             min_split_vectors: 256,
             // vectors_per_thread = HELD_VECTORS holds every row that fits.
             held_threads_per_row: 0,
+            hold_half_packed: true,
         }
     }
 }
@@ -130,7 +145,8 @@ impl RowTuning {
     /// - GPUs: 256-wide workgroups, up to 1024 invocations per row (where the
     ///   device allows: [`RowTuning::fitted_to`]), at least 8 vectors (32
     ///   columns) per invocation before a row gets more, so rows of up to
-    ///   32768 columns (vec4) are held in registers and read once; fewer
+    ///   32768 columns (vec4) are held in registers and read once (65536 of
+    ///   f16 or bf16, held packed: [`RowTuning::hold_half_packed`]); fewer
     ///   than 1024 rows of more than 8192 vectors are split into chunks of
     ///   4096 vectors (16384 columns), so 64 rows of 262144 classes make
     ///   1024 workgroups instead of 64; and into more chunks, of at least 256
@@ -162,6 +178,7 @@ impl RowTuning {
                     // cross-entropy at 1048576x128 1.24x faster on 4 lanes
                     // holding 8 vectors than on one lane streaming 32.
                     held_threads_per_row: sg,
+                    hold_half_packed: false,
                 }
             }
             _ => RowTuning::default(),
@@ -203,18 +220,24 @@ impl RowTuning {
                 "occupancy_workgroups" => self.occupancy_workgroups = number()?,
                 "min_split_vectors" => self.min_split_vectors = number()?,
                 "held_threads_per_row" => self.held_threads_per_row = number()?,
-                "subgroups" => {
-                    self.subgroups = match value.trim() {
+                "subgroups" | "hold_half_packed" => {
+                    let on = match value.trim() {
                         "on" | "true" | "1" => true,
                         "off" | "false" | "0" => false,
-                        v => return Err(bad(format!("subgroups = `{v}`: use on or off"))),
+                        v => return Err(bad(format!("{key} = `{v}`: use on or off"))),
+                    };
+                    if key.trim() == "subgroups" {
+                        self.subgroups = on;
+                    } else {
+                        self.hold_half_packed = on;
                     }
                 }
                 k => {
                     return Err(bad(format!(
                         "unknown key `{k}` (known: workgroup_size, max_threads_per_row, \
                          vectors_per_thread, subgroups, split_vectors, split_rows_below, \
-                         occupancy_workgroups, min_split_vectors, held_threads_per_row)"
+                         occupancy_workgroups, min_split_vectors, held_threads_per_row, \
+                         hold_half_packed)"
                     )))
                 }
             }
@@ -282,8 +305,31 @@ impl RowTuning {
         Ok(())
     }
 
-    /// Chunks each of `rows` rows of `vecs` vectors is split into (1: whole rows).
+    /// How row kernels hold rows of `storage` read once.
+    pub(crate) fn hold(&self, storage: crate::kernels::Storage) -> crate::kernels::Hold {
+        if storage.is_half() && self.hold_half_packed {
+            crate::kernels::Hold::Packed
+        } else {
+            crate::kernels::Hold::F32
+        }
+    }
+
+    /// Vectors a lane holds of a row of `dtype` read once: [`HELD_VECTORS`],
+    /// or [`HELD_VECTORS_HALF`] for f16 and bf16 where
+    /// [`RowTuning::hold_half_packed`] is on.
+    pub fn held_vectors(&self, dtype: crate::DType) -> u64 {
+        self.hold(dtype.storage()).vectors()
+    }
+
+    /// Chunks each of `rows` rows of `vecs` f32 vectors is split into (1:
+    /// whole rows).
     pub fn splits(&self, rows: u64, vecs: u64) -> u32 {
+        self.splits_holding(rows, vecs, HELD_VECTORS)
+    }
+
+    /// [`RowTuning::splits`] for rows whose lanes hold up to `held` vectors
+    /// ([`held_vectors`] of the rows' type): rows held whole stay whole.
+    pub fn splits_holding(&self, rows: u64, vecs: u64, held: u64) -> u32 {
         if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
             return 1;
         }
@@ -295,7 +341,7 @@ impl RowTuning {
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .min(u64::from(self.max_threads_per_row.max(1)));
-        if vecs.div_ceil(lanes) <= HELD_VECTORS {
+        if vecs.div_ceil(lanes) <= held {
             return 1;
         }
         let by_size = vecs.div_ceil(u64::from(self.split_vectors));
@@ -503,11 +549,30 @@ mod tests {
 
     #[test]
     fn held_vectors_is_the_shaders_hold() {
-        let common = include_str!("../shaders/common.wgsl");
-        assert!(
-            common.contains(&format!("const HOLD: u32 = {HELD_VECTORS}u;")),
-            "HELD_VECTORS ({HELD_VECTORS}) must equal HOLD in common.wgsl"
-        );
+        use crate::kernels::Hold;
+        for (hold, text) in [
+            (Hold::F32, include_str!("../shaders/prelude/hold_f32.wgsl")),
+            (
+                Hold::Packed,
+                include_str!("../shaders/prelude/hold_packed.wgsl"),
+            ),
+        ] {
+            let held = hold.vectors();
+            assert!(
+                text.contains(&format!("const HOLD: u32 = {held}u;")),
+                "{hold:?}: HOLD must be {held}"
+            );
+        }
+        let gpu = RowTuning::default();
+        assert_eq!(gpu.held_vectors(crate::DType::F32), HELD_VECTORS);
+        assert_eq!(gpu.held_vectors(crate::DType::BF16), HELD_VECTORS_HALF);
+        assert_eq!(gpu.held_vectors(crate::DType::F16), HELD_VECTORS_HALF);
+        let cpu = RowTuning::for_adapter(wgpu::DeviceType::Cpu, None);
+        assert_eq!(cpu.held_vectors(crate::DType::BF16), HELD_VECTORS);
+        // 65536 16-bit columns (16384 vectors) on 1024 lanes stay whole,
+        // held; f32 rows that long are split.
+        assert_eq!(gpu.splits_holding(64, 16_384, HELD_VECTORS_HALF), 1);
+        assert!(gpu.splits_holding(64, 16_384, HELD_VECTORS) > 1);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use common::{
 use half::bf16;
 use wgpu_loss::reference;
 use wgpu_loss::{
-    CrossEntropyOptions, CrossEntropyViews, Error, FocalOptions, FocalViews, GpuContext, GpuTensor,
-    GradOutput, ProbTargetViews, Reduction, RowTuning, SoftmaxOp, BF16_TOLERANCE,
+    CrossEntropyOptions, CrossEntropyViews, DType, Error, FocalOptions, FocalViews, GpuContext,
+    GpuTensor, GradOutput, ProbTargetViews, Reduction, RowTuning, SoftmaxOp, BF16_TOLERANCE,
 };
 
 /// A quiet NaN: an output element the kernels never wrote fails every comparison.
@@ -190,6 +190,16 @@ fn held_and_split_bf16_rows() {
     };
     softmax_family_in_bf16_on(&ctx, &[(5, 2048), (3, 2047)], 250);
     cross_entropy_in_bf16_on(&ctx, &[(5, 2048), (3, 2047)], 252);
+    // Rows of up to 65536 16-bit columns are held too (16 packed vectors on
+    // each of 1024 lanes), whole and edged: read once.
+    let long = [(2, 65_536), (2, 50_257)];
+    for (rows, cols) in long {
+        let plan = ctx.describe_row_plan_of(rows, cols, DType::BF16);
+        assert!(plan.contains("held in registers"), "{rows}x{cols}: {plan}");
+    }
+    softmax_family_in_bf16_on(&ctx, &long, 257);
+    cross_entropy_in_bf16_on(&ctx, &long, 258);
+    probs_and_focal_in_bf16_on(&ctx, &long, 259);
     let Some(ctx) = gpu_with_tuning(common::splitting_tuning()) else {
         return;
     };
@@ -277,8 +287,12 @@ fn cross_entropy_in_bf16_on(ctx: &GpuContext, shapes: &[(usize, usize)], seed: u
 #[test]
 fn probability_targets_and_focal_loss_with_bf16_logits() {
     let Some(ctx) = gpu() else { return };
-    for (i, (rows, classes)) in [(11, 256), (5, 77)].into_iter().enumerate() {
-        let mut rng = Rng::new(260 + i as u64);
+    probs_and_focal_in_bf16_on(ctx, &[(11, 256), (5, 77)], 260);
+}
+
+fn probs_and_focal_in_bf16_on(ctx: &GpuContext, shapes: &[(usize, usize)], seed: u64) {
+    for (i, &(rows, classes)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(seed + i as u64);
         let n = rows * classes;
         let x = to_bf16(&rng.vec_normal(n, 2.0));
         let xf = widen(&x);

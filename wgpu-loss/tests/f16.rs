@@ -78,6 +78,15 @@ fn held_and_split_f16_rows() {
     };
     softmax_family_in_f16_on(&ctx, &[(5, 2048), (3, 2047)], 150);
     cross_entropy_in_f16_on(&ctx, &[(5, 2048), (3, 2047)], 152);
+    // Rows of up to 65536 16-bit columns are held too (16 packed vectors on
+    // each of 1024 lanes), whole and edged: read once.
+    let long = [(2, 65_536), (2, 40_001)];
+    for (rows, cols) in long {
+        let plan = ctx.describe_row_plan_of(rows, cols, wgpu_loss::DType::F16);
+        assert!(plan.contains("held in registers"), "{rows}x{cols}: {plan}");
+    }
+    softmax_family_in_f16_on(&ctx, &long, 157);
+    cross_entropy_in_f16_on(&ctx, &long, 158);
     let Some(ctx) = gpu_with_tuning(common::splitting_tuning()) else {
         return;
     };

@@ -445,6 +445,7 @@ impl GpuContext {
             aliasing: crate::ops::aliasing(kernel, bound),
             storage,
             reduce: Reduce::Workgroup,
+            hold: crate::kernels::Hold::F32,
         }
     }
 

@@ -11,7 +11,8 @@ use crate::context::GpuContext;
 use crate::error::{Error, Result};
 pub(crate) use crate::kernels::Params;
 use crate::kernels::{
-    slot, Aliasing, Kernel, Launch, Reduce, Slot, Spec, Storage, Variant, VecWidth, WORKGROUP_SIZE,
+    slot, Aliasing, Hold, Kernel, Launch, Reduce, Slot, Spec, Storage, Variant, VecWidth,
+    WORKGROUP_SIZE,
 };
 use crate::plan::Traffic;
 use crate::pool::{PooledBuffer, Scratch};
@@ -335,6 +336,7 @@ impl GpuContext {
                 aliasing: Aliasing::Separate,
                 storage,
                 reduce: Reduce::Workgroup,
+                hold: Hold::F32,
             });
         if can_edge
             && rows > 1
@@ -405,6 +407,7 @@ impl GpuContext {
             aliasing: Aliasing::Separate,
             storage,
             reduce: Reduce::Workgroup,
+            hold: Hold::F32,
         };
         let width = match width {
             VecWidth::Scalar if edged => VecWidth::Vec4Edged,
@@ -419,11 +422,31 @@ impl GpuContext {
             .map(|(m, st)| (m.binding, st.as_deref().unwrap_or(m.buffer)))
             .chain(whole.iter().map(|w| (w.binding, w.buffer)))
             .collect();
+        // How rows read once are held: packed 16-bit where the tuning says
+        // and the kernel has the variant (row kernels over vec4 rows).
+        let hold = {
+            let packed = Variant {
+                width,
+                aliasing: Aliasing::Separate,
+                storage,
+                reduce: Reduce::Workgroup,
+                hold: Hold::Packed,
+            };
+            match self.row_tuning().hold(storage) {
+                Hold::Packed if grid == Grid::PerRow && kernel.family().accepts(packed) => {
+                    Hold::Packed
+                }
+                _ => Hold::F32,
+            }
+        };
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = width.row_vectors(cols);
         let splits = match grid {
-            Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits(rows as u64, vecs),
+            Grid::PerRow if kernel.splits_rows() => {
+                self.row_tuning()
+                    .splits_holding(rows as u64, vecs, hold.vectors())
+            }
             _ => 1,
         };
         // Rows held in registers (`holds_rows()`), for the traffic plan.
@@ -433,7 +456,7 @@ impl GpuContext {
                 let chunk = vecs.div_ceil(u64::from(splits));
                 let plan = self.row_plan(chunk);
                 let per_thread = plan.0.vectors_per_thread(chunk);
-                held = splits == 1 && per_thread <= crate::tuning::HELD_VECTORS;
+                held = splits == 1 && per_thread <= hold.vectors();
                 if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
                     return Err(Error::RowTooLong {
                         cols,
@@ -451,6 +474,7 @@ impl GpuContext {
             aliasing: aliasing(kernel, &bound),
             storage,
             reduce,
+            hold,
         };
         let pipeline = self.pipeline(kernel, variant, launch, Spec::for_kernel(kernel, &params))?;
         let mut passes = Vec::new();
@@ -909,6 +933,7 @@ impl GpuContext {
             aliasing: aliasing(kernel, &bound),
             storage: Storage::F32,
             reduce: Reduce::Workgroup,
+            hold: Hold::F32,
         };
         let pipeline = self.pipeline(
             kernel,
@@ -985,6 +1010,7 @@ impl GpuContext {
                 ),
                 storage: Storage::F32,
                 reduce: Reduce::Workgroup,
+                hold: Hold::F32,
             },
             Launch::WHOLE_WORKGROUP,
             Spec::GENERIC,
