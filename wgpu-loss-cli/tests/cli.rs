@@ -356,18 +356,7 @@ fn eval_reads_safetensors_and_other_dtypes() {
     );
     assert!(ok, "{stderr}");
     // f64 and f16 logits: a note for f64, same values (these are exact in f16).
-    let f64_bytes = {
-        let mut b = Vec::new();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&[2, 3])
-            .writer(&mut b)
-            .begin_nd()
-            .expect("header");
-        w.extend(x.iter().map(|&v| f64::from(v))).expect("data");
-        w.finish().expect("finish");
-        b
-    };
+    let f64_bytes = npy_bytes(&[2, 3], x.iter().map(|&v| f64::from(v)));
     std::fs::write(p.join("x64.npy"), f64_bytes).expect("write");
     write_i64(&p.join("t.npy"), &t);
     let (ok, stderr) = eval(
@@ -401,6 +390,23 @@ fn eval_reads_safetensors_and_other_dtypes() {
     assert_close("safetensors loss", &a, &reference.loss);
 }
 
+/// An `.npy` file's bytes: `values` of `T`'s own dtype, in this shape.
+fn npy_bytes<T: npyz::AutoSerialize>(
+    shape: &[u64],
+    values: impl IntoIterator<Item = T>,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut b)
+        .begin_nd()
+        .expect("header");
+    w.extend(values).expect("data");
+    w.finish().expect("finish");
+    b
+}
+
 /// Inputs shared by the bad-input cases.
 fn bad_input_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -414,33 +420,10 @@ fn bad_input_dir() -> tempfile::TempDir {
     write_npy(&p.join("pneg.npy"), &[10], &pneg).expect("p");
     let labels: Vec<f32> = (0..40).map(|i| (i % 2) as f32).collect();
     write_npy(&p.join("labels.npy"), &[4, 10], &labels).expect("labels");
-    let x64 = {
-        let mut b = Vec::new();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&[4, 10])
-            .writer(&mut b)
-            .begin_nd()
-            .expect("header");
-        w.extend(x.iter().map(|&v| f64::from(v))).expect("data");
-        w.finish().expect("finish");
-        b
-    };
+    let x64 = npy_bytes(&[4, 10], x.iter().map(|&v| f64::from(v)));
     std::fs::write(p.join("x64.npy"), x64).expect("write");
     // f16 logits, and an f32 grad-output with one value past f16's range.
-    let x16 = {
-        let mut b = Vec::new();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&[4, 10])
-            .writer(&mut b)
-            .begin_nd()
-            .expect("header");
-        w.extend(x.iter().map(|&v| half::f16::from_f32(v)))
-            .expect("data");
-        w.finish().expect("finish");
-        b
-    };
+    let x16 = npy_bytes(&[4, 10], x.iter().map(|&v| half::f16::from_f32(v)));
     std::fs::write(p.join("x16.npy"), x16).expect("write");
     let mut dy_big = vec![0.5f32; 40];
     dy_big[27] = 1e5;
