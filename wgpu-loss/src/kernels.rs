@@ -412,6 +412,18 @@ impl Variant {
     }
 }
 
+/// Vectors a lane holds of an f32 row read once (`HOLD` in
+/// `shaders/prelude/hold_f32.wgsl`): a whole row whose lanes get at most
+/// this many is held in registers, which splitting would give up. 32 f32
+/// registers a lane: 32768 columns on 1024 lanes.
+pub const HELD_VECTORS: u64 = 8;
+
+/// Vectors a lane holds of an f16 or bf16 row read once (`HOLD` in
+/// `shaders/prelude/hold_packed.wgsl`): kept packed, two words a vector,
+/// so the same 32 registers as [`HELD_VECTORS`] f32 vectors hold 65536
+/// columns on 1024 lanes (issue 17: rows of 65536 16-bit columns read once).
+pub const HELD_VECTORS_HALF: u64 = 16;
+
 /// How a row kernel holds a row it reads once (`holds_rows` in
 /// `shaders/common.wgsl`), in registers: the hold prelude
 /// (`shaders/prelude/hold_*.wgsl`).
@@ -434,8 +446,8 @@ impl Hold {
     /// Vectors a lane holds (`HOLD`).
     pub fn vectors(self) -> u64 {
         match self {
-            Hold::F32 => crate::tuning::HELD_VECTORS,
-            Hold::Packed => crate::tuning::HELD_VECTORS_HALF,
+            Hold::F32 => HELD_VECTORS,
+            Hold::Packed => HELD_VECTORS_HALF,
         }
     }
 

@@ -19,7 +19,7 @@
 //! `wgpu-loss info` prints the tuning in force and the launch it gives for a
 //! few row lengths.
 
-pub use crate::kernels::{Launch, Reduce, WORKGROUP_SIZE};
+pub use crate::kernels::{Launch, Reduce, HELD_VECTORS, HELD_VECTORS_HALF, WORKGROUP_SIZE};
 
 /// Most vectors one invocation walks in a row loop, whatever the tuning says.
 /// lavapipe stops an invocation's loops after 65535 iterations in all (and
@@ -80,18 +80,6 @@ pub struct RowTuning {
     /// (BENCHMARKS.md, "16-bit rows held packed").
     pub hold_half_packed: bool,
 }
-
-/// Vectors a lane holds of an f32 row read once (`HOLD` in
-/// `shaders/prelude/storage_f32*.wgsl`): a whole row whose lanes get at most
-/// this many is held in registers, which splitting would give up. 32 f32
-/// registers a lane: 32768 columns on 1024 lanes.
-pub const HELD_VECTORS: u64 = 8;
-
-/// Vectors a lane holds of an f16 or bf16 row read once (`HOLD` in
-/// `shaders/prelude/storage_half_*.wgsl`): kept packed, two words a vector,
-/// so the same 32 registers as [`HELD_VECTORS`] f32 vectors hold 65536
-/// columns on 1024 lanes (issue 17: rows of 65536 16-bit columns read once).
-pub const HELD_VECTORS_HALF: u64 = 16;
 
 /// Most chunks one row is split into.
 pub const MAX_SPLITS: u32 = 1024;
