@@ -316,7 +316,7 @@ impl RowTuning {
     }
 
     /// [`RowTuning::splits`] for rows whose lanes hold up to `held` vectors
-    /// ([`held_vectors`] of the rows' type): rows held whole stay whole.
+    /// ([`RowTuning::held_vectors`] of the rows' type): rows held whole stay whole.
     pub fn splits_holding(&self, rows: u64, vecs: u64, held: u64) -> u32 {
         if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
             return 1;
