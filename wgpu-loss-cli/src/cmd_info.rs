@@ -41,5 +41,10 @@ pub fn run() -> Result<ExitCode, String> {
     ] {
         println!("    {}", ctx.describe_row_plan(rows, cols));
     }
+    // A 16-bit vocabulary past 32768 columns: held packed on GPUs.
+    println!(
+        "    bf16 {}",
+        ctx.describe_row_plan_of(4096, 50_257, wgpu_loss::DType::BF16)
+    );
     Ok(ExitCode::SUCCESS)
 }
