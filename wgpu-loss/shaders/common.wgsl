@@ -309,7 +309,7 @@ fn row_writer(seg: Seg) -> bool { return seg.live && seg.lane == 0u && seg.chunk
 fn split_rows() -> bool { return params.splits > 1u; }
 
 // Single-read rows: when every lane's share of a (whole) row is at most HOLD
-// vectors (the storage prelude's: 8 f32 vectors, or 16 packed 16-bit ones),
+// vectors (the hold prelude's: 8 f32 vectors, or 16 packed 16-bit ones),
 // kernels load the row into registers once, take the max, then
 // exp(x - max) and its sum from the registers, and write their output from
 // what is held: one read and one exp per element instead of two (f32) or

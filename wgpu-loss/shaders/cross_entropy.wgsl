@@ -483,8 +483,9 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<held_t, HOLD>>) -> HeldStats {
 
 // The gradient of a held vector (row vector `i`), from its register `v`:
 // exp(x - m) without a softcap where f32 registers keep it, else the raw
-// logit (a softcap's value and slope come from one exp). p = exp(x' - m) / s. A row with NaN or
-// infinite logits gets its NaNs where the streaming path's
+// logit (a softcap's value and slope come from one exp).
+// p = exp(x' - m) / s. A row with NaN or infinite logits gets its NaNs
+// where the streaming path's
 // p = exp((x' - m) - log s) puts them: at the elements equal to an
 // infinite max (there exp(x' - m) is exactly 1; elsewhere 0); a NaN max
 // makes s NaN, so the whole row. A select, not a branch: lavapipe runs
