@@ -141,7 +141,6 @@ impl Default for LinearBenchPlan {
     }
 }
 
-/// `x` rounded to `dtype` (nearest even): the values the GPU holds.
 /// Rows per block of the yardstick's product: a multiple of the product's
 /// 64-row tile whose H view starts at a multiple of the offset alignment for
 /// rows of `row_bytes` (16-bit rows of an odd D are 2·D bytes: 64 rows would
@@ -158,6 +157,7 @@ fn block_step(row_bytes: u64, align: u64) -> usize {
     usize::try_from(step).unwrap_or(usize::MAX)
 }
 
+/// `x` rounded to `dtype` (nearest even): the values the GPU holds.
 fn round_to(x: &mut [f32], dtype: DType) {
     for v in x {
         *v = match dtype {

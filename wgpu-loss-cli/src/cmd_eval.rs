@@ -757,12 +757,16 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode, String> {
             if weight_streamed {
                 problem.weight = Some(values.next().unwrap_or_default());
             }
-            if let Some(len) = grad_streamed {
+            if grad_streamed.is_some() {
                 let g = values.next().unwrap_or_default();
-                // The softmax family's backward takes grad-output in the
-                // logits' type; f16 (unlike bf16) has too little range for
-                // every f32, and an infinity there would make NaN gradients.
-                if ctx.is_some() && gpu_dtype == wgpu_loss::DType::F16 && len == cols {
+                // Softmax and log-softmax backward take grad-output in the
+                // logits' type (logsumexp's stays f32); f16 (unlike bf16) has
+                // too little range for every f32, and an infinity there would
+                // make NaN gradients.
+                if ctx.is_some()
+                    && gpu_dtype == wgpu_loss::DType::F16
+                    && matches!(op, Op::Softmax | Op::LogSoftmax)
+                {
                     if let Some(i) = g
                         .iter()
                         .position(|&v| v.is_finite() && half::f16::from_f32(v).is_infinite())

@@ -1054,8 +1054,8 @@ fn encode_api_in_one_buffer_every_storage() {
 /// three batches written into the same buffers, as a training loop runs it:
 /// each replay creates nothing, matches the reference on its batch, and
 /// equals the same call encoded afresh bit for bit. In f32, and with bf16
-/// hidden states, classifier and gradients (whose f32 shadows the replay must
-/// start from zero again), over five-row chunks.
+/// hidden states, classifier and gradients (whose f32 shadows the replay's
+/// first chunk must overwrite again), over five-row chunks.
 #[test]
 fn prepared_fused_op_replays_new_batches() {
     use common::{read, Arena};
