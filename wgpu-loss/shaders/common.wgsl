@@ -316,13 +316,34 @@ fn split_rows() -> bool { return params.splits > 1u; }
 // one read and two exps (16-bit, whose registers keep the packed values).
 // The test depends on the dispatch only, so a workgroup never mixes the
 // two paths.
+//
+// A gathered or edged row (C not a multiple of 4) that starts late in its
+// first vector spans one vector more than C / 4 rounded up: 8193 for
+// 32766 f32 columns, one past the 8192 registers of 1024 lanes. Such a
+// row is still held: HELD_SLOTS is one more than the registers, and the
+// vector of slot HOLD (`unheld_vec`: only ever lane 0's, the row's last)
+// has no register but is read from memory again on each pass, after the
+// loops over the registers; 32 bytes more a row, against reading the
+// whole row twice. Outside those loops, not as a ninth iteration: a loop
+// with a memory load and a dynamic register index in it made lavapipe
+// keep the registers in memory (cross-entropy at 1048576x127, 1.6x slower).
+const HELD_SLOTS: u32 = HOLD + select(0u, 1u, GATHER || EDGED);
 
 fn holds_rows() -> bool {
-    return !split_rows() && (most_row_vecs() + TPR - 1u) / TPR <= HOLD;
+    return !split_rows() && (most_row_vecs() - (HELD_SLOTS - HOLD) + TPR - 1u) / TPR <= HOLD;
 }
 
 // A lane's k-th held vector is the row's vector `held_index(seg, k)`.
 fn held_index(seg: Seg, k: u32) -> u32 { return seg.first + seg.lane + k * TPR; }
+
+// The vector of this lane's held slot HOLD, which has no register
+// (`HELD_SLOTS`), or NOT_EDGE where the lane has none (always, for whole
+// vec4 rows: compiled out).
+fn unheld_vec(seg: Seg) -> u32 {
+    if (HELD_SLOTS == HOLD) { return NOT_EDGE; }
+    let i = held_index(seg, HOLD);
+    return select(NOT_EDGE, i, i < seg.end);
+}
 
 // exp(v - m), with elements equal to the max counted as exactly 1 (as
 // `stat_push`: an all -inf row sums to its length, a +inf row to its count of +inf).

@@ -461,6 +461,15 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<held_t, HOLD>>) -> HeldStats {
             }
         }
     }
+    // The vector past the registers (`unheld_vec`), read on each pass.
+    let u = unheld_vec(seg);
+    if (u != NOT_EDGE) {
+        let xc = capped(load_logits(src, u));
+        mx = max(mx, hmax(masked(xc, u, neg_inf())));
+        if (smoothing) {
+            wacc = bsum_push(wacc, hsum(masked(class_weights(u) * (xc - vec_t(r)), u, 0.0)));
+        }
+    }
     let m = seg_max(seg.tid, mx);
     let wsum = seg_sum(seg.tid, bsum_total(wacc));
     let keep_exp = !has_softcap() && HOLD_KEEPS_F32;
@@ -473,6 +482,7 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<held_t, HOLD>>) -> HeldStats {
             if (keep_exp) { (*h)[k] = hold(e); }
         }
     }
+    if (u != NOT_EDGE) { s += hsum(exp_from_max(masked(capped(load_logits(src, u)), u, neg_inf()), m)); }
     var hs: HeldStats;
     hs.total = seg_sum(seg.tid, s);
     hs.rs = ce_finish(seg, RowStat(m, hs.total), wsum, r);
@@ -490,7 +500,8 @@ fn ce_held_row(seg: Seg, h: ptr<function, array<held_t, HOLD>>) -> HeldStats {
 // infinite max (there exp(x' - m) is exactly 1; elsewhere 0); a NaN max
 // makes s NaN, so the whole row. A select, not a branch: lavapipe runs
 // both sides of a branch whose lanes disagree.
-fn held_grad(hs: HeldStats, v: vec_t, i: u32) -> vec_t {
+// `kept`: v is exp(x - m) (f32 registers keep it), not the raw logits.
+fn held_grad(hs: HeldStats, v: vec_t, i: u32, kept: bool) -> vec_t {
     // exp(x' - m) is at most 1, so a finite row compares against 2: never.
     let nan_at = vec_t(select(2.0, 1.0, !is_finite(hs.rs.m + hs.rs.ls)));
     if (has_softcap()) {
@@ -500,7 +511,7 @@ fn held_grad(hs: HeldStats, v: vec_t, i: u32) -> vec_t {
         return grad_from_p(hs.rs, hs.k, i, p, both.slope);
     }
     var e = v;
-    if (!HOLD_KEEPS_F32) { e = exp_from_max(masked(v, i, neg_inf()), hs.rs.m); }
+    if (!kept) { e = exp_from_max(masked(v, i, neg_inf()), hs.rs.m); }
     let p = select(e / vec_t(hs.total), vec_t(nan()), e == nan_at);
     return grad_from_p(hs.rs, hs.k, i, p, vec_t(1.0));
 }
@@ -520,8 +531,13 @@ fn ce_loss_grad(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_grad(dst, i, held_grad(hs, unhold(h[j]), i));
+                store_grad(dst, i, held_grad(hs, unhold(h[j]), i, HOLD_KEEPS_F32));
             }
+        }
+        let u = unheld_vec(seg);
+        if (u != NOT_EDGE) {
+            let src = row_src(params.base_a, seg.row);
+            store_grad(dst, u, held_grad(hs, load_logits(src, u), u, false));
         }
     } else {
         let rs = ce_row(seg);
@@ -598,9 +614,12 @@ fn ce_loss_grad_in_place(ids: Ids) {
         for (var j = 0u; j < HOLD; j = j + 1u) {
             let i = held_index(seg, j);
             if (i < seg.end) {
-                store_logits(src, i, held_grad(hs, unhold(h[j]), i));
+                store_logits(src, i, held_grad(hs, unhold(h[j]), i, HOLD_KEEPS_F32));
             }
         }
+        // No other lane writes this vector (a shared one goes to `edge_vecs`).
+        let u = unheld_vec(seg);
+        if (u != NOT_EDGE) { store_logits(src, u, held_grad(hs, load_logits(src, u), u, false)); }
     } else {
         var rs: CeRow;
         if (split_rows()) {
@@ -793,6 +812,15 @@ fn soft_held_grad(seg: Seg) {
             b_acc = bsum_push(b_acc, hsum(masked(wq, i, 0.0)));
         }
     }
+    // The vector past the registers (`unheld_vec`), read on each pass.
+    let u = unheld_vec(seg);
+    if (u != NOT_EDGE) {
+        let v = capped(load_logits(src, u));
+        mx = max(mx, hmax(masked(v, u, neg_inf())));
+        let wq = class_weights(u) * soft_q(u, load_soft_targets(qsrc, u));
+        a_acc = bsum_push(a_acc, hsum(masked(wq * (v - vec_t(r)), u, 0.0)));
+        b_acc = bsum_push(b_acc, hsum(masked(wq, u, 0.0)));
+    }
     let m = seg_max(seg.tid, mx);
     let a = seg_sum(seg.tid, bsum_total(a_acc));
     let b = seg_sum(seg.tid, bsum_total(b_acc));
@@ -801,6 +829,7 @@ fn soft_held_grad(seg: Seg) {
         let i = held_index(seg, j);
         if (i < seg.end) { s += hsum(exp_from_max(masked(capped(unhold(x[j])), i, neg_inf()), m)); }
     }
+    if (u != NOT_EDGE) { s += hsum(exp_from_max(masked(capped(load_logits(src, u)), u, neg_inf()), m)); }
     let total = seg_sum(seg.tid, s);
     let rs = soft_finish(SoftChunk(RowStat(m, total), a, b, r));
     write_soft_row(seg, rs);
@@ -809,19 +838,25 @@ fn soft_held_grad(seg: Seg) {
     for (var j = 0u; j < HOLD; j = j + 1u) {
         let i = held_index(seg, j);
         if (i < seg.end) {
-            var cx = unhold(x[j]);
-            var slope = vec_t(1.0);
-            if (has_softcap()) {
-                let both = softcap_both(cx, params.softcap);
-                cx = both.value;
-                slope = both.slope;
-            }
-            var p = exp_from_max(cx, m) / vec_t(total);
-            if (!is_finite(rs.m + rs.ls)) { p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls)); }
-            let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
-            store_grad(dst, i, g * slope);
+            store_grad(dst, i, soft_held_vec(rs, k, kz, total, qsrc, i, unhold(x[j])));
         }
     }
+    if (u != NOT_EDGE) { store_grad(dst, u, soft_held_vec(rs, k, kz, total, qsrc, u, load_logits(src, u))); }
+}
+
+// The gradient of held vector i from its raw logits `x`.
+fn soft_held_vec(rs: SoftRow, k: f32, kz: f32, total: f32, qsrc: u32, i: u32, x: vec_t) -> vec_t {
+    var cx = x;
+    var slope = vec_t(1.0);
+    if (has_softcap()) {
+        let both = softcap_both(cx, params.softcap);
+        cx = both.value;
+        slope = both.slope;
+    }
+    var p = exp_from_max(cx, rs.m) / vec_t(total);
+    if (!is_finite(rs.m + rs.ls)) { p = exp((cx - vec_t(rs.m)) - vec_t(rs.ls)); }
+    let g = vec_t(k) * (vec_t(rs.b) * p - class_weights(i) * soft_q(i, load_soft_targets(qsrc, i))) + vec_t(kz) * p;
+    return g * slope;
 }
 
 fn soft_grad_scale() -> f32 {
@@ -998,6 +1033,9 @@ fn focal_loss_grad(ids: Ids) {
                 mx = max(mx, hmax(masked(v, i, neg_inf())));
             }
         }
+        // The vector past the registers (`unheld_vec`), read on each pass.
+        let u = unheld_vec(seg);
+        if (u != NOT_EDGE) { mx = max(mx, hmax(masked(load_logits(src, u), u, neg_inf()))); }
         let m = seg_max(seg.tid, mx);
         var s = 0.0;
         // f32 registers keep exp(x - m): one exp per element, as `ce_held_row`.
@@ -1009,6 +1047,7 @@ fn focal_loss_grad(ids: Ids) {
                 if (HOLD_KEEPS_F32) { x[j] = hold(e); }
             }
         }
+        if (u != NOT_EDGE) { s += hsum(exp_from_max(masked(load_logits(src, u), u, neg_inf()), m)); }
         let total = seg_sum(seg.tid, s);
         let rs = focal_finish(seg, RowStat(m, total));
         write_focal_row(seg, rs);
@@ -1020,14 +1059,23 @@ fn focal_loss_grad(ids: Ids) {
             if (i < seg.end) {
                 var e = unhold(x[j]);
                 if (!HOLD_KEEPS_F32) { e = exp_from_max(masked(e, i, neg_inf()), m); }
-                let p = select(e / vec_t(total), vec_t(nan()), e == nan_at);
-                let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
-                store_grad(dst, i, select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored));
+                store_grad(dst, i, focal_held_vec(rs, k, total, nan_at, y, i, e));
             }
+        }
+        if (u != NOT_EDGE) {
+            let e = exp_from_max(masked(load_logits(src, u), u, neg_inf()), m);
+            store_grad(dst, u, focal_held_vec(rs, k, total, nan_at, y, u, e));
         }
     } else {
         focal_streamed_grad(seg, src, dst, y);
     }
+}
+
+// The gradient of held vector i from e = exp(x - m).
+fn focal_held_vec(rs: FocalRow, k: f32, total: f32, nan_at: vec_t, y: vec_u, i: u32, e: vec_t) -> vec_t {
+    let p = select(e / vec_t(total), vec_t(nan()), e == nan_at);
+    let onehot = select(vec_t(0.0), vec_t(1.0), col_of(i) == y);
+    return select(vec_t(k) * (p - onehot), vec_t(0.0), rs.ignored);
 }
 
 fn focal_streamed_grad(seg: Seg, src: u32, dst: u32, y: vec_u) {

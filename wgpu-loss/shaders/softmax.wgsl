@@ -85,8 +85,14 @@ fn load_held(seg: Seg, src: u32, h: ptr<function, array<held_t, HOLD>>) -> f32 {
             mx = max(mx, hmax(v));
         }
     }
+    let u = unheld_vec(seg);
+    if (u != NOT_EDGE) { mx = max(mx, hmax(unheld_x(src, u))); }
     return seg_max(seg.tid, mx);
 }
+
+// The held row's vector past the registers (`unheld_vec`), read again, as
+// `load_held` would have held it.
+fn unheld_x(src: u32, u: u32) -> vec_t { return masked(load_mat_a(src, u), u, neg_inf()); }
 
 // y = exp((x - m) - log s): subtracting the max first keeps x - m exact for large offsets.
 // Held rows: y = exp(x - m) / s, from registers.
@@ -106,6 +112,8 @@ fn softmax_forward(ids: Ids) {
                 if (HOLD_KEEPS_F32) { h[k] = hold(e); }
             }
         }
+        let u = unheld_vec(seg);
+        if (u != NOT_EDGE) { s += hsum(exp_from_max(unheld_x(src, u), m)); }
         let total = seg_sum(seg.tid, s);
         let ok = is_finite(m + log(total));
         for (var k = 0u; k < HOLD; k = k + 1u) {
@@ -115,6 +123,9 @@ fn softmax_forward(ids: Ids) {
                 if (!HOLD_KEEPS_F32) { e = exp_from_max(e, m); }
                 store_mat_out(dst, i, select(vec_t(nan()), e / vec_t(total), ok));
             }
+        }
+        if (u != NOT_EDGE) {
+            store_mat_out(dst, u, select(vec_t(nan()), exp_from_max(unheld_x(src, u), m) / vec_t(total), ok));
         }
     } else {
         let st = x_row_stat(seg, src);
@@ -145,6 +156,8 @@ fn log_softmax_forward(ids: Ids) {
                 s += hsum(exp_from_max(unhold(h[k]), m));
             }
         }
+        let u = unheld_vec(seg);
+        if (u != NOT_EDGE) { s += hsum(exp_from_max(unheld_x(src, u), m)); }
         let ls = log(seg_sum(seg.tid, s));
         let ok = is_finite(m + ls);
         for (var k = 0u; k < HOLD; k = k + 1u) {
@@ -152,6 +165,9 @@ fn log_softmax_forward(ids: Ids) {
             if (i < seg.end) {
                 store_mat_out(dst, i, select(vec_t(nan()), (unhold(h[k]) - vec_t(m)) - vec_t(ls), ok));
             }
+        }
+        if (u != NOT_EDGE) {
+            store_mat_out(dst, u, select(vec_t(nan()), (unheld_x(src, u) - vec_t(m)) - vec_t(ls), ok));
         }
     } else {
         let st = x_row_stat(seg, src);

@@ -498,7 +498,10 @@ impl GpuContext {
         };
         let vecs = width.row_vectors(cols);
         let held = self.row_tuning.held_vectors(dtype);
-        let splits = self.row_tuning.splits_holding(rows as u64, vecs, held);
+        let unheld = width.unheld_vectors();
+        let splits = self
+            .row_tuning
+            .splits_holding(rows as u64, vecs, held, unheld);
         let (launch, reduce) = self.row_plan(vecs.div_ceil(u64::from(splits)));
         let (split, unit) = if splits > 1 {
             (format!("rows split in {splits} chunks; "), "chunk")
@@ -506,7 +509,8 @@ impl GpuContext {
             (String::new(), "row")
         };
         let chunk = vecs.div_ceil(u64::from(splits));
-        let reads = if splits == 1 && launch.vectors_per_thread(chunk) <= held {
+        let lanes = u64::from(launch.threads_per_row);
+        let reads = if splits == 1 && crate::tuning::rows_held(chunk, unheld, lanes, held) {
             "held in registers (read once)"
         } else {
             "streamed"

@@ -364,3 +364,33 @@ fn element_vectors_is_the_binary_shaders_ev() {
         "binary.wgsl's EV against kernels::ELEMENT_VECTORS"
     );
 }
+
+/// `HELD_SLOTS - HOLD` in `common.wgsl` (the vectors of a held row past
+/// its lanes' registers, read again) is what the host's held test allows
+/// (`VecWidth::unheld_vectors`), in every variant of the row-kernel files.
+#[test]
+fn unheld_vectors_is_the_shaders_held_slots_past_hold() {
+    for family in [Family::Softmax, Family::CrossEntropy] {
+        for variant in family.variants() {
+            let (module, _, _) = module(family, variant);
+            let value = |name: &str| {
+                let c = module
+                    .constants
+                    .iter()
+                    .find(|(_, c)| c.name.as_deref() == Some(name))
+                    .unwrap_or_else(|| panic!("{} ({variant:?}) has no {name}", family.file_name()))
+                    .1;
+                match module.global_expressions[c.init] {
+                    naga::Expression::Literal(naga::Literal::U32(v)) => u64::from(v),
+                    ref other => panic!("{name} is not a u32 literal: {other:?}"),
+                }
+            };
+            assert_eq!(
+                value("HELD_SLOTS") - value("HOLD"),
+                variant.width.unheld_vectors(),
+                "{} ({variant:?}): HELD_SLOTS - HOLD against VecWidth::unheld_vectors",
+                family.file_name()
+            );
+        }
+    }
+}

@@ -206,6 +206,17 @@ impl VecWidth {
         }
     }
 
+    /// Vectors of a held row that may lie past its lanes' registers
+    /// (`HELD_SLOTS - HOLD` in `common.wgsl`): a gathered or edged row that
+    /// starts late in its first vector spans one more than C / 4 rounded
+    /// up, and that last vector is read again on each pass instead of held.
+    pub fn unheld_vectors(self) -> u64 {
+        match self {
+            VecWidth::Vec4Gathered | VecWidth::Vec4Edged => 1,
+            VecWidth::Scalar | VecWidth::Vec4 => 0,
+        }
+    }
+
     /// Bytes one load of a matrix of `storage` moves at this width (the
     /// traffic plan's `load_bytes`): gathered bf16 loads the word its
     /// element sits in.
@@ -1112,8 +1123,10 @@ impl Kernel {
     /// `slot`, as the shader's loops do (the traffic plan, `src/plan.rs`).
     /// `held`: rows whose lanes hold their share in registers
     /// (`holds_rows()` in `common.wgsl`), read once by the kernels that have
-    /// that path; `split`: rows in chunks, whose statistics come from the
-    /// partial pass's records, so the pass reads the row only to write.
+    /// that path (a held row's vector past the registers, `unheld_vec`, is
+    /// read twice more and not counted: at most 32 bytes a row); `split`:
+    /// rows in chunks, whose statistics come from the partial pass's
+    /// records, so the pass reads the row only to write.
     pub(crate) fn matrix_reads(self, slot: Slot, held: bool, split: bool) -> u64 {
         use Kernel::*;
         if self.stores_only(slot) {

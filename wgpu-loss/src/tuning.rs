@@ -27,6 +27,15 @@ pub use crate::kernels::{Launch, Reduce, HELD_VECTORS, HELD_VECTORS_HALF, WORKGR
 /// leaves ample room. Past that a row gets more invocations.
 pub const MAX_VECTORS_PER_THREAD: u64 = 8192;
 
+/// Whether rows of up to `vecs` vectors, on `lanes` lanes that hold `held`
+/// vectors each, are read once from registers (`holds_rows()` in
+/// `shaders/common.wgsl`). Up to `unheld` of a row's vectors may lie past
+/// the registers (`HELD_SLOTS - HOLD`: 1 for gathered and edged rows, whose
+/// last vector is then read again on each pass, 0 for whole vec4 rows).
+pub(crate) fn rows_held(vecs: u64, unheld: u64, lanes: u64, held: u64) -> bool {
+    vecs.saturating_sub(unheld).div_ceil(lanes.max(1)) <= held
+}
+
 /// Launch policy for row kernels. Plain data: [`RowTuning::for_adapter`] gives
 /// the table's pick; [`crate::ContextOptions::row_tuning`] overrides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,12 +321,14 @@ impl RowTuning {
     /// Chunks each of `rows` rows of `vecs` f32 vectors is split into (1:
     /// whole rows).
     pub fn splits(&self, rows: u64, vecs: u64) -> u32 {
-        self.splits_holding(rows, vecs, HELD_VECTORS)
+        self.splits_holding(rows, vecs, HELD_VECTORS, 0)
     }
 
     /// [`RowTuning::splits`] for rows whose lanes hold up to `held` vectors
-    /// ([`RowTuning::held_vectors`] of the rows' type): rows held whole stay whole.
-    pub fn splits_holding(&self, rows: u64, vecs: u64, held: u64) -> u32 {
+    /// ([`RowTuning::held_vectors`] of the rows' type), `unheld` of which
+    /// may lie past the registers (1 for rows that are not whole vec4s, 0
+    /// otherwise: see `rows_held`): rows held whole stay whole.
+    pub fn splits_holding(&self, rows: u64, vecs: u64, held: u64, unheld: u64) -> u32 {
         if self.split_vectors == 0 || rows >= u64::from(self.split_rows_below) {
             return 1;
         }
@@ -329,7 +340,7 @@ impl RowTuning {
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .min(u64::from(self.max_threads_per_row.max(1)));
-        if vecs.div_ceil(lanes) <= held {
+        if rows_held(vecs, unheld, lanes, held) {
             return 1;
         }
         let by_size = vecs.div_ceil(u64::from(self.split_vectors));
@@ -559,8 +570,13 @@ mod tests {
         assert_eq!(cpu.held_vectors(crate::DType::BF16), HELD_VECTORS);
         // 65536 16-bit columns (16384 vectors) on 1024 lanes stay whole,
         // held; f32 rows that long are split.
-        assert_eq!(gpu.splits_holding(64, 16_384, HELD_VECTORS_HALF), 1);
-        assert!(gpu.splits_holding(64, 16_384, HELD_VECTORS) > 1);
+        assert_eq!(gpu.splits_holding(64, 16_384, HELD_VECTORS_HALF, 0), 1);
+        assert!(gpu.splits_holding(64, 16_384, HELD_VECTORS, 0) > 1);
+        // A row that is not whole vec4s may span one vector past the
+        // registers (`HELD_SLOTS`): 32766 f32 columns span 8193.
+        assert_eq!(gpu.splits_holding(64, 8193, HELD_VECTORS, 1), 1);
+        assert!(gpu.splits_holding(64, 8193, HELD_VECTORS, 0) > 1);
+        assert!(gpu.splits_holding(64, 8194, HELD_VECTORS, 1) > 1);
     }
 
     #[test]

@@ -736,6 +736,72 @@ fn held_rows_with_infinite_or_nan_logits_match_the_reference() {
     }
 }
 
+/// On the GPU table, rows that are not whole vec4s may span one vector
+/// past the registers of 1024 lanes (8193 at 32767 and 32769 f32 columns,
+/// at some phases): still held, that vector read again on each pass
+/// (`HELD_SLOTS` in common.wgsl). Each row's last logit is large, so that
+/// the max and the sums depend on that vector; without a softcap, with one
+/// that leaves it the largest, and with weights, smoothing and z-loss; into
+/// a gradient of its own and in place.
+#[test]
+fn held_rows_one_vector_past_the_registers_match_the_reference() {
+    let Some(ctx) = common::gpu_with_tuning(wgpu_loss::RowTuning::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(32_767);
+    for classes in [32_767, 32_769] {
+        let rows = 5;
+        let plan = ctx.describe_row_plan(rows, classes);
+        assert!(
+            plan.contains("held in registers"),
+            "{rows}x{classes}: {plan}"
+        );
+        let mut x = rng.vec_normal(rows * classes, 4.0);
+        for r in 0..rows {
+            x[r * classes + classes - 1] = 30.0;
+        }
+        let t: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+        let w: Vec<f32> = (0..classes).map(|_| rng.uniform(0.2, 2.0)).collect();
+        for opts in [
+            CrossEntropyOptions {
+                reduction: Reduction::None,
+                ..Default::default()
+            },
+            CrossEntropyOptions {
+                reduction: Reduction::None,
+                softcap: Some(20.0),
+                ..Default::default()
+            },
+            CrossEntropyOptions {
+                weight: Some(&w[..]),
+                label_smoothing: 0.1,
+                z_loss: 1e-3,
+                reduction: Reduction::None,
+                ..Default::default()
+            },
+        ] {
+            let want = reference::cross_entropy(&x, &t, classes, &opts).unwrap();
+            for request in [
+                wgpu_loss::Request::LossAndGrad,
+                wgpu_loss::Request::LossAndGradInPlace,
+            ] {
+                let got = wgpu_loss::block_on(ctx.cross_entropy(&x, &t, classes, &opts, request))
+                    .unwrap();
+                let tag = format!(
+                    "[{rows}, {classes}] softcap {:?} smoothing {} {request:?}",
+                    opts.softcap, opts.label_smoothing
+                );
+                assert_close(&format!("{tag} loss"), &got.loss, &want.loss);
+                assert_close(
+                    &format!("{tag} grad"),
+                    got.grad.as_deref().unwrap(),
+                    &want.grad,
+                );
+            }
+        }
+    }
+}
+
 /// A reduction of at most one block (4096 rows) finishes in its partial
 /// pass, with no fold recorded; one more row makes a second block and a
 /// fold. The fold of blocks whose second holds only an ignored row adds

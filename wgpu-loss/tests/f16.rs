@@ -80,7 +80,9 @@ fn held_and_split_f16_rows() {
     cross_entropy_in_f16_on(&ctx, &[(5, 2048), (3, 2047)], 152);
     // Rows of up to 65536 16-bit columns are held too (16 packed vectors on
     // each of 1024 lanes), whole and edged: read once.
-    let long = [(2, 65_536), (2, 40_001)];
+    // 65535 columns: the second row spans 16385 vectors, one past the
+    // registers, read again (`HELD_SLOTS`).
+    let long = [(2, 65_536), (2, 40_001), (2, 65_535)];
     for (rows, cols) in long {
         let plan = ctx.describe_row_plan_of(rows, cols, wgpu_loss::DType::F16);
         assert!(plan.contains("held in registers"), "{rows}x{cols}: {plan}");

@@ -100,6 +100,23 @@ fn a_million_columns() {
     check_all_ops(ctx, 1, 1_048_576, 8);
 }
 
+/// On the GPU table an f32 row of 1024 lanes is held in registers up to
+/// 8192 vectors a row, and a row that is not whole vec4s may span one more
+/// (`HELD_SLOTS` in common.wgsl): 32767 and 32769 columns start at every
+/// phase across 5 rows, so some rows span 8193 vectors, the last of them
+/// read again rather than held. Held, and every op against the reference.
+#[test]
+fn rows_one_vector_past_the_registers_are_held_on_the_gpu_table() {
+    let Some(ctx) = common::gpu_with_tuning(wgpu_loss::RowTuning::default()) else {
+        return;
+    };
+    for (i, cols) in [32_767, 32_769, 32_766].into_iter().enumerate() {
+        let plan = ctx.describe_row_plan(5, cols);
+        assert!(plan.contains("held in registers"), "5x{cols}: {plan}");
+        check_all_ops(&ctx, 5, cols, 500 + i as u64);
+    }
+}
+
 #[test]
 fn rows_past_the_dispatch_limit() {
     let Some(ctx) = gpu() else { return };

@@ -443,10 +443,12 @@ impl GpuContext {
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = width.row_vectors(cols);
         let splits = match grid {
-            Grid::PerRow if kernel.splits_rows() => {
-                self.row_tuning()
-                    .splits_holding(rows as u64, vecs, hold.vectors())
-            }
+            Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits_holding(
+                rows as u64,
+                vecs,
+                hold.vectors(),
+                width.unheld_vectors(),
+            ),
             _ => 1,
         };
         // Rows held in registers (`holds_rows()`), for the traffic plan.
@@ -456,7 +458,13 @@ impl GpuContext {
                 let chunk = vecs.div_ceil(u64::from(splits));
                 let plan = self.row_plan(chunk);
                 let per_thread = plan.0.vectors_per_thread(chunk);
-                held = splits == 1 && per_thread <= hold.vectors();
+                held = splits == 1
+                    && crate::tuning::rows_held(
+                        chunk,
+                        width.unheld_vectors(),
+                        u64::from(plan.0.threads_per_row),
+                        hold.vectors(),
+                    );
                 if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
                     return Err(Error::RowTooLong {
                         cols,
