@@ -22,6 +22,7 @@ const SPEC_SMOOTHING: u32 = 4u;
 const SPEC_Z_LOSS: u32 = 8u;
 const SPEC_GAMMA: u32 = 16u;         // binary.wgsl: gamma != 0
 const SPEC_BINARY_SHIFT: u32 = 8u;   // binary.wgsl: its FLAG_ bits, this far up
+const SPEC_HELD: u32 = 32u;          // row kernels: known off where the host streams the rows
 fn spec_or(bit: u32, when_run: bool) -> bool {
     if ((SPEC_KNOWN & bit) != 0u) { return (SPEC_ON & bit) != 0u; }
     return when_run;
@@ -329,8 +330,15 @@ fn split_rows() -> bool { return params.splits > 1u; }
 // keep the registers in memory (cross-entropy at 1048576x127, 1.6x slower).
 const HELD_SLOTS: u32 = HOLD + select(0u, 1u, GATHER || EDGED);
 
-fn holds_rows() -> bool {
-    return !split_rows() && (most_row_vecs() - (HELD_SLOTS - HOLD) + TPR - 1u) / TPR <= HOLD;
+fn holds_rows() -> bool { return holds_rows_of(HOLD); }
+
+// The same for kernels that hold two matrices of a row, `slots` vectors
+// of each a lane (softmax backward: HOLD / 2).
+// A pipeline built for streamed rows (SPEC_HELD known off: the host's
+// plan says so) compiles the held path out: lavapipe ran softmax backward
+// 1.2x slower with it present, unused.
+fn holds_rows_of(slots: u32) -> bool {
+    return spec_or(SPEC_HELD, !split_rows() && (most_row_vecs() - (HELD_SLOTS - HOLD) + TPR - 1u) / TPR <= slots);
 }
 
 // A lane's k-th held vector is the row's vector `held_index(seg, k)`.
@@ -339,9 +347,12 @@ fn held_index(seg: Seg, k: u32) -> u32 { return seg.first + seg.lane + k * TPR; 
 // The vector of this lane's held slot HOLD, which has no register
 // (`HELD_SLOTS`), or NOT_EDGE where the lane has none (always, for whole
 // vec4 rows: compiled out).
-fn unheld_vec(seg: Seg) -> u32 {
+fn unheld_vec(seg: Seg) -> u32 { return unheld_vec_of(seg, HOLD); }
+
+// The same past `slots` held vectors a lane (`holds_rows_of`).
+fn unheld_vec_of(seg: Seg, slots: u32) -> u32 {
     if (HELD_SLOTS == HOLD) { return NOT_EDGE; }
-    let i = held_index(seg, HOLD);
+    let i = held_index(seg, slots);
     return select(NOT_EDGE, i, i < seg.end);
 }
 

@@ -211,13 +211,54 @@ fn softmax_backward_partial(ids: Ids) {
     write_partial(seg, RowStat(0.0, 0.0), dot_y_dy(seg));
 }
 
-// dx = y * (dy - sum(dy * y)), with y the softmax output.
+// Vectors a lane holds of each of y and dy in softmax backward: the
+// registers of HOLD vectors, shared.
+const HOLD_PAIR: u32 = HOLD / 2u;
+
+// dx = y * (dy - sum(dy * y)), with y the softmax output. Held rows keep
+// y and dy in registers (half of HOLD each, `holds_rows_of`): each read
+// once, the dot product summed in the streamed path's order (same bits).
 @compute @workgroup_size(WG)
 fn softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
     let src_y = row_src(params.base_a, seg.row);
     let src_dy = row_src(params.base_b, seg.row);
     let dst = row_src(params.base_out, seg.row);
+    if (holds_rows_of(HOLD_PAIR)) {
+        softmax_backward_held(seg, src_y, src_dy, dst);
+    } else {
+        softmax_backward_streamed(seg, src_y, src_dy, dst);
+    }
+}
+
+fn softmax_backward_held(seg: Seg, src_y: u32, src_dy: u32, dst: u32) {
+    var hy: array<held_t, HOLD_PAIR>;
+    var hd: array<held_t, HOLD_PAIR>;
+    var acc = bsum_empty();
+    for (var k = 0u; k < HOLD_PAIR; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            let y = load_mat_a(src_y, i);
+            let dy = load_mat_b(src_dy, i);
+            hy[k] = hold(y);
+            hd[k] = hold(dy);
+            acc = bsum_push(acc, hsum(masked(y * dy, i, 0.0)));
+        }
+    }
+    // The vector past the registers (`unheld_vec_of`), read again.
+    let u = unheld_vec_of(seg, HOLD_PAIR);
+    if (u != NOT_EDGE) { acc = bsum_push(acc, hsum(masked(load_mat_a(src_y, u) * load_mat_b(src_dy, u), u, 0.0))); }
+    let dot = seg_sum(seg.tid, bsum_total(acc));
+    for (var k = 0u; k < HOLD_PAIR; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            store_mat_out(dst, i, unhold(hy[k]) * (unhold(hd[k]) - vec_t(dot)));
+        }
+    }
+    if (u != NOT_EDGE) { store_mat_out(dst, u, load_mat_a(src_y, u) * (load_mat_b(src_dy, u) - vec_t(dot))); }
+}
+
+fn softmax_backward_streamed(seg: Seg, src_y: u32, src_dy: u32, dst: u32) {
     var dot: f32;
     if (split_rows()) {
         dot = merged_partials(min(seg.row, params.rows - 1u)).z;
@@ -250,19 +291,53 @@ fn log_softmax_backward_partial(ids: Ids) {
     write_partial(seg, RowStat(0.0, 0.0), sum_dy(seg));
 }
 
-// dx = dy - exp(y) * sum(dy), with y the log-softmax output.
+// dx = dy - exp(y) * sum(dy), with y the log-softmax output. Held rows
+// keep dy in registers for the sum, then read y once: every input read
+// once, the sum in the streamed path's order (same bits).
 @compute @workgroup_size(WG)
 fn log_softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
     let src_y = row_src(params.base_a, seg.row);
+    let src_dy = row_src(params.base_b, seg.row);
     let dst = row_src(params.base_out, seg.row);
+    if (holds_rows()) {
+        log_softmax_backward_held(seg, src_y, src_dy, dst);
+    } else {
+        log_softmax_backward_streamed(seg, src_y, src_dy, dst);
+    }
+}
+
+fn log_softmax_backward_held(seg: Seg, src_y: u32, src_dy: u32, dst: u32) {
+    var h: array<held_t, HOLD>;
+    var acc = bsum_empty();
+    for (var k = 0u; k < HOLD; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            let dy = load_mat_b(src_dy, i);
+            h[k] = hold(dy);
+            acc = bsum_push(acc, hsum(masked(dy, i, 0.0)));
+        }
+    }
+    // The vector past the registers (`unheld_vec`), read again.
+    let u = unheld_vec(seg);
+    if (u != NOT_EDGE) { acc = bsum_push(acc, hsum(masked(load_mat_b(src_dy, u), u, 0.0))); }
+    let total = seg_sum(seg.tid, bsum_total(acc));
+    for (var k = 0u; k < HOLD; k = k + 1u) {
+        let i = held_index(seg, k);
+        if (i < seg.end) {
+            store_mat_out(dst, i, unhold(h[k]) - exp(load_mat_a(src_y, i)) * vec_t(total));
+        }
+    }
+    if (u != NOT_EDGE) { store_mat_out(dst, u, load_mat_b(src_dy, u) - exp(load_mat_a(src_y, u)) * vec_t(total)); }
+}
+
+fn log_softmax_backward_streamed(seg: Seg, src_y: u32, src_dy: u32, dst: u32) {
     var total: f32;
     if (split_rows()) {
         total = merged_partials(min(seg.row, params.rows - 1u)).z;
     } else {
         total = sum_dy(seg);
     }
-    let src_dy = row_src(params.base_b, seg.row);
     for (var i = loop_start(seg); i < loop_stop(seg); i += TPR) {
         store_mat_out_whole(dst, i, load_mat_b(src_dy, i) - exp(load_mat_a(src_y, i)) * vec_t(total));
     }

@@ -319,8 +319,8 @@ fn calls(module: &naga::Module, block: &naga::Block, name: &str) -> bool {
 
 /// The traffic plan counts one read of a matrix for held rows where
 /// `Kernel::matrix_reads` says so; this holds that model to the shaders:
-/// every such kernel's entry point takes the held path (`holds_rows()`),
-/// and no other kernel does.
+/// every such kernel's entry point takes the held path (`holds_rows_of`,
+/// which `holds_rows()` calls), and no other kernel does.
 #[test]
 fn kernels_the_plan_counts_as_held_have_a_held_path() {
     use super::slot;
@@ -337,11 +337,19 @@ fn kernels_the_plan_counts_as_held_have_a_held_path() {
             .find(|e| e.name == kernel.entry_point())
             .expect("declared entry point exists");
         let held_in_plan = kernel.bindings().iter().any(|&(s, _)| {
-            (s == slot::cross_entropy::LOGITS || s == slot::softmax::MAT_A)
+            (s == slot::cross_entropy::LOGITS
+                || s == slot::softmax::MAT_A
+                || s == slot::softmax::MAT_B)
                 && kernel.matrix_reads(s, true, false) < kernel.matrix_reads(s, false, false)
         });
         assert_eq!(
-            calls(&module, &entry.function.body, "holds_rows"),
+            kernel.has_held_path(),
+            held_in_plan,
+            "{}: Kernel::has_held_path against the plan",
+            kernel.entry_point()
+        );
+        assert_eq!(
+            calls(&module, &entry.function.body, "holds_rows_of"),
             held_in_plan,
             "{}: the plan {} a held path",
             kernel.entry_point(),
@@ -391,6 +399,13 @@ fn unheld_vectors_is_the_shaders_held_slots_past_hold() {
                 "{} ({variant:?}): HELD_SLOTS - HOLD against VecWidth::unheld_vectors",
                 family.file_name()
             );
+            if family == Family::Softmax {
+                assert_eq!(
+                    value("HOLD_PAIR") * Kernel::SoftmaxBackward.held_matrices(),
+                    value("HOLD"),
+                    "softmax.wgsl ({variant:?}): softmax backward holds HOLD_PAIR vectors of each of its matrices"
+                );
+            }
         }
     }
 }

@@ -711,6 +711,9 @@ pub(crate) mod flags {
         pub const SPEC_GAMMA: u32 = 16;
         /// The binary losses' flags sit this far up.
         pub const SPEC_BINARY_SHIFT: u32 = 8;
+        /// Row kernels with a held path: known off where the host's plan
+        /// streams the rows (`Spec::streamed`), so the held path is compiled out.
+        pub const SPEC_HELD: u32 = 32;
         /// Every constant, by its WGSL name.
         #[cfg(test)]
         pub const ALL: &[(&str, u32)] = &[
@@ -720,6 +723,7 @@ pub(crate) mod flags {
             ("SPEC_Z_LOSS", SPEC_Z_LOSS),
             ("SPEC_GAMMA", SPEC_GAMMA),
             ("SPEC_BINARY_SHIFT", SPEC_BINARY_SHIFT),
+            ("SPEC_HELD", SPEC_HELD),
         ];
     }
 
@@ -1079,6 +1083,35 @@ impl Kernel {
         !self.split_passes().is_empty() || self == Kernel::LogsumexpBackward
     }
 
+    /// Whether the kernel's entry point has a held path (`holds_rows_of`
+    /// in `common.wgsl`): rows read once from registers where they fit.
+    pub fn has_held_path(self) -> bool {
+        use Kernel::*;
+        matches!(
+            self,
+            SoftmaxForward
+                | LogSoftmaxForward
+                | SoftmaxBackward
+                | LogSoftmaxBackward
+                | CrossEntropyLossGrad
+                | CrossEntropyLossGradInPlace
+                | CrossEntropySoftLossGrad
+                | FocalLossGrad
+        )
+    }
+
+    /// Matrices a row kernel holds in registers on its held path, which
+    /// share a lane's `HOLD` vectors: softmax backward holds y and dy
+    /// (`HOLD_PAIR` each, `holds_rows_of` in `softmax.wgsl`), the others
+    /// one matrix. Its launch gives each row lanes enough for that.
+    pub fn held_matrices(self) -> u64 {
+        if self == Kernel::SoftmaxBackward {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The pass that stores edged rows' shared vectors (`edge_stores` in
     /// `common.wgsl`) into the matrix at `slot`, for a kernel that writes it.
     pub(crate) fn edges_into(slot: Slot) -> Option<Kernel> {
@@ -1139,12 +1172,14 @@ impl Kernel {
             | LogSoftmaxForward
             | CrossEntropyLossGrad
             | CrossEntropyLossGradInPlace
-            | FocalLossGrad => stats_then_output,
-            // Probability targets hold the logits, not the targets.
+            | FocalLossGrad
+            | SoftmaxBackward => stats_then_output,
+            // Probability targets hold the logits, not the targets;
+            // log-softmax backward holds dy for its sum, and reads y once.
             CrossEntropySoftLossGrad if slot == slot::cross_entropy::LOGITS => stats_then_output,
+            LogSoftmaxBackward if slot == slot::softmax::MAT_B => stats_then_output,
             // No held path: a row's sums, then its output.
-            SoftmaxBackward | CrossEntropySoftLossGrad => 2 - u64::from(split),
-            LogSoftmaxBackward if slot == slot::softmax::MAT_B => 2 - u64::from(split),
+            CrossEntropySoftLossGrad => 2 - u64::from(split),
             // Loss or statistic only: a split row's come from the records.
             LogsumexpForward | CrossEntropyLoss | CrossEntropySoftLoss | FocalLoss => {
                 1 - u64::from(split)
@@ -1469,6 +1504,23 @@ impl Spec {
                 | bit(params.flags & FLAG_SOFTCAP != 0, SPEC_SOFTCAP)
                 | bit(params.smoothing > 0.0, SPEC_SMOOTHING)
                 | bit(params.z_loss > 0.0, SPEC_Z_LOSS),
+        }
+    }
+}
+
+impl Spec {
+    /// `self` for a dispatch of `kernel` whose rows the host's plan says
+    /// are not held (`held` false): where the kernel has a held path,
+    /// built with it compiled out (`SPEC_HELD` known off). Where `held` is
+    /// true the shader still decides (`holds_rows_of`), so a plan that
+    /// wrongly said held would cost bytes, never results.
+    pub(crate) fn streamed_unless(self, kernel: Kernel, held: bool) -> Spec {
+        if held || !kernel.has_held_path() {
+            return self;
+        }
+        Spec {
+            known: self.known | flags::spec::SPEC_HELD,
+            on: self.on & !flags::spec::SPEC_HELD,
         }
     }
 }

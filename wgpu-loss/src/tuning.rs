@@ -88,6 +88,15 @@ pub struct RowTuning {
     /// where lavapipe ran bf16 rows of 128 columns 1.3 to 2x slower packed
     /// (BENCHMARKS.md, "16-bit rows held packed").
     pub hold_half_packed: bool,
+    /// Give a kernel that holds two matrices of a row (softmax backward: y
+    /// and dy, half of a lane's registers each) the lanes of twice its
+    /// vectors, so that rows of up to 16384 f32 columns on 1024 lanes are
+    /// read once; else it launches as the other row kernels do, and holds
+    /// the rows those lanes fit. On for GPUs; off on CPU adapters, where
+    /// lavapipe ran softmax backward at 2097152x64 1.6x slower on the
+    /// doubled lanes (and 4194304x16, held on the same lane, 1.3x faster;
+    /// BENCHMARKS.md, "Backward passes held").
+    pub hold_pairs: bool,
 }
 
 /// Most chunks one row is split into.
@@ -111,6 +120,7 @@ impl Default for RowTuning {
             // vectors_per_thread = HELD_VECTORS holds every row that fits.
             held_threads_per_row: 0,
             hold_half_packed: true,
+            hold_pairs: true,
         }
     }
 }
@@ -176,6 +186,7 @@ impl RowTuning {
                     // holding 8 vectors than on one lane streaming 32.
                     held_threads_per_row: sg,
                     hold_half_packed: false,
+                    hold_pairs: false,
                 }
             }
             _ => RowTuning::default(),
@@ -217,16 +228,16 @@ impl RowTuning {
                 "occupancy_workgroups" => self.occupancy_workgroups = number()?,
                 "min_split_vectors" => self.min_split_vectors = number()?,
                 "held_threads_per_row" => self.held_threads_per_row = number()?,
-                "subgroups" | "hold_half_packed" => {
+                "subgroups" | "hold_half_packed" | "hold_pairs" => {
                     let on = match value.trim() {
                         "on" | "true" | "1" => true,
                         "off" | "false" | "0" => false,
                         v => return Err(bad(format!("{key} = `{v}`: use on or off"))),
                     };
-                    if key.trim() == "subgroups" {
-                        self.subgroups = on;
-                    } else {
-                        self.hold_half_packed = on;
+                    match key.trim() {
+                        "subgroups" => self.subgroups = on,
+                        "hold_half_packed" => self.hold_half_packed = on,
+                        _ => self.hold_pairs = on,
                     }
                 }
                 k => {
@@ -234,7 +245,7 @@ impl RowTuning {
                         "unknown key `{k}` (known: workgroup_size, max_threads_per_row, \
                          vectors_per_thread, subgroups, split_vectors, split_rows_below, \
                          occupancy_workgroups, min_split_vectors, held_threads_per_row, \
-                         hold_half_packed)"
+                         hold_half_packed, hold_pairs)"
                     )))
                 }
             }
@@ -598,7 +609,15 @@ mod tests {
             .with_spec("workgroup_size=64, subgroups=off")
             .expect("valid spec");
         assert_eq!((t.workgroup_size, t.subgroups), (64, false));
+        let t = RowTuning::default()
+            .with_spec("hold_pairs=off,hold_half_packed=0")
+            .expect("valid spec");
+        assert_eq!(
+            (t.hold_pairs, t.hold_half_packed, t.subgroups),
+            (false, false, true)
+        );
         for (spec, needle) in [
+            ("hold_pairs=2", "use on or off"),
             ("workgroup_size", "not key=value"),
             ("threads=4", "unknown key `threads`"),
             ("vectors_per_thread=-1", "vectors_per_thread = `-1`"),

@@ -233,6 +233,51 @@ fn streamed_rows_show_their_second_read() {
     );
 }
 
+/// Softmax and log-softmax backward read y and dy once where their rows
+/// are held on the GPU table (softmax backward holds both, half the
+/// registers each: 16384 f32 columns on 1024 lanes; log-softmax backward dy
+/// alone: 32768): within 1.05 times the ideal bytes (y and dy read once, dx
+/// written once). Past that they stream, and the plan shows the second read.
+#[test]
+fn backward_passes_of_held_rows_read_each_input_once_on_the_gpu_table() {
+    let Some(ctx) = gpu_with_tuning(RowTuning::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(77);
+    for (rows, cols, softmax_held, log_softmax_held) in [
+        (2048, 128, true, true),
+        (1024, 1000, true, true),
+        (512, 4096, true, true),
+        (256, 16_384, true, true),
+        (256, 16_385, true, true),
+        (256, 16_386, false, true),
+        (256, 32_767, false, true),
+        (256, 32_772, false, false),
+    ] {
+        let n = rows * cols;
+        let y = rng.vec_normal(n, 1.0);
+        let dy = rng.vec_normal(n, 1.0);
+        let ideal = 3 * n as u64 * 4;
+        for (op, held) in [("softmax", softmax_held), ("log-softmax", log_softmax_held)] {
+            let (result, plan) = ctx.record_plan(|| {
+                if op == "softmax" {
+                    wgpu_loss::block_on(ctx.softmax_backward(&y, &dy, rows, cols))
+                } else {
+                    wgpu_loss::block_on(ctx.log_softmax_backward(&y, &dy, rows, cols))
+                }
+            });
+            result.expect("runs");
+            let ratio = total(&plan) as f64 / ideal as f64;
+            let fits = if held { ratio <= 1.05 } else { ratio >= 1.3 };
+            assert!(
+                fits,
+                "{op} backward [{rows}, {cols}], held {held}: {ratio:.3} times the ideal {ideal} bytes\n{}",
+                table(&plan)
+            );
+        }
+    }
+}
+
 #[test]
 fn no_pass_of_one_workgroup_walks_more_than_65536_items_on_the_gpu_table() {
     let Some(ctx) = gpu_with_tuning(RowTuning::default()) else {

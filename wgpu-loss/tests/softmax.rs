@@ -117,6 +117,47 @@ fn rows_one_vector_past_the_registers_are_held_on_the_gpu_table() {
     }
 }
 
+/// The backward passes hold rows too: softmax backward y and dy (half the
+/// registers each: 16384 f32 columns on 1024 lanes), log-softmax backward
+/// dy alone (32768), one vector more where a row is not whole vec4s. On the
+/// GPU table, held and streamed lengths, with a large logit in each row's
+/// last column so that the dot product and the sum depend on the last
+/// vector (which some rows hold past the registers): against the reference.
+#[test]
+fn backward_passes_of_held_rows_match_the_reference() {
+    let Some(ctx) = common::gpu_with_tuning(wgpu_loss::RowTuning::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(16_383);
+    let rows = 5;
+    for cols in [1000, 4096, 16_383, 16_385, 32_767, 40_000] {
+        let mut x = rng.vec_normal(rows * cols, 2.0);
+        for r in 0..rows {
+            x[r * cols + cols - 1] = 30.0;
+        }
+        let narrow = |v: Vec<f64>| v.into_iter().map(|e| e as f32).collect::<Vec<f32>>();
+        let y = narrow(reference::softmax(&x, rows, cols).unwrap());
+        let ly = narrow(reference::log_softmax(&x, rows, cols).unwrap());
+        let dy = rng.vec_normal(rows * cols, 1.0);
+        let dx = wgpu_loss::block_on(ctx.softmax_backward(&y, &dy, rows, cols)).unwrap();
+        // Saturated rows: compared at the scale of the terms (the tolerance
+        // policy's rule for softmax backward).
+        let max_abs = |v: &[f32]| v.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+        let want = reference::softmax_backward(&y, &dy, rows, cols).unwrap();
+        if let Some(m) =
+            wgpu_loss::F32_TOLERANCE.first_mismatch_at_scale(&dx, &want, max_abs(&y) * max_abs(&dy))
+        {
+            panic!("softmax_backward [{rows}, {cols}]: {m}");
+        }
+        let dx = wgpu_loss::block_on(ctx.log_softmax_backward(&ly, &dy, rows, cols)).unwrap();
+        assert_close(
+            &format!("log_softmax_backward [{rows}, {cols}]"),
+            &dx,
+            &reference::log_softmax_backward(&ly, &dy, rows, cols).unwrap(),
+        );
+    }
+}
+
 #[test]
 fn rows_past_the_dispatch_limit() {
     let Some(ctx) = gpu() else { return };

@@ -442,13 +442,41 @@ impl GpuContext {
         // Few rows of a huge C: each row in `splits` chunks, a partial pass
         // for the chunks' statistics, then the kernel itself over each chunk.
         let vecs = width.row_vectors(cols);
+        // Vectors a lane holds of each matrix the kernel holds; a kernel
+        // that holds two gets the lanes of twice its vectors where the
+        // tuning says (`RowTuning::hold_pairs`).
+        let held_each = hold.vectors() / kernel.held_matrices();
+        let launch_vecs = |v: u64| {
+            if self.row_tuning().hold_pairs {
+                v * kernel.held_matrices()
+            } else {
+                v
+            }
+        };
         let splits = match grid {
-            Grid::PerRow if kernel.splits_rows() => self.row_tuning().splits_holding(
-                rows as u64,
-                vecs,
-                hold.vectors(),
-                width.unheld_vectors(),
-            ),
+            Grid::PerRow if kernel.splits_rows() => {
+                // A kernel that holds two matrices keeps whole the rows it
+                // holds on its launch's lanes (below); other rows split as
+                // any kernel's.
+                let pair_lanes = self.row_plan(launch_vecs(vecs)).0.threads_per_row;
+                let pair_held = kernel.held_matrices() > 1
+                    && crate::tuning::rows_held(
+                        vecs,
+                        width.unheld_vectors(),
+                        u64::from(pair_lanes),
+                        held_each,
+                    );
+                if pair_held {
+                    1
+                } else {
+                    self.row_tuning().splits_holding(
+                        rows as u64,
+                        vecs,
+                        hold.vectors(),
+                        width.unheld_vectors(),
+                    )
+                }
+            }
             _ => 1,
         };
         // Rows held in registers (`holds_rows()`), for the traffic plan.
@@ -456,14 +484,14 @@ impl GpuContext {
         let (launch, reduce) = match grid {
             Grid::PerRow => {
                 let chunk = vecs.div_ceil(u64::from(splits));
-                let plan = self.row_plan(chunk);
+                let plan = self.row_plan(launch_vecs(chunk));
                 let per_thread = plan.0.vectors_per_thread(chunk);
                 held = splits == 1
                     && crate::tuning::rows_held(
                         chunk,
                         width.unheld_vectors(),
                         u64::from(plan.0.threads_per_row),
-                        hold.vectors(),
+                        held_each,
                     );
                 if per_thread > crate::tuning::MAX_VECTORS_PER_THREAD {
                     return Err(Error::RowTooLong {
@@ -484,7 +512,8 @@ impl GpuContext {
             reduce,
             hold,
         };
-        let pipeline = self.pipeline(kernel, variant, launch, Spec::for_kernel(kernel, &params))?;
+        let spec = Spec::for_kernel(kernel, &params).streamed_unless(kernel, held);
+        let pipeline = self.pipeline(kernel, variant, launch, spec)?;
         let mut passes = Vec::new();
         if splits > 1 {
             for &k in kernel.split_passes() {
