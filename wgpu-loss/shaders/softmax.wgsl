@@ -217,7 +217,8 @@ const HOLD_PAIR: u32 = HOLD / 2u;
 
 // dx = y * (dy - sum(dy * y)), with y the softmax output. Held rows keep
 // y and dy in registers (half of HOLD each, `holds_rows_of`): each read
-// once, the dot product summed in the streamed path's order (same bits).
+// once, the dot product summed in the streamed path's order (the same
+// bits on the same launch).
 @compute @workgroup_size(WG)
 fn softmax_backward(ids: Ids) {
     let seg = seg_of(ids);
@@ -293,7 +294,8 @@ fn log_softmax_backward_partial(ids: Ids) {
 
 // dx = dy - exp(y) * sum(dy), with y the log-softmax output. Held rows
 // keep dy in registers for the sum, then read y once: every input read
-// once, the sum in the streamed path's order (same bits).
+// once, the sum in the streamed path's order (the same bits on the same
+// launch).
 @compute @workgroup_size(WG)
 fn log_softmax_backward(ids: Ids) {
     let seg = seg_of(ids);

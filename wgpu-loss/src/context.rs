@@ -488,6 +488,9 @@ impl GpuContext {
 
     /// [`GpuContext::describe_row_plan`] for rows stored as `dtype` (whose
     /// lanes may hold more vectors when 16-bit: [`RowTuning::held_vectors`]).
+    /// It describes the kernels that hold one matrix of a row; softmax
+    /// backward holds two, half as many vectors of each
+    /// ([`RowTuning::hold_pairs`]).
     pub fn describe_row_plan_of(&self, rows: usize, cols: usize, dtype: crate::DType) -> String {
         // Four columns a vector; where C is not a multiple of 4, rows are
         // edged or gathered and may span one vector more (`row_vectors`).

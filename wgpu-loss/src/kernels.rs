@@ -712,7 +712,7 @@ pub(crate) mod flags {
         /// The binary losses' flags sit this far up.
         pub const SPEC_BINARY_SHIFT: u32 = 8;
         /// Row kernels with a held path: known off where the host's plan
-        /// streams the rows (`Spec::streamed`), so the held path is compiled out.
+        /// streams the rows (`Spec::streamed_unless`), so the held path is compiled out.
         pub const SPEC_HELD: u32 = 32;
         /// Every constant, by its WGSL name.
         #[cfg(test)]

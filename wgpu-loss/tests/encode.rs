@@ -1034,8 +1034,6 @@ fn pooled_scratch_is_reused_across_encoders_in_any_submission_order() {
     assert!(ctx.describe_row_plan(rows, classes).contains("rows split"));
 }
 
-/// A held row loss against the reference, and the bytes its row kernel
-/// `kernel` reads in the plan: `expected(dispatches)`.
 /// Rows of more than 32764 columns that are not whole vec4s: a large
 /// logit in each row's last column, which some rows hold in the vector past
 /// the registers (`HELD_SLOTS`), so that its max and its share of the sums
@@ -1048,6 +1046,8 @@ fn big_last_logits(x: &mut [f32], rows: usize, classes: usize) {
     }
 }
 
+/// A held row loss against the reference, and the bytes its row kernel
+/// `kernel` reads in the plan: `expected(dispatches)`.
 fn check_held(
     tag: &str,
     got: wgpu_loss::CrossEntropyOutput,
@@ -1092,8 +1092,9 @@ fn held_rows_serve_focal_loss() {
         (table, 7, 301),
         (table, 1100, 8192),
         (whole_rows, 3, 32_768),
-        // Row 0 spans 8193 vectors, one past the registers (rows 1 and 2,
-        // which +inf and the ignored target make special, would at 32767).
+        // Every row spans 8193 vectors, one past the registers (at 32767
+        // only rows 1 and 2 would, which +inf and the ignored target make
+        // special).
         (table, 5, 32_769),
     ] {
         let Some(ctx) = &common::gpu_with_tuning(tuning) else {

@@ -139,8 +139,9 @@ fn loss_and_gradient_with_every_option_move_at_most_1_05_times_the_ideal_bytes_o
     let w = [1.0f32];
     for (rows, cols) in [
         (256, 32768),
-        // Not whole vec4s: rows of some phases span 8193 vectors, one past
-        // the registers of 1024 lanes (`HELD_SLOTS`); 32769 is past the
+        // Not whole vec4s: rows of some phases span 8193 vectors at 32766,
+        // 32767 and 32769, one past the registers of 1024 lanes
+        // (`HELD_SLOTS`; 32765 spans at most 8192); 32769 is past the
         // issue's bound, held all the same.
         (256, 32767),
         (256, 32766),

@@ -457,7 +457,7 @@ impl GpuContext {
             Grid::PerRow if kernel.splits_rows() => {
                 // A kernel that holds two matrices keeps whole the rows it
                 // holds on its launch's lanes (below); other rows split as
-                // any kernel's.
+                // any kernel's, by what a lane holds of each matrix.
                 let pair_lanes = self.row_plan(launch_vecs(vecs)).0.threads_per_row;
                 let pair_held = kernel.held_matrices() > 1
                     && crate::tuning::rows_held(
@@ -472,7 +472,7 @@ impl GpuContext {
                     self.row_tuning().splits_holding(
                         rows as u64,
                         vecs,
-                        hold.vectors(),
+                        held_each,
                         width.unheld_vectors(),
                     )
                 }
