@@ -93,9 +93,9 @@ pub struct RowTuning {
     /// vectors, so that rows of up to 16384 f32 columns on 1024 lanes are
     /// read once; else it launches as the other row kernels do, and holds
     /// the rows those lanes fit. On for GPUs; off on CPU adapters, where
-    /// lavapipe ran softmax backward at 2097152x64 1.6x slower on the
-    /// doubled lanes (and 4194304x16, held on the same lane, 1.3x faster;
-    /// BENCHMARKS.md, "Backward passes held").
+    /// lavapipe ran softmax backward at 64 and 128 columns about 1.75x
+    /// slower on the doubled lanes (and 4194304x16, held on the same lane,
+    /// 1.3x faster; BENCHMARKS.md, "Backward passes held").
     pub hold_pairs: bool,
 }
 
